@@ -1,0 +1,98 @@
+"""Channel importance accumulated over an epoch.
+
+Taylor (Molchanov et al. 2019): for a channel c whose output activation is a = W x + b (conv, linear) or
+a = gamma * x_hat + beta (BN), sum over batch and positions of a * dL/da equals sum over the channel's
+parameter slice of theta * dL/dtheta, because a is linear in those parameters. So the first-order Taylor
+score needs no activation hooks at all: it is read from the parameters' .grad after backward, which is exact,
+free of any forward-pass cost, and unaffected by in-place activations that follow BN. Per step and per layer
+we take |sum theta * grad| per channel, add over the layers the group couples, and accumulate over the epoch.
+
+Magnitude: the group's L2 weight norm (torch-pruning's GroupMagnitudeImportance), computed on demand.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from .surgery import PrunableGraph
+
+IMPORTANCES = ("taylor", "magnitude")
+
+
+def _channel_taylor(module: nn.Module) -> torch.Tensor | None:
+    """sum over the output-channel slice of theta * dL/dtheta, shape (C_out,); None without gradients."""
+    total = None
+    for param in (module.weight, getattr(module, "bias", None)):
+        if param is None or param.grad is None:
+            continue
+        prod = (param.detach() * param.grad.detach()).float()
+        prod = prod.reshape(prod.shape[0], -1).sum(dim=1)
+        total = prod if total is None else total + prod
+    return total
+
+
+class TaylorAccumulator:
+    """Accumulates first-order Taylor importance per channel group. Call `step()` after each backward
+    (before the optimizer zeroes the gradients); read `scores()` at the end of the epoch; `reset()`."""
+
+    def __init__(self, graph: PrunableGraph) -> None:
+        self.graph = graph
+        self.reset()
+
+    def reset(self) -> None:
+        self.totals = [torch.zeros(g.size, dtype=torch.float64) for g in self.graph.groups]
+        self.steps = 0
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for gi, group in enumerate(self.graph.groups):
+            for module, local, root in group.taylor_targets:
+                score = _channel_taylor(module)
+                if score is not None:
+                    self.totals[gi][root] += score[local].abs().double().cpu()
+        self.steps += 1
+
+    def scores(self) -> list[np.ndarray]:
+        return [t.numpy().copy() for t in self.totals]
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        """The accumulators themselves, e.g. to all-reduce them across data-parallel ranks."""
+        return self.totals
+
+
+class MagnitudeImportance:
+    """Group L2 weight norm per channel (no accumulation: weights are read when scores are asked for)."""
+
+    def __init__(self, graph: PrunableGraph) -> None:
+        self.graph = graph
+        self.criterion = tp.importance.GroupMagnitudeImportance(p=2, group_reduction="mean", normalizer=None)
+        self.steps = 0
+
+    def reset(self) -> None:
+        self.steps = 0
+
+    def step(self) -> None:
+        self.steps += 1
+
+    @torch.no_grad()
+    def scores(self) -> list[np.ndarray]:
+        result = []
+        for g in self.graph.groups:
+            pruner = self.graph.dg.get_pruner_of_module(g.root)
+            group = self.graph.dg.get_pruning_group(g.root, pruner.prune_out_channels, list(range(g.size)))
+            result.append(self.criterion(group).double().cpu().numpy())
+        return result
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        return []
+
+
+def make_importance(kind: str, graph: PrunableGraph) -> TaylorAccumulator | MagnitudeImportance:
+    if kind == "taylor":
+        return TaylorAccumulator(graph)
+    if kind == "magnitude":
+        return MagnitudeImportance(graph)
+    raise ValueError(f"unknown importance {kind!r} (accepted: {', '.join(IMPORTANCES)})")
