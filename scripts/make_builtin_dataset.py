@@ -40,7 +40,8 @@ def main() -> None:
     out = ROOT / "src" / "epiprune" / "assets" / BUILTIN_FILE
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, train_images=full.train_images[ti, :, :, 0], train_labels=full.train_labels[ti].astype(np.uint8),
+    np.savez_compressed(tmp, train_images=full.train_images[ti, :, :, 0],
+                        train_labels=full.train_labels[ti].astype(np.uint8),
                         val_images=full.val_images[vi, :, :, 0], val_labels=full.val_labels[vi].astype(np.uint8))
     os.replace(tmp, out)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB): {len(ti)} train, {len(vi)} val images")

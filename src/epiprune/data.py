@@ -17,13 +17,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import EpipruneError
+
 BUILTIN_FILE = "fashion_mnist_subset.npz"
 DATASETS = ("builtin", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
-class DataError(ValueError):
+class DataError(EpipruneError):
     """Bad dataset name or unreadable dataset folder; the message is one line for the user."""
 
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import EpipruneError
+
 # Published thresholds (paper, section 4): tau for Taylor importance and for magnitude importance.
 DEFAULT_THRESHOLDS = {"taylor": 0.944, "magnitude": 0.983}
 DEFAULT_WINDOW = 3
@@ -59,16 +61,16 @@ class TriggerRule:
 
     def __post_init__(self) -> None:
         if self.window < 1:
-            raise ValueError(f"EPI window {self.window} must be >= 1")
+            raise EpipruneError(f"EPI window {self.window} must be >= 1")
         if not 0.0 < self.threshold <= 1.0:
-            raise ValueError(f"EPI threshold {self.threshold} is outside (0, 1]")
+            raise EpipruneError(f"EPI threshold {self.threshold} is outside (0, 1]")
         if self.min_dense_epochs < 0:
-            raise ValueError(f"min dense epochs {self.min_dense_epochs} must be >= 0")
+            raise EpipruneError(f"min dense epochs {self.min_dense_epochs} must be >= 0")
         if self.max_dense_epochs is not None and self.max_dense_epochs < max(1, self.min_dense_epochs):
-            raise ValueError(f"max dense epochs {self.max_dense_epochs} must be >= min dense epochs "
+            raise EpipruneError(f"max dense epochs {self.max_dense_epochs} must be >= min dense epochs "
                              f"{self.min_dense_epochs} and >= 1")
         if self.prune_at is not None and self.prune_at < 0:
-            raise ValueError(f"prune-at epoch {self.prune_at} must be >= 0")
+            raise EpipruneError(f"prune-at epoch {self.prune_at} must be >= 0")
 
     def decide(self, epoch: int, epi_history: Sequence[float | None]) -> str | None:
         """epoch: dense epochs completed (1-based); epi_history: EPI after each of them (None where undefined).

@@ -11,10 +11,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import EpipruneError
+
 BUDGET_KINDS = ("flops", "params")
 
 
-class BudgetError(ValueError):
+class BudgetError(EpipruneError):
     """A budget that cannot be parsed or met; the message is one line for the user."""
 
 

@@ -19,10 +19,11 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning.pruner.function import BasePruningFunc
 
+from .errors import EpipruneError
 from .subnetwork import CostModel
 
 
-class SurgeryError(ValueError):
+class SurgeryError(EpipruneError):
     """The dependency graph cannot handle the model, or a pruning spec does not fit it."""
 
 
@@ -196,7 +197,7 @@ class PrunableGraph:
         if len(keep) != len(self.groups):
             raise SurgeryError(f"{len(keep)} keep lists for {len(self.groups)} channel groups")
         plans = []
-        for g, kept in zip(self.groups, keep):
+        for g, kept in zip(self.groups, keep, strict=True):
             kept_idx = np.flatnonzero(kept) if np.asarray(kept).dtype == bool else np.asarray(kept, dtype=np.int64)
             if len(kept_idx) == 0:
                 raise SurgeryError(f"cannot remove every channel of {g.name} (keep at least one)")

@@ -1,0 +1,95 @@
+"""Command line: `epiprune train` (more subcommands follow). Bad input exits with code 2 and one line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .data import DATASETS
+from .errors import EpipruneError
+from .importance import IMPORTANCES
+from .indicator import DEFAULT_THRESHOLDS, DEFAULT_WINDOW
+from .models import MODELS
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line and exit 2, like our own errors
+        sys.stderr.write(f"error: {message}\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="epiprune", description="Prune CNNs structurally during training, at the epoch the "
+                     "Early Pruning Indicator picks (Shen et al., CVPR 2022).")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    t = sub.add_parser("train", help="train, prune when EPI triggers, train the pruned network to the end",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.add_argument("--model", default="resnet20", help=f"network: {', '.join(MODELS)}")
+    t.add_argument("--data", default="builtin", help=f"dataset: {', '.join(DATASETS)} (builtin: a Fashion-MNIST "
+                   "subset shipped with epiprune, 10k train / 2k val)")
+    t.add_argument("--data-dir", default=None, help="folder of the dataset's files (not needed for builtin)")
+    t.add_argument("--image-size", type=int, default=32, help="image side for --data imagefolder (pixels)")
+    t.add_argument("--train-subset", type=int, default=None, help="use at most this many training images")
+    t.add_argument("--val-subset", type=int, default=None, help="use at most this many validation images")
+    t.add_argument("--epochs", type=int, default=15, help="epochs of the whole schedule (dense + pruned)")
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--lr", type=float, default=0.1, help="peak learning rate of SGD (momentum 0.9, Nesterov), "
+                   "cosine-annealed per step over the whole schedule")
+    t.add_argument("--weight-decay", type=float, default=5e-4, help="on conv/linear weights, not on BN/biases")
+    t.add_argument("--budget", default="flops:0.5", help="what to keep: flops:F or params:F, 0 < F < 1")
+    t.add_argument("--importance", default="taylor", choices=IMPORTANCES,
+                   help="channel importance: first-order Taylor (gradients) or group L2 weight magnitude")
+    t.add_argument("--epi-window", type=int, default=DEFAULT_WINDOW, help="r: earlier epochs EPI compares with")
+    t.add_argument("--epi-threshold", type=float, default=None,
+                   help=f"tau: prune when EPI >= tau (default {DEFAULT_THRESHOLDS['taylor']} for taylor, "
+                   f"{DEFAULT_THRESHOLDS['magnitude']} for magnitude, the paper's values)")
+    t.add_argument("--min-dense-epochs", type=int, default=None, help="never prune earlier (default: window+1)")
+    t.add_argument("--max-dense-epochs", type=int, default=None,
+                   help="prune at this epoch anyway if EPI has not triggered (default: half the epochs)")
+    t.add_argument("--prune-at", type=int, default=None,
+                   help="ignore EPI: prune after exactly this many dense epochs (0: at initialisation)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", default="runs/train", help="output folder")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars (the per-epoch lines stay)")
+    return parser
+
+
+def _train(args: argparse.Namespace) -> None:
+    import torch
+
+    from .trainer import TrainConfig, train
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    cfg = TrainConfig(model=args.model, data=args.data, data_dir=args.data_dir, image_size=args.image_size,
+                      train_subset=args.train_subset, val_subset=args.val_subset, epochs=args.epochs,
+                      batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, budget=args.budget,
+                      importance=args.importance, epi_window=args.epi_window, epi_threshold=args.epi_threshold,
+                      min_dense_epochs=args.min_dense_epochs, max_dense_epochs=args.max_dense_epochs,
+                      prune_at=args.prune_at, seed=args.seed, out=args.out, progress=not args.no_progress)
+    result = train(cfg)
+    s = result.summary
+    when = "never" if s["prune_epoch"] is None else f"after epoch {s['prune_epoch']} ({s['trigger']})"
+    print(f"pruned {when}; final val top-1 {100 * s['final_val_top1']:.2f}%")
+    print(f"FLOPs {s['dense_flops'] / 1e6:.2f}M -> {s['final_flops'] / 1e6:.2f}M ({100 * s['flops_ratio']:.1f}%), "
+          f"params {s['dense_params'] / 1e6:.3f}M -> {s['final_params'] / 1e6:.3f}M ({100 * s['params_ratio']:.1f}%)")
+    print(f"training cost {s['train_flops_total'] / 1e12:.3f} TFLOPs ({100 * s['train_flops_ratio']:.1f}% of "
+          f"dense training), {s['train_seconds']:.0f} s")
+    print(f"outputs in {result.out}/: metrics.jsonl summary.json architecture.json model.safetensors epi.png")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            _train(args)
+    except EpipruneError as e:
+        sys.stderr.write(f"error: {e}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted\n")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

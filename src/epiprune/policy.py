@@ -1,0 +1,137 @@
+"""EarlyPruningPolicy: what a training loop calls to prune at the epoch the Early Pruning Indicator picks.
+
+    policy = EarlyPruningPolicy(model, example_inputs, budget=Budget("flops", 0.5))
+    for epoch in range(epochs):
+        for x, y in loader:
+            loss_fn(model(x), y).backward()
+            policy.step()                     # after backward, before the gradients are zeroed
+            optimizer.step(); optimizer.zero_grad()
+        if policy.end_epoch(optimizer):       # True in the epoch it prunes: model and optimizer are updated
+            ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import EpipruneError
+from .importance import IMPORTANCES, MagnitudeImportance, make_importance
+from .indicator import DEFAULT_THRESHOLDS, DEFAULT_WINDOW, TriggerRule, early_pruning_indicator
+from .subnetwork import Budget, normalise_per_group, select_subnetwork, widths_of
+from .surgery import PrunableGraph
+
+
+@dataclass
+class EpochRecord:
+    """What the policy saw at the end of one dense epoch."""
+
+    epoch: int
+    epi: float | None
+    widths: list[int]  # kept channels per group of the dominant sub-network
+    decision: str | None  # 'epi', 'fixed', 'fallback' or None
+
+
+class EarlyPruningPolicy:
+    """Tracks the dominant sub-network per epoch, computes EPI, and prunes `model` in place when triggered.
+
+    model: the network to prune; example_inputs: one sample shaped (1, C, H, W) for tracing and FLOPs.
+    budget: fraction of the dense FLOPs or parameters to keep.
+    importance: 'taylor' (gradients, accumulated by step()) or 'magnitude' (weights, read at epoch end).
+    window, threshold: EPI's r and tau (threshold None: the published tau for the importance).
+    min_dense_epochs / max_dense_epochs: earliest EPI trigger / latest epoch (then prune anyway, 'fallback').
+    prune_at: prune after exactly this many dense epochs instead of asking EPI.
+    """
+
+    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, budget: Budget | None = None,
+                 importance: str = "taylor", window: int = DEFAULT_WINDOW, threshold: float | None = None,
+                 min_dense_epochs: int | None = None, max_dense_epochs: int | None = None,
+                 prune_at: int | None = None, require_peak: bool = False, min_channels: int = 1,
+                 ignored_layers: Sequence[nn.Module] = ()) -> None:
+        if importance not in IMPORTANCES:
+            raise EpipruneError(f"unknown importance {importance!r} (accepted: {', '.join(IMPORTANCES)})")
+        self.model = model
+        self.budget = budget or Budget()
+        self.importance_kind = importance
+        self.rule = TriggerRule(window=window,
+                                threshold=DEFAULT_THRESHOLDS[importance] if threshold is None else threshold,
+                                min_dense_epochs=window + 1 if min_dense_epochs is None else min_dense_epochs,
+                                max_dense_epochs=max_dense_epochs, prune_at=prune_at, require_peak=require_peak)
+        self.min_channels = min_channels
+        self.graph = PrunableGraph(model, example_inputs, ignored_layers)
+        self.group_names = self.graph.names
+        self.dense_widths = self.graph.widths()
+        self.dense_flops, self.dense_params = self.graph.count()
+        self.cost = self.graph.cost_models()[self.budget.kind]
+        self.target = self.budget.fraction * self.cost.dense
+        self.importance = make_importance(importance, self.graph)
+        self.history: list[EpochRecord] = []
+        self.epoch = 0
+        self.prune_epoch: int | None = None
+        self.trigger: str | None = None
+        self.kept: dict[str, list[int]] | None = None  # kept channel indices per group, once pruned
+
+    @property
+    def pruned(self) -> bool:
+        return self.kept is not None
+
+    @property
+    def epi_history(self) -> list[float | None]:
+        return [r.epi for r in self.history]
+
+    def step(self) -> None:
+        """Accumulate importance from the current gradients (call after backward, before zero_grad)."""
+        if not self.pruned:
+            self.importance.step()
+
+    def dominant_subnetwork(self) -> list[np.ndarray]:
+        """Boolean keep-mask per group: what would be kept if the model were pruned now."""
+        scores = self.importance.scores()
+        if self.importance.steps == 0 and not isinstance(self.importance, MagnitudeImportance):
+            scores = MagnitudeImportance(self.graph).scores()  # no gradients seen yet: fall back to weights
+        return select_subnetwork(normalise_per_group(scores), self.cost, self.target, self.min_channels)
+
+    def end_epoch(self, optimizer: torch.optim.Optimizer | None = None) -> bool:
+        """Close a training epoch: extract the dominant sub-network, update EPI, prune if the rule says so.
+        Returns True in the epoch it prunes (the model is smaller and the optimizer points at the new tensors)."""
+        self.epoch += 1
+        if self.pruned:
+            return False
+        masks = self.dominant_subnetwork()
+        widths = widths_of(masks)
+        epi = early_pruning_indicator([r.widths for r in self.history] + [widths], self.rule.window)
+        decision = self.rule.decide(self.epoch, [*self.epi_history, epi])
+        self.history.append(EpochRecord(self.epoch, epi, widths, decision))
+        self.importance.reset()
+        if decision is None:
+            return False
+        self._prune(masks, optimizer, decision)
+        return True
+
+    def prune_now(self, optimizer: torch.optim.Optimizer | None = None, trigger: str = "fixed") -> None:
+        """Prune immediately to the budget from the importance seen so far (weights if none)."""
+        if self.pruned:
+            raise EpipruneError("the model is already pruned (a policy prunes once)")
+        self._prune(self.dominant_subnetwork(), optimizer, trigger)
+
+    def _prune(self, masks: list[np.ndarray], optimizer: torch.optim.Optimizer | None, trigger: str) -> None:
+        self.graph.prune(masks, optimizer)
+        self.kept = {name: np.flatnonzero(m).tolist() for name, m in zip(self.group_names, masks, strict=True)}
+        self.prune_epoch, self.trigger = self.epoch, trigger
+
+    def widths(self) -> list[int]:
+        """Current channels per group of the model itself."""
+        return self.graph.widths()
+
+    def count(self) -> tuple[int, int]:
+        """(FLOPs, params) per sample of the model as it is now."""
+        return self.graph.count()
+
+    def summary(self) -> dict:
+        return {"budget": str(self.budget), "importance": self.importance_kind, "window": self.rule.window,
+                "threshold": self.rule.threshold, "prune_epoch": self.prune_epoch, "trigger": self.trigger,
+                "history": [asdict(r) for r in self.history]}

@@ -1,0 +1,246 @@
+"""The reference training loop behind `epiprune train`: dense epochs, the policy's decision, pruned epochs.
+
+Cost accounting: one training step costs about 3x the forward FLOPs per sample (forward + backward w.r.t.
+activations and weights), so an epoch costs 3 x forward FLOPs x samples seen. Validation is not counted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .data import DATASETS, Dataset, TensorLoader, load_dataset
+from .errors import EpipruneError
+from .importance import IMPORTANCES
+from .indicator import DEFAULT_THRESHOLDS, DEFAULT_WINDOW
+from .models import MODELS, build_model
+from .policy import EarlyPruningPolicy
+from .report import plot_epi
+from .serialization import architecture_spec, atomic_write_text, save_pruned
+from .subnetwork import Budget
+
+TRAIN_FLOPS_PER_FORWARD = 3
+
+
+class TrainingError(EpipruneError):
+    """Training cannot go on (e.g. the loss became NaN)."""
+
+
+@dataclass
+class TrainConfig:
+    model: str = "resnet20"
+    data: str = "builtin"
+    data_dir: str | None = None
+    image_size: int = 32
+    train_subset: int | None = None
+    val_subset: int | None = None
+    epochs: int = 15
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    budget: str = "flops:0.5"
+    importance: str = "taylor"
+    epi_window: int = DEFAULT_WINDOW
+    epi_threshold: float | None = None
+    min_dense_epochs: int | None = None
+    max_dense_epochs: int | None = None
+    prune_at: int | None = None
+    seed: int = 0
+    out: str = "runs/train"
+    progress: bool = True
+
+    def validate(self) -> None:
+        """Raise EpipruneError naming the first bad value and what is accepted."""
+        if self.model not in MODELS:
+            raise EpipruneError(f"unknown model {self.model!r} (accepted: {', '.join(MODELS)})")
+        if self.data not in DATASETS:
+            raise EpipruneError(f"unknown dataset {self.data!r} (accepted: {', '.join(DATASETS)})")
+        if self.importance not in IMPORTANCES:
+            raise EpipruneError(f"unknown importance {self.importance!r} (accepted: {', '.join(IMPORTANCES)})")
+        Budget.parse(self.budget)
+        for name, value, low in (("epochs", self.epochs, 1), ("batch size", self.batch_size, 1),
+                                 ("EPI window", self.epi_window, 1), ("image size", self.image_size, 8)):
+            if value < low:
+                raise EpipruneError(f"{name} {value} is too small (accepted: an integer >= {low})")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise EpipruneError(f"learning rate {self.lr} is not a positive number")
+        if self.epi_window >= self.epochs and self.prune_at is None:
+            raise EpipruneError(f"EPI window {self.epi_window} needs more epochs than {self.epochs} "
+                                f"(accepted: a window < epochs, or --prune-at)")
+        if self.prune_at is not None and not 0 <= self.prune_at < self.epochs:
+            raise EpipruneError(f"prune-at epoch {self.prune_at} is outside 0..{self.epochs - 1}")
+        if self.epi_threshold is not None and not 0 < self.epi_threshold <= 1:
+            raise EpipruneError(f"EPI threshold {self.epi_threshold} is outside (0, 1]")
+        if self.max_dense_epochs is not None and not 1 <= self.max_dense_epochs < self.epochs:
+            raise EpipruneError(f"max dense epochs {self.max_dense_epochs} is outside 1..{self.epochs - 1}")
+
+    @property
+    def resolved_max_dense_epochs(self) -> int:
+        """Default fallback: half the schedule (EPI's promise is to prune early), at least window + 1."""
+        if self.max_dense_epochs is not None:
+            return self.max_dense_epochs
+        return min(self.epochs - 1, max(self.epi_window + 1, self.epochs // 2))
+
+    @property
+    def resolved_threshold(self) -> float:
+        return DEFAULT_THRESHOLDS[self.importance] if self.epi_threshold is None else self.epi_threshold
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def prepare_output(out: str) -> Path:
+    """Create the output folder and check that it is writable, before any training time is spent."""
+    path = Path(out)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise EpipruneError(f"output folder {out} is not writable ({e.strerror})") from None
+    return path
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: TensorLoader) -> tuple[float, float]:
+    """(mean cross-entropy, top-1 accuracy in [0, 1]) over the loader."""
+    model.eval()
+    loss_sum, correct, count = 0.0, 0, 0
+    for x, y in loader:
+        logits = model(x)
+        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
+        correct += int((logits.argmax(1) == y).sum())
+        count += len(y)
+    return loss_sum / max(count, 1), correct / max(count, 1)
+
+
+@dataclass
+class RunResult:
+    summary: dict
+    metrics: list[dict]
+    model: nn.Module
+    out: Path
+
+
+def train(cfg: TrainConfig, dataset: Dataset | None = None,
+          log: Callable[[str], None] = print) -> RunResult:
+    """Run the whole schedule described by cfg; write metrics.jsonl, summary.json, the model and epi.png."""
+    cfg.validate()
+    budget = Budget.parse(cfg.budget)
+    out = prepare_output(cfg.out)
+    seed_everything(cfg.seed)
+    if dataset is None:
+        dataset = load_dataset(cfg.data, cfg.data_dir, image_size=cfg.image_size)
+    dataset = dataset.subset(cfg.train_subset, cfg.val_subset, seed=cfg.seed)
+    train_loader = TensorLoader(dataset.train_images, dataset.train_labels, cfg.batch_size, train=True,
+                                seed=cfg.seed)
+    val_loader = TensorLoader(dataset.val_images, dataset.val_labels, 512, train=False)
+    val_loader.normalise_like(train_loader)
+    h, w = dataset.image_size
+    model = build_model(cfg.model, dataset.in_channels, dataset.num_classes)
+    example = torch.zeros(1, dataset.in_channels, h, w)
+    policy = EarlyPruningPolicy(model, example, budget, importance=cfg.importance, window=cfg.epi_window,
+                                threshold=cfg.epi_threshold, min_dense_epochs=cfg.min_dense_epochs,
+                                max_dense_epochs=cfg.resolved_max_dense_epochs, prune_at=cfg.prune_at)
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}],
+                                lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    total_steps = cfg.epochs * len(train_loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+    log(f"epiprune: {cfg.model} on {dataset.name} ({len(dataset.train_labels)} train / "
+        f"{len(dataset.val_labels)} val, {dataset.in_channels}x{h}x{w}), budget {budget}, "
+        f"importance {cfg.importance}, {cfg.epochs} epochs, dense {policy.dense_flops / 1e6:.2f} MFLOPs "
+        f"{policy.dense_params / 1e6:.3f} M params")
+    if cfg.prune_at == 0:
+        policy.prune_now(optimizer, trigger="fixed")
+        log(f"pruned at initialisation: {policy.count()[0] / 1e6:.2f} MFLOPs")
+
+    metrics: list[dict] = []
+    metrics_path = out / "metrics.jsonl"
+    metrics_path.unlink(missing_ok=True)
+    train_flops_total = 0.0
+    flops, params = policy.count()
+    start = time.perf_counter()
+    for epoch in range(1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not cfg.progress,
+                   unit="batch", dynamic_ncols=True)
+        for x, y in bar:
+            logits = model(x)
+            loss = nn.functional.cross_entropy(logits, y)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"loss became {loss.item()} in epoch {epoch} (accepted: a smaller --lr)")
+            loss.backward()
+            policy.step()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            loss_sum += loss.item() * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
+        epoch_train_flops = TRAIN_FLOPS_PER_FORWARD * flops * seen
+        train_flops_total += epoch_train_flops
+        _, val_top1 = evaluate(model, val_loader)
+        was_pruned = policy.pruned
+        pruned_now = policy.end_epoch(optimizer)
+        if pruned_now:
+            flops, params = policy.count()
+        record = policy.history[-1] if policy.history and policy.history[-1].epoch == epoch else None
+        row = {"epoch": epoch, "train_loss": loss_sum / seen, "train_top1": correct / seen, "val_top1": val_top1,
+               "epi": None if record is None else record.epi,
+               "widths": record.widths if record is not None else policy.widths(),
+               "pruned": policy.pruned, "pruned_this_epoch": pruned_now and not was_pruned,
+               "flops": flops, "params": params, "lr": optimizer.param_groups[0]["lr"],
+               "epoch_seconds": time.perf_counter() - t0, "train_flops_cumulative": train_flops_total}
+        metrics.append(row)
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        epi_text = "  -  " if row["epi"] is None else f"{row['epi']:.3f}"
+        mark = f"  << pruned ({policy.trigger})" if row["pruned_this_epoch"] else ""
+        log(f"epoch {epoch:3d}/{cfg.epochs}  loss {row['train_loss']:.4f}  val top-1 {100 * val_top1:5.2f}%  "
+            f"EPI {epi_text}  FLOPs {flops / 1e6:7.2f}M  {row['epoch_seconds']:5.1f}s{mark}")
+    train_seconds = time.perf_counter() - start
+
+    dense_train_flops = TRAIN_FLOPS_PER_FORWARD * policy.dense_flops * len(train_loader.labels) * cfg.epochs
+    summary = {
+        "model": cfg.model, "data": dataset.name, "budget": str(budget), "importance": cfg.importance,
+        "epochs": cfg.epochs, "seed": cfg.seed, "epi_window": cfg.epi_window,
+        "epi_threshold": cfg.resolved_threshold, "prune_epoch": policy.prune_epoch, "trigger": policy.trigger,
+        "final_val_top1": metrics[-1]["val_top1"], "best_val_top1": max(m["val_top1"] for m in metrics),
+        "dense_flops": policy.dense_flops, "final_flops": flops, "flops_ratio": flops / policy.dense_flops,
+        "dense_params": policy.dense_params, "final_params": params, "params_ratio": params / policy.dense_params,
+        "dense_widths": policy.dense_widths, "final_widths": policy.widths(),
+        "train_flops_total": train_flops_total, "train_flops_dense_equivalent": dense_train_flops,
+        "train_flops_ratio": train_flops_total / dense_train_flops, "train_seconds": train_seconds,
+        "config": asdict(cfg),
+    }
+    spec = architecture_spec(cfg.model, dataset.in_channels, dataset.num_classes, (h, w), policy.kept)
+    save_pruned(model, spec, out)
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
+    plot_epi(metrics, out / "epi.png", cfg.resolved_threshold, policy.prune_epoch, policy.trigger)
+    return RunResult(summary, metrics, model, out)

@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from epiprune.errors import EpipruneError
+from epiprune.subnetwork import Budget, CostModel, select_subnetwork
+
+
+def chain_cost(widths):
+    """A 3-layer chain: conv(3->w0), conv(w0->w1), linear(w1->10), with one BN on w0."""
+    dense = np.asarray(widths)
+    return CostModel(dense, coef=np.array([300.0, 900.0, 100.0, 20.0]), out_group=np.array([0, 1, -1, 0]),
+                     in_group=np.array([-1, 0, 1, -1]), constant=5.0)
+
+
+def test_budget_parse_and_errors():
+    assert Budget.parse("flops:0.5") == Budget("flops", 0.5)
+    assert Budget.parse("params:0.25").kind == "params"
+    for bad in ["flops:1.5", "flops:0", "flops", "latency:0.5", "flops:abc", "params:-0.1"]:
+        with pytest.raises(EpipruneError):
+            Budget.parse(bad)
+
+
+def test_cost_model_scales_bilinearly():
+    cost = chain_cost([8, 4])
+    assert cost.dense == 5 + 300 + 900 + 100 + 20
+    # halve group 0: first conv and BN halve, second conv halves (its input)
+    assert cost(np.array([4, 4])) == 5 + 150 + 450 + 100 + 10
+
+
+def test_selection_keeps_most_important_and_meets_target():
+    cost = chain_cost([8, 4])
+    scores = [np.array([8, 7, 6, 5, 4, 3, 2, 1.0]), np.array([1, 2, 3, 4.0])]
+    masks = select_subnetwork(scores, cost, 0.5 * cost.dense)
+    assert cost(np.array([m.sum() for m in masks])) <= 0.5 * cost.dense
+    kept0 = np.flatnonzero(masks[0])
+    assert kept0.tolist() == list(range(len(kept0)))  # a prefix of the best channels of group 0
+    assert masks[1][3]  # the best channel of group 1 survives
+
+
+def test_budget_that_cannot_be_met_is_an_error():
+    cost = chain_cost([8, 4])
+    with pytest.raises(EpipruneError, match="cannot be met"):
+        select_subnetwork([np.ones(8), np.ones(4)], cost, 0.01 * cost.dense)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 24), min_size=2, max_size=5), st.floats(0.2, 0.95), st.integers(0, 10_000))
+def test_selection_properties(widths, fraction, seed):
+    rng = np.random.default_rng(seed)
+    g = len(widths)
+    cost = CostModel(np.asarray(widths), coef=rng.uniform(1, 100, size=g + 1),
+                     out_group=np.array([*range(g), -1]), in_group=np.array([-1, *range(g - 1), g - 1]),
+                     constant=1.0)
+    scores = [rng.random(w) for w in widths]
+    target = fraction * cost.dense
+    try:
+        masks = select_subnetwork(scores, cost, target)
+    except EpipruneError:
+        floor = cost(np.ones(g))
+        assert floor > target
+        return
+    widths_kept = np.array([m.sum() for m in masks])
+    assert cost(widths_kept) <= target + 1e-9
+    assert (widths_kept >= 1).all()
+    for s, m in zip(scores, masks, strict=True):
+        assert m[np.argmax(s)]  # a group's best channel is never dropped

@@ -1,0 +1,105 @@
+import numpy as np
+import pytest
+import torch
+
+from epiprune.models import MODELS, build_model
+from epiprune.subnetwork import normalise_per_group, select_subnetwork
+from epiprune.surgery import PrunableGraph
+
+from .helpers import ConvBNNet, random_keep, zero_dropped_channels
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_zeroed_channels_give_same_outputs_after_surgery(name):
+    in_ch = 1 if name != "vgg11_bn" else 3
+    model = build_model(name, in_ch, 10).eval()
+    example = torch.zeros(1, in_ch, 28, 28)
+    graph = PrunableGraph(model, example)
+    masks = random_keep(graph, 0.6, seed=1)
+    with torch.no_grad():  # non-trivial BN statistics
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    zero_dropped_channels(graph, masks)
+    x = torch.randn(4, in_ch, 28, 28)
+    with torch.no_grad():
+        before = model(x)
+    params_before = sum(p.numel() for p in model.parameters())
+    graph.prune(masks)
+    with torch.no_grad():
+        after = model(x)
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+    assert graph.widths() == [int(m.sum()) for m in masks]
+    assert sum(p.numel() for p in model.parameters()) < params_before
+    # every BN really shrank to its group's width
+    for g in graph.groups:
+        for m in g.out_modules:
+            if isinstance(m, torch.nn.BatchNorm2d):
+                assert m.weight.shape[0] == m.running_mean.shape[0] == g.size
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("kind,fraction", [("flops", 0.5), ("params", 0.4), ("flops", 0.3)])
+def test_pruned_cost_is_within_two_percent_of_budget(name, kind, fraction):
+    model = build_model(name, 1, 10)
+    graph = PrunableGraph(model, torch.zeros(1, 1, 28, 28))
+    cost = graph.cost_models()[kind]
+    dense = graph.count()
+    rng = np.random.default_rng(0)
+    scores = normalise_per_group([rng.random(w) for w in graph.widths()])
+    masks = select_subnetwork(scores, cost, fraction * cost.dense)
+    graph.prune(masks)
+    after = graph.count()
+    ratio = after[0] / dense[0] if kind == "flops" else after[1] / dense[1]
+    assert fraction * 0.98 <= ratio <= fraction * 1.02, ratio
+
+
+def test_momentum_of_surviving_weights_is_carried_and_training_continues():
+    model = ConvBNNet()
+    graph = PrunableGraph(model, torch.zeros(1, 1, 8, 8))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(2):
+        torch.nn.functional.cross_entropy(model(torch.randn(4, 1, 8, 8)), torch.randint(0, 3, (4,))).backward()
+        opt.step()
+        opt.zero_grad()
+    old_conv2 = opt.state[model.conv2.weight]["momentum_buffer"].clone()
+    old_bn1 = opt.state[model.bn1.weight]["momentum_buffer"].clone()
+    keep0, keep1 = np.array([0, 2, 3]), np.array([1, 4])
+    graph.prune([keep0, keep1], opt)
+    assert model.conv2.weight.shape == (2, 3, 3, 3)
+    new_conv2 = opt.state[model.conv2.weight]["momentum_buffer"]  # cut twice: out channels, then in channels
+    torch.testing.assert_close(new_conv2, old_conv2[keep1][:, keep0])
+    torch.testing.assert_close(opt.state[model.bn1.weight]["momentum_buffer"], old_bn1[keep0])
+    live = {id(p) for p in model.parameters()}
+    assert all(id(p) in live for g in opt.param_groups for p in g["params"])
+    assert len(opt.state) == len(live)
+    loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 1, 8, 8)), torch.randint(0, 3, (4,)))
+    loss.backward()
+    opt.step()  # shapes of state and parameters agree
+
+
+def test_adam_state_is_carried():
+    model = ConvBNNet()
+    graph = PrunableGraph(model, torch.zeros(1, 1, 8, 8))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    torch.nn.functional.cross_entropy(model(torch.randn(4, 1, 8, 8)), torch.randint(0, 3, (4,))).backward()
+    opt.step()
+    exp_avg = opt.state[model.bn2.weight]["exp_avg"].clone()
+    graph.prune([np.arange(4), np.array([0, 5])], opt)
+    torch.testing.assert_close(opt.state[model.bn2.weight]["exp_avg"], exp_avg[[0, 5]])
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(model(torch.randn(4, 1, 8, 8)), torch.randint(0, 3, (4,))).backward()
+    opt.step()
+
+
+def test_bad_keep_lists_are_rejected():
+    from epiprune.errors import EpipruneError
+
+    graph = PrunableGraph(ConvBNNet(), torch.zeros(1, 1, 8, 8))
+    with pytest.raises(EpipruneError, match="every channel"):
+        graph.prune([np.zeros(4, dtype=bool), np.ones(6, dtype=bool)])
+    with pytest.raises(EpipruneError, match="out of range"):
+        graph.prune([np.array([0, 9]), np.arange(6)])
+    with pytest.raises(EpipruneError):
+        graph.prune([np.arange(4)])
