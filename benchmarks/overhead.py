@@ -1,0 +1,141 @@
+"""Overhead of epiprune's bookkeeping, and the speed-up that pruning buys, measured in one run.
+
+For each model, on the built-in data shape (1x28x28, batch 128, SGD):
+  * epoch time of dense training without the policy vs. with policy.step() every step and policy.end_epoch()
+    (importance, dominant sub-network, EPI) at the end of the epoch (pruning disabled), interleaved repeats;
+  * train-step time (forward + backward + SGD step) of the dense model vs. the same model pruned to 50% FLOPs by
+    the policy's Taylor-ranked dominant sub-network, interleaved repeats.
+Prints a table and writes JSON (default benchmarks/results/overhead.json). Ratios are what to compare: this
+machine is shared and noisy, so absolute seconds vary between runs.
+
+    python benchmarks/overhead.py [--models resnet20,resnet56] [--steps 40] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from epiprune import Budget, EarlyPruningPolicy
+from epiprune.data import TensorLoader, load_builtin
+from epiprune.models import build_model
+from epiprune.serialization import atomic_write_text
+
+
+def make_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+
+
+def run_epoch(model: torch.nn.Module, batches: list, policy: EarlyPruningPolicy | None) -> float:
+    """Seconds for one pass over `batches`, plus the policy's end-of-epoch work when a policy is given."""
+    optimizer = make_optimizer(model)
+    model.train()
+    start = time.perf_counter()
+    for x, y in batches:
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        if policy is not None:
+            policy.step()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    if policy is not None:
+        policy.end_epoch(optimizer)
+    return time.perf_counter() - start
+
+
+def step_times(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> list[float]:
+    optimizer = make_optimizer(model)
+    model.train()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def bench_model(name: str, batches: list, steps: int, repeats: int) -> dict:
+    example = torch.zeros(1, *batches[0][0].shape[1:])
+    torch.manual_seed(0)
+    plain = build_model(name, 1, 10)
+    torch.manual_seed(0)
+    tracked = build_model(name, 1, 10)
+    # prune_at far away: the policy does all its per-epoch work but never prunes during this measurement
+    policy = EarlyPruningPolicy(tracked, example, Budget("flops", 0.5), importance="taylor", prune_at=10**6)
+    run_epoch(plain, batches[:3], None)  # warm-up
+    run_epoch(tracked, batches[:3], policy)
+    dense_epoch, policy_epoch = [], []
+    for _ in range(repeats):
+        dense_epoch.append(run_epoch(plain, batches, None))
+        policy_epoch.append(run_epoch(tracked, batches, policy))
+
+    pruned = build_model(name, 1, 10)
+    prune_policy = EarlyPruningPolicy(pruned, example, Budget("flops", 0.5), importance="taylor", prune_at=1)
+    run_epoch(pruned, batches[:5], prune_policy)  # accumulates Taylor scores, then prunes at the epoch's end
+    assert prune_policy.pruned
+    dense = build_model(name, 1, 10)
+    x, y = batches[0]
+    step_times(dense, x, y, 3)
+    step_times(pruned, x, y, 3)
+    dense_step, pruned_step = [], []
+    for _ in range(repeats):
+        dense_step += step_times(dense, x, y, steps // repeats)
+        pruned_step += step_times(pruned, x, y, steps // repeats)
+    flops, params = prune_policy.count()
+    med = statistics.median
+    return {
+        "model": name, "batches_per_epoch": len(batches), "batch_size": len(y),
+        "dense_epoch_s": med(dense_epoch), "policy_epoch_s": med(policy_epoch),
+        "policy_overhead": med(policy_epoch) / med(dense_epoch) - 1.0,
+        "dense_step_s": med(dense_step), "pruned_step_s": med(pruned_step),
+        "pruned_speedup": med(dense_step) / med(pruned_step),
+        "pruned_flops_ratio": flops / prune_policy.dense_flops,
+        "pruned_params_ratio": params / prune_policy.dense_params,
+        "pruned_widths": prune_policy.widths(), "dense_widths": prune_policy.dense_widths,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="resnet20,resnet56,vgg11_bn,mobilenetv2_small")
+    parser.add_argument("--batches", type=int, default=40, help="batches per measured epoch")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=30, help="measured train steps per model and variant")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "overhead.json"))
+    args = parser.parse_args()
+    data = load_builtin()
+    loader = TensorLoader(data.train_images, data.train_labels, args.batch_size, train=True, seed=0)
+    batches = [b for _, b in zip(range(args.batches), loader, strict=False)]
+    rows = []
+    for name in args.models.split(","):
+        rows.append(bench_model(name.strip(), batches, args.steps, args.repeats))
+        r = rows[-1]
+        print(f"{r['model']:>18}: policy overhead {100 * r['policy_overhead']:+.1f}%  "
+              f"pruned speed-up {r['pruned_speedup']:.2f}x", file=sys.stderr)
+    header = ("| model | dense epoch (s) | with policy (s) | overhead | dense step (ms) | pruned step (ms) "
+              "| speed-up | pruned FLOPs |\n|---|---|---|---|---|---|---|---|")
+    lines = [header] + [
+        f"| {r['model']} | {r['dense_epoch_s']:.2f} | {r['policy_epoch_s']:.2f} | {100 * r['policy_overhead']:+.1f}% "
+        f"| {1000 * r['dense_step_s']:.1f} | {1000 * r['pruned_step_s']:.1f} | {r['pruned_speedup']:.2f}x "
+        f"| {100 * r['pruned_flops_ratio']:.1f}% |" for r in rows]
+    print("\n".join(lines))
+    meta = {"machine": platform.machine(), "processor": platform.processor(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "batches": args.batches, "batch_size": args.batch_size,
+            "steps": args.steps, "repeats": args.repeats}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps({"meta": meta, "results": rows}, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
