@@ -20,7 +20,8 @@ def run_cli(args, capsys):
     (["--budget", "flops:0"], "outside (0, 1)"),
     (["--budget", "watts:0.5"], "unknown budget kind"),
     (["--data", "cifar10", "--data-dir", "/nonexistent/cifar"], "data folder not found: /nonexistent/cifar"),
-    (["--epochs", "3", "--epi-window", "3"], "EPI window 3 needs more epochs than 3"),
+    (["--epochs", "3", "--epi-window", "3"], "EPI window 3 is too large for 3 epochs"),
+    (["--epochs", "4", "--epi-window", "3"], "EPI window 3 is too large for 4 epochs"),
     (["--epochs", "3", "--prune-at", "5"], "prune-at epoch 5 is outside"),
     (["--lr", "-1"], "learning rate -1.0"),
 ])

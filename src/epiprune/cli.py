@@ -51,7 +51,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", default="runs/train", help="output folder")
     t.add_argument("--no-progress", action="store_true", help="no progress bars (the per-epoch lines stay)")
+    t.add_argument("--resume", metavar="DIR", default=None,
+                   help="continue the run in DIR from its last checkpoint (its settings are used; --out is ignored)")
+    e = sub.add_parser("export", help="export a run's (pruned) model for use without epiprune")
+    e.add_argument("run_dir", help="output folder of `epiprune train`")
+    e.add_argument("--format", default="torchscript", choices=("torchscript", "export", "onnx", "safetensors"),
+                   help="torchscript (torch.jit.load), export (torch.export .pt2: torch.export.load), onnx (needs "
+                   "onnx + onnxscript), or safetensors with the architecture in its metadata (epiprune.load_pruned)")
+    e.add_argument("--out", default=None, help="file to write (default: RUN_DIR/model_export.<format suffix>)")
     return parser
+
+
+def _export(args: argparse.Namespace) -> None:
+    from .export import export_run
+
+    path = export_run(args.run_dir, args.format, args.out)
+    print(f"wrote {path}")
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -66,7 +81,9 @@ def _train(args: argparse.Namespace) -> None:
                       importance=args.importance, epi_window=args.epi_window, epi_threshold=args.epi_threshold,
                       min_dense_epochs=args.min_dense_epochs, max_dense_epochs=args.max_dense_epochs,
                       prune_at=args.prune_at, seed=args.seed, out=args.out, progress=not args.no_progress)
-    result = train(cfg)
+    if args.resume is not None:
+        cfg.out = args.resume
+    result = train(cfg, resume=args.resume is not None)
     s = result.summary
     when = "never" if s["prune_epoch"] is None else f"after epoch {s['prune_epoch']} ({s['trigger']})"
     print(f"pruned {when}; final val top-1 {100 * s['final_val_top1']:.2f}%")
@@ -82,11 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             _train(args)
+        elif args.command == "export":
+            _export(args)
     except EpipruneError as e:
         sys.stderr.write(f"error: {e}\n")
         return 2
     except KeyboardInterrupt:
-        sys.stderr.write("error: interrupted\n")
+        sys.stderr.write("error: interrupted; the last finished epoch is checkpointed (resume with --resume)\n")
         return 130
     return 0
 

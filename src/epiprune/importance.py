@@ -47,12 +47,12 @@ class TaylorAccumulator:
         self.steps = 0
 
     @torch.no_grad()
-    def step(self) -> None:
+    def step(self, grad_scale: float = 1.0) -> None:
         for gi, group in enumerate(self.graph.groups):
             for module, local, root in group.taylor_targets:
                 score = _channel_taylor(module)
                 if score is not None:
-                    self.totals[gi][root] += score[local].abs().double().cpu()
+                    self.totals[gi][root] += score[local].abs().double().cpu() / grad_scale
         self.steps += 1
 
     def scores(self) -> list[np.ndarray]:
@@ -74,7 +74,7 @@ class MagnitudeImportance:
     def reset(self) -> None:
         self.steps = 0
 
-    def step(self) -> None:
+    def step(self, grad_scale: float = 1.0) -> None:
         self.steps += 1
 
     @torch.no_grad()

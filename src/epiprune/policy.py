@@ -57,10 +57,13 @@ class EarlyPruningPolicy:
         self.model = model
         self.budget = budget or Budget()
         self.importance_kind = importance
+        if min_dense_epochs is None:
+            min_dense_epochs = 0 if prune_at is not None else window + 1  # EPI is defined from epoch r + 1
         self.rule = TriggerRule(window=window,
                                 threshold=DEFAULT_THRESHOLDS[importance] if threshold is None else threshold,
-                                min_dense_epochs=window + 1 if min_dense_epochs is None else min_dense_epochs,
-                                max_dense_epochs=max_dense_epochs, prune_at=prune_at, require_peak=require_peak)
+                                min_dense_epochs=min_dense_epochs,
+                                max_dense_epochs=None if prune_at is not None else max_dense_epochs,
+                                prune_at=prune_at, require_peak=require_peak)
         self.min_channels = min_channels
         self.graph = PrunableGraph(model, example_inputs, ignored_layers)
         self.group_names = self.graph.names
@@ -68,6 +71,11 @@ class EarlyPruningPolicy:
         self.dense_flops, self.dense_params = self.graph.count()
         self.cost = self.graph.cost_models()[self.budget.kind]
         self.target = self.budget.fraction * self.cost.dense
+        floor = self.cost(np.minimum(self.dense_widths, min_channels)) / self.cost.dense
+        if floor > self.budget.fraction:
+            raise EpipruneError(f"budget {self.budget} cannot be met: keeping {min_channels} channel(s) per layer "
+                                f"already costs {floor:.3f} of the dense model (accepted: a fraction > {floor:.3f})")
+        self.graph.self_check()
         self.importance = make_importance(importance, self.graph)
         self.history: list[EpochRecord] = []
         self.epoch = 0
@@ -83,10 +91,11 @@ class EarlyPruningPolicy:
     def epi_history(self) -> list[float | None]:
         return [r.epi for r in self.history]
 
-    def step(self) -> None:
-        """Accumulate importance from the current gradients (call after backward, before zero_grad)."""
+    def step(self, grad_scale: float = 1.0) -> None:
+        """Accumulate importance from the current gradients (call after backward, before zero_grad).
+        grad_scale: the loss scale when gradients are still scaled (AMP GradScaler.get_scale()); 1 otherwise."""
         if not self.pruned:
-            self.importance.step()
+            self.importance.step(grad_scale)
 
     def dominant_subnetwork(self) -> list[np.ndarray]:
         """Boolean keep-mask per group: what would be kept if the model were pruned now."""
@@ -120,6 +129,7 @@ class EarlyPruningPolicy:
 
     def _prune(self, masks: list[np.ndarray], optimizer: torch.optim.Optimizer | None, trigger: str) -> None:
         self.graph.prune(masks, optimizer)
+        self.importance.reset()  # accumulators now have the pruned widths (and are no longer used)
         self.kept = {name: np.flatnonzero(m).tolist() for name, m in zip(self.group_names, masks, strict=True)}
         self.prune_epoch, self.trigger = self.epoch, trigger
 
@@ -130,6 +140,33 @@ class EarlyPruningPolicy:
     def count(self) -> tuple[int, int]:
         """(FLOPs, params) per sample of the model as it is now."""
         return self.graph.count()
+
+    def state_dict(self) -> dict:
+        """Plain data (and tensors) describing the policy: enough to resume before or after the prune event."""
+        return {"budget": str(self.budget), "importance": self.importance_kind, "group_names": self.group_names,
+                "epoch": self.epoch, "history": [asdict(r) for r in self.history], "prune_epoch": self.prune_epoch,
+                "trigger": self.trigger, "kept": self.kept, "importance_steps": self.importance.steps,
+                "importance_totals": [t.clone() for t in self.importance.state_tensors()]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a policy built on the same dense model. If the saved policy had pruned, the same channels are
+        removed from the model now (without an optimizer: load the optimizer's state after this)."""
+        for key, mine in (("budget", str(self.budget)), ("importance", self.importance_kind),
+                          ("group_names", self.group_names)):
+            if state.get(key) != mine:
+                raise EpipruneError(f"policy state does not match: {key} {state.get(key)!r} vs {mine!r}")
+        if self.pruned and state["kept"] != self.kept:
+            raise EpipruneError("policy state was pruned differently from this (already pruned) model")
+        if state["kept"] is not None and not self.pruned:
+            self.graph.prune([state["kept"][name] for name in self.group_names])
+        self.kept = state["kept"]
+        self.epoch, self.prune_epoch, self.trigger = state["epoch"], state["prune_epoch"], state["trigger"]
+        self.history = [EpochRecord(**r) for r in state["history"]]
+        self.importance.reset()
+        if not self.pruned:
+            self.importance.steps = state["importance_steps"]
+            for mine, saved in zip(self.importance.state_tensors(), state["importance_totals"], strict=True):
+                mine.copy_(saved)
 
     def summary(self) -> dict:
         return {"budget": str(self.budget), "importance": self.importance_kind, "window": self.rule.window,

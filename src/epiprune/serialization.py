@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -77,16 +78,30 @@ def save_pruned(model: nn.Module, spec: dict, folder: Path) -> None:
     atomic_write_text(folder / ARCH_FILE, json.dumps(spec, indent=1))
 
 
-def load_pruned(folder: str | Path) -> nn.Module:
-    """Rebuild a (pruned) model saved by save_pruned: exact shapes from the spec, weights from safetensors."""
-    folder = Path(folder)
-    arch, weights = folder / ARCH_FILE, folder / WEIGHTS_FILE
+def _read_spec(path: Path) -> tuple[dict, Path]:
+    """(architecture spec, weights file) of a run folder or of a single exported .safetensors file."""
+    if path.is_file() and path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                text = (f.metadata() or {}).get("epiprune_architecture")
+        except Exception as e:  # safetensors raises its own error types for truncated files
+            raise EpipruneError(f"corrupt {path}: {e}") from None
+        if text is None:
+            raise EpipruneError(f"{path} has no epiprune architecture in its metadata (export it with epiprune)")
+        return json.loads(text), path
+    arch, weights = path / ARCH_FILE, path / WEIGHTS_FILE
     if not arch.is_file() or not weights.is_file():
-        raise EpipruneError(f"no saved model in {folder} (expected {ARCH_FILE} and {WEIGHTS_FILE})")
+        raise EpipruneError(f"no saved model in {path} (expected {ARCH_FILE} and {WEIGHTS_FILE})")
     try:
-        spec = json.loads(arch.read_text())
+        return json.loads(arch.read_text()), weights
     except json.JSONDecodeError as e:
         raise EpipruneError(f"corrupt {arch}: {e}") from None
+
+
+def load_pruned(path: str | Path) -> nn.Module:
+    """Rebuild a (pruned) model: `path` is a run folder (architecture.json + model.safetensors) or a .safetensors
+    file exported by `epiprune export --format safetensors`. Exact shapes from the spec; no pickle involved."""
+    spec, weights = _read_spec(Path(path))
     model = build_from_spec(spec)
     try:
         state = load_file(str(weights))
@@ -95,5 +110,5 @@ def load_pruned(folder: str | Path) -> nn.Module:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise EpipruneError(f"{weights} does not match {arch}: {str(e).splitlines()[0]}") from None
+        raise EpipruneError(f"{weights} does not match its architecture: {str(e).splitlines()[0]}") from None
     return model.eval()

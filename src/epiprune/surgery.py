@@ -84,6 +84,12 @@ def input_producers(model: nn.Module, example_inputs: torch.Tensor) -> dict[nn.M
     return producers
 
 
+def _same_modules(original: nn.Module, clone: nn.Module, modules: Sequence[nn.Module]) -> list[nn.Module]:
+    """The clone's counterparts of `modules` of the original (matched by module name)."""
+    wanted = {n for n, m in original.named_modules() if any(m is x for x in modules)}
+    return [m for n, m in clone.named_modules() if n in wanted]
+
+
 def _is_depthwise(module: nn.Module) -> bool:
     return isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels \
         == module.out_channels
@@ -105,7 +111,8 @@ class PrunableGraph:
         model.eval()
         try:
             self.ignored = list(ignored_layers) + output_layers(model, example_inputs)
-            self.dg = tp.DependencyGraph().build_dependency(model, example_inputs, verbose=False)
+            with torch.enable_grad():  # torch-pruning traces through autograd
+                self.dg = tp.DependencyGraph().build_dependency(model, example_inputs, verbose=False)
             raw_groups = list(self.dg.get_all_groups(ignored_layers=self.ignored,
                                                      root_module_types=(nn.Conv2d, nn.Linear)))
         except Exception as e:  # torch-pruning raises many kinds; name the model, keep one line
@@ -189,6 +196,30 @@ class PrunableGraph:
                                      float(total) - float(np.sum(coef)))
         return result
 
+    def self_check(self) -> None:
+        """Prune a copy of the model by one channel per group and run it: a model whose coupling torch-pruning
+        misreads fails here, at set-up, with the layer named, instead of after hours of training."""
+        import copy
+
+        clone = copy.deepcopy(self.model).eval()
+        graph = PrunableGraph(clone, self.example_inputs, [m for m in _same_modules(self.model, clone, self.ignored)])
+        graph.prune([np.arange(max(1, g.size - 1)) for g in graph.groups])
+        entered: list[str] = []
+        names = {m: n for n, m in clone.named_modules()}
+        handles = [m.register_forward_pre_hook(lambda mod, _i: entered.append(names[mod]))
+                   for m in clone.modules() if not list(m.children())]
+        try:
+            with torch.no_grad():
+                clone(self.example_inputs)
+        except Exception as e:  # whatever broke, report the layer and torch's reason in one line
+            layer = entered[-1] if entered else "?"
+            raise SurgeryError(f"the dependency graph cannot handle layer {layer!r} of {type(self.model).__name__}: "
+                               f"after removing channels it fails with: {str(e).splitlines()[0][:200]} "
+                               "(accepted: layers torch-pruning couples, or pass it in ignored_layers)") from None
+        finally:
+            for h in handles:
+                h.remove()
+
     def prune(self, keep: Sequence[Sequence[int] | np.ndarray], optimizer: torch.optim.Optimizer | None = None
               ) -> None:
         """Physically remove channels. keep[g]: indices (or a boolean mask) of group g's channels to keep.
@@ -235,6 +266,9 @@ def record_parameter_cuts() -> Iterator[list[ParameterCut]]:
 
     def recording(self, weight, keep_idxs, pruning_dim):  # noqa: ANN001, ANN202
         new = original(self, weight, keep_idxs, pruning_dim)
+        if weight.ndim == 4 and weight.is_contiguous(memory_format=torch.channels_last) \
+                and not weight.is_contiguous():
+            new.data = new.data.contiguous(memory_format=torch.channels_last)
         cuts.append(ParameterCut(weight, new, list(keep_idxs), pruning_dim))
         return new
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from .checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from .data import DATASETS, Dataset, TensorLoader, load_dataset
 from .errors import EpipruneError
 from .importance import IMPORTANCES
@@ -76,9 +76,9 @@ class TrainConfig:
                 raise EpipruneError(f"{name} {value} is too small (accepted: an integer >= {low})")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise EpipruneError(f"learning rate {self.lr} is not a positive number")
-        if self.epi_window >= self.epochs and self.prune_at is None:
-            raise EpipruneError(f"EPI window {self.epi_window} needs more epochs than {self.epochs} "
-                                f"(accepted: a window < epochs, or --prune-at)")
+        if self.epi_window + 2 > self.epochs and self.prune_at is None:
+            raise EpipruneError(f"EPI window {self.epi_window} is too large for {self.epochs} epochs (accepted: a "
+                                f"window <= epochs - 2: EPI needs window + 1 dense epochs, then pruned training)")
         if self.prune_at is not None and not 0 <= self.prune_at < self.epochs:
             raise EpipruneError(f"prune-at epoch {self.prune_at} is outside 0..{self.epochs - 1}")
         if self.epi_threshold is not None and not 0 < self.epi_threshold <= 1:
@@ -138,9 +138,27 @@ class RunResult:
     out: Path
 
 
-def train(cfg: TrainConfig, dataset: Dataset | None = None,
-          log: Callable[[str], None] = print) -> RunResult:
-    """Run the whole schedule described by cfg; write metrics.jsonl, summary.json, the model and epi.png."""
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(logits, labels)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum; weight decay on conv/linear weights only (not on BN scales or biases)."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    return torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
+                            {"params": no_decay, "weight_decay": 0.0}],
+                           lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+
+
+def train(cfg: TrainConfig, dataset: Dataset | None = None, log: Callable[[str], None] = print,
+          resume: bool = False) -> RunResult:
+    """Run the schedule described by cfg; write metrics.jsonl, summary.json, the model and epi.png into cfg.out,
+    and a checkpoint after every epoch. resume=True continues from cfg.out's checkpoint (config from it)."""
+    checkpoint = None
+    if resume:
+        checkpoint = load_checkpoint(Path(cfg.out) / CHECKPOINT_FILE)
+        cfg = TrainConfig(**{**checkpoint["extra"]["config"], "out": cfg.out, "progress": cfg.progress})
     cfg.validate()
     budget = Budget.parse(cfg.budget)
     out = prepare_output(cfg.out)
@@ -158,30 +176,37 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None,
     policy = EarlyPruningPolicy(model, example, budget, importance=cfg.importance, window=cfg.epi_window,
                                 threshold=cfg.epi_threshold, min_dense_epochs=cfg.min_dense_epochs,
                                 max_dense_epochs=cfg.resolved_max_dense_epochs, prune_at=cfg.prune_at)
-    decay, no_decay = [], []
-    for p in model.parameters():
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}],
-                                lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    if checkpoint is not None:
+        policy.load_state_dict(checkpoint["policy"])  # re-applies the surgery if the run had pruned
+        model.load_state_dict(checkpoint["model"])
+    elif cfg.prune_at == 0:
+        policy.prune_now(trigger="fixed")
+    optimizer = make_optimizer(model, cfg)
     total_steps = cfg.epochs * len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
-    log(f"epiprune: {cfg.model} on {dataset.name} ({len(dataset.train_labels)} train / "
-        f"{len(dataset.val_labels)} val, {dataset.in_channels}x{h}x{w}), budget {budget}, "
-        f"importance {cfg.importance}, {cfg.epochs} epochs, dense {policy.dense_flops / 1e6:.2f} MFLOPs "
-        f"{policy.dense_params / 1e6:.3f} M params")
-    if cfg.prune_at == 0:
-        policy.prune_now(optimizer, trigger="fixed")
-        log(f"pruned at initialisation: {policy.count()[0] / 1e6:.2f} MFLOPs")
-
     metrics: list[dict] = []
+    train_flops_total, train_seconds, first_epoch = 0.0, 0.0, 1
     metrics_path = out / "metrics.jsonl"
-    metrics_path.unlink(missing_ok=True)
-    train_flops_total = 0.0
+    if checkpoint is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        extra = checkpoint["extra"]
+        train_loader.generator.set_state(extra["loader_rng"])
+        torch.set_rng_state(extra["torch_rng"])
+        metrics, train_flops_total, train_seconds = extra["metrics"], extra["train_flops_total"], extra["seconds"]
+        first_epoch = len(metrics) + 1
+        atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in metrics))
+        log(f"resumed {out} after epoch {len(metrics)}" + (" (pruned)" if policy.pruned else ""))
+    else:
+        metrics_path.unlink(missing_ok=True)
+        log(f"epiprune: {cfg.model} on {dataset.name} ({len(dataset.train_labels)} train / "
+            f"{len(dataset.val_labels)} val, {dataset.in_channels}x{h}x{w}), budget {budget}, "
+            f"importance {cfg.importance}, {cfg.epochs} epochs, dense {policy.dense_flops / 1e6:.2f} MFLOPs "
+            f"{policy.dense_params / 1e6:.3f} M params")
     flops, params = policy.count()
-    start = time.perf_counter()
-    for epoch in range(1, cfg.epochs + 1):
+
+    for epoch in range(first_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
         model.train()
         loss_sum, correct, seen = 0.0, 0, 0
@@ -189,9 +214,10 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None,
                    unit="batch", dynamic_ncols=True)
         for x, y in bar:
             logits = model(x)
-            loss = nn.functional.cross_entropy(logits, y)
+            loss = cross_entropy(logits, y)
             if not torch.isfinite(loss):
-                raise TrainingError(f"loss became {loss.item()} in epoch {epoch} (accepted: a smaller --lr)")
+                raise TrainingError(f"loss became {loss.item()} in epoch {epoch}; stopped, the last good checkpoint "
+                                    f"is in {out} (accepted: a smaller --lr)")
             loss.backward()
             policy.step()
             optimizer.step()
@@ -201,30 +227,31 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None,
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
-        epoch_train_flops = TRAIN_FLOPS_PER_FORWARD * flops * seen
-        train_flops_total += epoch_train_flops
+        train_flops_total += TRAIN_FLOPS_PER_FORWARD * flops * seen
         _, val_top1 = evaluate(model, val_loader)
-        was_pruned = policy.pruned
         pruned_now = policy.end_epoch(optimizer)
         if pruned_now:
             flops, params = policy.count()
         record = policy.history[-1] if policy.history and policy.history[-1].epoch == epoch else None
+        epoch_seconds = time.perf_counter() - t0
+        train_seconds += epoch_seconds
         row = {"epoch": epoch, "train_loss": loss_sum / seen, "train_top1": correct / seen, "val_top1": val_top1,
                "epi": None if record is None else record.epi,
                "widths": record.widths if record is not None else policy.widths(),
-               "pruned": policy.pruned, "pruned_this_epoch": pruned_now and not was_pruned,
+               "pruned": policy.pruned, "pruned_this_epoch": pruned_now,
                "flops": flops, "params": params, "lr": optimizer.param_groups[0]["lr"],
-               "epoch_seconds": time.perf_counter() - t0, "train_flops_cumulative": train_flops_total}
+               "epoch_seconds": epoch_seconds, "train_flops_cumulative": train_flops_total}
         metrics.append(row)
+        # checkpoint first: a crash between the two writes leaves a checkpoint that resume trusts
+        save_checkpoint(out / CHECKPOINT_FILE, model, optimizer, scheduler, policy, config=asdict(cfg),
+                        metrics=metrics, train_flops_total=train_flops_total, seconds=train_seconds,
+                        loader_rng=train_loader.generator.get_state(), torch_rng=torch.get_rng_state())
         with open(metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
         epi_text = "  -  " if row["epi"] is None else f"{row['epi']:.3f}"
-        mark = f"  << pruned ({policy.trigger})" if row["pruned_this_epoch"] else ""
+        mark = f"  << pruned ({policy.trigger})" if pruned_now else ""
         log(f"epoch {epoch:3d}/{cfg.epochs}  loss {row['train_loss']:.4f}  val top-1 {100 * val_top1:5.2f}%  "
-            f"EPI {epi_text}  FLOPs {flops / 1e6:7.2f}M  {row['epoch_seconds']:5.1f}s{mark}")
-    train_seconds = time.perf_counter() - start
+            f"EPI {epi_text}  FLOPs {flops / 1e6:7.2f}M  {epoch_seconds:5.1f}s{mark}")
 
     dense_train_flops = TRAIN_FLOPS_PER_FORWARD * policy.dense_flops * len(train_loader.labels) * cfg.epochs
     summary = {

@@ -1,0 +1,43 @@
+"""Training checkpoints: model + optimizer + scheduler + policy (+ loop state) in one file, written atomically
+and read back with torch.load(weights_only=True), so a checkpoint can never run code when loaded.
+
+A checkpoint taken after the prune event holds smaller tensors; `EarlyPruningPolicy.load_state_dict` re-applies
+the recorded surgery to a freshly built dense model first, so that the saved weights fit again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .errors import EpipruneError
+from .serialization import atomic_write
+
+CHECKPOINT_FILE = "checkpoint.pt"
+FORMAT = "epiprune-checkpoint/1"
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    scheduler: object | None = None, policy: object | None = None, **extra: object) -> None:
+    """Write one checkpoint file atomically (temp file, then rename): the previous one stays intact until the
+    new one is complete. `extra` values must be plain data (numbers, strings, lists, dicts, tensors)."""
+    state = {"format": FORMAT, "model": model.state_dict(),
+             "optimizer": optimizer.state_dict() if optimizer is not None else None,
+             "scheduler": scheduler.state_dict() if scheduler is not None else None,
+             "policy": policy.state_dict() if policy is not None else None, "extra": extra}
+    atomic_write(Path(path), lambda p: torch.save(state, p))
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a checkpoint saved by save_checkpoint; a missing, truncated or foreign file is an EpipruneError."""
+    path = Path(path)
+    if not path.is_file():
+        raise EpipruneError(f"no checkpoint at {path} (expected a file written by epiprune)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, pickle.UnpicklingError, EOFError, zipfile errors
+        raise EpipruneError(f"corrupt or unsafe checkpoint {path}: {str(e).splitlines()[0][:200]}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise EpipruneError(f"{path} is not an epiprune checkpoint (format {FORMAT})")
+    return state

@@ -1,0 +1,62 @@
+"""Export a trained (pruned) run for deployment without epiprune.
+
+torchscript: a TorchScript archive (torch.jit.load, no Python class needed; deprecated by torch in favour of:)
+export: a torch.export program (.pt2; torch.export.load(path).module()), batch size dynamic.
+onnx: an ONNX graph (needs the `onnx` and `onnxscript` packages: `pip install epiprune[onnx]`).
+safetensors: one .safetensors file whose metadata holds the architecture spec; `epiprune.load_pruned` rebuilds the
+model from it, and any safetensors reader gets the tensors.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import warnings
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from .errors import EpipruneError
+from .serialization import ARCH_FILE, atomic_write, load_pruned
+
+FORMATS = ("torchscript", "export", "onnx", "safetensors")
+SUFFIX = {"torchscript": ".torchscript.pt", "export": ".pt2", "onnx": ".onnx", "safetensors": ".safetensors"}
+
+
+def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> Path:
+    """Export the model saved in run_dir (by `epiprune train`) to `fmt`; returns the written file."""
+    if fmt not in FORMATS:
+        raise EpipruneError(f"unknown export format {fmt!r} (accepted: {', '.join(FORMATS)})")
+    run_dir = Path(run_dir)
+    model = load_pruned(run_dir)
+    spec = json.loads((run_dir / ARCH_FILE).read_text())
+    example = torch.zeros(2, spec["in_channels"], *spec["input_size"])  # batch 1 would be specialised
+    target = Path(out) if out is not None else run_dir / f"model_export{SUFFIX[fmt]}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(model, example)
+            atomic_write(target, lambda p: torch.jit.save(traced, str(p)))
+    elif fmt == "export":
+        program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+        atomic_write(target, lambda p: torch.export.save(program, str(p)))
+    elif fmt == "onnx":
+        missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise EpipruneError(f"ONNX export needs the packages {', '.join(missing)} "
+                                "(accepted: pip install 'epiprune[onnx]', or --format torchscript)")
+        def write_onnx(p: Path) -> None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                program = torch.onnx.export(model, (example,), dynamo=True, input_names=["images"],
+                                            output_names=["logits"], dynamic_shapes=({0: "batch"},),
+                                            verbose=False)
+                program.save(str(p), external_data=False)
+
+        atomic_write(target, write_onnx)
+    else:
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        atomic_write(target, lambda p: save_file(state, str(p), metadata={"epiprune_architecture": json.dumps(spec)}))
+    return target

@@ -1,0 +1,108 @@
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import epiprune
+from epiprune.errors import EpipruneError
+from epiprune.trainer import TrainConfig, train
+
+ARGS = ["--train-subset", "1536", "--val-subset", "256", "--epochs", "5", "--epi-window", "1",
+        "--min-dense-epochs", "2", "--max-dense-epochs", "2", "--batch-size", "64", "--no-progress"]
+VOLATILE = {"epoch_seconds"}
+
+
+def train_cmd(*extra):
+    return [sys.executable, "-m", "epiprune", "train", *ARGS, *extra]
+
+
+def metrics(folder):
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    subprocess.run(train_cmd("--out", str(out)), check=True, capture_output=True, timeout=900)
+    return out
+
+
+@pytest.mark.parametrize("kill_after", [1, 3])  # before and after the prune event (end of epoch 2)
+def test_killed_run_resumes_to_identical_result(tmp_path, uninterrupted, kill_after):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(train_cmd("--out", str(out)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        path = out / "metrics.jsonl"
+        if path.exists() and len(path.read_text().splitlines()) >= kill_after:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    resumed = subprocess.run([sys.executable, "-m", "epiprune", "train", "--resume", str(out), "--no-progress"],
+                             capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed" in resumed.stdout
+    assert metrics(out) == metrics(uninterrupted)
+    a = json.loads((out / "summary.json").read_text())
+    b = json.loads((uninterrupted / "summary.json").read_text())
+    assert a["final_widths"] == b["final_widths"] and a["prune_epoch"] == b["prune_epoch"] == 2
+    assert a["final_val_top1"] == b["final_val_top1"]
+
+
+def test_corrupt_checkpoint_is_reported_and_left_alone(tmp_path, uninterrupted, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    data = (uninterrupted / "checkpoint.pt").read_bytes()
+    (out / "checkpoint.pt").write_bytes(data[: len(data) // 3])
+    code = epiprune.cli.main(["train", "--resume", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: corrupt or unsafe checkpoint") and err.count("\n") == 1
+    assert (out / "checkpoint.pt").read_bytes() == data[: len(data) // 3]
+
+
+def test_checkpoint_with_pickled_code_is_refused(tmp_path):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("owned",))
+
+    path = tmp_path / "checkpoint.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"format": "epiprune-checkpoint/1", "model": Evil()}, f)
+    with pytest.raises(EpipruneError, match="corrupt or unsafe"):
+        epiprune.load_checkpoint(path)
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    import torch
+
+    import epiprune.trainer as trainer
+
+    calls = {"n": 0}
+    real = trainer.cross_entropy
+
+    def sometimes_nan(logits, labels):
+        calls["n"] += 1
+        loss = real(logits, labels)
+        return loss * float("nan") if calls["n"] > 6 else loss  # 4 batches per epoch: NaN in epoch 2
+
+    monkeypatch.setattr(trainer, "cross_entropy", sometimes_nan)
+    cfg = TrainConfig(train_subset=256, val_subset=64, epochs=3, epi_window=1, batch_size=64, out=str(tmp_path),
+                      progress=False)
+    with pytest.raises(trainer.TrainingError, match="loss became nan in epoch 2"):
+        train(cfg, log=lambda _: None)
+    state = epiprune.load_checkpoint(tmp_path / "checkpoint.pt")
+    assert len(state["extra"]["metrics"]) == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path, capsys):
+    assert epiprune.cli.main(["train", "--resume", str(tmp_path)]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err
