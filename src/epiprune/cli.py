@@ -8,7 +8,7 @@ import sys
 from .data import DATASETS
 from .errors import EpipruneError
 from .importance import IMPORTANCES
-from .indicator import DEFAULT_THRESHOLDS, DEFAULT_WINDOW
+from .indicator import DEFAULT_THRESHOLDS, DEFAULT_WINDOW, INDICATORS
 from .models import MODELS
 
 
@@ -38,7 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weight-decay", type=float, default=5e-4, help="on conv/linear weights, not on BN/biases")
     t.add_argument("--budget", default="flops:0.5", help="what to keep: flops:F or params:F, 0 < F < 1")
     t.add_argument("--importance", default="taylor", choices=IMPORTANCES,
-                   help="channel importance: first-order Taylor (gradients) or group L2 weight magnitude")
+                   help="channel importance: first-order Taylor (gradients), group L2 weight magnitude, or random")
+    t.add_argument("--indicator", default="epi", choices=INDICATORS,
+                   help="when to prune: EPI; Early-Bird mask distance (You et al. 2020; threshold = 1 - epsilon, "
+                   "default 0.9); none (dense training, EPI still tracked)")
     t.add_argument("--epi-window", type=int, default=DEFAULT_WINDOW, help="r: earlier epochs EPI compares with")
     t.add_argument("--epi-threshold", type=float, default=None,
                    help=f"tau: prune when EPI >= tau (default {DEFAULT_THRESHOLDS['taylor']} for taylor, "
@@ -48,11 +51,37 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prune at this epoch anyway if EPI has not triggered (default: half the epochs)")
     t.add_argument("--prune-at", type=int, default=None,
                    help="ignore EPI: prune after exactly this many dense epochs (0: at initialisation)")
+    t.add_argument("--finetune-epochs", type=int, default=0,
+                   help="extra epochs after --epochs at 0.1x the LR (train-prune-fine-tune with --prune-at EPOCHS)")
+    t.add_argument("--init-batches", type=int, default=10,
+                   help="with --prune-at 0 and taylor: batches of gradients used to rank channels at initialisation")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", default="runs/train", help="output folder")
     t.add_argument("--no-progress", action="store_true", help="no progress bars (the per-epoch lines stay)")
     t.add_argument("--resume", metavar="DIR", default=None,
                    help="continue the run in DIR from its last checkpoint (its settings are used; --out is ignored)")
+    c = sub.add_parser("compare", help="run every pruning method (dense, prune-at-init, train-prune-fine-tune, "
+                       "fixed-epoch grid = oracle, Early-Bird, EPI) and tabulate accuracy and training cost",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    c.add_argument("--model", default="resnet20", help=f"network: {', '.join(MODELS)}")
+    c.add_argument("--data", default="builtin", help=f"dataset: {', '.join(DATASETS)}")
+    c.add_argument("--data-dir", default=None)
+    c.add_argument("--train-subset", type=int, default=None)
+    c.add_argument("--val-subset", type=int, default=None)
+    c.add_argument("--epochs", type=int, default=12)
+    c.add_argument("--batch-size", type=int, default=128)
+    c.add_argument("--lr", type=float, default=0.1)
+    c.add_argument("--budget", default="flops:0.5")
+    c.add_argument("--epi-window", type=int, default=DEFAULT_WINDOW)
+    c.add_argument("--grid", default=None, help="fixed prune epochs, e.g. 1,2,3 or 1-6 (default: 1..epochs/2)")
+    c.add_argument("--finetune-epochs", type=int, default=None, help="fine-tune epochs of train-prune-fine-tune "
+                   "(default: epochs/4)")
+    c.add_argument("--seeds", default="0", help="comma-separated seeds; mean and spread are reported")
+    c.add_argument("--methods", default="dense,init,tpf,fixed,earlybird,epi",
+                   help="which method families to run")
+    c.add_argument("--jobs", type=int, default=1, help="runs in parallel (threads are split between them)")
+    c.add_argument("--out", default="runs/compare")
+    c.add_argument("--force", action="store_true", help="rerun methods whose results already exist")
     e = sub.add_parser("export", help="export a run's (pruned) model for use without epiprune")
     e.add_argument("run_dir", help="output folder of `epiprune train`")
     e.add_argument("--format", default="torchscript", choices=("torchscript", "export", "onnx", "safetensors"),
@@ -60,6 +89,32 @@ def build_parser() -> argparse.ArgumentParser:
                    "onnx + onnxscript), or safetensors with the architecture in its metadata (epiprune.load_pruned)")
     e.add_argument("--out", default=None, help="file to write (default: RUN_DIR/model_export.<format suffix>)")
     return parser
+
+
+def _int_list(text: str, what: str) -> list[int]:
+    values: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, sep, hi = part.partition("-")
+            values += list(range(int(lo), int(hi) + 1)) if sep else [int(part)]
+    except ValueError:
+        raise EpipruneError(f"bad {what} {text!r} (accepted: integers like 1,2,5 or 1-6)") from None
+    return values
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from .compare import CompareConfig, compare
+
+    cfg = CompareConfig(model=args.model, data=args.data, data_dir=args.data_dir, train_subset=args.train_subset,
+                        val_subset=args.val_subset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                        budget=args.budget, epi_window=args.epi_window,
+                        grid=_int_list(args.grid, "grid") if args.grid else None,
+                        finetune_epochs=args.finetune_epochs, seeds=_int_list(args.seeds, "seeds"),
+                        families=[m.strip() for m in args.methods.split(",")], jobs=args.jobs, out=args.out,
+                        force=args.force)
+    compare(cfg)
+    print(f"table and plots in {args.out}/: compare.md compare.json accuracy_vs_cost.png "
+          "accuracy_vs_prune_epoch.png epi_curve.png widths_heatmap.png")
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -80,7 +135,8 @@ def _train(args: argparse.Namespace) -> None:
                       batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, budget=args.budget,
                       importance=args.importance, epi_window=args.epi_window, epi_threshold=args.epi_threshold,
                       min_dense_epochs=args.min_dense_epochs, max_dense_epochs=args.max_dense_epochs,
-                      prune_at=args.prune_at, seed=args.seed, out=args.out, progress=not args.no_progress)
+                      prune_at=args.prune_at, indicator=args.indicator, finetune_epochs=args.finetune_epochs,
+                      init_batches=args.init_batches, seed=args.seed, out=args.out, progress=not args.no_progress)
     if args.resume is not None:
         cfg.out = args.resume
     result = train(cfg, resume=args.resume is not None)
@@ -101,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
             _train(args)
         elif args.command == "export":
             _export(args)
+        elif args.command == "compare":
+            _compare(args)
     except EpipruneError as e:
         sys.stderr.write(f"error: {e}\n")
         return 2

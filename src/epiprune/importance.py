@@ -19,7 +19,7 @@ from torch import nn
 
 from .surgery import PrunableGraph
 
-IMPORTANCES = ("taylor", "magnitude")
+IMPORTANCES = ("taylor", "magnitude", "random")
 
 
 def _channel_taylor(module: nn.Module) -> torch.Tensor | None:
@@ -90,9 +90,33 @@ class MagnitudeImportance:
         return []
 
 
-def make_importance(kind: str, graph: PrunableGraph) -> TaylorAccumulator | MagnitudeImportance:
+class RandomImportance:
+    """Uniform random scores (the random structured-pruning baseline), reproducible from `seed`."""
+
+    def __init__(self, graph: PrunableGraph, seed: int = 0) -> None:
+        self.graph = graph
+        self.rng = np.random.default_rng(seed)
+        self.steps = 0
+
+    def reset(self) -> None:
+        self.steps = 0
+
+    def step(self, grad_scale: float = 1.0) -> None:
+        self.steps += 1
+
+    def scores(self) -> list[np.ndarray]:
+        return [self.rng.random(g.size) for g in self.graph.groups]
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        return []
+
+
+def make_importance(kind: str, graph: PrunableGraph, seed: int = 0
+                    ) -> TaylorAccumulator | MagnitudeImportance | RandomImportance:
     if kind == "taylor":
         return TaylorAccumulator(graph)
     if kind == "magnitude":
         return MagnitudeImportance(graph)
+    if kind == "random":
+        return RandomImportance(graph, seed)
     raise ValueError(f"unknown importance {kind!r} (accepted: {', '.join(IMPORTANCES)})")

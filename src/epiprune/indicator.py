@@ -13,8 +13,11 @@ import numpy as np
 from .errors import EpipruneError
 
 # Published thresholds (paper, section 4): tau for Taylor importance and for magnitude importance.
-DEFAULT_THRESHOLDS = {"taylor": 0.944, "magnitude": 0.983}
+DEFAULT_THRESHOLDS = {"taylor": 0.944, "magnitude": 0.983, "random": 0.944}
 DEFAULT_WINDOW = 3
+# Early-Bird tickets (You et al., ICLR 2020): prune once the last r mask distances are all below epsilon = 0.1.
+EARLYBIRD_EPSILON = 0.1
+INDICATORS = ("epi", "earlybird", "none")
 
 
 def layer_distances(a: Sequence[int], b: Sequence[int]) -> np.ndarray:
@@ -40,6 +43,22 @@ def early_pruning_indicator(history: Sequence[Sequence[int]], window: int) -> fl
         return None
     current = history[-1]
     return float(np.mean([structural_similarity(current, history[-1 - j]) for j in range(1, window + 1)]))
+
+
+def mask_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Normalised Hamming distance between two channel keep-masks (concatenated over groups), in [0, 1]."""
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    if a.shape != b.shape:
+        raise ValueError(f"masks differ in length: {a.shape} vs {b.shape}")
+    return float(np.mean(a != b)) if a.size else 0.0
+
+
+def earlybird_stability(masks: Sequence[np.ndarray], window: int) -> float | None:
+    """1 - max of the last r distances between successive masks (Early-Bird's FIFO test as a similarity, so that
+    'stable' means 'at least 1 - epsilon', like EPI). None until r distances exist."""
+    if len(masks) < window + 1:
+        return None
+    return 1.0 - max(mask_distance(masks[-1 - j], masks[-2 - j]) for j in range(window))
 
 
 @dataclass

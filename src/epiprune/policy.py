@@ -20,8 +20,16 @@ import torch
 from torch import nn
 
 from .errors import EpipruneError
-from .importance import IMPORTANCES, MagnitudeImportance, make_importance
-from .indicator import DEFAULT_THRESHOLDS, DEFAULT_WINDOW, TriggerRule, early_pruning_indicator
+from .importance import IMPORTANCES, MagnitudeImportance, TaylorAccumulator, make_importance
+from .indicator import (
+    DEFAULT_THRESHOLDS,
+    DEFAULT_WINDOW,
+    EARLYBIRD_EPSILON,
+    INDICATORS,
+    TriggerRule,
+    early_pruning_indicator,
+    earlybird_stability,
+)
 from .subnetwork import Budget, normalise_per_group, select_subnetwork, widths_of
 from .surgery import PrunableGraph
 
@@ -33,7 +41,8 @@ class EpochRecord:
     epoch: int
     epi: float | None
     widths: list[int]  # kept channels per group of the dominant sub-network
-    decision: str | None  # 'epi', 'fixed', 'fallback' or None
+    decision: str | None  # 'epi', 'earlybird', 'fixed', 'fallback' or None
+    earlybird: float | None = None  # 1 - max recent mask distance (Early-Bird's test as a similarity)
 
 
 class EarlyPruningPolicy:
@@ -41,7 +50,10 @@ class EarlyPruningPolicy:
 
     model: the network to prune; example_inputs: one sample shaped (1, C, H, W) for tracing and FLOPs.
     budget: fraction of the dense FLOPs or parameters to keep.
-    importance: 'taylor' (gradients, accumulated by step()) or 'magnitude' (weights, read at epoch end).
+    importance: 'taylor' (gradients, accumulated by step()), 'magnitude' (weights, read at epoch end) or
+    'random' (a baseline).
+    indicator: 'epi' (default), 'earlybird' (You et al. 2020: mask Hamming distances over the window all below
+    1 - threshold, default epsilon 0.1) or 'none' (track EPI, never prune: the dense reference).
     window, threshold: EPI's r and tau (threshold None: the published tau for the importance).
     min_dense_epochs / max_dense_epochs: earliest EPI trigger / latest epoch (then prune anyway, 'fallback').
     prune_at: prune after exactly this many dense epochs instead of asking EPI.
@@ -51,17 +63,21 @@ class EarlyPruningPolicy:
                  importance: str = "taylor", window: int = DEFAULT_WINDOW, threshold: float | None = None,
                  min_dense_epochs: int | None = None, max_dense_epochs: int | None = None,
                  prune_at: int | None = None, require_peak: bool = False, min_channels: int = 1,
-                 ignored_layers: Sequence[nn.Module] = ()) -> None:
+                 ignored_layers: Sequence[nn.Module] = (), indicator: str = "epi", seed: int = 0) -> None:
         if importance not in IMPORTANCES:
             raise EpipruneError(f"unknown importance {importance!r} (accepted: {', '.join(IMPORTANCES)})")
+        if indicator not in INDICATORS:
+            raise EpipruneError(f"unknown indicator {indicator!r} (accepted: {', '.join(INDICATORS)})")
+        self.indicator = indicator
+        if threshold is None:
+            threshold = 1.0 - EARLYBIRD_EPSILON if indicator == "earlybird" else DEFAULT_THRESHOLDS[importance]
         self.model = model
         self.budget = budget or Budget()
         self.importance_kind = importance
         if min_dense_epochs is None:
             min_dense_epochs = 0 if prune_at is not None else window + 1  # EPI is defined from epoch r + 1
         self.rule = TriggerRule(window=window,
-                                threshold=DEFAULT_THRESHOLDS[importance] if threshold is None else threshold,
-                                min_dense_epochs=min_dense_epochs,
+                                threshold=threshold, min_dense_epochs=min_dense_epochs,
                                 max_dense_epochs=None if prune_at is not None else max_dense_epochs,
                                 prune_at=prune_at, require_peak=require_peak)
         self.min_channels = min_channels
@@ -76,8 +92,9 @@ class EarlyPruningPolicy:
             raise EpipruneError(f"budget {self.budget} cannot be met: keeping {min_channels} channel(s) per layer "
                                 f"already costs {floor:.3f} of the dense model (accepted: a fraction > {floor:.3f})")
         self.graph.self_check()
-        self.importance = make_importance(importance, self.graph)
+        self.importance = make_importance(importance, self.graph, seed)
         self.history: list[EpochRecord] = []
+        self.masks: list[np.ndarray] = []  # concatenated keep-masks per dense epoch (for Early-Bird)
         self.epoch = 0
         self.prune_epoch: int | None = None
         self.trigger: str | None = None
@@ -100,7 +117,7 @@ class EarlyPruningPolicy:
     def dominant_subnetwork(self) -> list[np.ndarray]:
         """Boolean keep-mask per group: what would be kept if the model were pruned now."""
         scores = self.importance.scores()
-        if self.importance.steps == 0 and not isinstance(self.importance, MagnitudeImportance):
+        if self.importance.steps == 0 and isinstance(self.importance, TaylorAccumulator):
             scores = MagnitudeImportance(self.graph).scores()  # no gradients seen yet: fall back to weights
         return select_subnetwork(normalise_per_group(scores), self.cost, self.target, self.min_channels)
 
@@ -113,8 +130,16 @@ class EarlyPruningPolicy:
         masks = self.dominant_subnetwork()
         widths = widths_of(masks)
         epi = early_pruning_indicator([r.widths for r in self.history] + [widths], self.rule.window)
-        decision = self.rule.decide(self.epoch, [*self.epi_history, epi])
-        self.history.append(EpochRecord(self.epoch, epi, widths, decision))
+        self.masks.append(np.concatenate(masks))
+        eb = earlybird_stability(self.masks, self.rule.window)
+        if self.indicator == "none":
+            decision = None
+        elif self.indicator == "earlybird":
+            decision = self.rule.decide(self.epoch, [*(r.earlybird for r in self.history), eb])
+            decision = "earlybird" if decision == "epi" else decision
+        else:
+            decision = self.rule.decide(self.epoch, [*self.epi_history, epi])
+        self.history.append(EpochRecord(self.epoch, epi, widths, decision, eb))
         self.importance.reset()
         if decision is None:
             return False
@@ -144,6 +169,7 @@ class EarlyPruningPolicy:
     def state_dict(self) -> dict:
         """Plain data (and tensors) describing the policy: enough to resume before or after the prune event."""
         return {"budget": str(self.budget), "importance": self.importance_kind, "group_names": self.group_names,
+                "indicator": self.indicator, "masks": [torch.as_tensor(m) for m in self.masks],
                 "epoch": self.epoch, "history": [asdict(r) for r in self.history], "prune_epoch": self.prune_epoch,
                 "trigger": self.trigger, "kept": self.kept, "importance_steps": self.importance.steps,
                 "importance_totals": [t.clone() for t in self.importance.state_tensors()]}
@@ -152,7 +178,7 @@ class EarlyPruningPolicy:
         """Restore a policy built on the same dense model. If the saved policy had pruned, the same channels are
         removed from the model now (without an optimizer: load the optimizer's state after this)."""
         for key, mine in (("budget", str(self.budget)), ("importance", self.importance_kind),
-                          ("group_names", self.group_names)):
+                          ("group_names", self.group_names), ("indicator", self.indicator)):
             if state.get(key) != mine:
                 raise EpipruneError(f"policy state does not match: {key} {state.get(key)!r} vs {mine!r}")
         if self.pruned and state["kept"] != self.kept:
@@ -162,6 +188,7 @@ class EarlyPruningPolicy:
         self.kept = state["kept"]
         self.epoch, self.prune_epoch, self.trigger = state["epoch"], state["prune_epoch"], state["trigger"]
         self.history = [EpochRecord(**r) for r in state["history"]]
+        self.masks = [m.numpy() for m in state.get("masks", [])]
         self.importance.reset()
         if not self.pruned:
             self.importance.steps = state["importance_steps"]
@@ -169,6 +196,7 @@ class EarlyPruningPolicy:
                 mine.copy_(saved)
 
     def summary(self) -> dict:
-        return {"budget": str(self.budget), "importance": self.importance_kind, "window": self.rule.window,
+        return {"budget": str(self.budget), "importance": self.importance_kind, "indicator": self.indicator,
+                "window": self.rule.window,
                 "threshold": self.rule.threshold, "prune_epoch": self.prune_epoch, "trigger": self.trigger,
                 "history": [asdict(r) for r in self.history]}

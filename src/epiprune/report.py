@@ -35,3 +35,78 @@ def plot_epi(metrics: list[dict], path: Path, threshold: float, prune_epoch: int
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     tmp.replace(path)
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    tmp = Path(path).with_suffix(".tmp.png")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+FAMILY_COLOURS = {"dense": "black", "init": "tab:gray", "tpf": "tab:brown", "fixed": "tab:green",
+                  "earlybird": "tab:purple", "epi": "tab:red", "oracle": "tab:olive"}
+
+
+def plot_accuracy_vs_cost(rows: list[dict], path: Path) -> None:
+    """Final top-1 vs total training FLOPs, one point per method (error bars: spread over seeds)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        ax.errorbar(r["train_flops"] / 1e12, r["top1_mean"], yerr=r["top1_std"] or None, fmt="o",
+                    color=FAMILY_COLOURS.get(r["family"], "tab:blue"), capsize=3)
+        ax.annotate(r["method"], (r["train_flops"] / 1e12, r["top1_mean"]), fontsize=7,
+                    xytext=(4, 3), textcoords="offset points")
+    ax.set_xlabel("training cost (TFLOPs, forward + backward)")
+    ax.set_ylabel("final validation top-1 (%)")
+    ax.set_title("Accuracy vs. training cost")
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def plot_grid(grid: list[tuple[int, float, float]], epi_epoch: int | None, path: Path) -> None:
+    """Top-1 of fixed-epoch pruning for each prune epoch (the oracle scan), with EPI's chosen epoch marked."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    epochs, top1, std = zip(*grid, strict=True)
+    ax.errorbar(epochs, top1, yerr=[s or 0 for s in std], fmt="o-", color="tab:green", capsize=3,
+                label="prune at fixed epoch")
+    if epi_epoch is not None:
+        ax.axvline(epi_epoch, color="tab:red", ls="--", label=f"EPI's epoch ({epi_epoch})")
+    ax.set_xlabel("prune epoch")
+    ax.set_ylabel("final validation top-1 (%)")
+    ax.set_title("Oracle scan: accuracy vs. prune epoch")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def plot_epi_curve(metrics: list[dict], threshold: float, epi_epoch: int | None, path: Path) -> None:
+    """EPI per epoch of a dense run (the indicator tracked over the whole schedule)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    points = [(m["epoch"], m["epi"]) for m in metrics if m.get("epi") is not None]
+    if points:
+        ax.plot(*zip(*points, strict=True), "o-", color="tab:blue", label="EPI (dense run)")
+    ax.axhline(threshold, color="tab:blue", ls=":", label=f"threshold {threshold:g}")
+    if epi_epoch is not None:
+        ax.axvline(epi_epoch, color="tab:red", ls="--", label=f"EPI run pruned after epoch {epi_epoch}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("EPI")
+    ax.set_title("Early Pruning Indicator per epoch")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def plot_width_heatmap(metrics: list[dict], dense_widths: list[int], path: Path) -> None:
+    """Fraction of channels each group keeps in the dominant sub-network, per epoch."""
+    import numpy as np
+
+    data = np.array([np.asarray(m["widths"], dtype=float) / np.asarray(dense_widths) for m in metrics]).T
+    fig, ax = plt.subplots(figsize=(7, max(3, 0.18 * len(dense_widths) + 1.5)))
+    im = ax.imshow(data, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest",
+                   extent=(0.5, len(metrics) + 0.5, len(dense_widths) - 0.5, -0.5))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("channel group (input to output)")
+    ax.set_title("Dominant sub-network: kept fraction per layer")
+    fig.colorbar(im, ax=ax, label="kept fraction")
+    _save(fig, path)

@@ -23,7 +23,7 @@ from .checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from .data import DATASETS, Dataset, TensorLoader, load_dataset
 from .errors import EpipruneError
 from .importance import IMPORTANCES
-from .indicator import DEFAULT_THRESHOLDS, DEFAULT_WINDOW
+from .indicator import DEFAULT_THRESHOLDS, DEFAULT_WINDOW, EARLYBIRD_EPSILON, INDICATORS
 from .models import MODELS, build_model
 from .policy import EarlyPruningPolicy
 from .report import plot_epi
@@ -57,6 +57,9 @@ class TrainConfig:
     min_dense_epochs: int | None = None
     max_dense_epochs: int | None = None
     prune_at: int | None = None
+    indicator: str = "epi"
+    finetune_epochs: int = 0
+    init_batches: int = 10
     seed: int = 0
     out: str = "runs/train"
     progress: bool = True
@@ -67,6 +70,10 @@ class TrainConfig:
             raise EpipruneError(f"unknown model {self.model!r} (accepted: {', '.join(MODELS)})")
         if self.data not in DATASETS:
             raise EpipruneError(f"unknown dataset {self.data!r} (accepted: {', '.join(DATASETS)})")
+        if self.indicator not in INDICATORS:
+            raise EpipruneError(f"unknown indicator {self.indicator!r} (accepted: {', '.join(INDICATORS)})")
+        if self.finetune_epochs < 0:
+            raise EpipruneError(f"fine-tune epochs {self.finetune_epochs} is negative (accepted: >= 0)")
         if self.importance not in IMPORTANCES:
             raise EpipruneError(f"unknown importance {self.importance!r} (accepted: {', '.join(IMPORTANCES)})")
         Budget.parse(self.budget)
@@ -76,15 +83,20 @@ class TrainConfig:
                 raise EpipruneError(f"{name} {value} is too small (accepted: an integer >= {low})")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise EpipruneError(f"learning rate {self.lr} is not a positive number")
-        if self.epi_window + 2 > self.epochs and self.prune_at is None:
+        if self.epi_window + 2 > self.epochs and self.prune_at is None and self.indicator != "none":
             raise EpipruneError(f"EPI window {self.epi_window} is too large for {self.epochs} epochs (accepted: a "
                                 f"window <= epochs - 2: EPI needs window + 1 dense epochs, then pruned training)")
-        if self.prune_at is not None and not 0 <= self.prune_at < self.epochs:
-            raise EpipruneError(f"prune-at epoch {self.prune_at} is outside 0..{self.epochs - 1}")
+        if self.prune_at is not None and not 0 <= self.prune_at < self.total_epochs:
+            raise EpipruneError(f"prune-at epoch {self.prune_at} is outside 0..{self.total_epochs - 1}")
         if self.epi_threshold is not None and not 0 < self.epi_threshold <= 1:
             raise EpipruneError(f"EPI threshold {self.epi_threshold} is outside (0, 1]")
         if self.max_dense_epochs is not None and not 1 <= self.max_dense_epochs < self.epochs:
             raise EpipruneError(f"max dense epochs {self.max_dense_epochs} is outside 1..{self.epochs - 1}")
+
+    @property
+    def total_epochs(self) -> int:
+        """The schedule, plus the fine-tuning epochs of train-prune-fine-tune."""
+        return self.epochs + self.finetune_epochs
 
     @property
     def resolved_max_dense_epochs(self) -> int:
@@ -95,7 +107,9 @@ class TrainConfig:
 
     @property
     def resolved_threshold(self) -> float:
-        return DEFAULT_THRESHOLDS[self.importance] if self.epi_threshold is None else self.epi_threshold
+        if self.epi_threshold is not None:
+            return self.epi_threshold
+        return 1 - EARLYBIRD_EPSILON if self.indicator == "earlybird" else DEFAULT_THRESHOLDS[self.importance]
 
 
 def seed_everything(seed: int) -> None:
@@ -151,6 +165,40 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
                            lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
 
 
+def lr_schedule(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """LR multiplier per step: cosine from 1 to 0 over the main schedule; for train-prune-fine-tune, a second
+    cosine from 0.1 to 0 over the fine-tuning epochs."""
+    main_steps = cfg.epochs * steps_per_epoch
+    tune_steps = max(1, cfg.finetune_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < main_steps:
+            return 0.5 * (1 + math.cos(math.pi * step / main_steps))
+        return 0.05 * (1 + math.cos(math.pi * min(step - main_steps, tune_steps) / tune_steps))
+
+    return factor
+
+
+def prune_at_initialisation(model: nn.Module, policy: EarlyPruningPolicy, loader: TensorLoader,
+                            batches: int) -> float:
+    """Prune before the first step. Taylor importance is accumulated over `batches` mini-batches of gradients
+    at initialisation (SNIP-style, no weight update); magnitude and random need no data.
+    Returns the training FLOPs spent on those batches."""
+    flops = 0.0
+    if policy.importance_kind == "taylor":
+        model.train()
+        dense_flops = policy.dense_flops
+        for i, (x, y) in enumerate(loader):
+            if i >= batches:
+                break
+            cross_entropy(model(x), y).backward()
+            policy.step()
+            model.zero_grad(set_to_none=True)
+            flops += TRAIN_FLOPS_PER_FORWARD * dense_flops * len(y)
+    policy.prune_now(trigger="fixed")
+    return flops
+
+
 def train(cfg: TrainConfig, dataset: Dataset | None = None, log: Callable[[str], None] = print,
           resume: bool = False) -> RunResult:
     """Run the schedule described by cfg; write metrics.jsonl, summary.json, the model and epi.png into cfg.out,
@@ -175,18 +223,17 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None, log: Callable[[str],
     example = torch.zeros(1, dataset.in_channels, h, w)
     policy = EarlyPruningPolicy(model, example, budget, importance=cfg.importance, window=cfg.epi_window,
                                 threshold=cfg.epi_threshold, min_dense_epochs=cfg.min_dense_epochs,
-                                max_dense_epochs=cfg.resolved_max_dense_epochs, prune_at=cfg.prune_at)
+                                max_dense_epochs=cfg.resolved_max_dense_epochs, prune_at=cfg.prune_at,
+                                indicator=cfg.indicator, seed=cfg.seed)
     if checkpoint is not None:
         policy.load_state_dict(checkpoint["policy"])  # re-applies the surgery if the run had pruned
         model.load_state_dict(checkpoint["model"])
-    elif cfg.prune_at == 0:
-        policy.prune_now(trigger="fixed")
-    optimizer = make_optimizer(model, cfg)
-    total_steps = cfg.epochs * len(train_loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
     metrics: list[dict] = []
     train_flops_total, train_seconds, first_epoch = 0.0, 0.0, 1
+    if checkpoint is None and cfg.prune_at == 0:
+        train_flops_total = prune_at_initialisation(model, policy, train_loader, cfg.init_batches)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(cfg, len(train_loader)))
     metrics_path = out / "metrics.jsonl"
     if checkpoint is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -202,15 +249,15 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None, log: Callable[[str],
         metrics_path.unlink(missing_ok=True)
         log(f"epiprune: {cfg.model} on {dataset.name} ({len(dataset.train_labels)} train / "
             f"{len(dataset.val_labels)} val, {dataset.in_channels}x{h}x{w}), budget {budget}, "
-            f"importance {cfg.importance}, {cfg.epochs} epochs, dense {policy.dense_flops / 1e6:.2f} MFLOPs "
+            f"importance {cfg.importance}, {cfg.total_epochs} epochs, dense {policy.dense_flops / 1e6:.2f} MFLOPs "
             f"{policy.dense_params / 1e6:.3f} M params")
     flops, params = policy.count()
 
-    for epoch in range(first_epoch, cfg.epochs + 1):
+    for epoch in range(first_epoch, cfg.total_epochs + 1):
         t0 = time.perf_counter()
         model.train()
         loss_sum, correct, seen = 0.0, 0, 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not cfg.progress,
+        bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.total_epochs}", leave=False, disable=not cfg.progress,
                    unit="batch", dynamic_ncols=True)
         for x, y in bar:
             logits = model(x)
@@ -250,13 +297,15 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None, log: Callable[[str],
             f.write(json.dumps(row) + "\n")
         epi_text = "  -  " if row["epi"] is None else f"{row['epi']:.3f}"
         mark = f"  << pruned ({policy.trigger})" if pruned_now else ""
-        log(f"epoch {epoch:3d}/{cfg.epochs}  loss {row['train_loss']:.4f}  val top-1 {100 * val_top1:5.2f}%  "
+        log(f"epoch {epoch:3d}/{cfg.total_epochs}  loss {row['train_loss']:.4f}  val top-1 {100 * val_top1:5.2f}%  "
             f"EPI {epi_text}  FLOPs {flops / 1e6:7.2f}M  {epoch_seconds:5.1f}s{mark}")
 
+    # the reference: the same data budget (epochs of the main schedule) spent on the dense model
     dense_train_flops = TRAIN_FLOPS_PER_FORWARD * policy.dense_flops * len(train_loader.labels) * cfg.epochs
     summary = {
         "model": cfg.model, "data": dataset.name, "budget": str(budget), "importance": cfg.importance,
-        "epochs": cfg.epochs, "seed": cfg.seed, "epi_window": cfg.epi_window,
+        "indicator": cfg.indicator, "epochs": cfg.total_epochs, "finetune_epochs": cfg.finetune_epochs,
+        "seed": cfg.seed, "epi_window": cfg.epi_window,
         "epi_threshold": cfg.resolved_threshold, "prune_epoch": policy.prune_epoch, "trigger": policy.trigger,
         "final_val_top1": metrics[-1]["val_top1"], "best_val_top1": max(m["val_top1"] for m in metrics),
         "dense_flops": policy.dense_flops, "final_flops": flops, "flops_ratio": flops / policy.dense_flops,

@@ -1,0 +1,86 @@
+"""Reproduce docs/RESULTS.md's comparison table: `epiprune compare` on full Fashion-MNIST with ResNet-20 and
+ResNet-56 at 50% and 30% FLOPs, on a schedule that fits a 2-core CPU (a training subset, few epochs: stated in
+the output). Prints a combined table and the targets of issue 3, and writes JSON + markdown.
+
+    python benchmarks/paper_table.py [--configs resnet20@0.5,resnet20@0.3,resnet56@0.5,resnet56@0.3]
+                                     [--data-dir DIR] [--train-subset 6000] [--val-subset 5000] [--epochs 12]
+                                     [--seeds 0] [--jobs 2] [--out benchmarks/results/paper]
+Finished runs are reused, so an interrupted benchmark continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from epiprune.compare import CompareConfig, compare, markdown_table
+from epiprune.serialization import atomic_write_text
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_CANDIDATES = [Path("/usr/share/datasets/fashion-mnist"), ROOT.parent / "shared" / "data" / "fashion-mnist"]
+
+
+def targets(rows: list[dict]) -> dict:
+    """Issue 3's targets, evaluated on one configuration's rows."""
+    by = {r["method"]: r for r in rows}
+    epi, oracle = by.get("epi-taylor"), next((r for r in rows if r["family"] == "oracle"), None)
+    inits = [r for r in rows if r["family"] == "init"]
+    result = {}
+    if epi and oracle:
+        result["epi_minus_oracle_top1"] = epi["top1_mean"] - oracle["top1_mean"]
+        result["epi_epoch"], result["oracle_epoch"] = epi["prune_epoch"], oracle["prune_epoch"]
+        result["oracle_cost_vs_epi"] = oracle["train_flops"] / epi["train_flops"]
+    if epi and inits:
+        result["epi_minus_best_init_top1"] = epi["top1_mean"] - max(r["top1_mean"] for r in inits)
+    if epi and epi.get("train_flops_vs_dense") is not None:
+        result["epi_cost_vs_dense"] = epi["train_flops_vs_dense"]
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default="resnet20@0.5,resnet20@0.3,resnet56@0.5,resnet56@0.3")
+    parser.add_argument("--data-dir", default=next((str(p) for p in DATA_CANDIDATES if p.is_dir()), None))
+    parser.add_argument("--train-subset", type=int, default=6000)
+    parser.add_argument("--val-subset", type=int, default=5000)
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "paper"))
+    args = parser.parse_args()
+    if args.data_dir is None:
+        raise SystemExit("error: full Fashion-MNIST not found (accepted: --data-dir with its IDX files)")
+    results, sections = [], []
+    for spec in args.configs.split(","):
+        model, fraction = spec.split("@")
+        cfg = CompareConfig(model=model, data="fashion-mnist", data_dir=args.data_dir, train_subset=args.train_subset,
+                            val_subset=args.val_subset, epochs=args.epochs, budget=f"flops:{fraction}",
+                            seeds=[int(s) for s in args.seeds.split(",")], jobs=args.jobs,
+                            out=str(Path(args.out) / f"{model}-flops{fraction}"))
+        start = time.time()
+        rows = compare(cfg, log=lambda msg: print(msg, flush=True))
+        t = targets(rows)
+        results.append({"config": spec, "rows": rows, "targets": t, "wall_seconds": time.time() - start})
+        rounded = {k: round(v, 3) if isinstance(v, float) else v for k, v in t.items()}
+        sections.append(f"### {model}, {float(fraction):.0%} FLOPs\n\n{markdown_table(rows)}\n"
+                        f"targets: {json.dumps(rounded)}\n")
+    meta = {"machine": platform.machine(), "processor": platform.processor(), "cores": torch.get_num_threads(),
+            "torch": torch.__version__, "data": "fashion-mnist (full test set subset for validation)",
+            "train_subset": args.train_subset, "val_subset": args.val_subset, "epochs": args.epochs,
+            "seeds": args.seeds, "command": "python benchmarks/paper_table.py " + " ".join(
+                f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("out", "data_dir"))}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "paper_table.json", json.dumps({"meta": meta, "results": results}, indent=1, default=str))
+    text = "\n".join(sections)
+    atomic_write_text(out / "paper_table.md", text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

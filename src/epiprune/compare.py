@@ -1,0 +1,204 @@
+"""`epiprune compare`: every pruning method of the paper's comparison as independent `epiprune train` runs on
+one model, dataset, budget and schedule, then one table (markdown + JSON) and plots.
+
+Each run is a subprocess writing its own folder (RUN_DIR/runs/<method>/seed<k>), so runs are resumable (a run
+with a checkpoint but no summary continues), skippable (a finished run is not repeated unless --force) and can
+go in parallel (--jobs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import EpipruneError
+from .report import plot_accuracy_vs_cost, plot_epi_curve, plot_grid, plot_width_heatmap
+from .serialization import atomic_write_text
+
+FAMILIES = ("dense", "init", "tpf", "fixed", "earlybird", "epi")
+
+
+@dataclass
+class Method:
+    """One training recipe: a name for the table and the extra `epiprune train` arguments that make it."""
+
+    name: str
+    family: str
+    args: list[str]
+
+
+@dataclass
+class CompareConfig:
+    model: str = "resnet20"
+    data: str = "builtin"
+    data_dir: str | None = None
+    train_subset: int | None = None
+    val_subset: int | None = None
+    epochs: int = 12
+    batch_size: int = 128
+    lr: float = 0.1
+    budget: str = "flops:0.5"
+    epi_window: int = 3
+    grid: list[int] | None = None  # fixed prune epochs; default 1..max dense epochs
+    finetune_epochs: int | None = None  # for train-prune-fine-tune; default epochs // 4
+    seeds: list[int] = field(default_factory=lambda: [0])
+    families: list[str] = field(default_factory=lambda: list(FAMILIES))
+    jobs: int = 1
+    out: str = "runs/compare"
+    force: bool = False
+
+    @property
+    def max_dense(self) -> int:
+        return min(self.epochs - 1, max(self.epi_window + 1, self.epochs // 2))
+
+    def methods(self) -> list[Method]:
+        unknown = set(self.families) - set(FAMILIES)
+        if unknown:
+            raise EpipruneError(f"unknown methods {sorted(unknown)} (accepted: {', '.join(FAMILIES)})")
+        grid = self.grid or list(range(1, self.max_dense + 1))
+        if any(not 1 <= k < self.epochs for k in grid):
+            raise EpipruneError(f"grid epochs {grid} must lie in 1..{self.epochs - 1}")
+        finetune = self.finetune_epochs if self.finetune_epochs is not None else max(1, self.epochs // 4)
+        recipes = {
+            "dense": [Method("dense", "dense", ["--indicator", "none"])],
+            "init": [Method(f"init-{imp}", "init", ["--prune-at", "0", "--importance", imp])
+                     for imp in ("random", "magnitude", "taylor")],
+            "tpf": [Method(f"tpf-ft{finetune}", "tpf", ["--prune-at", str(self.epochs),
+                                                         "--finetune-epochs", str(finetune)])],
+            "fixed": [Method(f"fixed-{k}", "fixed", ["--prune-at", str(k)]) for k in grid],
+            "earlybird": [Method("earlybird", "earlybird", ["--indicator", "earlybird", "--importance", "magnitude"])],
+            "epi": [Method("epi-taylor", "epi", ["--importance", "taylor"]),
+                    Method("epi-magnitude", "epi", ["--importance", "magnitude"])],
+        }
+        return [m for fam in FAMILIES if fam in self.families for m in recipes[fam]]
+
+    def common_args(self) -> list[str]:
+        args = ["--model", self.model, "--data", self.data, "--epochs", str(self.epochs), "--batch-size",
+                str(self.batch_size), "--lr", str(self.lr), "--budget", self.budget, "--epi-window",
+                str(self.epi_window), "--max-dense-epochs", str(self.max_dense), "--no-progress"]
+        for flag, value in (("--data-dir", self.data_dir), ("--train-subset", self.train_subset),
+                            ("--val-subset", self.val_subset)):
+            if value is not None:
+                args += [flag, str(value)]
+        return args
+
+
+def run_one(cfg: CompareConfig, method: Method, seed: int, log=print) -> dict:  # noqa: ANN001
+    """Train one (method, seed) unless its summary exists; return its summary with method fields added."""
+    folder = Path(cfg.out) / "runs" / method.name / f"seed{seed}"
+    summary_path = folder / "summary.json"
+    if summary_path.is_file() and not cfg.force:
+        log(f"skip {method.name} seed {seed}: done ({summary_path})")
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        if (folder / "checkpoint.pt").is_file() and not cfg.force:
+            cmd = ["train", "--resume", str(folder), "--no-progress"]
+            log(f"resume {method.name} seed {seed}")
+        else:
+            cmd = ["train", *cfg.common_args(), *method.args, "--seed", str(seed), "--out", str(folder)]
+            log(f"run {method.name} seed {seed}")
+        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // cfg.jobs))}
+        with open(folder / "train.log", "w") as logfile:
+            proc = subprocess.run([sys.executable, "-m", "epiprune", *cmd], stdout=logfile,
+                                  stderr=subprocess.STDOUT, env=env)
+        if proc.returncode != 0:
+            tail = (folder / "train.log").read_text().strip().splitlines()[-1:]
+            raise EpipruneError(f"run {method.name} seed {seed} failed: {tail[0] if tail else proc.returncode}")
+    summary = json.loads(summary_path.read_text())
+    return {**summary, "method": method.name, "family": method.family, "run_dir": str(folder)}
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.fmean(values)
+
+
+def _spread(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def aggregate(runs: list[dict]) -> list[dict]:
+    """One row per method (mean and spread over seeds), plus the oracle: the best fixed prune epoch."""
+    by_method: dict[str, list[dict]] = {}
+    for r in runs:
+        by_method.setdefault(r["method"], []).append(r)
+    dense = by_method.get("dense")
+    dense_flops = _mean([r["train_flops_total"] for r in dense]) if dense else None
+    dense_seconds = _mean([r["train_seconds"] for r in dense]) if dense else None
+    rows = []
+    for name, rs in by_method.items():
+        top1 = [100 * r["final_val_top1"] for r in rs]
+        cost = _mean([r["train_flops_total"] for r in rs])
+        secs = _mean([r["train_seconds"] for r in rs])
+        epochs = [r["prune_epoch"] for r in rs]
+        rows.append({"method": name, "family": rs[0]["family"], "seeds": len(rs),
+                     "prune_epoch": epochs[0] if len(set(epochs)) == 1 else epochs,
+                     "top1_mean": _mean(top1), "top1_std": _spread(top1),
+                     "flops": _mean([r["final_flops"] for r in rs]), "params": _mean([r["final_params"] for r in rs]),
+                     "flops_ratio": _mean([r["flops_ratio"] for r in rs]),
+                     "train_flops": cost, "train_seconds": secs,
+                     "train_flops_vs_dense": cost / dense_flops if dense_flops else None,
+                     "train_seconds_vs_dense": secs / dense_seconds if dense_seconds else None})
+    grid = [r for r in rows if r["family"] == "fixed"]
+    if grid:
+        best = max(grid, key=lambda r: r["top1_mean"])
+        scan_flops = sum(r["train_flops"] for r in grid)
+        scan_seconds = sum(r["train_seconds"] for r in grid)
+        rows.append({**best, "method": f"oracle ({best['method']})", "family": "oracle",
+                     "train_flops": scan_flops, "train_seconds": scan_seconds,
+                     "train_flops_vs_dense": scan_flops / dense_flops if dense_flops else None,
+                     "train_seconds_vs_dense": scan_seconds / dense_seconds if dense_seconds else None,
+                     "grid_size": len(grid)})
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    def ratio(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}x"
+
+    lines = ["| method | prune epoch | top-1 (%) | FLOPs (M) | params (M) | train cost (TFLOPs) | vs dense "
+             "| wall-clock (s) | vs dense |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        spread = f" ± {r['top1_std']:.2f}" if r["seeds"] > 1 else ""
+        epoch = "-" if r["prune_epoch"] is None else r["prune_epoch"]
+        lines.append(f"| {r['method']} | {epoch} | {r['top1_mean']:.2f}{spread} | {r['flops'] / 1e6:.2f} "
+                     f"| {r['params'] / 1e6:.3f} | {r['train_flops'] / 1e12:.2f} | {ratio(r['train_flops_vs_dense'])} "
+                     f"| {r['train_seconds']:.0f} | {ratio(r['train_seconds_vs_dense'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def _metrics(run_dir: str) -> list[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def compare(cfg: CompareConfig, log=print) -> list[dict]:  # noqa: ANN001
+    """Run (or reuse) every method x seed, then write compare.md, compare.json and the plots into cfg.out."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = [(m, s) for m in cfg.methods() for s in cfg.seeds]
+    with ThreadPoolExecutor(max_workers=max(1, cfg.jobs)) as pool:
+        runs = list(pool.map(lambda t: run_one(cfg, t[0], t[1], log), tasks))
+    rows = aggregate(runs)
+    table = markdown_table(rows)
+    atomic_write_text(out / "compare.md", table)
+    atomic_write_text(out / "compare.json", json.dumps({"config": cfg.__dict__, "rows": rows, "runs": runs},
+                                                       indent=1, default=str))
+    plot_accuracy_vs_cost([r for r in rows if r["family"] != "oracle"], out / "accuracy_vs_cost.png")
+    epi_runs = [r for r in runs if r["method"] == "epi-taylor"]
+    epi_epoch = epi_runs[0]["prune_epoch"] if epi_runs else None
+    grid = sorted((r["prune_epoch"], r["top1_mean"], r["top1_std"]) for r in rows if r["family"] == "fixed")
+    if grid:
+        plot_grid(grid, epi_epoch, out / "accuracy_vs_prune_epoch.png")
+    dense_runs = [r for r in runs if r["method"] == "dense"]
+    if dense_runs:
+        dense_metrics = _metrics(dense_runs[0]["run_dir"])
+        threshold = epi_runs[0]["epi_threshold"] if epi_runs else dense_runs[0]["epi_threshold"]
+        plot_epi_curve(dense_metrics, threshold, epi_epoch, out / "epi_curve.png")
+        plot_width_heatmap(dense_metrics, dense_runs[0]["dense_widths"], out / "widths_heatmap.png")
+    log(table)
+    return rows
