@@ -1,0 +1,89 @@
+import json
+
+import numpy as np
+import pytest
+
+from epiprune.cli import main
+from epiprune.compare import CompareConfig, aggregate
+from epiprune.errors import EpipruneError
+from epiprune.indicator import earlybird_stability, mask_distance
+from epiprune.trainer import TrainConfig, lr_schedule
+
+TINY = ["--train-subset", "128", "--val-subset", "64", "--epochs", "4", "--epi-window", "1", "--batch-size", "64",
+        "--grid", "1,2"]
+
+
+def test_compare_end_to_end_then_skips_finished_runs(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["compare", *TINY, "--out", str(out)]) == 0
+    first = capsys.readouterr().out
+    result = json.loads((out / "compare.json").read_text())
+    methods = [r["method"] for r in result["rows"]]
+    assert methods[:1] == ["dense"] and {"init-random", "init-magnitude", "init-taylor", "tpf-ft1", "fixed-1",
+                                         "fixed-2", "earlybird", "epi-taylor", "epi-magnitude"} <= set(methods)
+    oracle = [r for r in result["rows"] if r["family"] == "oracle"]
+    assert len(oracle) == 1 and oracle[0]["grid_size"] == 2
+    rows = {r["method"]: r for r in result["rows"]}
+    assert rows["dense"]["prune_epoch"] is None and rows["dense"]["flops_ratio"] == 1.0
+    assert rows["init-random"]["prune_epoch"] == 0 and rows["tpf-ft1"]["prune_epoch"] == 4
+    assert rows["fixed-2"]["prune_epoch"] == 2
+    for r in result["rows"]:
+        if r["family"] != "dense":
+            assert 0.48 <= r["flops_ratio"] <= 0.51
+    # the oracle scan costs the sum of its runs
+    assert oracle[0]["train_flops"] == pytest.approx(rows["fixed-1"]["train_flops"] + rows["fixed-2"]["train_flops"])
+    assert rows["tpf-ft1"]["train_flops_vs_dense"] > 1.0 > rows["epi-taylor"]["train_flops_vs_dense"]
+    for name in ("compare.md", "accuracy_vs_cost.png", "accuracy_vs_prune_epoch.png", "epi_curve.png",
+                 "widths_heatmap.png"):
+        assert (out / name).stat().st_size > 0
+    dense_metrics = (out / "runs" / "dense" / "seed0" / "metrics.jsonl").read_text().splitlines()
+    assert all(json.loads(line)["pruned"] is False for line in dense_metrics)
+    assert "run dense" in first
+    # second call: everything is reused, nothing retrained
+    assert main(["compare", *TINY, "--out", str(out)]) == 0
+    second = capsys.readouterr().out
+    assert "run " not in second and second.count("skip ") == len(methods) - 1
+    assert json.loads((out / "compare.json").read_text())["rows"] == result["rows"]
+
+
+def test_unknown_method_family_is_an_error(tmp_path, capsys):
+    assert main(["compare", "--methods", "dense,lottery", "--out", str(tmp_path)]) == 2
+    assert "unknown methods ['lottery']" in capsys.readouterr().err
+
+
+def test_bad_grid_is_an_error(tmp_path, capsys):
+    assert main(["compare", "--grid", "1-x", "--out", str(tmp_path)]) == 2
+    assert "bad grid" in capsys.readouterr().err
+    with pytest.raises(EpipruneError, match="grid epochs"):
+        CompareConfig(epochs=4, grid=[5]).methods()
+
+
+def test_aggregate_mean_spread_and_oracle():
+    def run(method, family, seed_top1, epoch, cost):
+        return {"method": method, "family": family, "final_val_top1": seed_top1, "train_flops_total": cost,
+                "train_seconds": cost / 10, "prune_epoch": epoch, "final_flops": 5.0, "final_params": 2.0,
+                "flops_ratio": 0.5}
+
+    runs = [run("dense", "dense", 0.9, None, 100), run("dense", "dense", 0.8, None, 100),
+            run("fixed-1", "fixed", 0.7, 1, 60), run("fixed-2", "fixed", 0.75, 2, 70)]
+    rows = {r["method"]: r for r in aggregate(runs)}
+    assert rows["dense"]["top1_mean"] == pytest.approx(85.0) and rows["dense"]["top1_std"] == pytest.approx(7.0711,
+                                                                                                           1e-4)
+    oracle = rows["oracle (fixed-2)"]
+    assert oracle["prune_epoch"] == 2 and oracle["train_flops"] == 130 and oracle["train_flops_vs_dense"] == 1.3
+
+
+def test_earlybird_distance_by_hand():
+    a, b, c = np.array([1, 1, 0, 0], bool), np.array([1, 0, 0, 0], bool), np.array([1, 0, 0, 0], bool)
+    assert mask_distance(a, b) == 0.25 and mask_distance(b, c) == 0.0
+    assert earlybird_stability([a, b], 2) is None
+    assert earlybird_stability([a, b, c], 2) == 0.75  # max of the last two distances is 0.25
+    assert earlybird_stability([a, b, c], 1) == 1.0
+
+
+def test_train_prune_finetune_schedule():
+    cfg = TrainConfig(epochs=4, finetune_epochs=2, prune_at=4)
+    cfg.validate()
+    f = lr_schedule(cfg, 10)
+    assert f(0) == 1.0 and f(20) == pytest.approx(0.5) and f(40) == pytest.approx(0.1) and f(60) == pytest.approx(0)
+    assert cfg.total_epochs == 6
