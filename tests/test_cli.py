@@ -40,7 +40,7 @@ def test_unwritable_output_folder(tmp_path, capsys):
 
 def test_unknown_importance_is_an_argparse_error_with_exit_2(capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["train", "--importance", "random"])
+        main(["train", "--importance", "psychic"])
     assert exc.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
 

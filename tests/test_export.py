@@ -26,28 +26,29 @@ def reference_output(run_dir, x):
         return epiprune.load_pruned(run_dir)(x).numpy()
 
 
-def test_torchscript_export_runs_without_epiprune(run_dir, tmp_path, capsys):
+def outputs_without_epiprune(load_expression: str, x: torch.Tensor, tmp_path) -> np.ndarray:
+    """Run `model = <load_expression>; model(x)` in a fresh interpreter in which epiprune cannot be imported."""
+    torch.save(x, tmp_path / "x.pt")
+    script = NO_EPIPRUNE + (f"import torch\nm = {load_expression}\nx = torch.load({str(tmp_path / 'x.pt')!r})\n"
+                            f"torch.save(m(x).detach(), {str(tmp_path / 'y.pt')!r})\n")
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
+    return torch.load(tmp_path / "y.pt").numpy()
+
+
+def test_torchscript_export_runs_without_epiprune(run_dir, tmp_path):
     target = tmp_path / "m.pt"
     assert main(["export", str(run_dir), "--format", "torchscript", "--out", str(target)]) == 0
     x = torch.randn(3, 1, 28, 28)
-    torch.save(x, tmp_path / "x.pt")
-    script = NO_EPIPRUNE + (f"import torch\nm = torch.jit.load({str(target)!r})\n"
-                            f"x = torch.load({str(tmp_path / 'x.pt')!r})\n"
-                            f"torch.save(m(x).detach(), {str(tmp_path / 'y.pt')!r})\n")
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
-    np.testing.assert_allclose(torch.load(tmp_path / "y.pt").numpy(), reference_output(run_dir, x), atol=1e-5)
+    got = outputs_without_epiprune(f"torch.jit.load({str(target)!r})", x, tmp_path)
+    np.testing.assert_allclose(got, reference_output(run_dir, x), atol=1e-5)
 
 
 def test_torch_export_program_runs_without_epiprune(run_dir, tmp_path):
     target = tmp_path / "m.pt2"
     assert main(["export", str(run_dir), "--format", "export", "--out", str(target)]) == 0
     x = torch.randn(4, 1, 28, 28)  # another batch size than the example used for export
-    torch.save(x, tmp_path / "x.pt")
-    script = NO_EPIPRUNE + (f"import torch\nm = torch.export.load({str(target)!r}).module()\n"
-                            f"x = torch.load({str(tmp_path / 'x.pt')!r})\n"
-                            f"torch.save(m(x).detach(), {str(tmp_path / 'y.pt')!r})\n")
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
-    np.testing.assert_allclose(torch.load(tmp_path / "y.pt").numpy(), reference_output(run_dir, x), atol=1e-5)
+    got = outputs_without_epiprune(f"torch.export.load({str(target)!r}).module()", x, tmp_path)
+    np.testing.assert_allclose(got, reference_output(run_dir, x), atol=1e-5)
 
 
 def test_onnx_export_matches(run_dir, tmp_path):

@@ -10,6 +10,7 @@ from .errors import EpipruneError
 from .importance import IMPORTANCES
 from .indicator import DEFAULT_THRESHOLDS, DEFAULT_WINDOW, INDICATORS
 from .models import MODELS
+from .trainer import DistributedError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -56,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init-batches", type=int, default=10,
                    help="with --prune-at 0 and taylor: batches of gradients used to rank channels at initialisation")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="auto: this rank's GPU if CUDA is available, else the CPU")
+    t.add_argument("--dist-timeout", type=float, default=600.0,
+                   help="under torchrun: seconds a collective may wait for the other ranks before failing")
     t.add_argument("--out", default="runs/train", help="output folder")
     t.add_argument("--no-progress", action="store_true", help="no progress bars (the per-epoch lines stay)")
     t.add_argument("--resume", metavar="DIR", default=None,
@@ -136,10 +141,15 @@ def _train(args: argparse.Namespace) -> None:
                       importance=args.importance, epi_window=args.epi_window, epi_threshold=args.epi_threshold,
                       min_dense_epochs=args.min_dense_epochs, max_dense_epochs=args.max_dense_epochs,
                       prune_at=args.prune_at, indicator=args.indicator, finetune_epochs=args.finetune_epochs,
-                      init_batches=args.init_batches, seed=args.seed, out=args.out, progress=not args.no_progress)
+                      init_batches=args.init_batches, seed=args.seed, device=args.device,
+                      dist_timeout=args.dist_timeout, out=args.out, progress=not args.no_progress)
     if args.resume is not None:
         cfg.out = args.resume
     result = train(cfg, resume=args.resume is not None)
+    from . import distributed
+
+    if not distributed.is_main():
+        return
     s = result.summary
     when = "never" if s["prune_epoch"] is None else f"after epoch {s['prune_epoch']} ({s['trigger']})"
     print(f"pruned {when}; final val top-1 {100 * s['final_val_top1']:.2f}%")
@@ -162,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     except EpipruneError as e:
         sys.stderr.write(f"error: {e}\n")
         return 2
+    except DistributedError as e:
+        sys.stderr.write(f"error: {e}\n")
+        return 1
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted; the last finished epoch is checkpointed (resume with --resume)\n")
         return 130

@@ -221,15 +221,27 @@ class TensorLoader:
     horizontal flip, done on whole batches. Yields (images float32 (B, C, H, W), labels int64 (B,))."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, train: bool,
-                 seed: int = 0, pad: int = 2, flip: bool = True, drop_last: bool = False) -> None:
+                 seed: int = 0, pad: int = 2, flip: bool = True, drop_last: bool = False, rank: int = 0,
+                 world: int = 1) -> None:
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
         self.mean = x.mean(dim=(0, 2, 3), keepdim=True)
         self.std = x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-3)
         self.images = (x - self.mean) / self.std
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
         self.batch_size, self.train, self.pad, self.flip = batch_size, train, pad, flip
-        self.drop_last = drop_last
-        self.generator = torch.Generator().manual_seed(seed)
+        # with several ranks each global batch is split into `world` shards; a final batch too small to give
+        # every rank a sample is dropped
+        self.rank, self.world = rank, world
+        self.drop_last = drop_last or (train and world > 1 and len(self.labels) % batch_size < world)
+        self.order_generator = torch.Generator().manual_seed(seed)  # identical on every rank
+        self.generator = torch.Generator().manual_seed(seed + 7919 * rank)  # augmentation, per rank
+
+    def rng_state(self) -> list[torch.Tensor]:
+        return [self.order_generator.get_state(), self.generator.get_state()]
+
+    def set_rng_state(self, state: list[torch.Tensor]) -> None:
+        self.order_generator.set_state(state[0])
+        self.generator.set_state(state[1])
 
     def normalise_like(self, other: TensorLoader) -> None:
         """Use another loader's (the training set's) mean and std, so validation sees the same scaling."""
@@ -238,6 +250,7 @@ class TensorLoader:
         self.images = (raw - self.mean) / self.std
 
     def __len__(self) -> int:
+        """Batches per epoch (the same on every rank)."""
         n = len(self.labels)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
@@ -258,8 +271,10 @@ class TensorLoader:
 
     def __iter__(self):  # noqa: ANN204
         n = len(self.labels)
-        order = torch.randperm(n, generator=self.generator) if self.train else torch.arange(n)
+        order = torch.randperm(n, generator=self.order_generator) if self.train else torch.arange(n)
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            if self.world > 1:
+                idx = idx.tensor_split(self.world)[self.rank]
             x = self.images[idx]
             yield (self._augment(x) if self.train else x), self.labels[idx]

@@ -43,7 +43,9 @@ class TaylorAccumulator:
         self.reset()
 
     def reset(self) -> None:
-        self.totals = [torch.zeros(g.size, dtype=torch.float64) for g in self.graph.groups]
+        # accumulate on the parameters' device: no host synchronisation per step on a GPU
+        self.totals = [torch.zeros(g.size, dtype=torch.float64, device=g.root.weight.device)
+                       for g in self.graph.groups]
         self.steps = 0
 
     @torch.no_grad()
@@ -52,11 +54,11 @@ class TaylorAccumulator:
             for module, local, root in group.taylor_targets:
                 score = _channel_taylor(module)
                 if score is not None:
-                    self.totals[gi][root] += score[local].abs().double().cpu() / grad_scale
+                    self.totals[gi][root] += score[local].abs().double() / grad_scale
         self.steps += 1
 
     def scores(self) -> list[np.ndarray]:
-        return [t.numpy().copy() for t in self.totals]
+        return [t.cpu().numpy().copy() for t in self.totals]
 
     def state_tensors(self) -> list[torch.Tensor]:
         """The accumulators themselves, e.g. to all-reduce them across data-parallel ranks."""

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import distributed
 from .errors import EpipruneError
 from .importance import IMPORTANCES, MagnitudeImportance, TaylorAccumulator, make_importance
 from .indicator import (
@@ -110,6 +111,7 @@ class EarlyPruningPolicy:
 
     def step(self, grad_scale: float = 1.0) -> None:
         """Accumulate importance from the current gradients (call after backward, before zero_grad).
+        Under DistributedDataParallel the gradients are already averaged across ranks after backward.
         grad_scale: the loss scale when gradients are still scaled (AMP GradScaler.get_scale()); 1 otherwise."""
         if not self.pruned:
             self.importance.step(grad_scale)
@@ -127,7 +129,7 @@ class EarlyPruningPolicy:
         self.epoch += 1
         if self.pruned:
             return False
-        masks = self.dominant_subnetwork()
+        masks = self._synchronised_subnetwork()
         widths = widths_of(masks)
         epi = early_pruning_indicator([r.widths for r in self.history] + [widths], self.rule.window)
         self.masks.append(np.concatenate(masks))
@@ -139,6 +141,7 @@ class EarlyPruningPolicy:
             decision = "earlybird" if decision == "epi" else decision
         else:
             decision = self.rule.decide(self.epoch, [*self.epi_history, epi])
+        decision = distributed.agree_with_rank0(decision, "pruning decision")
         self.history.append(EpochRecord(self.epoch, epi, widths, decision, eb))
         self.importance.reset()
         if decision is None:
@@ -150,7 +153,15 @@ class EarlyPruningPolicy:
         """Prune immediately to the budget from the importance seen so far (weights if none)."""
         if self.pruned:
             raise EpipruneError("the model is already pruned (a policy prunes once)")
-        self._prune(self.dominant_subnetwork(), optimizer, trigger)
+        self._prune(self._synchronised_subnetwork(), optimizer, trigger)
+
+    def _synchronised_subnetwork(self) -> list[np.ndarray]:
+        """The dominant sub-network from importance averaged over data-parallel ranks; rank 0's masks are
+        broadcast as a safeguard and every rank must have computed the same (no-ops in one process)."""
+        distributed.all_reduce_mean_(self.importance.state_tensors())
+        masks = self.dominant_subnetwork()
+        distributed.agree_with_rank0([np.flatnonzero(m).tolist() for m in masks], "dominant sub-network")
+        return masks
 
     def _prune(self, masks: list[np.ndarray], optimizer: torch.optim.Optimizer | None, trigger: str) -> None:
         self.graph.prune(masks, optimizer)

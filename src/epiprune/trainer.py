@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from . import distributed
 from .checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from .data import DATASETS, Dataset, TensorLoader, load_dataset
 from .errors import EpipruneError
@@ -35,6 +37,10 @@ TRAIN_FLOPS_PER_FORWARD = 3
 
 class TrainingError(EpipruneError):
     """Training cannot go on (e.g. the loss became NaN)."""
+
+
+class DistributedError(RuntimeError):
+    """A collective failed: another rank died or the process group timed out (a runtime failure, exit 1)."""
 
 
 @dataclass
@@ -61,6 +67,8 @@ class TrainConfig:
     finetune_epochs: int = 0
     init_batches: int = 10
     seed: int = 0
+    device: str = "auto"
+    dist_timeout: float = 600.0
     out: str = "runs/train"
     progress: bool = True
 
@@ -132,16 +140,37 @@ def prepare_output(out: str) -> Path:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: TensorLoader) -> tuple[float, float]:
-    """(mean cross-entropy, top-1 accuracy in [0, 1]) over the loader."""
+def evaluate(model: nn.Module, loader: TensorLoader, device: torch.device) -> tuple[float, float]:
+    """(mean cross-entropy, top-1 accuracy in [0, 1]) over the loader, summed over data-parallel ranks."""
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
     for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         logits = model(x)
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
         correct += int((logits.argmax(1) == y).sum())
         count += len(y)
+    loss_sum, correct, count = distributed.all_reduce_sum([loss_sum, correct, count], device)
     return loss_sum / max(count, 1), correct / max(count, 1)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto': this rank's GPU when CUDA is available, else the CPU."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise EpipruneError(f"unknown device {name!r} (accepted: auto, cpu, cuda)")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise EpipruneError("device 'cuda' requested but CUDA is not available (accepted: auto, cpu)")
+    if name == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def wrap_data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
+    """DistributedDataParallel over the model's current parameters when running under torchrun (called again
+    after pruning: the old wrapper's gradient buckets refer to tensors that no longer exist)."""
+    if not distributed.is_distributed():
+        return model
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 @dataclass
@@ -188,13 +217,14 @@ def prune_at_initialisation(model: nn.Module, policy: EarlyPruningPolicy, loader
     if policy.importance_kind == "taylor":
         model.train()
         dense_flops = policy.dense_flops
+        device = next(model.parameters()).device
         for i, (x, y) in enumerate(loader):
             if i >= batches:
                 break
-            cross_entropy(model(x), y).backward()
+            cross_entropy(model(x.to(device)), y.to(device)).backward()
             policy.step()
             model.zero_grad(set_to_none=True)
-            flops += TRAIN_FLOPS_PER_FORWARD * dense_flops * len(y)
+            flops += TRAIN_FLOPS_PER_FORWARD * dense_flops * len(y) * distributed.world_size()
     policy.prune_now(trigger="fixed")
     return flops
 
@@ -202,25 +232,40 @@ def prune_at_initialisation(model: nn.Module, policy: EarlyPruningPolicy, loader
 def train(cfg: TrainConfig, dataset: Dataset | None = None, log: Callable[[str], None] = print,
           resume: bool = False) -> RunResult:
     """Run the schedule described by cfg; write metrics.jsonl, summary.json, the model and epi.png into cfg.out,
-    and a checkpoint after every epoch. resume=True continues from cfg.out's checkpoint (config from it)."""
+    and a checkpoint after every epoch. resume=True continues from cfg.out's checkpoint (config from it).
+    Under torchrun: DistributedDataParallel, data sharded per rank, only rank 0 writes files."""
+    distributed.init_from_environment(cfg.dist_timeout)
+    try:
+        return _train(cfg, dataset, log if distributed.is_main() else (lambda _: None), resume)
+    except RuntimeError as e:
+        if not distributed.is_distributed():
+            raise
+        raise DistributedError(f"rank {distributed.rank()}: a collective failed (another rank died, or it timed "
+                               f"out after {cfg.dist_timeout:g}s): {str(e).splitlines()[0][:200]}") from None
+
+
+def _train(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None], resume: bool) -> RunResult:
     checkpoint = None
     if resume:
         checkpoint = load_checkpoint(Path(cfg.out) / CHECKPOINT_FILE)
         cfg = TrainConfig(**{**checkpoint["extra"]["config"], "out": cfg.out, "progress": cfg.progress})
     cfg.validate()
     budget = Budget.parse(cfg.budget)
-    out = prepare_output(cfg.out)
+    main = distributed.is_main()
+    out = prepare_output(cfg.out) if main else Path(cfg.out)
+    device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     if dataset is None:
         dataset = load_dataset(cfg.data, cfg.data_dir, image_size=cfg.image_size)
     dataset = dataset.subset(cfg.train_subset, cfg.val_subset, seed=cfg.seed)
+    rank, world = distributed.rank(), distributed.world_size()
     train_loader = TensorLoader(dataset.train_images, dataset.train_labels, cfg.batch_size, train=True,
-                                seed=cfg.seed)
-    val_loader = TensorLoader(dataset.val_images, dataset.val_labels, 512, train=False)
+                                seed=cfg.seed, rank=rank, world=world)
+    val_loader = TensorLoader(dataset.val_images, dataset.val_labels, 512, train=False, rank=rank, world=world)
     val_loader.normalise_like(train_loader)
     h, w = dataset.image_size
-    model = build_model(cfg.model, dataset.in_channels, dataset.num_classes)
-    example = torch.zeros(1, dataset.in_channels, h, w)
+    model = build_model(cfg.model, dataset.in_channels, dataset.num_classes).to(device)
+    example = torch.zeros(1, dataset.in_channels, h, w, device=device)
     policy = EarlyPruningPolicy(model, example, budget, importance=cfg.importance, window=cfg.epi_window,
                                 threshold=cfg.epi_threshold, min_dense_epochs=cfg.min_dense_epochs,
                                 max_dense_epochs=cfg.resolved_max_dense_epochs, prune_at=cfg.prune_at,
@@ -239,28 +284,36 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None, log: Callable[[str],
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         extra = checkpoint["extra"]
-        train_loader.generator.set_state(extra["loader_rng"])
-        torch.set_rng_state(extra["torch_rng"])
+        if len(extra["rng"]) != world:
+            raise EpipruneError(f"checkpoint was written by {len(extra['rng'])} rank(s), this run has {world} "
+                                f"(accepted: resume with the same number of processes)")
+        loader_rng, torch_rng = extra["rng"][rank]
+        train_loader.set_rng_state(loader_rng)
+        torch.set_rng_state(torch_rng)
         metrics, train_flops_total, train_seconds = extra["metrics"], extra["train_flops_total"], extra["seconds"]
         first_epoch = len(metrics) + 1
-        atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in metrics))
+        if main:
+            atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in metrics))
         log(f"resumed {out} after epoch {len(metrics)}" + (" (pruned)" if policy.pruned else ""))
     else:
-        metrics_path.unlink(missing_ok=True)
+        if main:
+            metrics_path.unlink(missing_ok=True)
         log(f"epiprune: {cfg.model} on {dataset.name} ({len(dataset.train_labels)} train / "
             f"{len(dataset.val_labels)} val, {dataset.in_channels}x{h}x{w}), budget {budget}, "
             f"importance {cfg.importance}, {cfg.total_epochs} epochs, dense {policy.dense_flops / 1e6:.2f} MFLOPs "
-            f"{policy.dense_params / 1e6:.3f} M params")
+            f"{policy.dense_params / 1e6:.3f} M params, {device.type}" + (f", {world} ranks" if world > 1 else ""))
     flops, params = policy.count()
+    net = wrap_data_parallel(model, device)
 
     for epoch in range(first_epoch, cfg.total_epochs + 1):
         t0 = time.perf_counter()
-        model.train()
+        net.train()
         loss_sum, correct, seen = 0.0, 0, 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.total_epochs}", leave=False, disable=not cfg.progress,
-                   unit="batch", dynamic_ncols=True)
+        bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.total_epochs}", leave=False, unit="batch",
+                   disable=not (cfg.progress and main), dynamic_ncols=True)
         for x, y in bar:
-            logits = model(x)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            logits = net(x)
             loss = cross_entropy(logits, y)
             if not torch.isfinite(loss):
                 raise TrainingError(f"loss became {loss.item()} in epoch {epoch}; stopped, the last good checkpoint "
@@ -274,11 +327,13 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None, log: Callable[[str],
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
+        loss_sum, correct, seen = distributed.all_reduce_sum([loss_sum, correct, seen], device)
         train_flops_total += TRAIN_FLOPS_PER_FORWARD * flops * seen
-        _, val_top1 = evaluate(model, val_loader)
+        _, val_top1 = evaluate(net, val_loader, device)
         pruned_now = policy.end_epoch(optimizer)
         if pruned_now:
             flops, params = policy.count()
+            net = wrap_data_parallel(model, device)
         record = policy.history[-1] if policy.history and policy.history[-1].epoch == epoch else None
         epoch_seconds = time.perf_counter() - t0
         train_seconds += epoch_seconds
@@ -289,23 +344,25 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None, log: Callable[[str],
                "flops": flops, "params": params, "lr": optimizer.param_groups[0]["lr"],
                "epoch_seconds": epoch_seconds, "train_flops_cumulative": train_flops_total}
         metrics.append(row)
-        # checkpoint first: a crash between the two writes leaves a checkpoint that resume trusts
-        save_checkpoint(out / CHECKPOINT_FILE, model, optimizer, scheduler, policy, config=asdict(cfg),
-                        metrics=metrics, train_flops_total=train_flops_total, seconds=train_seconds,
-                        loader_rng=train_loader.generator.get_state(), torch_rng=torch.get_rng_state())
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        rng = distributed.gather_to_all((train_loader.rng_state(), torch.get_rng_state()))  # per rank
+        if main:
+            # checkpoint first: a crash between the two writes leaves a checkpoint that resume trusts
+            save_checkpoint(out / CHECKPOINT_FILE, model, optimizer, scheduler, policy, config=asdict(cfg),
+                            metrics=metrics, train_flops_total=train_flops_total, seconds=train_seconds, rng=rng)
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
         epi_text = "  -  " if row["epi"] is None else f"{row['epi']:.3f}"
         mark = f"  << pruned ({policy.trigger})" if pruned_now else ""
         log(f"epoch {epoch:3d}/{cfg.total_epochs}  loss {row['train_loss']:.4f}  val top-1 {100 * val_top1:5.2f}%  "
             f"EPI {epi_text}  FLOPs {flops / 1e6:7.2f}M  {epoch_seconds:5.1f}s{mark}")
 
     # the reference: the same data budget (epochs of the main schedule) spent on the dense model
-    dense_train_flops = TRAIN_FLOPS_PER_FORWARD * policy.dense_flops * len(train_loader.labels) * cfg.epochs
+    samples_per_epoch = len(train_loader) * cfg.batch_size if train_loader.drop_last else len(train_loader.labels)
+    dense_train_flops = TRAIN_FLOPS_PER_FORWARD * policy.dense_flops * samples_per_epoch * cfg.epochs
     summary = {
         "model": cfg.model, "data": dataset.name, "budget": str(budget), "importance": cfg.importance,
         "indicator": cfg.indicator, "epochs": cfg.total_epochs, "finetune_epochs": cfg.finetune_epochs,
-        "seed": cfg.seed, "epi_window": cfg.epi_window,
+        "seed": cfg.seed, "epi_window": cfg.epi_window, "world_size": world, "device": device.type,
         "epi_threshold": cfg.resolved_threshold, "prune_epoch": policy.prune_epoch, "trigger": policy.trigger,
         "final_val_top1": metrics[-1]["val_top1"], "best_val_top1": max(m["val_top1"] for m in metrics),
         "dense_flops": policy.dense_flops, "final_flops": flops, "flops_ratio": flops / policy.dense_flops,
@@ -315,8 +372,10 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None, log: Callable[[str],
         "train_flops_ratio": train_flops_total / dense_train_flops, "train_seconds": train_seconds,
         "config": asdict(cfg),
     }
-    spec = architecture_spec(cfg.model, dataset.in_channels, dataset.num_classes, (h, w), policy.kept)
-    save_pruned(model, spec, out)
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
-    plot_epi(metrics, out / "epi.png", cfg.resolved_threshold, policy.prune_epoch, policy.trigger)
+    if main:
+        spec = architecture_spec(cfg.model, dataset.in_channels, dataset.num_classes, (h, w), policy.kept)
+        save_pruned(model, spec, out)
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
+        plot_epi(metrics, out / "epi.png", cfg.resolved_threshold, policy.prune_epoch, policy.trigger)
+    distributed.barrier()
     return RunResult(summary, metrics, model, out)
