@@ -51,6 +51,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--methods", default="dense,init,tpf,fixed,earlybird,epi")
+    parser.add_argument("--grid", default=None, help="fixed prune epochs, e.g. 2,4,6 (default: 1..epochs/2)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "paper"))
     args = parser.parse_args()
     if args.data_dir is None:
@@ -61,6 +63,8 @@ def main() -> None:
         cfg = CompareConfig(model=model, data="fashion-mnist", data_dir=args.data_dir, train_subset=args.train_subset,
                             val_subset=args.val_subset, epochs=args.epochs, budget=f"flops:{fraction}",
                             seeds=[int(s) for s in args.seeds.split(",")], jobs=args.jobs,
+                            families=args.methods.split(","),
+                            grid=[int(g) for g in args.grid.split(",")] if args.grid else None,
                             out=str(Path(args.out) / f"{model}-flops{fraction}"))
         start = time.time()
         rows = compare(cfg, log=lambda msg: print(msg, flush=True))
@@ -76,9 +80,11 @@ def main() -> None:
                 f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("out", "data_dir"))}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "paper_table.json", json.dumps({"meta": meta, "results": results}, indent=1, default=str))
+    name = "paper_table" if args.configs == parser.get_default("configs") else "paper_table_" + "_".join(
+        c.replace("@", "-") for c in args.configs.split(","))
+    atomic_write_text(out / f"{name}.json", json.dumps({"meta": meta, "results": results}, indent=1, default=str))
     text = "\n".join(sections)
-    atomic_write_text(out / "paper_table.md", text)
+    atomic_write_text(out / f"{name}.md", text)
     print(text)
 
 
