@@ -31,6 +31,19 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, args, needle):
     assert err.count("\n") == 1 and err.startswith("error: ") and needle in err, err
 
 
+def test_budget_that_cannot_be_met_exits_2(tmp_path, capsys):
+    code, _, err = run_cli(["train", "--budget", "flops:0.0001", "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "cannot be met" in err and err.count("\n") == 1
+
+
+def test_image_folder_without_images_exits_2(tmp_path, capsys):
+    (tmp_path / "data" / "cat").mkdir(parents=True)
+    (tmp_path / "data" / "cat" / "readme.txt").write_text("no images here")
+    code, _, err = run_cli(["train", "--data", "imagefolder", "--data-dir", str(tmp_path / "data"),
+                            "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and err.startswith("error: no images in") and err.count("\n") == 1
+
+
 def test_unwritable_output_folder(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
