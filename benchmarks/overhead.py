@@ -62,7 +62,7 @@ def step_times(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: 
     return times
 
 
-def bench_model(name: str, batches: list, steps: int, repeats: int) -> dict:
+def bench_model(name: str, batches: list, steps: int, repeats: int, channel_multiple: int = 1) -> dict:
     example = torch.zeros(1, *batches[0][0].shape[1:])
     torch.manual_seed(0)
     plain = build_model(name, 1, 10)
@@ -78,7 +78,8 @@ def bench_model(name: str, batches: list, steps: int, repeats: int) -> dict:
         policy_epoch.append(run_epoch(tracked, batches, policy))
 
     pruned = build_model(name, 1, 10)
-    prune_policy = EarlyPruningPolicy(pruned, example, Budget("flops", 0.5), importance="taylor", prune_at=1)
+    prune_policy = EarlyPruningPolicy(pruned, example, Budget("flops", 0.5), importance="taylor", prune_at=1,
+                                      channel_multiple=channel_multiple)
     run_epoch(pruned, batches[:5], prune_policy)  # accumulates Taylor scores, then prunes at the epoch's end
     assert prune_policy.pruned
     dense = build_model(name, 1, 10)
@@ -110,6 +111,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=30, help="measured train steps per model and variant")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--channel-multiple", type=int, default=1, help="kept channels per layer: multiple of this")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "overhead.json"))
     args = parser.parse_args()
     data = load_builtin()
@@ -117,7 +119,7 @@ def main() -> None:
     batches = [b for _, b in zip(range(args.batches), loader, strict=False)]
     rows = []
     for name in args.models.split(","):
-        rows.append(bench_model(name.strip(), batches, args.steps, args.repeats))
+        rows.append(bench_model(name.strip(), batches, args.steps, args.repeats, args.channel_multiple))
         r = rows[-1]
         print(f"{r['model']:>18}: policy overhead {100 * r['policy_overhead']:+.1f}%  "
               f"pruned speed-up {r['pruned_speedup']:.2f}x", file=sys.stderr)
@@ -130,7 +132,7 @@ def main() -> None:
     print("\n".join(lines))
     meta = {"machine": platform.machine(), "processor": platform.processor(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "batches": args.batches, "batch_size": args.batch_size,
-            "steps": args.steps, "repeats": args.repeats}
+            "steps": args.steps, "repeats": args.repeats, "channel_multiple": args.channel_multiple}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps({"meta": meta, "results": rows}, indent=1))

@@ -134,3 +134,12 @@ def test_budget_that_cannot_be_met_fails_at_construction():
 
     with pytest.raises(EpipruneError, match="cannot be met"):
         EarlyPruningPolicy(Tiny(), torch.zeros(1, 3, 8, 8), Budget("flops", 0.1))
+
+
+def test_channel_multiple_prunes_to_whole_blocks_under_the_budget():
+    model = build_model("resnet20", 1, 10)
+    policy = EarlyPruningPolicy(model, torch.zeros(1, 1, 16, 16), Budget("flops", 0.5), prune_at=0,
+                                channel_multiple=8)
+    policy.prune_now()
+    assert all(w % 8 == 0 for w in policy.widths()), policy.widths()
+    assert policy.count()[0] <= 0.5 * policy.dense_flops

@@ -66,3 +66,26 @@ def test_selection_properties(widths, fraction, seed):
     assert (widths_kept >= 1).all()
     for s, m in zip(scores, masks, strict=True):
         assert m[np.argmax(s)]  # a group's best channel is never dropped
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 40), min_size=2, max_size=5), st.floats(0.2, 0.95), st.integers(0, 10_000),
+       st.sampled_from([2, 4, 8]))
+def test_channel_multiple_keeps_whole_blocks_of_the_best_channels(widths, fraction, seed, multiple):
+    rng = np.random.default_rng(seed)
+    g = len(widths)
+    cost = CostModel(np.asarray(widths), coef=rng.uniform(1, 100, size=g + 1),
+                     out_group=np.array([*range(g), -1]), in_group=np.array([-1, *range(g - 1), g - 1]),
+                     constant=1.0)
+    scores = [rng.random(w) for w in widths]
+    try:
+        masks = select_subnetwork(scores, cost, fraction * cost.dense, channel_multiple=multiple)
+    except EpipruneError:
+        return
+    assert cost(np.array([m.sum() for m in masks])) <= fraction * cost.dense + 1e-9
+    for s, m in zip(scores, masks, strict=True):
+        kept = int(m.sum())
+        assert kept == len(s) or kept % multiple == 0, (kept, len(s))
+        assert kept >= min(len(s), multiple)
+        ranked = np.argsort(-s, kind="stable")
+        assert set(np.flatnonzero(m)) == set(ranked[:kept])  # a prefix of the group's ranking

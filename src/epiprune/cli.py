@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prune at this epoch anyway if EPI has not triggered (default: half the epochs)")
     t.add_argument("--prune-at", type=int, default=None,
                    help="ignore EPI: prune after exactly this many dense epochs (0: at initialisation)")
+    t.add_argument("--channel-multiple", type=int, default=1,
+                   help="keep a multiple of this many channels per layer (8: faster CPU/GPU kernels, coarser budget)")
     t.add_argument("--finetune-epochs", type=int, default=0,
                    help="extra epochs after --epochs at 0.1x the LR (train-prune-fine-tune with --prune-at EPOCHS)")
     t.add_argument("--init-batches", type=int, default=10,
@@ -141,6 +143,7 @@ def _train(args: argparse.Namespace) -> None:
                       importance=args.importance, epi_window=args.epi_window, epi_threshold=args.epi_threshold,
                       min_dense_epochs=args.min_dense_epochs, max_dense_epochs=args.max_dense_epochs,
                       prune_at=args.prune_at, indicator=args.indicator, finetune_epochs=args.finetune_epochs,
+                      channel_multiple=args.channel_multiple,
                       init_batches=args.init_batches, seed=args.seed, device=args.device,
                       dist_timeout=args.dist_timeout, out=args.out, progress=not args.no_progress)
     if args.resume is not None:

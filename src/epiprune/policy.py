@@ -58,13 +58,15 @@ class EarlyPruningPolicy:
     window, threshold: EPI's r and tau (threshold None: the published tau for the importance).
     min_dense_epochs / max_dense_epochs: earliest EPI trigger / latest epoch (then prune anyway, 'fallback').
     prune_at: prune after exactly this many dense epochs instead of asking EPI.
+    channel_multiple: keep a multiple of this many channels per group (e.g. 8: faster kernels, coarser budget).
     """
 
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor, budget: Budget | None = None,
                  importance: str = "taylor", window: int = DEFAULT_WINDOW, threshold: float | None = None,
                  min_dense_epochs: int | None = None, max_dense_epochs: int | None = None,
                  prune_at: int | None = None, require_peak: bool = False, min_channels: int = 1,
-                 ignored_layers: Sequence[nn.Module] = (), indicator: str = "epi", seed: int = 0) -> None:
+                 ignored_layers: Sequence[nn.Module] = (), indicator: str = "epi", seed: int = 0,
+                 channel_multiple: int = 1) -> None:
         if importance not in IMPORTANCES:
             raise EpipruneError(f"unknown importance {importance!r} (accepted: {', '.join(IMPORTANCES)})")
         if indicator not in INDICATORS:
@@ -82,6 +84,7 @@ class EarlyPruningPolicy:
                                 max_dense_epochs=None if prune_at is not None else max_dense_epochs,
                                 prune_at=prune_at, require_peak=require_peak)
         self.min_channels = min_channels
+        self.channel_multiple = channel_multiple
         self.graph = PrunableGraph(model, example_inputs, ignored_layers)
         self.group_names = self.graph.names
         self.dense_widths = self.graph.widths()
@@ -121,7 +124,8 @@ class EarlyPruningPolicy:
         scores = self.importance.scores()
         if self.importance.steps == 0 and isinstance(self.importance, TaylorAccumulator):
             scores = MagnitudeImportance(self.graph).scores()  # no gradients seen yet: fall back to weights
-        return select_subnetwork(normalise_per_group(scores), self.cost, self.target, self.min_channels)
+        return select_subnetwork(normalise_per_group(scores), self.cost, self.target, self.min_channels,
+                                 self.channel_multiple)
 
     def end_epoch(self, optimizer: torch.optim.Optimizer | None = None) -> bool:
         """Close a training epoch: extract the dominant sub-network, update EPI, prune if the rule says so.

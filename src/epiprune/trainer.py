@@ -64,6 +64,7 @@ class TrainConfig:
     max_dense_epochs: int | None = None
     prune_at: int | None = None
     indicator: str = "epi"
+    channel_multiple: int = 1
     finetune_epochs: int = 0
     init_batches: int = 10
     seed: int = 0
@@ -86,7 +87,8 @@ class TrainConfig:
             raise EpipruneError(f"unknown importance {self.importance!r} (accepted: {', '.join(IMPORTANCES)})")
         Budget.parse(self.budget)
         for name, value, low in (("epochs", self.epochs, 1), ("batch size", self.batch_size, 1),
-                                 ("EPI window", self.epi_window, 1), ("image size", self.image_size, 8)):
+                                 ("EPI window", self.epi_window, 1), ("image size", self.image_size, 8),
+                                 ("channel multiple", self.channel_multiple, 1)):
             if value < low:
                 raise EpipruneError(f"{name} {value} is too small (accepted: an integer >= {low})")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -269,7 +271,7 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None]
     policy = EarlyPruningPolicy(model, example, budget, importance=cfg.importance, window=cfg.epi_window,
                                 threshold=cfg.epi_threshold, min_dense_epochs=cfg.min_dense_epochs,
                                 max_dense_epochs=cfg.resolved_max_dense_epochs, prune_at=cfg.prune_at,
-                                indicator=cfg.indicator, seed=cfg.seed)
+                                indicator=cfg.indicator, seed=cfg.seed, channel_multiple=cfg.channel_multiple)
     if checkpoint is not None:
         policy.load_state_dict(checkpoint["policy"])  # re-applies the surgery if the run had pruned
         model.load_state_dict(checkpoint["model"])
