@@ -53,8 +53,15 @@ class TaylorAccumulator:
         for gi, group in enumerate(self.graph.groups):
             for module, local, root in group.taylor_targets:
                 score = _channel_taylor(module)
-                if score is not None:
-                    self.totals[gi][root] += score[local].abs().double() / grad_scale
+                if score is None:
+                    continue
+                score = score.abs().double()
+                if grad_scale != 1.0:
+                    score /= grad_scale
+                if len(local) == len(score) == group.size and local == root:  # the usual case: same positions
+                    self.totals[gi] += score
+                else:
+                    self.totals[gi][root] += score[local]
         self.steps += 1
 
     def scores(self) -> list[np.ndarray]:
