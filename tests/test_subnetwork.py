@@ -14,6 +14,14 @@ def chain_cost(widths):
                      in_group=np.array([-1, 0, 1, -1]), constant=5.0)
 
 
+def random_chain_cost(widths, rng):
+    """A chain of len(widths) layers plus a classifier, with random per-layer costs."""
+    g = len(widths)
+    return CostModel(np.asarray(widths), coef=rng.uniform(1, 100, size=g + 1),
+                     out_group=np.array([*range(g), -1]), in_group=np.array([-1, *range(g - 1), g - 1]),
+                     constant=1.0)
+
+
 def test_budget_parse_and_errors():
     assert Budget.parse("flops:0.5") == Budget("flops", 0.5)
     assert Budget.parse("params:0.25").kind == "params"
@@ -50,9 +58,7 @@ def test_budget_that_cannot_be_met_is_an_error():
 def test_selection_properties(widths, fraction, seed):
     rng = np.random.default_rng(seed)
     g = len(widths)
-    cost = CostModel(np.asarray(widths), coef=rng.uniform(1, 100, size=g + 1),
-                     out_group=np.array([*range(g), -1]), in_group=np.array([-1, *range(g - 1), g - 1]),
-                     constant=1.0)
+    cost = random_chain_cost(widths, rng)
     scores = [rng.random(w) for w in widths]
     target = fraction * cost.dense
     try:
@@ -73,10 +79,7 @@ def test_selection_properties(widths, fraction, seed):
        st.sampled_from([2, 4, 8]))
 def test_channel_multiple_keeps_whole_blocks_of_the_best_channels(widths, fraction, seed, multiple):
     rng = np.random.default_rng(seed)
-    g = len(widths)
-    cost = CostModel(np.asarray(widths), coef=rng.uniform(1, 100, size=g + 1),
-                     out_group=np.array([*range(g), -1]), in_group=np.array([-1, *range(g - 1), g - 1]),
-                     constant=1.0)
+    cost = random_chain_cost(widths, rng)
     scores = [rng.random(w) for w in widths]
     try:
         masks = select_subnetwork(scores, cost, fraction * cost.dense, channel_multiple=multiple)

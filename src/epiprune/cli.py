@@ -132,11 +132,8 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    import torch
-
     from .trainer import TrainConfig, train
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     cfg = TrainConfig(model=args.model, data=args.data, data_dir=args.data_dir, image_size=args.image_size,
                       train_subset=args.train_subset, val_subset=args.val_subset, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, budget=args.budget,

@@ -30,11 +30,7 @@ def plot_epi(metrics: list[dict], path: Path, threshold: float, prune_epoch: int
     lines2 = acc.get_legend_handles_labels()
     ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="lower right", fontsize=8)
     ax.set_title("Early Pruning Indicator and accuracy")
-    fig.tight_layout()
-    tmp = Path(path).with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    _save(fig, path)
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
@@ -43,6 +39,15 @@ def _save(fig: plt.Figure, path: Path) -> None:
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     tmp.replace(path)
+
+
+def _finish(fig: plt.Figure, ax: plt.Axes, xlabel: str, ylabel: str, title: str, path: Path) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    _save(fig, path)
 
 
 FAMILY_COLOURS = {"dense": "black", "init": "tab:gray", "tpf": "tab:brown", "fixed": "tab:green",
@@ -72,12 +77,7 @@ def plot_grid(grid: list[tuple[int, float, float]], epi_epoch: int | None, path:
                 label="prune at fixed epoch")
     if epi_epoch is not None:
         ax.axvline(epi_epoch, color="tab:red", ls="--", label=f"EPI's epoch ({epi_epoch})")
-    ax.set_xlabel("prune epoch")
-    ax.set_ylabel("final validation top-1 (%)")
-    ax.set_title("Oracle scan: accuracy vs. prune epoch")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    _save(fig, path)
+    _finish(fig, ax, "prune epoch", "final validation top-1 (%)", "Oracle scan: accuracy vs. prune epoch", path)
 
 
 def plot_epi_curve(metrics: list[dict], threshold: float, epi_epoch: int | None, path: Path) -> None:
@@ -89,12 +89,7 @@ def plot_epi_curve(metrics: list[dict], threshold: float, epi_epoch: int | None,
     ax.axhline(threshold, color="tab:blue", ls=":", label=f"threshold {threshold:g}")
     if epi_epoch is not None:
         ax.axvline(epi_epoch, color="tab:red", ls="--", label=f"EPI run pruned after epoch {epi_epoch}")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("EPI")
-    ax.set_title("Early Pruning Indicator per epoch")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    _save(fig, path)
+    _finish(fig, ax, "epoch", "EPI", "Early Pruning Indicator per epoch", path)
 
 
 def plot_width_heatmap(metrics: list[dict], dense_widths: list[int], path: Path) -> None:
