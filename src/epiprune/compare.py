@@ -20,6 +20,7 @@ from pathlib import Path
 from .errors import EpipruneError
 from .report import plot_accuracy_vs_cost, plot_epi_curve, plot_grid, plot_width_heatmap
 from .serialization import atomic_write_text
+from .trainer import TrainConfig
 
 FAMILIES = ("dense", "init", "tpf", "fixed", "earlybird", "epi")
 
@@ -55,7 +56,8 @@ class CompareConfig:
 
     @property
     def max_dense(self) -> int:
-        return min(self.epochs - 1, max(self.epi_window + 1, self.epochs // 2))
+        """The EPI runs' fallback epoch, the same default as `epiprune train`'s."""
+        return TrainConfig(epochs=self.epochs, epi_window=self.epi_window).resolved_max_dense_epochs
 
     def methods(self) -> list[Method]:
         unknown = set(self.families) - set(FAMILIES)

@@ -72,19 +72,27 @@ class TaylorAccumulator:
         return self.totals
 
 
-class MagnitudeImportance:
-    """Group L2 weight norm per channel (no accumulation: weights are read when scores are asked for)."""
+class _StepCounter:
+    """Importances that need no gradients: step() only counts, there is nothing to accumulate or all-reduce."""
 
-    def __init__(self, graph: PrunableGraph) -> None:
-        self.graph = graph
-        self.criterion = tp.importance.GroupMagnitudeImportance(p=2, group_reduction="mean", normalizer=None)
-        self.steps = 0
+    steps = 0
 
     def reset(self) -> None:
         self.steps = 0
 
     def step(self, grad_scale: float = 1.0) -> None:
         self.steps += 1
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        return []
+
+
+class MagnitudeImportance(_StepCounter):
+    """Group L2 weight norm per channel (no accumulation: weights are read when scores are asked for)."""
+
+    def __init__(self, graph: PrunableGraph) -> None:
+        self.graph = graph
+        self.criterion = tp.importance.GroupMagnitudeImportance(p=2, group_reduction="mean", normalizer=None)
 
     @torch.no_grad()
     def scores(self) -> list[np.ndarray]:
@@ -95,29 +103,16 @@ class MagnitudeImportance:
             result.append(self.criterion(group).double().cpu().numpy())
         return result
 
-    def state_tensors(self) -> list[torch.Tensor]:
-        return []
 
-
-class RandomImportance:
+class RandomImportance(_StepCounter):
     """Uniform random scores (the random structured-pruning baseline), reproducible from `seed`."""
 
     def __init__(self, graph: PrunableGraph, seed: int = 0) -> None:
         self.graph = graph
         self.rng = np.random.default_rng(seed)
-        self.steps = 0
-
-    def reset(self) -> None:
-        self.steps = 0
-
-    def step(self, grad_scale: float = 1.0) -> None:
-        self.steps += 1
 
     def scores(self) -> list[np.ndarray]:
         return [self.rng.random(g.size) for g in self.graph.groups]
-
-    def state_tensors(self) -> list[torch.Tensor]:
-        return []
 
 
 def make_importance(kind: str, graph: PrunableGraph, seed: int = 0

@@ -25,7 +25,7 @@ from .checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from .data import DATASETS, Dataset, TensorLoader, load_dataset
 from .errors import EpipruneError
 from .importance import IMPORTANCES
-from .indicator import DEFAULT_THRESHOLDS, DEFAULT_WINDOW, EARLYBIRD_EPSILON, INDICATORS
+from .indicator import DEFAULT_WINDOW, INDICATORS
 from .models import MODELS, build_model
 from .policy import EarlyPruningPolicy
 from .report import plot_epi
@@ -114,12 +114,6 @@ class TrainConfig:
         if self.max_dense_epochs is not None:
             return self.max_dense_epochs
         return min(self.epochs - 1, max(self.epi_window + 1, self.epochs // 2))
-
-    @property
-    def resolved_threshold(self) -> float:
-        if self.epi_threshold is not None:
-            return self.epi_threshold
-        return 1 - EARLYBIRD_EPSILON if self.indicator == "earlybird" else DEFAULT_THRESHOLDS[self.importance]
 
 
 def seed_everything(seed: int) -> None:
@@ -365,7 +359,7 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None]
         "model": cfg.model, "data": dataset.name, "budget": str(budget), "importance": cfg.importance,
         "indicator": cfg.indicator, "epochs": cfg.total_epochs, "finetune_epochs": cfg.finetune_epochs,
         "seed": cfg.seed, "epi_window": cfg.epi_window, "world_size": world, "device": device.type,
-        "epi_threshold": cfg.resolved_threshold, "prune_epoch": policy.prune_epoch, "trigger": policy.trigger,
+        "epi_threshold": policy.rule.threshold, "prune_epoch": policy.prune_epoch, "trigger": policy.trigger,
         "final_val_top1": metrics[-1]["val_top1"], "best_val_top1": max(m["val_top1"] for m in metrics),
         "dense_flops": policy.dense_flops, "final_flops": flops, "flops_ratio": flops / policy.dense_flops,
         "dense_params": policy.dense_params, "final_params": params, "params_ratio": params / policy.dense_params,
@@ -378,6 +372,6 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None]
         spec = architecture_spec(cfg.model, dataset.in_channels, dataset.num_classes, (h, w), policy.kept)
         save_pruned(model, spec, out)
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
-        plot_epi(metrics, out / "epi.png", cfg.resolved_threshold, policy.prune_epoch, policy.trigger)
+        plot_epi(metrics, out / "epi.png", policy.rule.threshold, policy.prune_epoch, policy.trigger)
     distributed.barrier()
     return RunResult(summary, metrics, model, out)
