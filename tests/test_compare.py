@@ -87,3 +87,19 @@ def test_train_prune_finetune_schedule():
     f = lr_schedule(cfg, 10)
     assert f(0) == 1.0 and f(20) == pytest.approx(0.5) and f(40) == pytest.approx(0.1) and f(60) == pytest.approx(0)
     assert cfg.total_epochs == 6
+
+
+def test_methods_on_one_point_share_one_label(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from epiprune.report import plot_accuracy_vs_cost
+
+    texts = []
+    original = matplotlib.axes.Axes.annotate
+    monkeypatch.setattr(matplotlib.axes.Axes, "annotate",
+                        lambda self, text, *a, **k: texts.append(text) or original(self, text, *a, **k))
+    row = {"train_flops": 4.79e12, "top1_mean": 88.02, "top1_std": 0.0, "family": "fixed"}
+    rows = [{**row, "method": "fixed-5"}, {**row, "method": "epi-taylor", "family": "epi"},
+            {**row, "method": "dense", "family": "dense", "train_flops": 6.8e12}]
+    plot_accuracy_vs_cost(rows, tmp_path / "p.png")
+    assert sorted(texts) == ["dense", "fixed-5 = epi-taylor"] and (tmp_path / "p.png").is_file()

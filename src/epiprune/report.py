@@ -57,11 +57,13 @@ FAMILY_COLOURS = {"dense": "black", "init": "tab:gray", "tpf": "tab:brown", "fix
 def plot_accuracy_vs_cost(rows: list[dict], path: Path) -> None:
     """Final top-1 vs total training FLOPs, one point per method (error bars: spread over seeds)."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    labels: dict[tuple[float, float], list[str]] = {}  # methods landing on one point share one label
     for r in rows:
         ax.errorbar(r["train_flops"] / 1e12, r["top1_mean"], yerr=r["top1_std"] or None, fmt="o",
                     color=FAMILY_COLOURS.get(r["family"], "tab:blue"), capsize=3)
-        ax.annotate(r["method"], (r["train_flops"] / 1e12, r["top1_mean"]), fontsize=7,
-                    xytext=(4, 3), textcoords="offset points")
+        labels.setdefault((round(r["train_flops"] / 1e12, 2), round(r["top1_mean"], 2)), []).append(r["method"])
+    for (x, y), names in labels.items():
+        ax.annotate(" = ".join(names), (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
     ax.set_xlabel("training cost (TFLOPs, forward + backward)")
     ax.set_ylabel("final validation top-1 (%)")
     ax.set_title("Accuracy vs. training cost")
