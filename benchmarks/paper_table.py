@@ -49,6 +49,8 @@ def main() -> None:
     parser.add_argument("--train-subset", type=int, default=6000)
     parser.add_argument("--val-subset", type=int, default=5000)
     parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--warmup-epochs", type=float, default=0.0,
+                        help="linear LR warm-up of every run; results go to <model>-flops<f>-warmup<w>/")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--methods", default="dense,init,tpf,fixed,earlybird,epi")
@@ -58,14 +60,16 @@ def main() -> None:
     if args.data_dir is None:
         raise SystemExit("error: full Fashion-MNIST not found (accepted: --data-dir with its IDX files)")
     results, sections = [], []
+    suffix = f"-warmup{args.warmup_epochs:g}" if args.warmup_epochs else ""
     for spec in args.configs.split(","):
         model, fraction = spec.split("@")
         cfg = CompareConfig(model=model, data="fashion-mnist", data_dir=args.data_dir, train_subset=args.train_subset,
                             val_subset=args.val_subset, epochs=args.epochs, budget=f"flops:{fraction}",
+                            warmup_epochs=args.warmup_epochs,
                             seeds=[int(s) for s in args.seeds.split(",")], jobs=args.jobs,
                             families=args.methods.split(","),
                             grid=[int(g) for g in args.grid.split(",")] if args.grid else None,
-                            out=str(Path(args.out) / f"{model}-flops{fraction}"))
+                            out=str(Path(args.out) / f"{model}-flops{fraction}{suffix}"))
         start = time.time()
         rows = compare(cfg, log=lambda msg: print(msg, flush=True))
         t = targets(rows)
@@ -82,6 +86,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     name = "paper_table" if args.configs == parser.get_default("configs") else "paper_table_" + "_".join(
         c.replace("@", "-") for c in args.configs.split(","))
+    name += suffix.replace("-", "_")
     atomic_write_text(out / f"{name}.json", json.dumps({"meta": meta, "results": results}, indent=1, default=str))
     text = "\n".join(sections)
     atomic_write_text(out / f"{name}.md", text)

@@ -103,3 +103,30 @@ def test_methods_on_one_point_share_one_label(tmp_path, monkeypatch):
             {**row, "method": "dense", "family": "dense", "train_flops": 6.8e12}]
     plot_accuracy_vs_cost(rows, tmp_path / "p.png")
     assert sorted(texts) == ["dense", "fixed-5 = epi-taylor"] and (tmp_path / "p.png").is_file()
+
+
+def test_warmup_ramps_the_lr_then_follows_the_cosine():
+    cfg = TrainConfig(epochs=4, warmup_epochs=1, indicator="none")
+    cfg.validate()
+    f = lr_schedule(cfg, 10)
+    assert f(0) == pytest.approx(0.1) and f(4) == pytest.approx(0.5 * 0.5 * (1 + np.cos(np.pi * 4 / 40)))
+    assert f(20) == pytest.approx(0.5) and f(9) == pytest.approx(0.5 * (1 + np.cos(np.pi * 9 / 40)))
+
+
+def test_bad_warmup_is_an_error(tmp_path, capsys):
+    assert main(["train", "--epochs", "3", "--warmup-epochs", "3", "--out", str(tmp_path)]) == 2
+    assert "warm-up epochs 3.0 is outside [0, 3)" in capsys.readouterr().err
+
+
+def test_reusing_a_run_made_with_other_settings_is_an_error(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    args = ["compare", "--train-subset", "128", "--val-subset", "64", "--epochs", "4", "--batch-size", "64",
+            "--epi-window", "1", "--methods", "dense", "--out", str(out)]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main([*args, "--warmup-epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "made with warmup_epochs=0.0, not 1.0" in err and "--force" in err
+    assert main([*args, "--warmup-epochs", "1", "--force"]) == 0
+    made_with = json.loads((out / "runs" / "dense" / "seed0" / "summary.json").read_text())["config"]
+    assert made_with["warmup_epochs"] == 1.0

@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--lr", type=float, default=0.1, help="peak learning rate of SGD (momentum 0.9, Nesterov), "
                    "cosine-annealed per step over the whole schedule")
+    t.add_argument("--warmup-epochs", type=float, default=0.0,
+                   help="ramp the LR up linearly over this many epochs first (1 helps ResNet-56 at lr 0.1)")
     t.add_argument("--weight-decay", type=float, default=5e-4, help="on conv/linear weights, not on BN/biases")
     t.add_argument("--budget", default="flops:0.5", help="what to keep: flops:F or params:F, 0 < F < 1")
     t.add_argument("--importance", default="taylor", choices=IMPORTANCES,
@@ -78,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--epochs", type=int, default=12)
     c.add_argument("--batch-size", type=int, default=128)
     c.add_argument("--lr", type=float, default=0.1)
+    c.add_argument("--warmup-epochs", type=float, default=0.0, help="linear LR warm-up of every run")
     c.add_argument("--budget", default="flops:0.5")
     c.add_argument("--epi-window", type=int, default=DEFAULT_WINDOW)
     c.add_argument("--grid", default=None, help="fixed prune epochs, e.g. 1,2,3 or 1-6 (default: 1..epochs/2)")
@@ -114,7 +117,7 @@ def _compare(args: argparse.Namespace) -> None:
 
     cfg = CompareConfig(model=args.model, data=args.data, data_dir=args.data_dir, train_subset=args.train_subset,
                         val_subset=args.val_subset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                        budget=args.budget, epi_window=args.epi_window,
+                        warmup_epochs=args.warmup_epochs, budget=args.budget, epi_window=args.epi_window,
                         grid=_int_list(args.grid, "grid") if args.grid else None,
                         finetune_epochs=args.finetune_epochs, seeds=_int_list(args.seeds, "seeds"),
                         families=[m.strip() for m in args.methods.split(",")], jobs=args.jobs, out=args.out,
@@ -140,7 +143,7 @@ def _train(args: argparse.Namespace) -> None:
                       importance=args.importance, epi_window=args.epi_window, epi_threshold=args.epi_threshold,
                       min_dense_epochs=args.min_dense_epochs, max_dense_epochs=args.max_dense_epochs,
                       prune_at=args.prune_at, indicator=args.indicator, finetune_epochs=args.finetune_epochs,
-                      channel_multiple=args.channel_multiple,
+                      warmup_epochs=args.warmup_epochs, channel_multiple=args.channel_multiple,
                       init_batches=args.init_batches, seed=args.seed, device=args.device,
                       dist_timeout=args.dist_timeout, out=args.out, progress=not args.no_progress)
     if args.resume is not None:

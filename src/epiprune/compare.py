@@ -44,6 +44,7 @@ class CompareConfig:
     epochs: int = 12
     batch_size: int = 128
     lr: float = 0.1
+    warmup_epochs: float = 0.0
     budget: str = "flops:0.5"
     epi_window: int = 3
     grid: list[int] | None = None  # fixed prune epochs; default 1..max dense epochs
@@ -84,6 +85,8 @@ class CompareConfig:
         args = ["--model", self.model, "--data", self.data, "--epochs", str(self.epochs), "--batch-size",
                 str(self.batch_size), "--lr", str(self.lr), "--budget", self.budget, "--epi-window",
                 str(self.epi_window), "--max-dense-epochs", str(self.max_dense), "--no-progress"]
+        if self.warmup_epochs:  # only when set, so runs made before the option existed keep their command line
+            args += ["--warmup-epochs", str(self.warmup_epochs)]
         for flag, value in (("--data-dir", self.data_dir), ("--train-subset", self.train_subset),
                             ("--val-subset", self.val_subset)):
             if value is not None:
@@ -91,11 +94,25 @@ class CompareConfig:
         return args
 
 
+def _check_same_settings(cfg: CompareConfig, seed: int, made_with: dict, summary_path: Path) -> None:
+    """Refuse to reuse a finished run made with other shared settings: its numbers would not be comparable."""
+    expected = {"model": cfg.model, "data": cfg.data, "train_subset": cfg.train_subset,
+                "val_subset": cfg.val_subset, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
+                "warmup_epochs": cfg.warmup_epochs, "budget": cfg.budget, "epi_window": cfg.epi_window, "seed": seed}
+    defaults = {"warmup_epochs": 0.0}  # runs made before the option existed
+    for key, value in expected.items():
+        found = made_with.get(key, defaults.get(key))
+        if found != value:
+            raise EpipruneError(f"{summary_path} was made with {key}={found!r}, not {value!r} (accepted: the same "
+                                "settings, another --out, or --force to rerun)")
+
+
 def run_one(cfg: CompareConfig, method: Method, seed: int, log=print) -> dict:  # noqa: ANN001
     """Train one (method, seed) unless its summary exists; return its summary with method fields added."""
     folder = Path(cfg.out) / "runs" / method.name / f"seed{seed}"
     summary_path = folder / "summary.json"
     if summary_path.is_file() and not cfg.force:
+        _check_same_settings(cfg, seed, json.loads(summary_path.read_text()).get("config", {}), summary_path)
         log(f"skip {method.name} seed {seed}: done ({summary_path})")
     else:
         folder.mkdir(parents=True, exist_ok=True)

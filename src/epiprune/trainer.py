@@ -66,6 +66,7 @@ class TrainConfig:
     indicator: str = "epi"
     channel_multiple: int = 1
     finetune_epochs: int = 0
+    warmup_epochs: float = 0.0
     init_batches: int = 10
     seed: int = 0
     device: str = "auto"
@@ -83,6 +84,8 @@ class TrainConfig:
             raise EpipruneError(f"unknown indicator {self.indicator!r} (accepted: {', '.join(INDICATORS)})")
         if self.finetune_epochs < 0:
             raise EpipruneError(f"fine-tune epochs {self.finetune_epochs} is negative (accepted: >= 0)")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise EpipruneError(f"warm-up epochs {self.warmup_epochs} is outside [0, {self.epochs})")
         if self.importance not in IMPORTANCES:
             raise EpipruneError(f"unknown importance {self.importance!r} (accepted: {', '.join(IMPORTANCES)})")
         Budget.parse(self.budget)
@@ -191,14 +194,17 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def lr_schedule(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
-    """LR multiplier per step: cosine from 1 to 0 over the main schedule; for train-prune-fine-tune, a second
-    cosine from 0.1 to 0 over the fine-tuning epochs."""
+    """LR multiplier per step: cosine from 1 to 0 over the main schedule, times a linear ramp from
+    1/warm-up-steps to 1 over the first `warmup_epochs` (deep ResNets blow up at lr 0.1 from initialisation);
+    for train-prune-fine-tune, a second cosine from 0.1 to 0 over the fine-tuning epochs."""
     main_steps = cfg.epochs * steps_per_epoch
     tune_steps = max(1, cfg.finetune_epochs * steps_per_epoch)
+    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
 
     def factor(step: int) -> float:
         if step < main_steps:
-            return 0.5 * (1 + math.cos(math.pi * step / main_steps))
+            ramp = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+            return ramp * 0.5 * (1 + math.cos(math.pi * step / main_steps))
         return 0.05 * (1 + math.cos(math.pi * min(step - main_steps, tune_steps) / tune_steps))
 
     return factor
