@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from epiprune.indicator import structural_similarity
 
-TINY = ["--train-subset", "512", "--val-subset", "256", "--epochs", "4", "--epi-window", "1",
+TINY = ["--device", "cpu", "--train-subset", "512", "--val-subset", "256", "--epochs", "4", "--epi-window", "1",
         "--min-dense-epochs", "2", "--max-dense-epochs", "2", "--batch-size", "64", "--no-progress"]
 
 
@@ -115,3 +115,36 @@ def test_a_dead_rank_does_not_leave_the_other_hanging(tmp_path):
     assert time.time() - start < 120
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: rank 0: a collective failed"), err[-1500:]
+
+
+def test_cpu_training_under_torchrun_uses_gloo_even_where_cuda_exists(tmp_path, monkeypatch):
+    import torch.distributed as dist
+
+    from epiprune.trainer import TrainConfig, train
+
+    chosen = []
+
+    def fake_init(backend, **kwargs):
+        chosen.append(backend)
+        raise KeyboardInterrupt  # stop right after the choice: nothing else of the run matters here
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", fake_init)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(device="cpu", out=str(tmp_path / "run")))
+    assert chosen == ["gloo"]
+
+
+def test_more_ranks_than_gpus_is_a_one_line_error(monkeypatch):
+    from epiprune.errors import EpipruneError
+    from epiprune.trainer import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(EpipruneError, match=r"local rank 1 needs GPU 1 but 1 are visible .*--device cpu"):
+        resolve_device("auto")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert resolve_device("cpu").type == "cpu"

@@ -1,8 +1,8 @@
 """torch.distributed helpers: the few collectives epiprune needs, all no-ops in a single process.
 
 Launch with torchrun (it sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT); the backend is nccl when
-CUDA is available and gloo otherwise. Every collective is bounded by the process group's timeout, so a rank that
-dies makes the others fail with an error instead of hanging for ever.
+training on GPUs and gloo on CPUs (`--device cpu` on a GPU machine too). Every collective is bounded by the process
+group's timeout, so a rank that dies makes the others fail with an error instead of hanging for ever.
 """
 
 from __future__ import annotations
@@ -32,12 +32,13 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init_from_environment(timeout_seconds: float = 600.0) -> bool:
-    """Join the process group that torchrun describes in the environment; False when not launched that way."""
+def init_from_environment(timeout_seconds: float = 600.0, backend: str | None = None) -> bool:
+    """Join the process group that torchrun describes in the environment; False when not launched that way.
+    backend: "nccl" (GPU tensors) or "gloo" (CPU tensors); None picks nccl when CUDA is available."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_seconds))

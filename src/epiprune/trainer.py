@@ -161,7 +161,11 @@ def resolve_device(name: str) -> torch.device:
         raise EpipruneError("device 'cuda' requested but CUDA is not available (accepted: auto, cpu)")
     if name == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    local_rank, visible = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+    if local_rank >= visible:
+        raise EpipruneError(f"local rank {local_rank} needs GPU {local_rank} but {visible} are visible (accepted: "
+                            f"at most {visible} processes per node, or --device cpu)")
+    return torch.device("cuda", local_rank)
 
 
 def wrap_data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
@@ -236,9 +240,15 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None, log: Callable[[str],
     """Run the schedule described by cfg; write metrics.jsonl, summary.json, the model and epi.png into cfg.out,
     and a checkpoint after every epoch. resume=True continues from cfg.out's checkpoint (config from it).
     Under torchrun: DistributedDataParallel, data sharded per rank, only rank 0 writes files."""
-    distributed.init_from_environment(cfg.dist_timeout)
+    checkpoint = None
+    if resume:
+        checkpoint = load_checkpoint(Path(cfg.out) / CHECKPOINT_FILE)
+        cfg = TrainConfig(**{**checkpoint["extra"]["config"], "out": cfg.out, "progress": cfg.progress})
+    # the backend follows the device actually trained on: nccl for GPU tensors, gloo for `--device cpu` on a GPU box
+    device = resolve_device(cfg.device)
+    distributed.init_from_environment(cfg.dist_timeout, backend="nccl" if device.type == "cuda" else "gloo")
     try:
-        return _train(cfg, dataset, log if distributed.is_main() else (lambda _: None), resume)
+        return _train(cfg, dataset, log if distributed.is_main() else (lambda _: None), checkpoint, device)
     except RuntimeError as e:
         if not distributed.is_distributed():
             raise
@@ -246,16 +256,12 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None, log: Callable[[str],
                                f"out after {cfg.dist_timeout:g}s): {str(e).splitlines()[0][:200]}") from None
 
 
-def _train(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None], resume: bool) -> RunResult:
-    checkpoint = None
-    if resume:
-        checkpoint = load_checkpoint(Path(cfg.out) / CHECKPOINT_FILE)
-        cfg = TrainConfig(**{**checkpoint["extra"]["config"], "out": cfg.out, "progress": cfg.progress})
+def _train(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None], checkpoint: dict | None,
+           device: torch.device) -> RunResult:
     cfg.validate()
     budget = Budget.parse(cfg.budget)
     main = distributed.is_main()
     out = prepare_output(cfg.out) if main else Path(cfg.out)
-    device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     if dataset is None:
         dataset = load_dataset(cfg.data, cfg.data_dir, image_size=cfg.image_size)
