@@ -35,6 +35,9 @@ from .subnetwork import Budget
 TRAIN_FLOPS_PER_FORWARD = 3
 
 
+PROGRESS_EVERY = 20  # steps between progress-bar loss updates (each one waits for the device)
+
+
 class TrainingError(EpipruneError):
     """Training cannot go on (e.g. the loss became NaN)."""
 
@@ -316,26 +319,33 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None]
     for epoch in range(first_epoch, cfg.total_epochs + 1):
         t0 = time.perf_counter()
         net.train()
-        loss_sum, correct, seen = 0.0, 0, 0
+        # running sums stay on the device: no host synchronisation per step, so on a GPU the next step's
+        # kernels are queued while this one runs; they are read once at the end of the epoch
+        loss_total = torch.zeros((), dtype=torch.float64, device=device)
+        correct_total = torch.zeros((), dtype=torch.int64, device=device)
+        seen = 0
+        show = cfg.progress and main
         bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.total_epochs}", leave=False, unit="batch",
-                   disable=not (cfg.progress and main), dynamic_ncols=True)
-        for x, y in bar:
+                   disable=not show, dynamic_ncols=True)
+        for step, (x, y) in enumerate(bar):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             logits = net(x)
             loss = cross_entropy(logits, y)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"loss became {loss.item()} in epoch {epoch}; stopped, the last good checkpoint "
-                                    f"is in {out} (accepted: a smaller --lr)")
             loss.backward()
             policy.step()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
-            loss_sum += loss.item() * len(y)
-            correct += int((logits.argmax(1) == y).sum())
+            loss_total += loss.detach() * len(y)
+            correct_total += (logits.argmax(1) == y).sum()
             seen += len(y)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
-        loss_sum, correct, seen = distributed.all_reduce_sum([loss_sum, correct, seen], device)
+            if show and step % PROGRESS_EVERY == 0:
+                bar.set_postfix(loss=f"{loss_total.item() / seen:.3f}")
+        loss_sum, correct, seen = distributed.all_reduce_sum([loss_total.item(), correct_total.item(), seen], device)
+        # checked per epoch, before anything of this epoch is saved: the checkpoint on disk is the last good one
+        if not math.isfinite(loss_sum):
+            raise TrainingError(f"loss became {loss_sum / seen} in epoch {epoch}; stopped, the last good checkpoint "
+                                f"is in {out} (accepted: a smaller --lr)")
         train_flops_total += TRAIN_FLOPS_PER_FORWARD * flops * seen
         _, val_top1 = evaluate(net, val_loader, device)
         pruned_now = policy.end_epoch(optimizer)
