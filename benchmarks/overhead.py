@@ -3,12 +3,14 @@
 For each model, on the built-in data shape (1x28x28, batch 128, SGD):
   * epoch time of dense training without the policy vs. with policy.step() every step and policy.end_epoch()
     (importance, dominant sub-network, EPI) at the end of the epoch (pruning disabled), interleaved repeats;
-  * train-step time (forward + backward + SGD step) of the dense model vs. the same model pruned to 50% FLOPs by
-    the policy's Taylor-ranked dominant sub-network, interleaved repeats.
+  * train-step time (forward + backward + SGD step) of the dense model vs. the same model pruned to
+    --flops-budget (0.5) of its FLOPs by the policy's Taylor-ranked dominant sub-network, interleaved repeats.
 Prints a table and writes JSON (default benchmarks/results/overhead.json). Ratios are what to compare: this
 machine is shared and noisy, so absolute seconds vary between runs.
 
-    python benchmarks/overhead.py [--models resnet20,resnet56] [--steps 40] [--repeats 3]
+    python benchmarks/overhead.py [--models resnet20,resnet56] [--steps 40] [--repeats 3] [--device cuda]
+
+On a GPU every timer is read after torch.cuda.synchronize(), so the times are of the work, not of its launch.
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ from epiprune import Budget, EarlyPruningPolicy
 from epiprune.data import TensorLoader, load_builtin
 from epiprune.models import build_model
 from epiprune.serialization import atomic_write_text
+from epiprune.trainer import resolve_device
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def make_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -37,6 +45,8 @@ def run_epoch(model: torch.nn.Module, batches: list, policy: EarlyPruningPolicy 
     """Seconds for one pass over `batches`, plus the policy's end-of-epoch work when a policy is given."""
     optimizer = make_optimizer(model)
     model.train()
+    device = next(model.parameters()).device
+    synchronize(device)
     start = time.perf_counter()
     for x, y in batches:
         torch.nn.functional.cross_entropy(model(x), y).backward()
@@ -46,6 +56,7 @@ def run_epoch(model: torch.nn.Module, batches: list, policy: EarlyPruningPolicy 
         optimizer.zero_grad(set_to_none=True)
     if policy is not None:
         policy.end_epoch(optimizer)
+    synchronize(device)
     return time.perf_counter() - start
 
 
@@ -54,20 +65,24 @@ def step_times(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: 
     model.train()
     times = []
     for _ in range(steps):
+        synchronize(x.device)
         start = time.perf_counter()
         torch.nn.functional.cross_entropy(model(x), y).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        synchronize(x.device)
         times.append(time.perf_counter() - start)
     return times
 
 
-def bench_model(name: str, batches: list, steps: int, repeats: int, channel_multiple: int = 1) -> dict:
-    example = torch.zeros(1, *batches[0][0].shape[1:])
+def bench_model(name: str, batches: list, steps: int, repeats: int, channel_multiple: int = 1,
+                flops_budget: float = 0.5) -> dict:
+    device = batches[0][0].device
+    example = torch.zeros(1, *batches[0][0].shape[1:], device=device)
     torch.manual_seed(0)
-    plain = build_model(name, 1, 10)
+    plain = build_model(name, 1, 10).to(device)
     torch.manual_seed(0)
-    tracked = build_model(name, 1, 10)
+    tracked = build_model(name, 1, 10).to(device)
     # prune_at far away: the policy does all its per-epoch work but never prunes during this measurement
     policy = EarlyPruningPolicy(tracked, example, Budget("flops", 0.5), importance="taylor", prune_at=10**6)
     run_epoch(plain, batches[:3], None)  # warm-up
@@ -77,12 +92,12 @@ def bench_model(name: str, batches: list, steps: int, repeats: int, channel_mult
         dense_epoch.append(run_epoch(plain, batches, None))
         policy_epoch.append(run_epoch(tracked, batches, policy))
 
-    pruned = build_model(name, 1, 10)
-    prune_policy = EarlyPruningPolicy(pruned, example, Budget("flops", 0.5), importance="taylor", prune_at=1,
+    pruned = build_model(name, 1, 10).to(device)
+    prune_policy = EarlyPruningPolicy(pruned, example, Budget("flops", flops_budget), importance="taylor", prune_at=1,
                                       channel_multiple=channel_multiple)
     run_epoch(pruned, batches[:5], prune_policy)  # accumulates Taylor scores, then prunes at the epoch's end
     assert prune_policy.pruned
-    dense = build_model(name, 1, 10)
+    dense = build_model(name, 1, 10).to(device)
     x, y = batches[0]
     step_times(dense, x, y, 3)
     step_times(pruned, x, y, 3)
@@ -112,14 +127,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="measured train steps per model and variant")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--channel-multiple", type=int, default=1, help="kept channels per layer: multiple of this")
+    parser.add_argument("--flops-budget", type=float, default=0.5, help="FLOPs fraction of the pruned model")
+    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "overhead.json"))
     args = parser.parse_args()
     data = load_builtin()
     loader = TensorLoader(data.train_images, data.train_labels, args.batch_size, train=True, seed=0)
-    batches = [b for _, b in zip(range(args.batches), loader, strict=False)]
+    device = resolve_device(args.device)
+    batches = [(x.to(device), y.to(device)) for _, (x, y) in zip(range(args.batches), loader, strict=False)]
     rows = []
     for name in args.models.split(","):
-        rows.append(bench_model(name.strip(), batches, args.steps, args.repeats, args.channel_multiple))
+        rows.append(bench_model(name.strip(), batches, args.steps, args.repeats, args.channel_multiple,
+                                args.flops_budget))
         r = rows[-1]
         print(f"{r['model']:>18}: policy overhead {100 * r['policy_overhead']:+.1f}%  "
               f"pruned speed-up {r['pruned_speedup']:.2f}x", file=sys.stderr)
@@ -131,7 +150,9 @@ def main() -> None:
         f"| {100 * r['pruned_flops_ratio']:.1f}% |" for r in rows]
     print("\n".join(lines))
     meta = {"machine": platform.machine(), "processor": platform.processor(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "batches": args.batches, "batch_size": args.batch_size,
+            "threads": torch.get_num_threads(), "device": device.type,
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+            "flops_budget": args.flops_budget, "batches": args.batches, "batch_size": args.batch_size,
             "steps": args.steps, "repeats": args.repeats, "channel_multiple": args.channel_multiple}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
