@@ -44,6 +44,34 @@ def test_compare_end_to_end_then_skips_finished_runs(tmp_path, capsys):
     second = capsys.readouterr().out
     assert "run " not in second and second.count("skip ") == len(methods) - 1
     assert json.loads((out / "compare.json").read_text())["rows"] == result["rows"]
+    check_report_rebuilds_the_comparison_without_training(out, result, capsys)
+
+
+def check_report_rebuilds_the_comparison_without_training(out, result, capsys):
+    """`epiprune report` on the finished compare folder above (part of the same test: it reuses its runs)."""
+    (out / "accuracy_vs_cost.png").unlink()
+    assert main(["report", str(out)]) == 0
+    assert "run " not in capsys.readouterr().out
+    assert json.loads((out / "compare.json").read_text())["rows"] == result["rows"]  # same table, same order
+    assert (out / "accuracy_vs_cost.png").stat().st_size > 0
+    # a grid still running: runs without a summary are left out and named, the oracle is over what finished
+    (out / "runs" / "fixed-2" / "seed0" / "summary.json").unlink()
+    assert main(["report", str(out)]) == 0
+    assert "not finished (left out of the table): fixed-2 seed0 (4 epochs done)" in capsys.readouterr().out
+    rows = {r["method"]: r for r in json.loads((out / "compare.json").read_text())["rows"]}
+    assert "fixed-2" not in rows and rows["oracle (fixed-1)"]["grid_size"] == 1
+    # one train run, finished or not (then the settings come from its checkpoint)
+    run = out / "runs" / "epi-taylor" / "seed0"
+    (run / "epi.png").unlink()
+    assert main(["report", str(run)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert sum(line.split()[0].isdigit() for line in lines if line.strip()) == 4 and (run / "epi.png").is_file()
+    (run / "summary.json").unlink()
+    assert main(["report", str(run)]) == 0 and (run / "epi.png").is_file()
+    # anything else: one line naming the folder
+    assert main(["report", str(out / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds neither an `epiprune compare` output" in err
 
 
 def test_unknown_method_family_is_an_error(tmp_path, capsys):

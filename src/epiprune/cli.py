@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torchscript (torch.jit.load), export (torch.export .pt2: torch.export.load), onnx (needs "
                    "onnx + onnxscript), or safetensors with the architecture in its metadata (epiprune.load_pruned)")
     e.add_argument("--out", default=None, help="file to write (default: RUN_DIR/model_export.<format suffix>)")
+
+    r = sub.add_parser("report", help="tables and plots again from a train or compare folder, without training "
+                                      "(also while a compare grid is still running)")
+    r.add_argument("folder", help="output folder of `epiprune train` or `epiprune compare`")
     return parser
 
 
@@ -172,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
             _export(args)
         elif args.command == "compare":
             _compare(args)
+        elif args.command == "report":
+            from .folder_report import report
+
+            report(args.folder)
     except EpipruneError as e:
         sys.stderr.write(f"error: {e}\n")
         return 2

@@ -202,10 +202,49 @@ def compare(cfg: CompareConfig, log=print) -> list[dict]:  # noqa: ANN001
     tasks = [(m, s) for m in cfg.methods() for s in cfg.seeds]
     with ThreadPoolExecutor(max_workers=max(1, cfg.jobs)) as pool:
         runs = list(pool.map(lambda t: run_one(cfg, t[0], t[1], log), tasks))
+    return write_comparison(out, runs, cfg.__dict__, log)
+
+
+def family_of(method: str) -> str | None:
+    """The family of a method folder's name as `compare` writes it (dense, init-random, fixed-3, epi-taylor, ...)."""
+    if method.startswith("fixed-"):
+        return "fixed" if method[len("fixed-"):].isdigit() else None
+    for prefix, family in (("init-", "init"), ("tpf-", "tpf"), ("epi-", "epi")):
+        if method.startswith(prefix):
+            return family
+    return method if method in ("dense", "earlybird") else None
+
+
+def finished_runs(out: Path) -> tuple[list[dict], list[str]]:
+    """Summaries of the finished runs under out/runs/<method>/seed<k>/ (with method, family and run_dir added),
+    and a description of each run folder that has no summary yet (running, interrupted or failed)."""
+    runs, unfinished = [], []
+    for folder in sorted(p for p in (out / "runs").glob("*/seed*") if p.is_dir()):
+        method, family = folder.parent.name, family_of(folder.parent.name)
+        if family is None:
+            continue
+        summary = folder / "summary.json"
+        if summary.is_file():
+            runs.append({**json.loads(summary.read_text()), "method": method, "family": family,
+                         "run_dir": str(folder)})
+        else:
+            metrics = folder / "metrics.jsonl"
+            done = len(metrics.read_text().splitlines()) if metrics.is_file() else 0
+            unfinished.append(f"{method} {folder.name} ({done} epochs done)")
+    # the order `compare` uses: families as in FAMILIES, methods as their recipes list them, then seeds
+    grid = sorted({int(r["method"].split("-")[1]) for r in runs if r["family"] == "fixed"})
+    names = [m.name for m in CompareConfig(epochs=max(grid, default=1) + 1, grid=grid or None).methods()]
+    runs.sort(key=lambda r: (FAMILIES.index(r["family"]), names.index(r["method"]) if r["method"] in names else 0,
+                             r["seed"]))
+    return runs, unfinished
+
+
+def write_comparison(out: Path, runs: list[dict], config: dict, log=print) -> list[dict]:  # noqa: ANN001
+    """Aggregate finished runs into compare.md, compare.json and the four plots in `out`; return the rows."""
     rows = aggregate(runs)
     table = markdown_table(rows)
     atomic_write_text(out / "compare.md", table)
-    atomic_write_text(out / "compare.json", json.dumps({"config": cfg.__dict__, "rows": rows, "runs": runs},
+    atomic_write_text(out / "compare.json", json.dumps({"config": config, "rows": rows, "runs": runs},
                                                        indent=1, default=str))
     plot_accuracy_vs_cost([r for r in rows if r["family"] != "oracle"], out / "accuracy_vs_cost.png")
     epi_runs = [r for r in runs if r["method"] == "epi-taylor"]

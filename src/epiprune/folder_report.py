@@ -1,0 +1,61 @@
+"""`epiprune report DIR`: tables and plots again from a finished (or still running) train or compare folder,
+without training. Useful to look at a grid while its last runs are still going, or to re-plot after the fact."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .checkpoint import CHECKPOINT_FILE, load_checkpoint
+from .compare import finished_runs, write_comparison
+from .errors import EpipruneError
+from .indicator import DEFAULT_THRESHOLDS
+from .report import plot_epi
+
+
+def report(folder: str | Path, log=print) -> Path:  # noqa: ANN001
+    """Rewrite the report of an `epiprune compare` folder (compare.md/json and plots, from every finished run)
+    or of an `epiprune train` folder (epi.png, and a per-epoch table printed). Returns the folder."""
+    out = Path(folder)
+    if (out / "runs").is_dir():
+        return _report_comparison(out, log)
+    if (out / "metrics.jsonl").is_file():
+        return _report_run(out, log)
+    raise EpipruneError(f"{out} holds neither an `epiprune compare` output (runs/) nor an `epiprune train` output "
+                        "(metrics.jsonl) (accepted: a folder given as --out to either)")
+
+
+def _report_comparison(out: Path, log) -> Path:  # noqa: ANN001
+    runs, unfinished = finished_runs(out)
+    if not runs:
+        raise EpipruneError(f"no finished run under {out / 'runs'} yet (accepted: a compare folder with at least "
+                            "one summary.json)")
+    previous = out / "compare.json"
+    config = json.loads(previous.read_text()).get("config", {}) if previous.is_file() else {}
+    write_comparison(out, runs, config, log)
+    if unfinished:
+        log(f"not finished (left out of the table): {', '.join(unfinished)}")
+    log(f"table and plots in {out}/: compare.md compare.json accuracy_vs_cost.png accuracy_vs_prune_epoch.png "
+        "epi_curve.png widths_heatmap.png")
+    return out
+
+
+def _report_run(out: Path, log) -> Path:  # noqa: ANN001
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    summary_path = out / "summary.json"
+    if summary_path.is_file():
+        summary = json.loads(summary_path.read_text())
+        threshold, prune_epoch, trigger = summary["epi_threshold"], summary["prune_epoch"], summary["trigger"]
+    else:  # still running or interrupted: the settings are in the checkpoint
+        state = load_checkpoint(out / CHECKPOINT_FILE)
+        config, policy = state["extra"]["config"], state["policy"]
+        threshold = config.get("epi_threshold") or DEFAULT_THRESHOLDS[config.get("importance", "taylor")]
+        prune_epoch, trigger = policy["prune_epoch"], policy["trigger"]
+    log("epoch  train loss  val top-1    EPI   MFLOPs  pruned")
+    for m in metrics:
+        epi = "    -" if m.get("epi") is None else f"{m['epi']:.3f}"
+        log(f"{m['epoch']:5d}  {m['train_loss']:10.4f}  {100 * m['val_top1']:8.2f}%  {epi}  {m['flops'] / 1e6:7.2f}"
+            f"  {'yes' if m['pruned'] else 'no'}")
+    plot_epi(metrics, out / "epi.png", threshold, prune_epoch, trigger)
+    log(f"wrote {out / 'epi.png'}")
+    return out
