@@ -85,6 +85,24 @@ def test_policy_state_round_trip_after_pruning():
     torch.testing.assert_close(fresh(x), model(x))
 
 
+def test_random_importance_resumes_the_same_sequence_of_rankings():
+    def policy_of(model):
+        return EarlyPruningPolicy(model, torch.zeros(1, 1, 16, 16), Budget("flops", 0.5), importance="random",
+                                  indicator="none", seed=3)
+
+    model = build_model("resnet20", 1, 10)
+    original = policy_of(model)
+    for _ in range(2):
+        original.end_epoch()
+    resumed = policy_of(build_model("resnet20", 1, 10))
+    resumed.load_state_dict(original.state_dict())
+    restarted = policy_of(build_model("resnet20", 1, 10))  # what resuming did before: the generator from scratch
+    want = original.dominant_subnetwork()
+    got = resumed.dominant_subnetwork()
+    assert all(np.array_equal(a, b) for a, b in zip(want, got, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(want, restarted.dominant_subnetwork(), strict=True))
+
+
 def test_policy_state_from_another_budget_is_rejected():
     model = build_model("resnet20", 1, 10)
     policy = EarlyPruningPolicy(model, torch.zeros(1, 1, 16, 16), Budget("flops", 0.5))

@@ -110,11 +110,19 @@ class RandomImportance(_StepCounter):
     """Uniform random scores (the random structured-pruning baseline), reproducible from `seed`."""
 
     def __init__(self, graph: PrunableGraph, seed: int = 0) -> None:
-        self.graph = graph
-        self.rng = np.random.default_rng(seed)
+        self.graph, self.seed = graph, seed
+        self.rng, self.draws = np.random.default_rng(seed), 0
 
     def scores(self) -> list[np.ndarray]:
+        self.draws += 1
         return [self.rng.random(g.size) for g in self.graph.groups]
+
+    def replay(self, draws: int) -> None:
+        """Put the generator where it was after `draws` calls of scores(), so that a resumed run draws the same
+        rankings as an uninterrupted one (the count is checkpointed, not the generator's state)."""
+        self.rng, self.draws = np.random.default_rng(self.seed), 0
+        for _ in range(draws):
+            self.scores()
 
 
 def make_importance(kind: str, graph: PrunableGraph, seed: int = 0

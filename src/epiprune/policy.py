@@ -187,7 +187,8 @@ class EarlyPruningPolicy:
                 "indicator": self.indicator, "masks": [torch.as_tensor(m) for m in self.masks],
                 "epoch": self.epoch, "history": [asdict(r) for r in self.history], "prune_epoch": self.prune_epoch,
                 "trigger": self.trigger, "kept": self.kept, "importance_steps": self.importance.steps,
-                "importance_totals": [t.clone() for t in self.importance.state_tensors()]}
+                "importance_totals": [t.clone() for t in self.importance.state_tensors()],
+                "importance_draws": getattr(self.importance, "draws", 0)}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a policy built on the same dense model. If the saved policy had pruned, the same channels are
@@ -209,6 +210,8 @@ class EarlyPruningPolicy:
             self.importance.steps = state["importance_steps"]
             for mine, saved in zip(self.importance.state_tensors(), state["importance_totals"], strict=True):
                 mine.copy_(saved)
+            if hasattr(self.importance, "replay"):  # random scores: continue the same sequence
+                self.importance.replay(state.get("importance_draws", 0))
 
     def summary(self) -> dict:
         return {"budget": str(self.budget), "importance": self.importance_kind, "indicator": self.indicator,
