@@ -3,6 +3,7 @@
 For each model, on the built-in data shape (1x28x28, batch 128, SGD):
   * epoch time of dense training without the policy vs. with policy.step() every step and policy.end_epoch()
     (importance, dominant sub-network, EPI) at the end of the epoch (pruning disabled), interleaved repeats;
+    the overhead is also split into its per-step part and the end-of-epoch milliseconds;
   * train-step time (forward + backward + SGD step) of the dense model vs. the same model pruned to
     --flops-budget (0.5) of its FLOPs by the policy's Taylor-ranked dominant sub-network, interleaved repeats.
 Prints a table and writes JSON (default benchmarks/results/overhead.json). Ratios are what to compare: this
@@ -41,8 +42,9 @@ def make_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
 
 
-def run_epoch(model: torch.nn.Module, batches: list, policy: EarlyPruningPolicy | None) -> float:
-    """Seconds for one pass over `batches`, plus the policy's end-of-epoch work when a policy is given."""
+def run_epoch(model: torch.nn.Module, batches: list, policy: EarlyPruningPolicy | None) -> tuple[float, float]:
+    """Seconds for one pass over `batches` plus the policy's end-of-epoch work when a policy is given, and the
+    seconds of that end-of-epoch work alone (0 without a policy)."""
     optimizer = make_optimizer(model)
     model.train()
     device = next(model.parameters()).device
@@ -54,10 +56,13 @@ def run_epoch(model: torch.nn.Module, batches: list, policy: EarlyPruningPolicy 
             policy.step()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+    synchronize(device)
+    steps_done = time.perf_counter()
     if policy is not None:
         policy.end_epoch(optimizer)
     synchronize(device)
-    return time.perf_counter() - start
+    end = time.perf_counter()
+    return end - start, end - steps_done
 
 
 def step_times(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> list[float]:
@@ -87,10 +92,12 @@ def bench_model(name: str, batches: list, steps: int, repeats: int, channel_mult
     policy = EarlyPruningPolicy(tracked, example, Budget("flops", 0.5), importance="taylor", prune_at=10**6)
     run_epoch(plain, batches[:3], None)  # warm-up
     run_epoch(tracked, batches[:3], policy)
-    dense_epoch, policy_epoch = [], []
+    dense_epoch, policy_epoch, end_of_epoch = [], [], []
     for _ in range(repeats):
-        dense_epoch.append(run_epoch(plain, batches, None))
-        policy_epoch.append(run_epoch(tracked, batches, policy))
+        dense_epoch.append(run_epoch(plain, batches, None)[0])
+        total, closing = run_epoch(tracked, batches, policy)
+        policy_epoch.append(total)
+        end_of_epoch.append(closing)
 
     pruned = build_model(name, 1, 10).to(device)
     prune_policy = EarlyPruningPolicy(pruned, example, Budget("flops", flops_budget), importance="taylor", prune_at=1,
@@ -111,6 +118,9 @@ def bench_model(name: str, batches: list, steps: int, repeats: int, channel_mult
         "model": name, "batches_per_epoch": len(batches), "batch_size": len(y),
         "dense_epoch_s": med(dense_epoch), "policy_epoch_s": med(policy_epoch),
         "policy_overhead": med(policy_epoch) / med(dense_epoch) - 1.0,
+        # the same split in two: policy.step() at every step, and end_epoch() (ranking, sub-network, EPI) once
+        "end_of_epoch_s": med(end_of_epoch),
+        "step_overhead": (med(policy_epoch) - med(end_of_epoch)) / med(dense_epoch) - 1.0,
         "dense_step_s": med(dense_step), "pruned_step_s": med(pruned_step),
         "pruned_speedup": med(dense_step) / med(pruned_step),
         "pruned_flops_ratio": flops / prune_policy.dense_flops,
@@ -142,10 +152,11 @@ def main() -> None:
         r = rows[-1]
         print(f"{r['model']:>18}: policy overhead {100 * r['policy_overhead']:+.1f}%  "
               f"pruned speed-up {r['pruned_speedup']:.2f}x", file=sys.stderr)
-    header = ("| model | dense epoch (s) | with policy (s) | overhead | dense step (ms) | pruned step (ms) "
-              "| speed-up | pruned FLOPs |\n|---|---|---|---|---|---|---|---|")
+    header = ("| model | dense epoch (s) | with policy (s) | overhead | of it per step | end of epoch (ms) "
+              "| dense step (ms) | pruned step (ms) | speed-up | pruned FLOPs |\n" + "|---" * 10 + "|")
     lines = [header] + [
         f"| {r['model']} | {r['dense_epoch_s']:.2f} | {r['policy_epoch_s']:.2f} | {100 * r['policy_overhead']:+.1f}% "
+        f"| {100 * r['step_overhead']:+.1f}% | {1000 * r['end_of_epoch_s']:.0f} "
         f"| {1000 * r['dense_step_s']:.1f} | {1000 * r['pruned_step_s']:.1f} | {r['pruned_speedup']:.2f}x "
         f"| {100 * r['pruned_flops_ratio']:.1f}% |" for r in rows]
     print("\n".join(lines))
