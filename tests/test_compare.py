@@ -57,7 +57,7 @@ def check_report_rebuilds_the_comparison_without_training(out, result, capsys):
     # a grid still running: runs without a summary are left out and named, the oracle is over what finished
     (out / "runs" / "fixed-2" / "seed0" / "summary.json").unlink()
     assert main(["report", str(out)]) == 0
-    assert "not finished (left out of the table): fixed-2 seed0 (4 epochs done)" in capsys.readouterr().out
+    assert "not finished (left out of the table): fixed-2 seed0 (epochs done: 4)" in capsys.readouterr().out
     rows = {r["method"]: r for r in json.loads((out / "compare.json").read_text())["rows"]}
     assert "fixed-2" not in rows and rows["oracle (fixed-1)"]["grid_size"] == 1
     # one train run, finished or not (then the settings come from its checkpoint)
