@@ -158,3 +158,21 @@ def test_reusing_a_run_made_with_other_settings_is_an_error(tmp_path, capsys):
     assert main([*args, "--warmup-epochs", "1", "--force"]) == 0
     made_with = json.loads((out / "runs" / "dense" / "seed0" / "summary.json").read_text())["config"]
     assert made_with["warmup_epochs"] == 1.0
+
+
+def test_grid_plot_marks_the_epi_epoch_of_every_seed(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    import epiprune.report as report
+
+    seen = {}
+
+    def keep_axes(fig, ax, *args):
+        seen["labels"] = ax.get_legend_handles_labels()[1]
+        seen["marks"] = sorted({float(line.get_xdata()[0]) for line in ax.lines if line.get_linestyle() == "--"})
+        plt.close(fig)
+
+    monkeypatch.setattr(report, "_finish", keep_axes)
+    report.plot_grid([(1, 80.0, 1.0), (2, 81.0, 0.5)], [5, 4, 4, None], tmp_path / "grid.png")
+    assert seen["marks"] == [4.0, 5.0]
+    assert "EPI's epochs (5, 4, 4)" in seen["labels"]

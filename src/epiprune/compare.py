@@ -251,7 +251,7 @@ def write_comparison(out: Path, runs: list[dict], config: dict, log=print) -> li
     epi_epoch = epi_runs[0]["prune_epoch"] if epi_runs else None
     grid = sorted((r["prune_epoch"], r["top1_mean"], r["top1_std"]) for r in rows if r["family"] == "fixed")
     if grid:
-        plot_grid(grid, epi_epoch, out / "accuracy_vs_prune_epoch.png")
+        plot_grid(grid, [r["prune_epoch"] for r in epi_runs], out / "accuracy_vs_prune_epoch.png")
     dense_runs = [r for r in runs if r["method"] == "dense"]
     if dense_runs:
         dense_metrics = _metrics(dense_runs[0]["run_dir"])

@@ -71,14 +71,17 @@ def plot_accuracy_vs_cost(rows: list[dict], path: Path) -> None:
     _save(fig, path)
 
 
-def plot_grid(grid: list[tuple[int, float, float]], epi_epoch: int | None, path: Path) -> None:
-    """Top-1 of fixed-epoch pruning for each prune epoch (the oracle scan), with EPI's chosen epoch marked."""
+def plot_grid(grid: list[tuple[int, float, float]], epi_epochs: list[int], path: Path) -> None:
+    """Top-1 of fixed-epoch pruning for each prune epoch (the oracle scan; mean and std over seeds), with the
+    epochs EPI chose marked (one per seed; a seed that never pruned has no mark)."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
     epochs, top1, std = zip(*grid, strict=True)
     ax.errorbar(epochs, top1, yerr=[s or 0 for s in std], fmt="o-", color="tab:green", capsize=3,
                 label="prune at fixed epoch")
-    if epi_epoch is not None:
-        ax.axvline(epi_epoch, color="tab:red", ls="--", label=f"EPI's epoch ({epi_epoch})")
+    chosen = [e for e in epi_epochs if e is not None]
+    for i, epoch in enumerate(sorted(set(chosen))):
+        label = f"EPI's epoch{'s' if len(chosen) > 1 else ''} ({', '.join(map(str, chosen))})" if i == 0 else None
+        ax.axvline(epoch, color="tab:red", ls="--", label=label)
     _finish(fig, ax, "prune epoch", "final validation top-1 (%)", "Oracle scan: accuracy vs. prune epoch", path)
 
 
