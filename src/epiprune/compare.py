@@ -232,7 +232,7 @@ def finished_runs(out: Path) -> tuple[list[dict], list[str]]:
             done = len(metrics.read_text().splitlines()) if metrics.is_file() else 0
             unfinished.append(f"{method} {folder.name} (epochs done: {done})")
     # the order `compare` uses: families as in FAMILIES, methods as their recipes list them, then seeds
-    grid = sorted({int(r["method"].split("-")[1]) for r in runs if r["family"] == "fixed"})
+    grid = sorted({r["prune_epoch"] for r in runs if r["family"] == "fixed"})
     names = [m.name for m in CompareConfig(epochs=max(grid, default=1) + 1, grid=grid or None).methods()]
     runs.sort(key=lambda r: (FAMILIES.index(r["family"]), names.index(r["method"]) if r["method"] in names else 0,
                              r["seed"]))

@@ -32,13 +32,12 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init_from_environment(timeout_seconds: float = 600.0, backend: str | None = None) -> bool:
+def init_from_environment(timeout_seconds: float, backend: str) -> bool:
     """Join the process group that torchrun describes in the environment; False when not launched that way.
-    backend: "nccl" (GPU tensors) or "gloo" (CPU tensors); None picks nccl when CUDA is available."""
+    backend: "nccl" for GPU tensors, "gloo" for CPU tensors (the caller knows which device it trains on)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
     if not dist.is_initialized():
-        backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_seconds))

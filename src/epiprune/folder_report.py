@@ -9,7 +9,7 @@ from pathlib import Path
 from .checkpoint import CHECKPOINT_FILE, load_checkpoint
 from .compare import finished_runs, write_comparison
 from .errors import EpipruneError
-from .indicator import DEFAULT_THRESHOLDS
+from .indicator import default_threshold
 from .report import plot_epi
 
 
@@ -49,7 +49,8 @@ def _report_run(out: Path, log) -> Path:  # noqa: ANN001
     else:  # still running or interrupted: the settings are in the checkpoint
         state = load_checkpoint(out / CHECKPOINT_FILE)
         config, policy = state["extra"]["config"], state["policy"]
-        threshold = config.get("epi_threshold") or DEFAULT_THRESHOLDS[config.get("importance", "taylor")]
+        threshold = config.get("epi_threshold") or default_threshold(config.get("indicator", "epi"),
+                                                                     config.get("importance", "taylor"))
         prune_epoch, trigger = policy["prune_epoch"], policy["trigger"]
     log("epoch  train loss  val top-1    EPI   MFLOPs  pruned")
     for m in metrics:

@@ -20,6 +20,11 @@ EARLYBIRD_EPSILON = 0.1
 INDICATORS = ("epi", "earlybird", "none")
 
 
+def default_threshold(indicator: str, importance: str) -> float:
+    """The trigger threshold when none is given: 1 - epsilon for Early-Bird, else the paper's tau for the importance."""
+    return 1.0 - EARLYBIRD_EPSILON if indicator == "earlybird" else DEFAULT_THRESHOLDS[importance]
+
+
 def layer_distances(a: Sequence[int], b: Sequence[int]) -> np.ndarray:
     """d_l = |n_l(a) - n_l(b)| / (n_l(a) + n_l(b)), one value per layer, in [0, 1]."""
     na, nb = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)

@@ -23,11 +23,10 @@ from . import distributed
 from .errors import EpipruneError
 from .importance import IMPORTANCES, MagnitudeImportance, TaylorAccumulator, make_importance
 from .indicator import (
-    DEFAULT_THRESHOLDS,
     DEFAULT_WINDOW,
-    EARLYBIRD_EPSILON,
     INDICATORS,
     TriggerRule,
+    default_threshold,
     early_pruning_indicator,
     earlybird_stability,
 )
@@ -73,7 +72,7 @@ class EarlyPruningPolicy:
             raise EpipruneError(f"unknown indicator {indicator!r} (accepted: {', '.join(INDICATORS)})")
         self.indicator = indicator
         if threshold is None:
-            threshold = 1.0 - EARLYBIRD_EPSILON if indicator == "earlybird" else DEFAULT_THRESHOLDS[importance]
+            threshold = default_threshold(indicator, importance)
         self.model = model
         self.budget = budget or Budget()
         self.importance_kind = importance
