@@ -25,7 +25,8 @@ def random_chain_cost(widths, rng):
 def test_budget_parse_and_errors():
     assert Budget.parse("flops:0.5") == Budget("flops", 0.5)
     assert Budget.parse("params:0.25").kind == "params"
-    for bad in ["flops:1.5", "flops:0", "flops", "latency:0.5", "flops:abc", "params:-0.1"]:
+    for bad in ["flops:1.5", "flops:0", "flops", "watts:0.5", "latency:0", "latency:1.5", "latency:abc", "flops:abc",
+                "params:-0.1"]:
         with pytest.raises(EpipruneError):
             Budget.parse(bad)
 

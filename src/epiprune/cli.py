@@ -9,6 +9,7 @@ from .data import DATASETS
 from .errors import EpipruneError
 from .importance import IMPORTANCES
 from .indicator import DEFAULT_THRESHOLDS, DEFAULT_WINDOW, INDICATORS
+from .latency import AMP_DTYPES, TARGETS
 from .models import MODELS
 from .trainer import DistributedError
 
@@ -39,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--warmup-epochs", type=float, default=0.0,
                    help="ramp the LR up linearly over this many epochs first (1 helps ResNet-56 at lr 0.1)")
     t.add_argument("--weight-decay", type=float, default=5e-4, help="on conv/linear weights, not on BN/biases")
-    t.add_argument("--budget", default="flops:0.5", help="what to keep: flops:F or params:F, 0 < F < 1")
+    t.add_argument("--budget", default="flops:0.5", help="what to keep: flops:F, params:F or latency:F (of the "
+                   "dense model's step time measured on this device), 0 < F < 1")
     t.add_argument("--importance", default="taylor", choices=IMPORTANCES,
                    help="channel importance: first-order Taylor (gradients), group L2 weight magnitude, or random")
     t.add_argument("--indicator", default="epi", choices=INDICATORS,
@@ -60,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra epochs after --epochs at 0.1x the LR (train-prune-fine-tune with --prune-at EPOCHS)")
     t.add_argument("--init-batches", type=int, default=10,
                    help="with --prune-at 0 and taylor: batches of gradients used to rank channels at initialisation")
+    _add_latency_options(t)
+    t.add_argument("--latency-table", default=None, metavar="PATH",
+                   help="latency budget: the table file to reuse or build (default: a cache file per model, device "
+                   "and settings under $EPIPRUNE_CACHE or ~/.cache/epiprune)")
+    t.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (compiled again after the prune; latency tables stay eager)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="auto: this rank's GPU if CUDA is available, else the CPU")
@@ -81,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--batch-size", type=int, default=128)
     c.add_argument("--lr", type=float, default=0.1)
     c.add_argument("--warmup-epochs", type=float, default=0.0, help="linear LR warm-up of every run")
-    c.add_argument("--budget", default="flops:0.5")
+    c.add_argument("--budget", default="flops:0.5", help="flops:F, params:F or latency:F (measured train step)")
     c.add_argument("--epi-window", type=int, default=DEFAULT_WINDOW)
     c.add_argument("--grid", default=None, help="fixed prune epochs, e.g. 1,2,3 or 1-6 (default: 1..epochs/2)")
     c.add_argument("--finetune-epochs", type=int, default=None, help="fine-tune epochs of train-prune-fine-tune "
@@ -99,10 +107,37 @@ def build_parser() -> argparse.ArgumentParser:
                    "onnx + onnxscript), or safetensors with the architecture in its metadata (epiprune.load_pruned)")
     e.add_argument("--out", default=None, help="file to write (default: RUN_DIR/model_export.<format suffix>)")
 
+    lt = sub.add_parser("latency-table", help="measure a model's per-layer latency table on this device (what "
+                        "`train --budget latency:F` uses; train builds it itself when missing)",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    lt.add_argument("--model", default="resnet20", help=f"network: {', '.join(MODELS)}")
+    lt.add_argument("--input-shape", default="1,28,28", help="one sample's C,H,W (built-in data: 1,28,28)")
+    lt.add_argument("--num-classes", type=int, default=10, help="outputs of the classifier")
+    lt.add_argument("--batch", "--batch-size", dest="batch_size", type=int, default=128,
+                    help="samples per timed training batch (target train)")
+    _add_latency_options(lt)
+    lt.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to time")
+    lt.add_argument("--out", default=None, metavar="PATH",
+                    help="file to write (default: the cache file `train` looks for with the same settings)")
+    lt.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     r = sub.add_parser("report", help="tables and plots again from a train or compare folder, without training "
                                       "(also while a compare grid is still running)")
     r.add_argument("folder", help="output folder of `epiprune train` or `epiprune compare`")
     return parser
+
+
+def _add_latency_options(p: argparse.ArgumentParser) -> None:
+    """What a latency table times: shared by `train` and `latency-table`, so a table built by one fits the other."""
+    p.add_argument("--latency-target", default="train", choices=TARGETS,
+                   help="latency budget: time a training step (forward + backward + SGD step, at the batch size) "
+                   "or inference (forward only, at --latency-batch)")
+    p.add_argument("--latency-batch", type=int, default=None,
+                   help="batch size the latency table times (default: the training batch size)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="channels-last memory format for training and for the latency table")
+    p.add_argument("--amp", default="none", choices=tuple(AMP_DTYPES),
+                   help="autocast dtype of the forward pass (fp16 adds loss scaling); the latency table matches it")
 
 
 def _int_list(text: str, what: str) -> list[int]:
@@ -149,7 +184,10 @@ def _train(args: argparse.Namespace) -> None:
                       prune_at=args.prune_at, indicator=args.indicator, finetune_epochs=args.finetune_epochs,
                       warmup_epochs=args.warmup_epochs, channel_multiple=args.channel_multiple,
                       init_batches=args.init_batches, seed=args.seed, device=args.device,
-                      dist_timeout=args.dist_timeout, out=args.out, progress=not args.no_progress)
+                      dist_timeout=args.dist_timeout, out=args.out, progress=not args.no_progress,
+                      latency_target=args.latency_target, latency_batch=args.latency_batch,
+                      latency_table=args.latency_table, channels_last=args.channels_last, amp=args.amp,
+                      compile=args.compile)
     if args.resume is not None:
         cfg.out = args.resume
     result = train(cfg, resume=args.resume is not None)
@@ -167,6 +205,36 @@ def _train(args: argparse.Namespace) -> None:
     print(f"outputs in {result.out}/: metrics.jsonl summary.json architecture.json model.safetensors epi.png")
 
 
+def _latency_table(args: argparse.Namespace) -> None:
+    import torch
+
+    from .latency import LatencySettings, load_or_build
+    from .models import build_model
+    from .surgery import PrunableGraph
+    from .trainer import resolve_device
+
+    try:
+        shape = tuple(int(v) for v in args.input_shape.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise EpipruneError(f"bad input shape {args.input_shape!r} (accepted: C,H,W such as 1,28,28 or 3,32,32)")
+    if args.model not in MODELS:
+        raise EpipruneError(f"unknown model {args.model!r} (accepted: {', '.join(MODELS)})")
+    settings = LatencySettings(target=args.latency_target, batch_size=args.latency_batch or args.batch_size,
+                               channels_last=args.channels_last, amp=args.amp)
+    device = resolve_device(args.device)
+    try:
+        model = build_model(args.model, shape[0], args.num_classes).to(device)
+    except ValueError as e:
+        raise EpipruneError(str(e)) from None
+    if settings.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    graph = PrunableGraph(model, torch.zeros(1, *shape, device=device))
+    cost, path = load_or_build(graph, settings, args.out, progress=not args.no_progress)
+    print(f"{path}: dense {settings.target} step at batch {settings.batch_size} = {cost.dense:.1f} ms predicted")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -176,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
             _export(args)
         elif args.command == "compare":
             _compare(args)
+        elif args.command == "latency-table":
+            _latency_table(args)
         elif args.command == "report":
             from .folder_report import report
 

@@ -200,8 +200,12 @@ def compare(cfg: CompareConfig, log=print) -> list[dict]:  # noqa: ANN001
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     tasks = [(m, s) for m in cfg.methods() for s in cfg.seeds]
+    runs = []
+    if cfg.budget.startswith("latency") and cfg.jobs > 1 and tasks:
+        # the first run measures the latency table; the others must reuse it, not race to measure their own
+        runs.append(run_one(cfg, *tasks.pop(0), log))
     with ThreadPoolExecutor(max_workers=max(1, cfg.jobs)) as pool:
-        runs = list(pool.map(lambda t: run_one(cfg, t[0], t[1], log), tasks))
+        runs += list(pool.map(lambda t: run_one(cfg, t[0], t[1], log), tasks))
     return write_comparison(out, runs, cfg.__dict__, log)
 
 

@@ -12,8 +12,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,7 +31,8 @@ from .indicator import (
     early_pruning_indicator,
     earlybird_stability,
 )
-from .subnetwork import Budget, normalise_per_group, select_subnetwork, widths_of
+from .latency import LatencyCostModel, LatencySettings, load_or_build
+from .subnetwork import Budget, Cost, normalise_per_group, select_subnetwork, widths_of
 from .surgery import PrunableGraph
 
 
@@ -49,7 +51,10 @@ class EarlyPruningPolicy:
     """Tracks the dominant sub-network per epoch, computes EPI, and prunes `model` in place when triggered.
 
     model: the network to prune; example_inputs: one sample shaped (1, C, H, W) for tracing and FLOPs.
-    budget: fraction of the dense FLOPs or parameters to keep.
+    budget: fraction of the dense FLOPs, parameters or measured latency to keep (Budget(latency=0.5)).
+    latency, latency_table: for a latency budget, what to time (LatencySettings: target 'train' or 'infer', batch
+    size, memory format, autocast dtype) and where the table lives (default: a cache file named by its key);
+    a missing or outdated table is measured now, on the device of example_inputs (minutes on a CPU).
     importance: 'taylor' (gradients, accumulated by step()), 'magnitude' (weights, read at epoch end) or
     'random' (a baseline).
     indicator: 'epi' (default), 'earlybird' (You et al. 2020: mask Hamming distances over the window all below
@@ -65,7 +70,9 @@ class EarlyPruningPolicy:
                  min_dense_epochs: int | None = None, max_dense_epochs: int | None = None,
                  prune_at: int | None = None, require_peak: bool = False, min_channels: int = 1,
                  ignored_layers: Sequence[nn.Module] = (), indicator: str = "epi", seed: int = 0,
-                 channel_multiple: int = 1) -> None:
+                 channel_multiple: int = 1, latency: LatencySettings | None = None,
+                 latency_table: str | Path | None = None, log: Callable[[str], None] = print,
+                 progress: bool = True) -> None:
         if importance not in IMPORTANCES:
             raise EpipruneError(f"unknown importance {importance!r} (accepted: {', '.join(IMPORTANCES)})")
         if indicator not in INDICATORS:
@@ -88,7 +95,13 @@ class EarlyPruningPolicy:
         self.group_names = self.graph.names
         self.dense_widths = self.graph.widths()
         self.dense_flops, self.dense_params = self.graph.count()
-        self.cost = self.graph.cost_models()[self.budget.kind]
+        self.latency_table_path: Path | None = None
+        self.cost: Cost
+        if self.budget.kind == "latency":
+            self.cost, self.latency_table_path = load_or_build(self.graph, latency or LatencySettings(), latency_table,
+                                                               progress, log)
+        else:
+            self.cost = self.graph.cost_models()[self.budget.kind]
         self.target = self.budget.fraction * self.cost.dense
         floor = self.cost(np.minimum(self.dense_widths, min_channels)) / self.cost.dense
         if floor > self.budget.fraction:
@@ -171,6 +184,13 @@ class EarlyPruningPolicy:
         self.importance.reset()  # accumulators now have the pruned widths (and are no longer used)
         self.kept = {name: np.flatnonzero(m).tolist() for name, m in zip(self.group_names, masks, strict=True)}
         self.prune_epoch, self.trigger = self.epoch, trigger
+
+    def predicted_latency_ms(self, widths: Sequence[int] | None = None) -> float | None:
+        """The latency cost model's milliseconds for `widths` (default: the model's current widths); None without a
+        latency budget."""
+        if not isinstance(self.cost, LatencyCostModel):
+            return None
+        return self.cost(np.asarray(self.widths() if widths is None else widths))
 
     def widths(self) -> list[int]:
         """Current channels per group of the model itself."""

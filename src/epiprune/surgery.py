@@ -90,7 +90,7 @@ def _same_modules(original: nn.Module, clone: nn.Module, modules: Sequence[nn.Mo
     return [m for n, m in clone.named_modules() if n in wanted]
 
 
-def _is_depthwise(module: nn.Module) -> bool:
+def is_depthwise(module: nn.Module) -> bool:
     return isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels \
         == module.out_channels
 
@@ -140,7 +140,7 @@ class PrunableGraph:
                 bn_targets.append(target)
                 cg.out_modules.append(module)
             elif isinstance(module, (nn.Conv2d, nn.Linear)):
-                if is_out or _is_depthwise(module):
+                if is_out or is_depthwise(module):
                     cg.out_modules.append(module)
                     if is_out:
                         out_targets.append(target)
@@ -189,7 +189,7 @@ class PrunableGraph:
                 coef.append(value)
                 outs.append(out_of.get(m, -1))
                 # everything but dense convs and linear layers has one channel dimension: scale by it once
-                single = not isinstance(m, (nn.Conv2d, nn.Linear)) or _is_depthwise(m)
+                single = not isinstance(m, (nn.Conv2d, nn.Linear)) or is_depthwise(m)
                 ins.append(-1 if single and m in out_of else in_of.get(m, -1))
             result[kind] = CostModel(np.asarray(self.widths(), dtype=np.int64), np.asarray(coef),
                                      np.asarray(outs, dtype=np.int64), np.asarray(ins, dtype=np.int64),

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -26,6 +27,7 @@ from .data import DATASETS, Dataset, TensorLoader, load_dataset
 from .errors import EpipruneError
 from .importance import IMPORTANCES
 from .indicator import DEFAULT_WINDOW, INDICATORS
+from .latency import AMP_DTYPES, TARGETS, LatencySettings, autocast, time_model_step
 from .models import MODELS, build_model
 from .policy import EarlyPruningPolicy
 from .report import plot_epi
@@ -76,6 +78,12 @@ class TrainConfig:
     dist_timeout: float = 600.0
     out: str = "runs/train"
     progress: bool = True
+    latency_target: str = "train"
+    latency_batch: int | None = None
+    latency_table: str | None = None
+    channels_last: bool = False
+    amp: str = "none"
+    compile: bool = False
 
     def validate(self) -> None:
         """Raise EpipruneError naming the first bad value and what is accepted."""
@@ -92,6 +100,12 @@ class TrainConfig:
         if self.importance not in IMPORTANCES:
             raise EpipruneError(f"unknown importance {self.importance!r} (accepted: {', '.join(IMPORTANCES)})")
         Budget.parse(self.budget)
+        if self.latency_target not in TARGETS:
+            raise EpipruneError(f"unknown latency target {self.latency_target!r} (accepted: {', '.join(TARGETS)})")
+        if self.amp not in AMP_DTYPES:
+            raise EpipruneError(f"unknown amp dtype {self.amp!r} (accepted: {', '.join(AMP_DTYPES)})")
+        if self.latency_batch is not None and self.latency_batch < 1:
+            raise EpipruneError(f"latency batch {self.latency_batch} is too small (accepted: an integer >= 1)")
         for name, value, low in (("epochs", self.epochs, 1), ("batch size", self.batch_size, 1),
                                  ("EPI window", self.epi_window, 1), ("image size", self.image_size, 8),
                                  ("channel multiple", self.channel_multiple, 1)):
@@ -108,6 +122,11 @@ class TrainConfig:
             raise EpipruneError(f"EPI threshold {self.epi_threshold} is outside (0, 1]")
         if self.max_dense_epochs is not None and not 1 <= self.max_dense_epochs < self.epochs:
             raise EpipruneError(f"max dense epochs {self.max_dense_epochs} is outside 1..{self.epochs - 1}")
+
+    def latency_settings(self) -> LatencySettings:
+        """What a latency table for this run times: its target, batch, memory format and autocast dtype."""
+        return LatencySettings(target=self.latency_target, batch_size=self.latency_batch or self.batch_size,
+                               channels_last=self.channels_last, amp=self.amp)
 
     @property
     def total_epochs(self) -> int:
@@ -141,14 +160,22 @@ def prepare_output(out: str) -> Path:
     return path
 
 
+def to_input(x: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+    """A batch on the device, in the run's memory format."""
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: TensorLoader, device: torch.device) -> tuple[float, float]:
+def evaluate(model: nn.Module, loader: TensorLoader, device: torch.device, channels_last: bool = False,
+             amp: str = "none") -> tuple[float, float]:
     """(mean cross-entropy, top-1 accuracy in [0, 1]) over the loader, summed over data-parallel ranks."""
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
     for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        logits = model(x)
+        x, y = to_input(x, device, channels_last), y.to(device, non_blocking=True)
+        with autocast(device, amp):
+            logits = model(x).float()
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
         correct += int((logits.argmax(1) == y).sum())
         count += len(y)
@@ -177,6 +204,12 @@ def wrap_data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
     if not distributed.is_distributed():
         return model
     return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def trainable(model: nn.Module, device: torch.device, compile_model: bool) -> nn.Module:
+    """The module the loop calls: DDP under torchrun, then torch.compile if asked (rebuilt after pruning)."""
+    net = wrap_data_parallel(model, device)
+    return torch.compile(net) if compile_model else net
 
 
 @dataclass
@@ -259,6 +292,77 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None, log: Callable[[str],
                                f"out after {cfg.dist_timeout:g}s): {str(e).splitlines()[0][:200]}") from None
 
 
+LATENCY_TABLE_FILE = "latency_table.json"
+
+
+def _make_policy(cfg: TrainConfig, model: nn.Module, example: torch.Tensor, budget: Budget, out: Path,
+                 resuming: bool, log: Callable[[str], None]) -> EarlyPruningPolicy:
+    """The run's policy. For a latency budget, rank 0 measures (or reuses) the table first and the other ranks
+    then read the same file; the run folder keeps a copy, which a resumed run uses."""
+    table = cfg.latency_table
+    if budget.kind == "latency" and resuming and table is None and (out / LATENCY_TABLE_FILE).exists():
+        table = str(out / LATENCY_TABLE_FILE)
+
+    def make() -> EarlyPruningPolicy:
+        return EarlyPruningPolicy(model, example, budget, importance=cfg.importance, window=cfg.epi_window,
+                                  threshold=cfg.epi_threshold, min_dense_epochs=cfg.min_dense_epochs,
+                                  max_dense_epochs=cfg.resolved_max_dense_epochs, prune_at=cfg.prune_at,
+                                  indicator=cfg.indicator, seed=cfg.seed, channel_multiple=cfg.channel_multiple,
+                                  latency=cfg.latency_settings(), latency_table=table, log=log,
+                                  progress=cfg.progress)
+
+    if budget.kind != "latency":
+        return make()
+    if not distributed.is_main():
+        distributed.barrier()  # rank 0 is building the table
+    policy = make()
+    if distributed.is_main():
+        distributed.barrier()
+        copy = out / LATENCY_TABLE_FILE
+        if policy.latency_table_path is not None and policy.latency_table_path.resolve() != copy.resolve():
+            shutil.copyfile(policy.latency_table_path, copy)
+    return policy
+
+
+def measure_latency(policy: EarlyPruningPolicy, model: nn.Module, dense_model: nn.Module,
+                    settings: LatencySettings, input_shape: tuple[int, ...]) -> dict:
+    """Predicted and measured step time (ms) of the dense and the final model, timed the way the table was
+    (interleaved, medians), and the prediction's error for the final model."""
+    measured_dense, measured_final = [], []
+    for _ in range(2):
+        measured_dense.append(time_model_step(dense_model, input_shape, settings))
+        measured_final.append(time_model_step(model, input_shape, settings))
+    dense_ms, final_ms = min(measured_dense), min(measured_final)
+    predicted_dense, predicted_final = policy.cost.dense, policy.predicted_latency_ms()
+    return {"target": settings.target, "batch_size": settings.batch_size, "table": str(policy.latency_table_path),
+            "predicted_dense_ms": predicted_dense, "predicted_final_ms": predicted_final,
+            "measured_dense_ms": dense_ms, "measured_final_ms": final_ms,
+            "predicted_ratio": predicted_final / predicted_dense, "measured_ratio": final_ms / dense_ms,
+            "prediction_error": predicted_final / final_ms - 1.0}
+
+
+PREDICTION_WARNING = 0.20  # warn when the latency prediction misses the measured time by more than this
+
+
+def _check_latency(cfg: TrainConfig, policy: EarlyPruningPolicy, model: nn.Module, dataset: Dataset,
+                   device: torch.device, log: Callable[[str], None]) -> dict:
+    """Time the final model against a freshly built dense one, as the table was timed; warn if the table's
+    prediction is off by more than PREDICTION_WARNING."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        dense = build_model(cfg.model, dataset.in_channels, dataset.num_classes).to(device)
+    if cfg.channels_last:
+        dense = dense.to(memory_format=torch.channels_last)
+    result = measure_latency(policy, model, dense, cfg.latency_settings(),
+                             (dataset.in_channels, *dataset.image_size))
+    log(f"latency ({result['target']}, batch {result['batch_size']}): dense {result['measured_dense_ms']:.1f} ms, "
+        f"pruned {result['measured_final_ms']:.1f} ms measured ({100 * result['measured_ratio']:.1f}% of dense), "
+        f"{result['predicted_final_ms']:.1f} ms predicted ({100 * result['prediction_error']:+.1f}%)")
+    if abs(result["prediction_error"]) > PREDICTION_WARNING:
+        log(f"warning: the latency table's prediction is off by {100 * result['prediction_error']:+.0f}% for the "
+            f"pruned model (more than {100 * PREDICTION_WARNING:.0f}%): rebuild the table on an idle machine")
+    return result
+
+
 def _train(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None], checkpoint: dict | None,
            device: torch.device) -> RunResult:
     cfg.validate()
@@ -277,10 +381,9 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None]
     h, w = dataset.image_size
     model = build_model(cfg.model, dataset.in_channels, dataset.num_classes).to(device)
     example = torch.zeros(1, dataset.in_channels, h, w, device=device)
-    policy = EarlyPruningPolicy(model, example, budget, importance=cfg.importance, window=cfg.epi_window,
-                                threshold=cfg.epi_threshold, min_dense_epochs=cfg.min_dense_epochs,
-                                max_dense_epochs=cfg.resolved_max_dense_epochs, prune_at=cfg.prune_at,
-                                indicator=cfg.indicator, seed=cfg.seed, channel_multiple=cfg.channel_multiple)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    policy = _make_policy(cfg, model, example, budget, out, checkpoint is not None, log)
     if checkpoint is not None:
         policy.load_state_dict(checkpoint["policy"])  # re-applies the surgery if the run had pruned
         model.load_state_dict(checkpoint["model"])
@@ -314,7 +417,10 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None]
             f"importance {cfg.importance}, {cfg.total_epochs} epochs, dense {policy.dense_flops / 1e6:.2f} MFLOPs "
             f"{policy.dense_params / 1e6:.3f} M params, {device.type}" + (f", {world} ranks" if world > 1 else ""))
     flops, params = policy.count()
-    net = wrap_data_parallel(model, device)
+    net = trainable(model, device, cfg.compile)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")  # fp16 gradients need loss scaling
+    if checkpoint is not None and checkpoint["extra"].get("scaler"):
+        scaler.load_state_dict(checkpoint["extra"]["scaler"])
 
     for epoch in range(first_epoch, cfg.total_epochs + 1):
         t0 = time.perf_counter()
@@ -328,12 +434,14 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None]
         bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.total_epochs}", leave=False, unit="batch",
                    disable=not show, dynamic_ncols=True)
         for step, (x, y) in enumerate(bar):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            logits = net(x)
-            loss = cross_entropy(logits, y)
-            loss.backward()
-            policy.step()
-            optimizer.step()
+            x, y = to_input(x, device, cfg.channels_last), y.to(device, non_blocking=True)
+            with autocast(device, cfg.amp):
+                logits = net(x)
+                loss = cross_entropy(logits, y)
+            scaler.scale(loss).backward()
+            policy.step(scaler.get_scale() if scaler.is_enabled() else 1.0)
+            scaler.step(optimizer)
+            scaler.update()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             loss_total += loss.detach() * len(y)
@@ -347,11 +455,11 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None]
             raise TrainingError(f"loss became {loss_sum / seen} in epoch {epoch}; stopped, the last good checkpoint "
                                 f"is in {out} (accepted: a smaller --lr)")
         train_flops_total += TRAIN_FLOPS_PER_FORWARD * flops * seen
-        _, val_top1 = evaluate(net, val_loader, device)
+        _, val_top1 = evaluate(net, val_loader, device, cfg.channels_last, cfg.amp)
         pruned_now = policy.end_epoch(optimizer)
         if pruned_now:
             flops, params = policy.count()
-            net = wrap_data_parallel(model, device)
+            net = trainable(model, device, cfg.compile)  # new tensors: new DDP buckets, a new compiled graph
         record = policy.history[-1] if policy.history and policy.history[-1].epoch == epoch else None
         epoch_seconds = time.perf_counter() - t0
         train_seconds += epoch_seconds
@@ -366,7 +474,8 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None]
         if main:
             # checkpoint first: a crash between the two writes leaves a checkpoint that resume trusts
             save_checkpoint(out / CHECKPOINT_FILE, model, optimizer, scheduler, policy, config=asdict(cfg),
-                            metrics=metrics, train_flops_total=train_flops_total, seconds=train_seconds, rng=rng)
+                            metrics=metrics, train_flops_total=train_flops_total, seconds=train_seconds, rng=rng,
+                            scaler=scaler.state_dict())
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
         epi_text = "  -  " if row["epi"] is None else f"{row['epi']:.3f}"
@@ -390,6 +499,8 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None]
         "train_flops_ratio": train_flops_total / dense_train_flops, "train_seconds": train_seconds,
         "config": asdict(cfg),
     }
+    if main and budget.kind == "latency":
+        summary["latency"] = _check_latency(cfg, policy, model, dataset, device, log)
     if main:
         spec = architecture_spec(cfg.model, dataset.in_channels, dataset.num_classes, (h, w), policy.kept)
         save_pruned(model, spec, out)

@@ -1,0 +1,103 @@
+"""`--budget latency:F` and `epiprune latency-table` from the command line, on the built-in data."""
+
+import json
+
+import pytest
+
+from epiprune.cli import main
+
+TRAIN = ["--train-subset", "192", "--val-subset", "64", "--epochs", "3", "--batch-size", "16", "--prune-at", "1",
+         "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    """A ResNet-20 table for batch 16, built once by the `latency-table` command."""
+    path = tmp_path_factory.mktemp("latency") / "resnet20-b16.json"
+    assert main(["latency-table", "--model", "resnet20", "--batch", "16", "--out", str(path), "--no-progress"]) == 0
+    return path
+
+
+def test_latency_table_command_writes_a_keyed_table(table):
+    data = json.loads(table.read_text())
+    assert data["format"] == "epiprune-latency-table/1"
+    key = data["key"]
+    assert key["batch_size"] == 16 and key["target"] == "train" and key["input_size"] == [1, 28, 28]
+    assert {"device", "torch", "threads", "dtype", "memory_format"} <= set(key)
+    assert len(data["layers"]) == 12  # ResNet-20's distinct layer shapes
+
+
+def test_train_with_a_latency_budget_prunes_and_records_predicted_and_measured(table, tmp_path, capsys):
+    out = tmp_path / "run"
+    before = table.read_bytes()
+    code = main(["train", "--budget", "latency:0.5", "--latency-table", str(table),
+                 "--out", str(out), *TRAIN])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert f"latency table: reusing {table}" in printed and table.read_bytes() == before
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["budget"] == "latency:0.5" and summary["prune_epoch"] == 1
+    lat = summary["latency"]
+    assert lat["predicted_final_ms"] <= 0.5 * lat["predicted_dense_ms"] + 1e-9
+    assert lat["measured_final_ms"] > 0 and lat["measured_dense_ms"] > 0
+    assert lat["prediction_error"] == pytest.approx(lat["predicted_final_ms"] / lat["measured_final_ms"] - 1)
+    assert summary["final_flops"] < summary["dense_flops"]
+    assert json.loads((out / "latency_table.json").read_text())["key"] == json.loads(table.read_text())["key"]
+
+
+def test_train_builds_a_missing_table_in_the_cache(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EPIPRUNE_CACHE", str(tmp_path / "cache"))
+    code = main(["train", "--budget", "latency:0.6", "--latency-batch", "8",
+                 "--out", str(tmp_path / "run"), *TRAIN])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "latency table: building" in printed
+    cached = list((tmp_path / "cache" / "latency").glob("cifarresnet-*.json"))
+    assert len(cached) == 1 and json.loads(cached[0].read_text())["key"]["batch_size"] == 8
+
+
+@pytest.mark.parametrize("budget,needle", [
+    ("latency:0", "outside (0, 1)"),
+    ("latency:1.5", "outside (0, 1)"),
+    ("latency:abc", "bad budget 'latency:abc'"),
+])
+def test_bad_latency_budget_exits_2_with_one_line(tmp_path, capsys, budget, needle):
+    code = main(["train", "--budget", budget, "--out", str(tmp_path / "o"), *TRAIN])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and needle in err, err
+
+
+@pytest.mark.parametrize("damage", ["truncated", "other_device"])
+def test_unusable_table_exits_2_and_is_not_overwritten(table, tmp_path, capsys, damage):
+    bad = tmp_path / "table.json"
+    text = table.read_text()
+    if damage == "truncated":
+        bad.write_text(text[: len(text) // 3])
+    else:
+        data = json.loads(text)
+        data["key"]["device"] = "Some Other CPU"
+        bad.write_text(json.dumps(data))
+    before = bad.read_bytes()
+    code = main(["train", "--budget", "latency:0.5", "--latency-table", str(bad), "--out", str(tmp_path / "o"),
+                 *TRAIN])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and str(bad) in err, err
+    assert bad.read_bytes() == before
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--latency-target", "gpu"], "invalid choice: 'gpu'"),
+    (["--amp", "int8"], "invalid choice: 'int8'"),
+    (["--latency-batch", "0"], "latency batch 0"),
+])
+def test_bad_latency_options_exit_2(tmp_path, capsys, args, needle):
+    with pytest.raises(SystemExit) as exc:
+        code = main(["train", "--budget", "latency:0.5", "--out", str(tmp_path / "o"), *TRAIN, *args])
+        raise SystemExit(code)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and needle in err and err.count("\n") == 1, err
+
+
+def test_latency_table_command_refuses_a_bad_shape(capsys, tmp_path):
+    assert main(["latency-table", "--input-shape", "28x28", "--out", str(tmp_path / "t.json")]) == 2
+    assert "bad input shape '28x28'" in capsys.readouterr().err
