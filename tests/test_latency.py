@@ -200,3 +200,8 @@ def test_settings_refuse_bad_values():
     with pytest.raises(EpipruneError, match="latency batch 0"):
         LatencySettings(batch_size=0)
 
+
+
+def test_one_axis_interpolation_is_linear_between_points_and_clamped_outside():
+    values = interpolate([[1, 3, 5]], np.array([1.0, 2.0, 4.0]), [[2], [4], [0], [9], [3]])
+    assert values.tolist() == [1.5, 3.0, 1.0, 4.0, 2.0]
