@@ -7,7 +7,10 @@
 # 1. end to end: `epiprune compare` of dense vs EPI (Taylor and magnitude) on the built-in data at 30% FLOPs,
 #    ResNet-56 and ResNet-20, EPOCHS (15) epochs: final top-1, training FLOPs and GPU wall-clock, relative to dense;
 # 2. step speed: benchmarks/overhead.py at batch 128 and 1024 (channel multiple 1 and 8): the policy's overhead per
-#    epoch and the train-step speed-up of the network pruned to 30% FLOPs.
+#    epoch and the train-step speed-up of the network pruned to 30% FLOPs;
+# 3. latency budget: benchmarks/latency.py on the GPU (tables timed after cuda.synchronize): flops:0.5 vs
+#    latency:0.5 for ResNet-20/56 (measured step time vs dense, prediction error, top-1), and the dense step
+#    under channels-last, bf16 autocast and torch.compile.
 # Every step has its own time limit, so one that hangs costs its limit and not the rest.
 set -uo pipefail
 out=${1:?usage: benchmarks/gpu_suite.sh OUT_DIR [EPOCHS]}
@@ -36,3 +39,7 @@ for spec in "128 1" "1024 1" "1024 8"; do
     --flops-budget 0.3 --batches 20 --steps 30 --out "$out/overhead-$device-b$1-m$2.json" \
     || echo "overhead batch $1 multiple $2: exit $?"
 done
+
+echo "== latency.py: flops:0.5 vs latency:0.5 ($device)"
+timeout 420 python "$here/latency.py" --device "$device" --models resnet20,resnet56 --epochs 6 --train-subset 5000 \
+  --batch-size 512 --paths eager,channels_last,bf16,compile --out "$out/latency" || echo "latency.py: exit $?"

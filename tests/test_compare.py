@@ -176,3 +176,33 @@ def test_grid_plot_marks_the_epi_epoch_of_every_seed(tmp_path, monkeypatch):
     report.plot_grid([(1, 80.0, 1.0), (2, 81.0, 0.5)], [5, 4, 4, None], tmp_path / "grid.png")
     assert seen["marks"] == [4.0, 5.0]
     assert "EPI's epochs (5, 4, 4)" in seen["labels"]
+
+
+def test_latency_budget_runs_the_first_job_alone_so_the_table_is_built_once(monkeypatch, tmp_path):
+    """With --jobs 2 and a latency budget, parallel first runs would each measure the table (and disturb each
+    other's timings): the first run goes alone, the rest in parallel reuse its table."""
+    import threading
+    import time
+
+    from epiprune import compare as compare_module
+
+    active, overlaps, order = [0], [], []
+    lock = threading.Lock()
+
+    def fake_run_one(cfg, method, seed, log=print):
+        with lock:
+            active[0] += 1
+            overlaps.append(active[0])
+            order.append(method.name)
+        time.sleep(0.2)
+        with lock:
+            active[0] -= 1
+        return {"method": method.name}
+
+    monkeypatch.setattr(compare_module, "run_one", fake_run_one)
+    monkeypatch.setattr(compare_module, "write_comparison", lambda out, runs, config, log: runs)
+    cfg = compare_module.CompareConfig(budget="latency:0.5", jobs=2, families=["fixed"], grid=[1, 2, 3],
+                                       epochs=6, out=str(tmp_path))
+    runs = compare_module.compare(cfg, log=lambda _: None)
+    assert order[0] == "fixed-1" and overlaps[0] == 1 and len(runs) == 3
+    assert max(overlaps[1:]) == 2  # the others still run in parallel

@@ -16,11 +16,13 @@ from epiprune.latency import (
     LatencySettings,
     LatencyTable,
     LatencyTableError,
+    _axes,
     _monotone,
     fit_calibration,
     grid,
     interpolate,
     load_or_build,
+    table_key,
     timed_layers,
 )
 from epiprune.subnetwork import select_subnetwork
@@ -45,8 +47,10 @@ def table_path(tmp_path):
 def test_grid_is_every_channel_when_narrow_and_spans_wide_axes():
     assert grid(5, 12) == [1, 2, 3, 4, 5]
     assert grid(16, 4) == list(range(1, 17))  # narrow: every channel, whatever the point count
+    assert grid(64, 12) == [1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64]  # wide: block edges (multiples of 8)
     wide = grid(1280, 12)
-    assert wide[0] == 1 and wide[-1] == 1280 and len(wide) <= 14 and wide == sorted(set(wide))
+    assert wide[:3] == [1, 2, 4] and wide[-1] == 1280 and len(wide) <= 17 and wide == sorted(set(wide))
+    assert all(c % 8 == 0 for c in wide[3:-1])
 
 
 @settings(max_examples=60, deadline=None)
@@ -112,12 +116,30 @@ def test_latency_cost_model_is_monotone_in_every_width(built, w0, w1, which):
     assert cost(grown) >= cost(widths) > 0
 
 
-def test_selection_meets_a_latency_target_from_below(built):
-    graph, cost, _ = built
+def synthetic_table(graph, path):
+    """A table for graph's model with the right key and made-up times (in x out channels per layer plus a 0.1 ms
+    constant): deterministic, unlike a measured one."""
+    layers, _ = timed_layers(graph)
+    entries = {}
+    for layer in {layer.signature: layer for layer in layers}.values():
+        axes = _axes(layer, TINY.grid_points)
+        grids = np.meshgrid(*[np.asarray(a, dtype=float) for a in axes], indexing="ij")
+        entries[layer.signature] = {"axes": axes, "ms": np.prod(grids, axis=0).tolist()}
+    LatencyTable(table_key(graph, layers, TINY), entries,
+                 {"constant_ms": 0.1, "layer_scale": 1.0, "tail_ms": 0.0}).save(path)
+    return path
+
+
+def test_selection_meets_a_latency_target_from_below(tmp_path):
+    _, graph = tiny_graph()
+    cost, _ = load_or_build(graph, TINY, synthetic_table(graph, tmp_path / "t.json"), progress=False,
+                            log=lambda _: None)
     scores = [np.linspace(1, 2, g.size) for g in graph.groups]
-    target = (cost(np.ones(2)) + cost.dense) / 2  # a tiny net's step is mostly fixed overhead
-    masks = select_subnetwork(scores, cost, target)
-    assert cost(np.array([m.sum() for m in masks])) <= target
+    masks = select_subnetwork(scores, cost, 0.5 * cost.dense)
+    kept = cost(np.array([m.sum() for m in masks]))
+    assert kept <= 0.5 * cost.dense
+    assert all(cost(np.array([m.sum() + (i == g) for i, m in enumerate(masks)])) > 0.5 * cost.dense
+               for g in range(2) if masks[g].sum() < graph.groups[g].size)  # nothing more fits
 
 
 def test_matching_key_is_reused_and_other_settings_rebuild(built, tmp_path):
@@ -157,25 +179,25 @@ def test_corrupt_or_foreign_table_is_refused_and_left_alone(built, tmp_path, dam
     assert bad.read_bytes() == before
 
 
-def test_policy_api_takes_a_latency_budget_and_reports_predictions(built, tmp_path):
-    _, _, path = built
-    model, _ = tiny_graph()
-    policy = EarlyPruningPolicy(model, torch.zeros(1, 1, 8, 8), Budget(latency=0.95), latency=TINY,
+def test_policy_api_takes_a_latency_budget_and_reports_predictions(tmp_path):
+    model, graph = tiny_graph()
+    path = synthetic_table(graph, tmp_path / "t.json")
+    policy = EarlyPruningPolicy(model, torch.zeros(1, 1, 8, 8), Budget(latency=0.5), latency=TINY,
                                 latency_table=path, prune_at=1, log=lambda _: None)
     dense_ms = policy.predicted_latency_ms()
-    assert dense_ms == pytest.approx(policy.cost.dense)
+    assert dense_ms == pytest.approx(policy.cost.dense) and policy.latency_table_path == path
     x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 3, (8,))
     torch.nn.functional.cross_entropy(model(x), y).backward()
     policy.step()
     assert policy.end_epoch()
-    assert policy.predicted_latency_ms() <= 0.95 * dense_ms
-    assert model.conv1.out_channels < 4 or model.conv2.out_channels < 6
+    assert policy.predicted_latency_ms() <= 0.5 * dense_ms
+    assert (model.conv1.out_channels, model.conv2.out_channels) == tuple(policy.widths()) != (4, 6)
 
 
 def test_default_table_path_follows_the_cache_variable(built, tmp_path, monkeypatch):
     graph, _, path = built
     monkeypatch.setenv("EPIPRUNE_CACHE", str(tmp_path / "cache"))
-    from epiprune.latency import default_table_path, table_key
+    from epiprune.latency import default_table_path
 
     layers, _ = timed_layers(graph)
     target = default_table_path(table_key(graph, layers, TINY))
@@ -202,6 +224,9 @@ def test_settings_refuse_bad_values():
 
 
 
-def test_one_axis_interpolation_is_linear_between_points_and_clamped_outside():
-    values = interpolate([[1, 3, 5]], np.array([1.0, 2.0, 4.0]), [[2], [4], [0], [9], [3]])
-    assert values.tolist() == [1.5, 3.0, 1.0, 4.0, 2.0]
+def test_fine_axis_reads_the_next_grid_point_up_and_coarse_axis_interpolates():
+    """Kernels pad channels to blocks: 9..16 channels cost what 16 cost. Gaps wider than a block: linear."""
+    fine = interpolate([[1, 8, 16]], np.array([1.0, 2.0, 4.0]), [[9], [16], [8], [2], [0], [30]])
+    assert fine.tolist() == [4.0, 4.0, 2.0, 2.0, 1.0, 4.0]
+    coarse = interpolate([[1, 21, 41]], np.array([1.0, 2.0, 4.0]), [[11], [31], [21], [0], [99]])
+    assert coarse.tolist() == [1.5, 3.0, 2.0, 1.0, 4.0]

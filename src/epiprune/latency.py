@@ -1,18 +1,19 @@
 """Latency cost model: the time of a width vector, predicted from per-layer tables measured on the device.
 
-HALP-style (Shen et al., NeurIPS 2022): every conv (dense, grouped-as-depthwise), linear and batch-norm layer is
-timed on its own, at its input size, on a grid of channel counts (every channel for narrow layers, about
-`grid_points` steps for wide ones); a layer's time at any width is read from its table by bilinear
-interpolation. A table is made monotone (its lower envelope along each channel axis) before use, so the predicted
-cost of a width vector,
+HALP-style (Shen et al., NeurIPS 2022): every conv (dense or depthwise), linear and batch-norm layer is timed on
+its own, at its input size, on a grid of channel counts (every channel for narrow layers, about `grid_points`
+steps for wide ones); a layer's time at any width is read from its table (the next grid point up on axes that
+resolve the kernels' channel blocks, linear interpolation on coarser ones: see BLOCK). A table is made monotone
+(its lower envelope along each channel axis), so the predicted cost of a width vector,
 
     latency(w) = constant + layer_scale * sum over layers T_layer(in channels, out channels) + tail * V(w),
 
 is monotone in every width, as sub-network selection requires. V(w) in [0, 1] is the fraction of the dense
 model's activation volume (elements per sample of the groups' outputs) that w keeps: the memory-bound tail that
 no single layer owns (ReLUs, residual adds, pooling, the optimizer's elementwise work). The three coefficients
-(>= 0) are measured, not guessed: the whole model's step is timed dense and pruned uniformly to 1/2 and 1/4 of
-every group, and a non-negative least-squares fit maps the layer sum onto those three timings. layer_scale is
+(>= 0) are measured, not guessed: the whole model's step is timed dense, pruned uniformly to 60% and 30% of every
+group, and at two uneven sub-networks of the kind selection picks, and a non-negative least-squares fit maps the
+layer sum onto those five timings. layer_scale is
 there because a layer timed alone is not a layer inside a network (on a 2-core CPU the isolated layers of a
 ResNet-20 summed to 1.5x its measured step: caches, allocator and thread wake-ups differ).
 
@@ -46,11 +47,17 @@ from tqdm import tqdm
 
 from .errors import EpipruneError
 from .serialization import atomic_write_text
+from .subnetwork import select_subnetwork
 from .surgery import PrunableGraph, is_depthwise
 
 FORMAT = "epiprune-latency-table/1"
 TARGETS = ("train", "infer")
 NARROW = 16  # axes up to this many channels are timed at every count
+# CPU (oneDNN) and GPU kernels pad channels to blocks of 8 or 16, so a layer's time is a staircase in its channel
+# count. On an axis whose grid points are at most BLOCK apart (and wide ones sit on multiples of BLOCK), a width
+# costs what the next grid point at or above it costs: exact on the staircase, where linear interpolation between
+# block edges under-predicted odd widths by 5-20% on this CPU. Wider gaps are interpolated linearly.
+BLOCK = 8
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -186,12 +193,13 @@ class TimedLayer:
 
 
 def grid(dense: int, points: int) -> list[int]:
-    """Channel counts at which a layer with `dense` channels on an axis is timed: every count for narrow layers
-    (up to NARROW channels, or `points`), else about `points` evenly spaced counts from 1 to dense."""
+    """Channel counts at which a layer with `dense` channels on an axis is timed: every count for narrow axes (up
+    to NARROW channels, or `points`); else 1, 2, 4 and multiples of a step that is itself a multiple of BLOCK,
+    about `points` of them, and `dense`."""
     if dense <= max(points, NARROW):
         return list(range(1, dense + 1))
-    step = -(-dense // points)
-    return sorted({1, *range(step, dense, step), dense})
+    step = BLOCK * -(-dense // (BLOCK * points))
+    return sorted({1, 2, 4, *range(step, dense, step), dense})
 
 
 def _conv_builder(conv: nn.Conv2d, depthwise: bool) -> Callable[[int, int], nn.Module]:
@@ -319,18 +327,22 @@ def _monotone(ms: np.ndarray) -> np.ndarray:
 
 
 def _bracket(axis: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For each x: the grid indices (lo, hi) around it and its weight t on hi (x clamped to the axis' range)."""
+    """For each x: the grid indices (lo, hi) around it and its weight t on hi (x clamped to the axis' range).
+    On a block-resolving axis (gaps <= BLOCK) t is 0 or 1: the next grid point at or above x."""
     if len(axis) == 1:
         zero = np.zeros(len(x), dtype=np.int64)
         return zero, zero, np.zeros(len(x))
     x = np.clip(x, axis[0], axis[-1])
     hi = np.clip(np.searchsorted(axis, x), 1, len(axis) - 1)
+    if np.max(np.diff(axis)) <= BLOCK:
+        return hi - 1, hi, (x > axis[hi - 1]).astype(np.float64)
     return hi - 1, hi, (x - axis[hi - 1]) / (axis[hi] - axis[hi - 1])
 
 
 def interpolate(axes: Sequence[Sequence[float]], ms: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Linear (one axis) or bilinear (two axes) interpolation of a table on a grid (axes ascending), clamped to
-    the grid's range. points: (K, number of axes) channel counts; returns (K,) values."""
+    """Read a table on a grid (axes ascending) at `points` (K, number of axes) channel counts, clamped to the
+    grid's range: per axis the next grid point at or above (block-resolving axes, see BLOCK) or linear
+    interpolation (wider gaps), combined bilinearly for two axes. Returns (K,) values."""
     table = np.asarray(ms, dtype=np.float64)
     points = np.asarray(points, dtype=np.float64).reshape(-1, len(axes))
     brackets = [_bracket(np.asarray(ax, dtype=np.float64), points[:, d]) for d, ax in enumerate(axes)]
@@ -460,17 +472,29 @@ def table_key(graph: PrunableGraph, layers: Sequence[TimedLayer], settings: Late
             "architecture": architecture_digest(layers, graph), "grid_points": settings.grid_points}
 
 
-def uniformly_pruned(graph: PrunableGraph, fraction: float) -> tuple[nn.Module, list[int]]:
-    """A copy of graph's model with every group cut to its first ceil(fraction * n) channels, and those widths."""
+def pruned_copy(graph: PrunableGraph, keep: Sequence[np.ndarray]) -> nn.Module:
+    """A copy of graph's model with group g cut to the channels keep[g] (the original is untouched)."""
     clone = copy.deepcopy(graph.model)
-    if fraction >= 1.0:
-        return clone, graph.widths()
     names = {n for n, m in graph.model.named_modules() if any(m is x for x in graph.ignored)}
-    ignored = [m for n, m in clone.named_modules() if n in names]
-    cut = PrunableGraph(clone, graph.example_inputs, ignored)
-    keep = [np.arange(max(1, math.ceil(fraction * g.size))) for g in cut.groups]
+    cut = PrunableGraph(clone, graph.example_inputs, [m for n, m in clone.named_modules() if n in names])
     cut.prune(keep)
-    return clone, [len(k) for k in keep]
+    return clone
+
+
+def calibration_networks(graph: PrunableGraph, raw: LatencyCostModel) -> list[tuple[str, list[np.ndarray]]]:
+    """The sub-networks whose measured steps calibrate the tables: dense, every group cut uniformly to 60% and
+    30% (off the block edges), and two that selection would pick under a latency target of 60% and 35% of the raw
+    tables' dense time, for seeded random channel scores with random per-group scales (uneven widths, as
+    importance-driven pruning produces them)."""
+    sizes = graph.widths()
+    networks = [(f"uniform {f:g}", [np.arange(max(1, math.ceil(f * n))) for n in sizes]) for f in (1.0, 0.6, 0.3)]
+    rng = np.random.default_rng(0)
+    floor = raw(np.ones(len(sizes)))  # a tiny network may not get down to 35%: stop at one channel per group
+    for fraction in (0.6, 0.35):
+        scores = [rng.random(n) * rng.uniform(0.2, 5.0) for n in sizes]
+        masks = select_subnetwork(scores, raw, max(fraction * raw.dense, floor))
+        networks.append((f"selected {fraction:g}", [np.flatnonzero(m) for m in masks]))
+    return networks
 
 
 def fit_calibration(layer_sums: Sequence[float], volumes: Sequence[float], measured: Sequence[float]
@@ -493,7 +517,7 @@ def fit_calibration(layer_sums: Sequence[float], volumes: Sequence[float], measu
     return best
 
 
-CALIBRATION_FRACTIONS = (1.0, 0.5, 0.25)
+CALIBRATION_NETWORKS = 5  # see calibration_networks
 
 
 def build_table(graph: PrunableGraph, settings: LatencySettings, progress: bool = True,
@@ -511,7 +535,7 @@ def build_table(graph: PrunableGraph, settings: LatencySettings, progress: bool 
         jobs.append((sig, layer, axes, points))
     total = sum(len(p) for *_, p in jobs)
     entries: dict[str, dict] = {}
-    with tqdm(total=total + len(CALIBRATION_FRACTIONS), desc="latency table", unit="point", disable=not progress,
+    with tqdm(total=total + CALIBRATION_NETWORKS, desc="latency table", unit="point", disable=not progress,
               leave=False, dynamic_ncols=True) as bar:
         for sig, layer, axes, points in jobs:
             values = []
@@ -526,10 +550,10 @@ def build_table(graph: PrunableGraph, settings: LatencySettings, progress: bool 
         raw = LatencyCostModel(layers, table, graph.widths(), volume)
         shape = tuple(graph.example_inputs.shape[1:])
         points_measured = []
-        for fraction in CALIBRATION_FRACTIONS:
-            model, widths = uniformly_pruned(graph, fraction)
-            points_measured.append({"fraction": fraction, "widths": widths,
-                                    "measured_ms": time_model_step(model, shape, settings),
+        for name, keep in calibration_networks(graph, raw):
+            widths = [len(k) for k in keep]
+            points_measured.append({"network": name, "widths": widths,
+                                    "measured_ms": time_model_step(pruned_copy(graph, keep), shape, settings),
                                     "layer_sum_ms": raw(widths), "volume": raw.volume_fraction(widths)})
             bar.update()
     constant, scale, tail = fit_calibration([p["layer_sum_ms"] for p in points_measured],
@@ -543,8 +567,8 @@ def build_table(graph: PrunableGraph, settings: LatencySettings, progress: bool 
     dense = points_measured[0]
     log(f"latency table: {len(unique)} layer shapes, {total} points, built in {table.build_seconds:.0f} s; "
         f"dense step {dense['measured_ms']:.1f} ms; calibration: constant {constant:.1f} ms + {scale:.2f} x layers "
-        f"+ {tail:.1f} ms x activation volume; uniform widths " + ", ".join(
-            f"{p['fraction']:g}: {p['measured_ms']:.1f} ms measured / {p['predicted_ms']:.1f} predicted"
+        f"+ {tail:.1f} ms x activation volume; " + ", ".join(
+            f"{p['network']}: {p['measured_ms']:.1f} ms measured / {p['predicted_ms']:.1f} predicted"
             for p in points_measured))
     return table
 
