@@ -101,3 +101,33 @@ def test_bad_latency_options_exit_2(tmp_path, capsys, args, needle):
 def test_latency_table_command_refuses_a_bad_shape(capsys, tmp_path):
     assert main(["latency-table", "--input-shape", "28x28", "--out", str(tmp_path / "t.json")]) == 2
     assert "bad input shape '28x28'" in capsys.readouterr().err
+
+
+def test_a_prediction_off_by_more_than_20_percent_is_warned_about(tmp_path, capsys):
+    """A table whose numbers are far from this machine's (here: made up, 1000x too small) must not pass silently:
+    the run times the real pruned model and says the prediction is off."""
+    import numpy as np
+    import torch
+
+    from epiprune.latency import LatencySettings, LatencyTable, _axes, table_key, timed_layers
+    from epiprune.models import build_model
+    from epiprune.surgery import PrunableGraph
+
+    graph = PrunableGraph(build_model("resnet20", 1, 10), torch.zeros(1, 1, 28, 28))
+    settings = LatencySettings(batch_size=16)
+    layers, _ = timed_layers(graph)
+    entries = {}
+    for layer in {layer.signature: layer for layer in layers}.values():
+        axes = _axes(layer, settings.grid_points)
+        grids = np.meshgrid(*[np.asarray(a, dtype=float) for a in axes], indexing="ij")
+        entries[layer.signature] = {"axes": axes, "ms": (1e-6 * np.prod(grids, axis=0)).tolist()}
+    path = tmp_path / "made-up.json"
+    LatencyTable(table_key(graph, layers, settings), entries,
+                 {"constant_ms": 0.0, "layer_scale": 1.0, "tail_ms": 0.0}).save(path)
+    code = main(["train", "--budget", "latency:0.5", "--latency-table", str(path), "--out", str(tmp_path / "run"),
+                 *TRAIN])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "latency table: reusing" in printed and "warning: the latency table's prediction is off by" in printed
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["latency"]["prediction_error"] < -0.2
