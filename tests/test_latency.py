@@ -230,3 +230,15 @@ def test_fine_axis_reads_the_next_grid_point_up_and_coarse_axis_interpolates():
     assert fine.tolist() == [4.0, 4.0, 2.0, 2.0, 1.0, 4.0]
     coarse = interpolate([[1, 21, 41]], np.array([1.0, 2.0, 4.0]), [[11], [31], [21], [0], [99]])
     assert coarse.tolist() == [1.5, 3.0, 2.0, 1.0, 4.0]
+
+
+def test_an_inference_table_times_forward_passes_only(tmp_path):
+    model, graph = tiny_graph()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    settings = LatencySettings(target="infer", batch_size=1, repeats=2, warmup=1, grid_points=3)
+    cost, path = load_or_build(graph, settings, tmp_path / "infer.json", progress=False, log=lambda _: None)
+    table = LatencyTable.load(path)
+    assert table.key["target"] == "infer" and table.key["batch_size"] == 1 and cost.dense > 0
+    assert [p["network"] for p in table.calibration["points"]][:3] == ["uniform 1", "uniform 0.6", "uniform 0.3"]
+    assert model.training  # timing ran on copies; the caller's model, BN statistics included, is as it was
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
