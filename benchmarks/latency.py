@@ -12,8 +12,9 @@ A second part times the dense step of each model under the training paths a tabl
     python benchmarks/latency.py [--models resnet20,resnet56,vgg11_bn,mobilenetv2_small] [--epochs 8]
         [--train-subset 5000] [--fraction 0.5] [--device cpu] [--out benchmarks/results/latency]
 
-Writes OUT/latency.json (every number, per-epoch metrics of every run included), OUT/top1_vs_step_time.png, and
-prints markdown tables. Ratios measured in one run are what to compare: this machine is shared and noisy.
+Writes OUT/latency.json (every number, per-epoch metrics of every run included), OUT/top1_vs_step_time.png,
+OUT/paths.json (the training paths' dense step times), and prints markdown tables. `--models ""` skips the
+budget runs, `--paths ""` the training paths. Ratios measured in one run are what to compare: this machine is shared and noisy.
 """
 
 from __future__ import annotations
@@ -159,31 +160,34 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    results = [run_model(name, args, device, out) for name in models]
-    rows = [r for res in results for r in res["rows"]]
-    paths = [p for p in args.paths.split(",") if p]
-    path_rows = {name: time_paths(name, device, args.batch_size, paths) for name in args.path_models.split(",")
-                 if paths and name}
-    print("| model | budget | prune epoch | top-1 (%) | FLOPs kept | step time / dense (measured) "
-          "| predicted / dense | prediction error | dense step (ms) | table build (s) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['model']} | {r['budget']} | {r['prune_epoch']} ({r['trigger']}) | {100 * r['final_top1']:.2f} "
-              f"| {100 * r['flops_ratio']:.1f}% | {r['step_ratio']:.2f}x | {r['predicted_ratio']:.2f}x "
-              f"| {100 * r['prediction_error']:+.1f}% | {r['dense_step_ms']:.1f} | {r['table_build_s']:.0f} |")
-    if path_rows:
-        print("\n| model | " + " | ".join(paths) + " |  (dense train step, ms)")
-        print("|---" * (len(paths) + 1) + "|")
-        for name, times in path_rows.items():
-            print(f"| {name} | " + " | ".join(f"{times[p]:.1f}" for p in paths) + " |")
     meta = {"device": device_name(device), "device_type": device.type, "torch": torch.__version__,
             "threads": torch.get_num_threads(), "python": platform.python_version(), "epochs": args.epochs,
             "train_subset": args.train_subset, "batch_size": args.batch_size, "fraction": args.fraction,
             "seed": args.seed, "rounds": args.rounds}
-    atomic_write_text(out / "latency.json", json.dumps({"meta": meta, "results": results, "paths": path_rows},
-                                                       indent=1))
-    plot(rows, out / "top1_vs_step_time.png")
-    print(f"wrote {out / 'latency.json'} and {out / 'top1_vs_step_time.png'}", file=sys.stderr)
+    if models:
+        results = [run_model(name, args, device, out) for name in models]
+        rows = [r for res in results for r in res["rows"]]
+        print("| model | budget | prune epoch | top-1 (%) | FLOPs kept | step time / dense (measured) "
+              "| predicted / dense | prediction error | dense step (ms) | table build (s) |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['model']} | {r['budget']} | {r['prune_epoch']} ({r['trigger']}) "
+                  f"| {100 * r['final_top1']:.2f} | {100 * r['flops_ratio']:.1f}% | {r['step_ratio']:.2f}x "
+                  f"| {r['predicted_ratio']:.2f}x | {100 * r['prediction_error']:+.1f}% | {r['dense_step_ms']:.1f} "
+                  f"| {r['table_build_s']:.0f} |")
+        atomic_write_text(out / "latency.json", json.dumps({"meta": meta, "results": results}, indent=1))
+        plot(rows, out / "top1_vs_step_time.png")
+        print(f"wrote {out / 'latency.json'} and {out / 'top1_vs_step_time.png'}", file=sys.stderr)
+    paths = [p for p in args.paths.split(",") if p]
+    path_models = [m for m in args.path_models.split(",") if m]
+    if paths and path_models:
+        path_rows = {name: time_paths(name, device, args.batch_size, paths) for name in path_models}
+        print("\n| model | " + " | ".join(f"{p} (ms)" for p in paths) + " |")
+        print("|---" * (len(paths) + 1) + "|")
+        for name, times in path_rows.items():
+            print(f"| {name} | " + " | ".join(f"{times[p]:.1f}" for p in paths) + " |")
+        atomic_write_text(out / "paths.json", json.dumps({"meta": meta, "paths": path_rows}, indent=1))
+        print(f"wrote {out / 'paths.json'}", file=sys.stderr)
 
 
 if __name__ == "__main__":
