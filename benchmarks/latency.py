@@ -14,7 +14,8 @@ A second part times the dense step of each model under the training paths a tabl
 
 Writes OUT/latency.json (every number, per-epoch metrics of every run included), OUT/top1_vs_step_time.png,
 OUT/paths.json (the training paths' dense step times), and prints markdown tables. `--models ""` skips the
-budget runs, `--paths ""` the training paths. Ratios measured in one run are what to compare: this machine is shared and noisy.
+budget runs, `--paths ""` the training paths. Ratios measured in one run are what to compare: this machine is
+shared and noisy.
 """
 
 from __future__ import annotations
