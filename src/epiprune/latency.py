@@ -518,6 +518,7 @@ def fit_calibration(layer_sums: Sequence[float], volumes: Sequence[float], measu
 
 
 CALIBRATION_NETWORKS = 5  # see calibration_networks
+CALIBRATION_ROUNDS = 2
 
 
 def build_table(graph: PrunableGraph, settings: LatencySettings, progress: bool = True,
@@ -535,8 +536,8 @@ def build_table(graph: PrunableGraph, settings: LatencySettings, progress: bool 
         jobs.append((sig, layer, axes, points))
     total = sum(len(p) for *_, p in jobs)
     entries: dict[str, dict] = {}
-    with tqdm(total=total + CALIBRATION_NETWORKS, desc="latency table", unit="point", disable=not progress,
-              leave=False, dynamic_ncols=True) as bar:
+    with tqdm(total=total + CALIBRATION_NETWORKS * CALIBRATION_ROUNDS, desc="latency table", unit="point",
+              disable=not progress, leave=False, dynamic_ncols=True) as bar:
         for sig, layer, axes, points in jobs:
             values = []
             for point in points:
@@ -549,13 +550,20 @@ def build_table(graph: PrunableGraph, settings: LatencySettings, progress: bool 
                              {"constant_ms": 0.0, "layer_scale": 1.0, "tail_ms": 0.0})
         raw = LatencyCostModel(layers, table, graph.widths(), volume)
         shape = tuple(graph.example_inputs.shape[1:])
+        networks = [(name, keep, pruned_copy(graph, keep)) for name, keep in calibration_networks(graph, raw)]
+        # round robin, and the fastest round per network: another process slowing one measurement down (noise only
+        # ever adds time) must not bend the fit, which five points and three coefficients leave little room for
+        timings: list[list[float]] = [[] for _ in networks]
+        for _ in range(CALIBRATION_ROUNDS):
+            for times, (_, _, model) in zip(timings, networks, strict=True):
+                times.append(time_model_step(model, shape, settings, repeats=5, warmup=2))
+                bar.update()
         points_measured = []
-        for name, keep in calibration_networks(graph, raw):
+        for (name, keep, _), times in zip(networks, timings, strict=True):
             widths = [len(k) for k in keep]
-            points_measured.append({"network": name, "widths": widths,
-                                    "measured_ms": time_model_step(pruned_copy(graph, keep), shape, settings),
-                                    "layer_sum_ms": raw(widths), "volume": raw.volume_fraction(widths)})
-            bar.update()
+            points_measured.append({"network": name, "widths": widths, "measured_ms": min(times),
+                                    "rounds_ms": times, "layer_sum_ms": raw(widths),
+                                    "volume": raw.volume_fraction(widths)})
     constant, scale, tail = fit_calibration([p["layer_sum_ms"] for p in points_measured],
                                             [p["volume"] for p in points_measured],
                                             [p["measured_ms"] for p in points_measured])
