@@ -81,7 +81,7 @@ def test_unknown_method_family_is_an_error(tmp_path, capsys):
 
 def test_bad_grid_is_an_error(tmp_path, capsys):
     assert main(["compare", "--grid", "1-x", "--out", str(tmp_path)]) == 2
-    assert "bad grid" in capsys.readouterr().err
+    assert "bad --grid" in capsys.readouterr().err
     with pytest.raises(EpipruneError, match="grid epochs"):
         CompareConfig(epochs=4, grid=[5]).methods()
 

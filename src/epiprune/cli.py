@@ -68,7 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="runs/train", help="output folder")
     t.add_argument("--no-progress", action="store_true", help="no progress bars (the per-epoch lines stay)")
     t.add_argument("--resume", metavar="DIR", default=None,
-                   help="continue the run in DIR from its last checkpoint (its settings are used; --out is ignored)")
+                   help="continue the run in DIR from its last checkpoint, with its own settings (only "
+                   "--no-progress may be added)")
+    t.add_argument("--force", action="store_true",
+                   help="replace the run already in --out (its files are kept until the new run's first checkpoint)")
     c = sub.add_parser("compare", help="run every pruning method (dense, prune-at-init, train-prune-fine-tune, "
                        "fixed-epoch grid = oracle, Early-Bird, EPI) and tabulate accuracy and training cost",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -106,14 +109,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _int_list(text: str, what: str) -> list[int]:
+    """Parse `--seeds` / `--grid` text: comma-separated integers >= 0 and ranges lo-hi (lo <= hi), each once."""
     values: list[int] = []
-    try:
-        for part in text.split(","):
-            lo, sep, hi = part.partition("-")
-            values += list(range(int(lo), int(hi) + 1)) if sep else [int(part)]
-    except ValueError:
-        raise EpipruneError(f"bad {what} {text!r} (accepted: integers like 1,2,5 or 1-6)") from None
+    accepted = "accepted: integers >= 0 like 1,2,5 or 1-6, each once"
+    for part in text.split(","):
+        lo, sep, hi = part.partition("-")
+        try:
+            first, last = (int(lo), int(hi)) if sep else (int(part), int(part))
+        except ValueError:
+            raise EpipruneError(f"bad --{what} {text!r} ({accepted})") from None
+        if last < first:
+            raise EpipruneError(f"bad --{what} {text!r}: {part} is an empty range ({accepted})")
+        values += range(first, last + 1)
+    if any(v < 0 for v in values) or len(set(values)) != len(values):
+        raise EpipruneError(f"bad --{what} {text!r} ({accepted})")
     return values
+
+
+def _given_options(argv: list[str], command: str) -> list[str]:
+    """The options of `command` that argv sets explicitly (first spelling of each), in the parser's order."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    for action in sub._actions:
+        action.default = argparse.SUPPRESS
+    given = vars(parser.parse_args(argv))
+    return [a.option_strings[0] for a in sub._actions if a.option_strings and a.dest in given]
 
 
 def _compare(args: argparse.Namespace) -> None:
@@ -138,8 +158,16 @@ def _export(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
-def _train(args: argparse.Namespace) -> None:
+def _train(args: argparse.Namespace, argv: list[str]) -> None:
+    from .runfolder import RunFolder
     from .trainer import TrainConfig, train
+
+    if args.resume is not None:
+        ignored = [o for o in _given_options(argv, "train") if o not in ("--resume", "--no-progress")]
+        if ignored:
+            raise EpipruneError(f"{', '.join(ignored)} cannot be changed with --resume: the run continues with its "
+                                "own settings (accepted with --resume: --no-progress; or a new run with --out and "
+                                "--force)")
 
     cfg = TrainConfig(model=args.model, data=args.data, data_dir=args.data_dir, image_size=args.image_size,
                       train_subset=args.train_subset, val_subset=args.val_subset, epochs=args.epochs,
@@ -152,7 +180,8 @@ def _train(args: argparse.Namespace) -> None:
                       dist_timeout=args.dist_timeout, out=args.out, progress=not args.no_progress)
     if args.resume is not None:
         cfg.out = args.resume
-    result = train(cfg, resume=args.resume is not None)
+    args.run_folder = RunFolder(cfg.out, resume=args.resume is not None, force=args.force)
+    result = train(cfg, resume=args.resume is not None, folder=args.run_folder)
     from . import distributed
 
     if not distributed.is_main():
@@ -167,11 +196,26 @@ def _train(args: argparse.Namespace) -> None:
     print(f"outputs in {result.out}/: metrics.jsonl summary.json architecture.json model.safetensors epi.png")
 
 
+def _interrupt_message(args: argparse.Namespace) -> str:
+    if args.command == "compare":
+        return (f"interrupted; finished runs are kept in {args.out}/runs (run the same command again: it skips them "
+                "and resumes the unfinished ones from their checkpoints)")
+    folder = getattr(args, "run_folder", None)
+    if args.command == "train" and folder is not None:
+        if folder.checkpointed or args.resume is not None:
+            return f"interrupted; the last finished epoch is checkpointed (resume with --resume {folder.out})"
+        return "interrupted before the first epoch finished: nothing of this run was saved" + (
+            f" ({folder.out} is as it was)" if args.force else "")
+    return "interrupted"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `epiprune` command; returns the exit code (0, 1 runtime failure, 2 bad input, 130)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
         if args.command == "train":
-            _train(args)
+            _train(args, argv)
         elif args.command == "export":
             _export(args)
         elif args.command == "compare":
@@ -187,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"error: {e}\n")
         return 1
     except KeyboardInterrupt:
-        sys.stderr.write("error: interrupted; the last finished epoch is checkpointed (resume with --resume)\n")
+        sys.stderr.write(f"error: {_interrupt_message(args)}\n")
         return 130
     return 0
 

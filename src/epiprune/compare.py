@@ -60,6 +60,27 @@ class CompareConfig:
         """The EPI runs' fallback epoch, the same default as `epiprune train`'s."""
         return TrainConfig(epochs=self.epochs, epi_window=self.epi_window).resolved_max_dense_epochs
 
+    def validate(self) -> None:
+        """Raise EpipruneError for settings that every run would reject (before any folder is made)."""
+        if self.jobs < 1:
+            raise EpipruneError(f"--jobs {self.jobs} is too small (accepted: an integer >= 1)")
+        if not self.seeds:
+            raise EpipruneError("--seeds names no seed (accepted: integers like 0,1,2 or 0-2)")
+        if self.grid is not None and not self.grid:
+            raise EpipruneError("--grid names no epoch (accepted: integers like 1,2,3 or 1-6)")
+        if self.epochs < self.epi_window + 2:
+            raise EpipruneError(f"--epochs {self.epochs} is too small for --epi-window {self.epi_window} (accepted: "
+                                f">= {self.epi_window + 2}: EPI needs window + 1 dense epochs, then pruned training)")
+        if self.finetune_epochs is not None and self.finetune_epochs < 1:
+            raise EpipruneError(f"--finetune-epochs {self.finetune_epochs} is too small (accepted: an integer >= 1)")
+        # the settings every run shares are checked the way `epiprune train` checks them
+        TrainConfig(model=self.model, data=self.data, data_dir=self.data_dir, train_subset=self.train_subset,
+                    val_subset=self.val_subset, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                    warmup_epochs=self.warmup_epochs, budget=self.budget, epi_window=self.epi_window).validate()
+        if self.data_dir is not None and not Path(self.data_dir).is_dir():
+            raise EpipruneError(f"data folder not found: {self.data_dir} (give an existing folder with --data-dir)")
+        self.methods()
+
     def methods(self) -> list[Method]:
         unknown = set(self.families) - set(FAMILIES)
         if unknown:
@@ -121,6 +142,8 @@ def run_one(cfg: CompareConfig, method: Method, seed: int, log=print) -> dict:  
             log(f"resume {method.name} seed {seed}")
         else:
             cmd = ["train", *cfg.common_args(), *method.args, "--seed", str(seed), "--out", str(folder)]
+            if cfg.force:
+                cmd.append("--force")  # replaces the finished run once the new one has its first checkpoint
             log(f"run {method.name} seed {seed}")
         env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // cfg.jobs))}
         with open(folder / "train.log", "w") as logfile:
@@ -197,6 +220,7 @@ def _metrics(run_dir: str) -> list[dict]:
 
 def compare(cfg: CompareConfig, log=print) -> list[dict]:  # noqa: ANN001
     """Run (or reuse) every method x seed, then write compare.md, compare.json and the plots into cfg.out."""
+    cfg.validate()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     tasks = [(m, s) for m in cfg.methods() for s in cfg.seeds]

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -29,6 +30,7 @@ from .indicator import DEFAULT_WINDOW, INDICATORS
 from .models import MODELS, build_model
 from .policy import EarlyPruningPolicy
 from .report import plot_epi
+from .runfolder import RunFolder
 from .serialization import architecture_spec, atomic_write_text, save_pruned
 from .subnetwork import Budget
 
@@ -79,6 +81,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise EpipruneError naming the first bad value and what is accepted."""
+        self._validate_user_input()
         if self.model not in MODELS:
             raise EpipruneError(f"unknown model {self.model!r} (accepted: {', '.join(MODELS)})")
         if self.data not in DATASETS:
@@ -108,6 +111,30 @@ class TrainConfig:
             raise EpipruneError(f"EPI threshold {self.epi_threshold} is outside (0, 1]")
         if self.max_dense_epochs is not None and not 1 <= self.max_dense_epochs < self.epochs:
             raise EpipruneError(f"max dense epochs {self.max_dense_epochs} is outside 1..{self.epochs - 1}")
+
+    def _validate_user_input(self) -> None:
+        """Checks that come before the others, so that a bad value is blamed on its own option."""
+        if self.epochs < 1:
+            raise EpipruneError(f"--epochs {self.epochs} is too small (accepted: an integer >= 1)")
+        for flag, value in (("--train-subset", self.train_subset), ("--val-subset", self.val_subset)):
+            if value is not None and value < 1:
+                raise EpipruneError(f"{flag} {value} is too small (accepted: a number of images >= 1, or leave "
+                                    "it out to use them all)")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise EpipruneError(f"--weight-decay {self.weight_decay} is not a number >= 0 (accepted: e.g. 5e-4, "
+                                "or 0 for none)")
+        if self.data_dir is not None and self.data == "builtin":
+            raise EpipruneError(f"--data-dir {self.data_dir} is given but --data is builtin, which needs no folder "
+                                f"(accepted: --data {', '.join(d for d in DATASETS if d != 'builtin')} with "
+                                "--data-dir, or no --data-dir)")
+        if not 0 <= self.seed < 2**32:
+            raise EpipruneError(f"--seed {self.seed} is outside 0..{2**32 - 1}")
+        if self.init_batches < 1:
+            raise EpipruneError(f"--init-batches {self.init_batches} is too small (accepted: an integer >= 1)")
+        if self.min_dense_epochs is not None and self.min_dense_epochs < 0:
+            raise EpipruneError(f"--min-dense-epochs {self.min_dense_epochs} is negative (accepted: an integer >= 0)")
+        if not (self.dist_timeout > 0 and math.isfinite(self.dist_timeout)):
+            raise EpipruneError(f"--dist-timeout {self.dist_timeout} is not a positive number of seconds")
 
     @property
     def total_epochs(self) -> int:
@@ -239,9 +266,11 @@ def prune_at_initialisation(model: nn.Module, policy: EarlyPruningPolicy, loader
 
 
 def train(cfg: TrainConfig, dataset: Dataset | None = None, log: Callable[[str], None] = print,
-          resume: bool = False) -> RunResult:
+          resume: bool = False, force: bool = False, folder: RunFolder | None = None) -> RunResult:
     """Run the schedule described by cfg; write metrics.jsonl, summary.json, the model and epi.png into cfg.out,
     and a checkpoint after every epoch. resume=True continues from cfg.out's checkpoint (config from it).
+    A cfg.out that already holds a run is refused unless resume or force (then the old run is replaced once the
+    new one has its first checkpoint; see runfolder.RunFolder, which `folder` may pass in to be inspected).
     Under torchrun: DistributedDataParallel, data sharded per rank, only rank 0 writes files."""
     checkpoint = None
     if resume:
@@ -250,8 +279,14 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None, log: Callable[[str],
     # the backend follows the device actually trained on: nccl for GPU tensors, gloo for `--device cpu` on a GPU box
     device = resolve_device(cfg.device)
     distributed.init_from_environment(cfg.dist_timeout, backend="nccl" if device.type == "cuda" else "gloo")
+    cfg.validate()  # before the output folder is touched
+    if folder is None:
+        folder = RunFolder(cfg.out, resume=resume, force=force)
+    folder.active = distributed.is_main()
     try:
-        return _train(cfg, dataset, log if distributed.is_main() else (lambda _: None), checkpoint, device)
+        with folder:
+            return _train(cfg, dataset, log if distributed.is_main() else (lambda _: None), checkpoint, device,
+                          folder.commit)
     except RuntimeError as e:
         if not distributed.is_distributed():
             raise
@@ -260,7 +295,7 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None, log: Callable[[str],
 
 
 def _train(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None], checkpoint: dict | None,
-           device: torch.device) -> RunResult:
+           device: torch.device, on_checkpoint: Callable[[], None] = lambda: None) -> RunResult:
     cfg.validate()
     budget = Budget.parse(cfg.budget)
     main = distributed.is_main()
@@ -269,6 +304,9 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None]
     if dataset is None:
         dataset = load_dataset(cfg.data, cfg.data_dir, image_size=cfg.image_size)
     dataset = dataset.subset(cfg.train_subset, cfg.val_subset, seed=cfg.seed)
+    if dataset.num_classes < 2 and main:
+        sys.stderr.write(f"warning: {dataset.name} has {dataset.num_classes} class: every prediction is right, so "
+                         "its accuracy means nothing (accepted, but a classifier needs 2 or more classes)\n")
     rank, world = distributed.rank(), distributed.world_size()
     train_loader = TensorLoader(dataset.train_images, dataset.train_labels, cfg.batch_size, train=True,
                                 seed=cfg.seed, rank=rank, world=world)
@@ -367,6 +405,7 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None]
             # checkpoint first: a crash between the two writes leaves a checkpoint that resume trusts
             save_checkpoint(out / CHECKPOINT_FILE, model, optimizer, scheduler, policy, config=asdict(cfg),
                             metrics=metrics, train_flops_total=train_flops_total, seconds=train_seconds, rng=rng)
+            on_checkpoint()
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
         epi_text = "  -  " if row["epi"] is None else f"{row['epi']:.3f}"
