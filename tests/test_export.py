@@ -73,3 +73,14 @@ def test_safetensors_export_rebuilds_with_load_pruned(run_dir, tmp_path):
 def test_export_of_missing_run_is_a_clear_error(tmp_path, capsys):
     assert main(["export", str(tmp_path / "nope")]) == 2
     assert "no saved model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", ["export", "onnx"])
+def test_export_prints_nothing_but_its_result(run_dir, tmp_path, fmt):
+    """No warning about our temp file's name (export), no 'torchvision is not installed' lines (onnx). In a
+    subprocess: torch's own log handler writes to the real stderr, which pytest's capture does not see."""
+    if fmt == "onnx":
+        pytest.importorskip("onnxscript")
+    proc = subprocess.run([sys.executable, "-m", "epiprune", "export", str(run_dir), "--format", fmt, "--out",
+                           str(tmp_path / f"m.{fmt}")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stderr == "" and proc.stdout.startswith("wrote "), proc.stderr

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import warnings
 from pathlib import Path
 
@@ -41,19 +42,32 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
             atomic_write(target, lambda p: torch.jit.save(traced, str(p)))
     elif fmt == "export":
         program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
-        atomic_write(target, lambda p: torch.export.save(program, str(p)))
+
+        def write_program(p: Path) -> None:
+            with open(p, "wb") as f:  # a path not ending in .pt2 (our temp file) makes torch log a warning
+                torch.export.save(program, f)
+
+        atomic_write(target, write_program)
     elif fmt == "onnx":
         missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
         if missing:
             raise EpipruneError(f"ONNX export needs the packages {', '.join(missing)} "
                                 "(accepted: pip install 'epiprune[onnx]', or --format torchscript)")
         def write_onnx(p: Path) -> None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                program = torch.onnx.export(model, (example,), dynamo=True, input_names=["images"],
-                                            output_names=["logits"], dynamic_shapes=({0: "batch"},),
-                                            verbose=False)
-                program.save(str(p), external_data=False)
+            # torch logs "torchvision is not installed. Skipping torchvision::nms" (and 3 more): not our user's
+            # business, a CNN without detection ops needs none of them
+            registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+            level = registration.level
+            registration.setLevel(logging.ERROR)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    program = torch.onnx.export(model, (example,), dynamo=True, input_names=["images"],
+                                                output_names=["logits"], dynamic_shapes=({0: "batch"},),
+                                                verbose=False)
+                    program.save(str(p), external_data=False)
+            finally:
+                registration.setLevel(level)
 
         atomic_write(target, write_onnx)
     else:
