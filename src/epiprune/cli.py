@@ -19,21 +19,38 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option shows its default once: appended unless its help already says "(default ...".
+    Switches (store_true) read "(default: off)"."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default" in text or action.default is argparse.SUPPRESS or not action.option_strings:
+            return text
+        if isinstance(action, argparse._StoreTrueAction):
+            return f"{text} (default: off)"
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="epiprune", description="Prune CNNs structurally during training, at the epoch the "
                      "Early Pruning Indicator picks (Shen et al., CVPR 2022).")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     t = sub.add_parser("train", help="train, prune when EPI triggers, train the pruned network to the end",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_Help)
     t.add_argument("--model", default="resnet20", help=f"network: {', '.join(MODELS)}")
     t.add_argument("--data", default="builtin", help=f"dataset: {', '.join(DATASETS)} (builtin: a Fashion-MNIST "
                    "subset shipped with epiprune, 10k train / 2k val)")
-    t.add_argument("--data-dir", default=None, help="folder of the dataset's files (not needed for builtin)")
+    t.add_argument("--data-dir", default=None, help="folder of the dataset's files (only with a --data other than "
+                   "builtin; fashion-mnist also finds Debian's dataset-fashion-mnist) (default: none)")
     t.add_argument("--image-size", type=int, default=32, help="image side for --data imagefolder (pixels)")
-    t.add_argument("--train-subset", type=int, default=None, help="use at most this many training images")
-    t.add_argument("--val-subset", type=int, default=None, help="use at most this many validation images")
+    t.add_argument("--train-subset", type=int, default=None,
+                   help="use at most this many training images, drawn at random (default: all)")
+    t.add_argument("--val-subset", type=int, default=None,
+                   help="use at most this many validation images, drawn at random (default: all)")
     t.add_argument("--epochs", type=int, default=15, help="epochs of the whole schedule (dense + pruned)")
-    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--batch-size", type=int, default=128, help="images per step (under torchrun: the global "
+                   "batch, split over the ranks)")
     t.add_argument("--lr", type=float, default=0.1, help="peak learning rate of SGD (momentum 0.9, Nesterov), "
                    "cosine-annealed per step over the whole schedule")
     t.add_argument("--warmup-epochs", type=float, default=0.0,
@@ -53,49 +70,55 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-dense-epochs", type=int, default=None,
                    help="prune at this epoch anyway if EPI has not triggered (default: half the epochs)")
     t.add_argument("--prune-at", type=int, default=None,
-                   help="ignore EPI: prune after exactly this many dense epochs (0: at initialisation)")
+                   help="ignore EPI: prune after exactly this many dense epochs (0: at initialisation) (default: none, "
+                   "--indicator decides)")
     t.add_argument("--channel-multiple", type=int, default=1,
                    help="keep a multiple of this many channels per layer (8: faster CPU/GPU kernels, coarser budget)")
     t.add_argument("--finetune-epochs", type=int, default=0,
                    help="extra epochs after --epochs at 0.1x the LR (train-prune-fine-tune with --prune-at EPOCHS)")
     t.add_argument("--init-batches", type=int, default=10,
                    help="with --prune-at 0 and taylor: batches of gradients used to rank channels at initialisation")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="seeds initialisation, data order and augmentation "
+                   "(runs on the CPU are bit-identical for one seed)")
     t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="auto: this rank's GPU if CUDA is available, else the CPU")
     t.add_argument("--dist-timeout", type=float, default=600.0,
                    help="under torchrun: seconds a collective may wait for the other ranks before failing")
-    t.add_argument("--out", default="runs/train", help="output folder")
+    t.add_argument("--out", default="runs/train", help="output folder (refused if it holds a run, see --force)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars (the per-epoch lines stay)")
     t.add_argument("--resume", metavar="DIR", default=None,
                    help="continue the run in DIR from its last checkpoint, with its own settings (only "
-                   "--no-progress may be added)")
+                   "--no-progress may be added) (default: none, a new run)")
     t.add_argument("--force", action="store_true",
                    help="replace the run already in --out (its files are kept until the new run's first checkpoint)")
     c = sub.add_parser("compare", help="run every pruning method (dense, prune-at-init, train-prune-fine-tune, "
                        "fixed-epoch grid = oracle, Early-Bird, EPI) and tabulate accuracy and training cost",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_Help)
     c.add_argument("--model", default="resnet20", help=f"network: {', '.join(MODELS)}")
     c.add_argument("--data", default="builtin", help=f"dataset: {', '.join(DATASETS)}")
-    c.add_argument("--data-dir", default=None)
-    c.add_argument("--train-subset", type=int, default=None)
-    c.add_argument("--val-subset", type=int, default=None)
-    c.add_argument("--epochs", type=int, default=12)
-    c.add_argument("--batch-size", type=int, default=128)
-    c.add_argument("--lr", type=float, default=0.1)
+    c.add_argument("--data-dir", default=None, help="folder of the dataset's files, as for train (default: none)")
+    c.add_argument("--train-subset", type=int, default=None,
+                   help="at most this many training images in every run (default: all)")
+    c.add_argument("--val-subset", type=int, default=None,
+                   help="at most this many validation images in every run (default: all)")
+    c.add_argument("--epochs", type=int, default=12, help="epochs of every run's schedule (at least --epi-window + 2)")
+    c.add_argument("--batch-size", type=int, default=128, help="images per step of every run")
+    c.add_argument("--lr", type=float, default=0.1, help="peak learning rate of every run (cosine schedule)")
     c.add_argument("--warmup-epochs", type=float, default=0.0, help="linear LR warm-up of every run")
-    c.add_argument("--budget", default="flops:0.5")
-    c.add_argument("--epi-window", type=int, default=DEFAULT_WINDOW)
+    c.add_argument("--budget", default="flops:0.5", help="what every pruned run keeps: flops:F or params:F, 0 < F < 1")
+    c.add_argument("--epi-window", type=int, default=DEFAULT_WINDOW,
+                   help="r of the EPI and Early-Bird runs (their fallback epoch is train's default)")
     c.add_argument("--grid", default=None, help="fixed prune epochs, e.g. 1,2,3 or 1-6 (default: 1..epochs/2)")
     c.add_argument("--finetune-epochs", type=int, default=None, help="fine-tune epochs of train-prune-fine-tune "
                    "(default: epochs/4)")
     c.add_argument("--seeds", default="0", help="comma-separated seeds; mean and spread are reported")
     c.add_argument("--methods", default="dense,init,tpf,fixed,earlybird,epi",
-                   help="which method families to run")
+                   help="which method families to run, comma-separated")
     c.add_argument("--jobs", type=int, default=1, help="runs in parallel (threads are split between them)")
-    c.add_argument("--out", default="runs/compare")
+    c.add_argument("--out", default="runs/compare", help="output folder: the table, the plots, and runs/<method>/"
+                   "seed<k>/ for every run")
     c.add_argument("--force", action="store_true", help="rerun methods whose results already exist")
-    e = sub.add_parser("export", help="export a run's (pruned) model for use without epiprune")
+    e = sub.add_parser("export", help="export a run's (pruned) model for use without epiprune", formatter_class=_Help)
     e.add_argument("run_dir", help="output folder of `epiprune train`")
     e.add_argument("--format", default="torchscript", choices=("torchscript", "export", "onnx", "safetensors"),
                    help="torchscript (torch.jit.load), export (torch.export .pt2: torch.export.load), onnx (needs "
@@ -103,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default=None, help="file to write (default: RUN_DIR/model_export.<format suffix>)")
 
     r = sub.add_parser("report", help="tables and plots again from a train or compare folder, without training "
-                                      "(also while a compare grid is still running)")
+                                      "(also while a compare grid is still running)", formatter_class=_Help)
     r.add_argument("folder", help="output folder of `epiprune train` or `epiprune compare`")
     return parser
 
