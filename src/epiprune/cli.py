@@ -128,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="tables and plots again from a train or compare folder, without training "
                                       "(also while a compare grid is still running)", formatter_class=_Help)
     r.add_argument("folder", help="output folder of `epiprune train` or `epiprune compare`")
+    p = sub.add_parser("predict", help="print the top classes for image files: check that a trained or exported "
+                       "model works as it is", formatter_class=_Help)
+    p.add_argument("model", help="a run folder of `epiprune train`, or a file of `epiprune export` (.safetensors, "
+                   ".pt, .pt2, .onnx)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (resized and converted like training's)")
+    p.add_argument("--top", type=int, default=3, help="classes shown per image, most likely first")
     return parser
 
 
@@ -179,6 +185,13 @@ def _export(args: argparse.Namespace) -> None:
 
     path = export_run(args.run_dir, args.format, args.out)
     print(f"wrote {path}")
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from .predict import predict
+
+    for image, top in zip(args.images, predict(args.model, args.images, args.top), strict=True):
+        print(f"{image}: " + ", ".join(f"{name} {100 * p:.1f}%" for name, p in top))
 
 
 def _train(args: argparse.Namespace, argv: list[str]) -> None:
@@ -243,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
             _export(args)
         elif args.command == "compare":
             _compare(args)
+        elif args.command == "predict":
+            _predict(args)
         elif args.command == "report":
             from .folder_report import report
 

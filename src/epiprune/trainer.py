@@ -29,6 +29,7 @@ from .importance import IMPORTANCES
 from .indicator import DEFAULT_WINDOW, INDICATORS
 from .models import MODELS, build_model
 from .policy import EarlyPruningPolicy
+from .preprocessing import from_loader_stats
 from .report import plot_epi
 from .runfolder import RunFolder
 from .serialization import architecture_spec, atomic_write_text, save_pruned
@@ -430,7 +431,9 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None]
         "config": asdict(cfg),
     }
     if main:
-        spec = architecture_spec(cfg.model, dataset.in_channels, dataset.num_classes, (h, w), policy.kept)
+        prep = from_loader_stats(train_loader.mean, train_loader.std, (h, w), dataset.labels)
+        spec = architecture_spec(cfg.model, dataset.in_channels, dataset.num_classes, (h, w), policy.kept,
+                                 preprocessing=prep.to_dict())
         save_pruned(model, spec, out)
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
         plot_epi(metrics, out / "epi.png", policy.rule.threshold, policy.prune_epoch, policy.trigger)
