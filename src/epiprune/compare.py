@@ -62,6 +62,8 @@ class CompareConfig:
 
     def validate(self) -> None:
         """Raise EpipruneError for settings that every run would reject (before any folder is made)."""
+        if not str(self.out).strip() or (Path(self.out).exists() and not Path(self.out).is_dir()):
+            raise EpipruneError(f"--out {self.out!r} is not a folder name (accepted: a new or existing folder)")
         if self.jobs < 1:
             raise EpipruneError(f"--jobs {self.jobs} is too small (accepted: an integer >= 1)")
         if not self.seeds:

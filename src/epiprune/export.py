@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 
 from .errors import EpipruneError
 from .preprocessing import METADATA_KEY, with_preprocessing
+from .runfolder import RUN_FILES
 from .serialization import ARCH_FILE, atomic_write, load_preprocessing, load_pruned
 
 FORMATS = ("torchscript", "export", "onnx", "safetensors")
@@ -45,7 +46,14 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
     extra = {METADATA_KEY: json.dumps(prep.to_dict())} if prep is not None else {}
     example = torch.zeros(2, spec["in_channels"], *spec["input_size"])  # batch 1 would be specialised
     target = Path(out) if out is not None else run_dir / f"model_export{SUFFIX[fmt]}"
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.name in RUN_FILES or target.is_dir():
+        raise EpipruneError(f"--out {target} would replace a file of a run (accepted: a new file name, e.g. "
+                            f"model{SUFFIX[fmt]})")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EpipruneError(f"cannot write --out {target}: {e.strerror} (accepted: a file in a writable "
+                            "folder)") from None
     if fmt == "torchscript":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

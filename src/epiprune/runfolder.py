@@ -78,6 +78,9 @@ class RunFolder:
         if self.active:
             recover(self.out)
         if self.resume:
+            if (self.out / "summary.json").exists():  # resuming would only rewrite its outputs
+                raise EpipruneError(f"the run in {self.out} has finished: nothing to resume (accepted: a run "
+                                    "without summary.json, or a new run with --out and --force)")
             self.committed = True  # nothing to protect: the run continues in place
             return self
         if holds_run(self.out) and not self.force:

@@ -128,6 +128,8 @@ class TrainConfig:
             raise EpipruneError(f"--data-dir {self.data_dir} is given but --data is builtin, which needs no folder "
                                 f"(accepted: --data {', '.join(d for d in DATASETS if d != 'builtin')} with "
                                 "--data-dir, or no --data-dir)")
+        if not str(self.out).strip():
+            raise EpipruneError("--out is empty (accepted: a folder name, e.g. runs/train)")
         if not 0 <= self.seed < 2**32:
             raise EpipruneError(f"--seed {self.seed} is outside 0..{2**32 - 1}")
         if self.init_batches < 1:
