@@ -149,8 +149,14 @@ def run_one(cfg: CompareConfig, method: Method, seed: int, log=print) -> dict:  
             log(f"run {method.name} seed {seed}")
         env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // cfg.jobs))}
         with open(folder / "train.log", "w") as logfile:
-            proc = subprocess.run([sys.executable, "-m", "epiprune", *cmd], stdout=logfile,
-                                  stderr=subprocess.STDOUT, env=env)
+            proc = subprocess.Popen([sys.executable, "-m", "epiprune", *cmd], stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, env=env, text=True)
+            for line in proc.stdout:  # progress inside a run that takes minutes: its per-epoch lines
+                logfile.write(line)
+                logfile.flush()
+                if line.startswith("epoch "):
+                    log(f"  {method.name} seed {seed}: {line.strip()}")
+            proc.wait()
         if proc.returncode != 0:
             tail = (folder / "train.log").read_text().strip().splitlines()[-1:]
             raise EpipruneError(f"run {method.name} seed {seed} failed: {tail[0] if tail else proc.returncode}")
