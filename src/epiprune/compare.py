@@ -147,7 +147,9 @@ def run_one(cfg: CompareConfig, method: Method, seed: int, log=print) -> dict:  
             if cfg.force:
                 cmd.append("--force")  # replaces the finished run once the new one has its first checkpoint
             log(f"run {method.name} seed {seed}")
-        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // cfg.jobs))}
+        # the cores split between parallel runs, unless the caller chose the threads per process
+        threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // cfg.jobs))
+        env = {**os.environ, "OMP_NUM_THREADS": threads}
         with open(folder / "train.log", "w") as logfile:
             proc = subprocess.Popen([sys.executable, "-m", "epiprune", *cmd], stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, env=env, text=True)
