@@ -211,3 +211,12 @@ def test_compare_interrupt_names_no_resume_flag(tmp_path, capsys, monkeypatch):
     assert main(["compare", "--out", str(tmp_path / "cmp")]) == 130
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "run the same command again" in err and "--resume" not in err
+
+
+def test_report_on_a_compare_folder_with_a_damaged_summary(tmp_path, capsys):
+    run = tmp_path / "cmp" / "runs" / "dense" / "seed0"
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text('{"model": "resn')  # cut off while being copied, say
+    assert main(["report", str(tmp_path / "cmp")]) == 2
+    one_line_error(capsys, "no finished run under")
+

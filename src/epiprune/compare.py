@@ -258,9 +258,12 @@ def finished_runs(out: Path) -> tuple[list[dict], list[str]]:
         if family is None:
             continue
         summary = folder / "summary.json"
-        if summary.is_file():
-            runs.append({**json.loads(summary.read_text()), "method": method, "family": family,
-                         "run_dir": str(folder)})
+        try:
+            made = json.loads(summary.read_text()) if summary.is_file() else None
+        except ValueError:  # a damaged summary: the run is listed as unfinished, not a traceback
+            made = None
+        if isinstance(made, dict):
+            runs.append({**made, "method": method, "family": family, "run_dir": str(folder)})
         else:
             metrics = folder / "metrics.jsonl"
             done = len(metrics.read_text().splitlines()) if metrics.is_file() else 0
