@@ -219,4 +219,3 @@ def test_report_on_a_compare_folder_with_a_damaged_summary(tmp_path, capsys):
     (run / "summary.json").write_text('{"model": "resn')  # cut off while being copied, say
     assert main(["report", str(tmp_path / "cmp")]) == 2
     one_line_error(capsys, "no finished run under")
-
