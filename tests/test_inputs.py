@@ -83,6 +83,7 @@ def test_late_failure_removes_the_folders_it_created(tmp_path, capsys):
     (["--train-subset", "0"], "--train-subset 0 is too small"),
     (["--data", "cifar10", "--data-dir", "/nonexistent/cifar"], "data folder not found: /nonexistent/cifar"),
     (["--finetune-epochs", "0"], "--finetune-epochs 0 is too small"),
+    (["--grid", "0"], "--grid epochs [0] must lie in 1..11"),
 ])
 def test_bad_compare_input_is_refused_before_any_folder_or_run(tmp_path, capsys, args, needle):
     out = tmp_path / "cmp"

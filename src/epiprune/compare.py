@@ -89,7 +89,8 @@ class CompareConfig:
             raise EpipruneError(f"unknown methods {sorted(unknown)} (accepted: {', '.join(FAMILIES)})")
         grid = self.grid or list(range(1, self.max_dense + 1))
         if any(not 1 <= k < self.epochs for k in grid):
-            raise EpipruneError(f"grid epochs {grid} must lie in 1..{self.epochs - 1}")
+            raise EpipruneError(f"--grid epochs {grid} must lie in 1..{self.epochs - 1} (accepted: prune epochs "
+                                "before the last, e.g. 1-4)")
         finetune = self.finetune_epochs if self.finetune_epochs is not None else max(1, self.epochs // 4)
         recipes = {
             "dense": [Method("dense", "dense", ["--indicator", "none"])],
