@@ -220,3 +220,10 @@ def test_report_on_a_compare_folder_with_a_damaged_summary(tmp_path, capsys):
     (run / "summary.json").write_text('{"model": "resn')  # cut off while being copied, say
     assert main(["report", str(tmp_path / "cmp")]) == 2
     one_line_error(capsys, "no finished run under")
+
+
+def test_a_file_system_refusal_is_one_line_not_a_traceback(finished_run, capsys):
+    """/proc takes no new files, even from root: the export's temp file cannot be made there."""
+    assert main(["export", str(finished_run), "--out", "/proc/model.pt"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: No such file or directory (/proc/"), err

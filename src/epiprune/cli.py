@@ -268,6 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     except DistributedError as e:
         sys.stderr.write(f"error: {e}\n")
         return 1
+    except OSError as e:  # the file system refused (no space, a folder that takes no files, ...): no traceback
+        where = f" ({e.filename})" if e.filename else ""
+        sys.stderr.write(f"error: {e.strerror or e}{where}\n")
+        return 1
     except KeyboardInterrupt:
         sys.stderr.write(f"error: {_interrupt_message(args)}\n")
         return 130
