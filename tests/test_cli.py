@@ -60,7 +60,7 @@ def test_unknown_importance_is_an_argparse_error_with_exit_2(capsys):
 
 def test_end_to_end_run_prunes_and_writes_outputs(tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "epiprune", "train", "--train-subset", "512", "--val-subset", "256",
+    cmd = [sys.executable, "-m", "epiprune", "train", "--train-subset", "256", "--val-subset", "128",
            "--epochs", "4", "--epi-window", "1", "--min-dense-epochs", "2", "--max-dense-epochs", "2",
            "--batch-size", "64", "--budget", "flops:0.5", "--out", str(out), "--no-progress"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

@@ -9,7 +9,7 @@ from epiprune.errors import EpipruneError
 from epiprune.indicator import earlybird_stability, mask_distance
 from epiprune.trainer import TrainConfig, lr_schedule
 
-TINY = ["--train-subset", "128", "--val-subset", "64", "--epochs", "4", "--epi-window", "1", "--batch-size", "64",
+TINY = ["--train-subset", "64", "--val-subset", "32", "--epochs", "4", "--epi-window", "1", "--batch-size", "64",
         "--grid", "1,2"]
 
 
@@ -39,6 +39,7 @@ def test_compare_end_to_end_then_skips_finished_runs(tmp_path, capsys):
     dense_metrics = (out / "runs" / "dense" / "seed0" / "metrics.jsonl").read_text().splitlines()
     assert all(json.loads(line)["pruned"] is False for line in dense_metrics)
     assert "run dense" in first
+    assert "  dense seed 0: epoch   4/4  loss" in first  # progress inside each run, not only between runs
     # second call: everything is reused, nothing retrained
     assert main(["compare", *TINY, "--out", str(out)]) == 0
     second = capsys.readouterr().out
@@ -81,7 +82,7 @@ def test_unknown_method_family_is_an_error(tmp_path, capsys):
 
 def test_bad_grid_is_an_error(tmp_path, capsys):
     assert main(["compare", "--grid", "1-x", "--out", str(tmp_path)]) == 2
-    assert "bad grid" in capsys.readouterr().err
+    assert "bad --grid" in capsys.readouterr().err
     with pytest.raises(EpipruneError, match="grid epochs"):
         CompareConfig(epochs=4, grid=[5]).methods()
 
@@ -148,7 +149,7 @@ def test_bad_warmup_is_an_error(tmp_path, capsys):
 
 def test_reusing_a_run_made_with_other_settings_is_an_error(tmp_path, capsys):
     out = tmp_path / "cmp"
-    args = ["compare", "--train-subset", "128", "--val-subset", "64", "--epochs", "4", "--batch-size", "64",
+    args = ["compare", "--train-subset", "64", "--val-subset", "32", "--epochs", "4", "--batch-size", "64",
             "--epi-window", "1", "--methods", "dense", "--out", str(out)]
     assert main(args) == 0
     capsys.readouterr()

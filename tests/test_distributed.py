@@ -25,6 +25,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def child_pids(pid: int) -> list[int]:
+    """Processes whose parent is pid (from /proc/*/stat)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
 def torchrun(*args, timeout=600):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), *args]
@@ -76,7 +89,12 @@ def test_torchrun_run_killed_after_pruning_resumes_identically(tmp_path):
     path = out / "metrics.jsonl"
     while time.time() < deadline and proc.poll() is None:
         if path.exists() and len(path.read_text().splitlines()) >= 3:  # pruned after epoch 2
-            os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks
+            # torchrun starts each rank in a session of its own: killing the launcher's process group alone left
+            # the ranks running, and they finished the run behind the resumed one's back
+            ranks = child_pids(proc.pid)
+            for pid in ranks:
+                os.kill(pid, signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGKILL)
             break
         time.sleep(0.02)
     proc.wait(timeout=60)

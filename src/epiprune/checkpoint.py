@@ -37,7 +37,8 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises RuntimeError, pickle.UnpicklingError, EOFError, zipfile errors
-        raise EpipruneError(f"corrupt or unsafe checkpoint {path}: {str(e).splitlines()[0][:200]}") from None
+        reason = (str(e).splitlines() or [type(e).__name__])[0][:200]  # a 0-byte file's error has no text
+        raise EpipruneError(f"corrupt or unsafe checkpoint {path}: {reason}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise EpipruneError(f"{path} is not an epiprune checkpoint (format {FORMAT})")
     return state

@@ -20,21 +20,38 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option shows its default once: appended unless its help already says "(default ...".
+    Switches (store_true) read "(default: off)"."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default" in text or action.default is argparse.SUPPRESS or not action.option_strings:
+            return text
+        if isinstance(action, argparse._StoreTrueAction):
+            return f"{text} (default: off)"
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="epiprune", description="Prune CNNs structurally during training, at the epoch the "
                      "Early Pruning Indicator picks (Shen et al., CVPR 2022).")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     t = sub.add_parser("train", help="train, prune when EPI triggers, train the pruned network to the end",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_Help)
     t.add_argument("--model", default="resnet20", help=f"network: {', '.join(MODELS)}")
     t.add_argument("--data", default="builtin", help=f"dataset: {', '.join(DATASETS)} (builtin: a Fashion-MNIST "
                    "subset shipped with epiprune, 10k train / 2k val)")
-    t.add_argument("--data-dir", default=None, help="folder of the dataset's files (not needed for builtin)")
+    t.add_argument("--data-dir", default=None, help="folder of the dataset's files (only with a --data other than "
+                   "builtin; fashion-mnist also finds Debian's dataset-fashion-mnist) (default: none)")
     t.add_argument("--image-size", type=int, default=32, help="image side for --data imagefolder (pixels)")
-    t.add_argument("--train-subset", type=int, default=None, help="use at most this many training images")
-    t.add_argument("--val-subset", type=int, default=None, help="use at most this many validation images")
+    t.add_argument("--train-subset", type=int, default=None,
+                   help="use at most this many training images, drawn at random (default: all)")
+    t.add_argument("--val-subset", type=int, default=None,
+                   help="use at most this many validation images, drawn at random (default: all)")
     t.add_argument("--epochs", type=int, default=15, help="epochs of the whole schedule (dense + pruned)")
-    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--batch-size", type=int, default=128, help="images per step (under torchrun: the global "
+                   "batch, split over the ranks)")
     t.add_argument("--lr", type=float, default=0.1, help="peak learning rate of SGD (momentum 0.9, Nesterov), "
                    "cosine-annealed per step over the whole schedule")
     t.add_argument("--warmup-epochs", type=float, default=0.0,
@@ -55,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-dense-epochs", type=int, default=None,
                    help="prune at this epoch anyway if EPI has not triggered (default: half the epochs)")
     t.add_argument("--prune-at", type=int, default=None,
-                   help="ignore EPI: prune after exactly this many dense epochs (0: at initialisation)")
+                   help="ignore EPI: prune after exactly this many dense epochs (0: at initialisation) (default: none, "
+                   "--indicator decides)")
     t.add_argument("--channel-multiple", type=int, default=1,
                    help="keep a multiple of this many channels per layer (8: faster CPU/GPU kernels, coarser budget)")
     t.add_argument("--finetune-epochs", type=int, default=0,
@@ -65,42 +83,51 @@ def build_parser() -> argparse.ArgumentParser:
     _add_latency_options(t)
     t.add_argument("--latency-table", default=None, metavar="PATH",
                    help="latency budget: the table file to reuse or build (default: a cache file per model, device "
-                   "and settings under $EPIPRUNE_CACHE or ~/.cache/epiprune)")
+                   "and settings under $EPIPRUNE_CACHE, else ~/.cache/epiprune)")
     t.add_argument("--compile", action="store_true",
                    help="torch.compile the model (compiled again after the prune; latency tables stay eager)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="seeds initialisation, data order and augmentation "
+                   "(runs on the CPU are bit-identical for one seed)")
     t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="auto: this rank's GPU if CUDA is available, else the CPU")
     t.add_argument("--dist-timeout", type=float, default=600.0,
                    help="under torchrun: seconds a collective may wait for the other ranks before failing")
-    t.add_argument("--out", default="runs/train", help="output folder")
+    t.add_argument("--out", default="runs/train", help="output folder (refused if it holds a run, see --force)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars (the per-epoch lines stay)")
     t.add_argument("--resume", metavar="DIR", default=None,
-                   help="continue the run in DIR from its last checkpoint (its settings are used; --out is ignored)")
+                   help="continue the run in DIR from its last checkpoint, with its own settings (only "
+                   "--no-progress may be added) (default: none, a new run)")
+    t.add_argument("--force", action="store_true",
+                   help="replace the run already in --out (its files are kept until the new run's first checkpoint)")
     c = sub.add_parser("compare", help="run every pruning method (dense, prune-at-init, train-prune-fine-tune, "
                        "fixed-epoch grid = oracle, Early-Bird, EPI) and tabulate accuracy and training cost",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_Help)
     c.add_argument("--model", default="resnet20", help=f"network: {', '.join(MODELS)}")
     c.add_argument("--data", default="builtin", help=f"dataset: {', '.join(DATASETS)}")
-    c.add_argument("--data-dir", default=None)
-    c.add_argument("--train-subset", type=int, default=None)
-    c.add_argument("--val-subset", type=int, default=None)
-    c.add_argument("--epochs", type=int, default=12)
-    c.add_argument("--batch-size", type=int, default=128)
-    c.add_argument("--lr", type=float, default=0.1)
+    c.add_argument("--data-dir", default=None, help="folder of the dataset's files, as for train (default: none)")
+    c.add_argument("--train-subset", type=int, default=None,
+                   help="at most this many training images in every run (default: all)")
+    c.add_argument("--val-subset", type=int, default=None,
+                   help="at most this many validation images in every run (default: all)")
+    c.add_argument("--epochs", type=int, default=12, help="epochs of every run's schedule (at least --epi-window + 2)")
+    c.add_argument("--batch-size", type=int, default=128, help="images per step of every run")
+    c.add_argument("--lr", type=float, default=0.1, help="peak learning rate of every run (cosine schedule)")
     c.add_argument("--warmup-epochs", type=float, default=0.0, help="linear LR warm-up of every run")
-    c.add_argument("--budget", default="flops:0.5", help="flops:F, params:F or latency:F (measured train step)")
-    c.add_argument("--epi-window", type=int, default=DEFAULT_WINDOW)
+    c.add_argument("--budget", default="flops:0.5", help="what every pruned run keeps: flops:F, params:F or latency:F "
+                   "(of the dense model's measured training step), 0 < F < 1")
+    c.add_argument("--epi-window", type=int, default=DEFAULT_WINDOW,
+                   help="r of the EPI and Early-Bird runs (their fallback epoch is train's default)")
     c.add_argument("--grid", default=None, help="fixed prune epochs, e.g. 1,2,3 or 1-6 (default: 1..epochs/2)")
     c.add_argument("--finetune-epochs", type=int, default=None, help="fine-tune epochs of train-prune-fine-tune "
                    "(default: epochs/4)")
     c.add_argument("--seeds", default="0", help="comma-separated seeds; mean and spread are reported")
     c.add_argument("--methods", default="dense,init,tpf,fixed,earlybird,epi",
-                   help="which method families to run")
+                   help="which method families to run, comma-separated")
     c.add_argument("--jobs", type=int, default=1, help="runs in parallel (threads are split between them)")
-    c.add_argument("--out", default="runs/compare")
+    c.add_argument("--out", default="runs/compare", help="output folder: the table, the plots, and runs/<method>/"
+                   "seed<k>/ for every run")
     c.add_argument("--force", action="store_true", help="rerun methods whose results already exist")
-    e = sub.add_parser("export", help="export a run's (pruned) model for use without epiprune")
+    e = sub.add_parser("export", help="export a run's (pruned) model for use without epiprune", formatter_class=_Help)
     e.add_argument("run_dir", help="output folder of `epiprune train`")
     e.add_argument("--format", default="torchscript", choices=("torchscript", "export", "onnx", "safetensors"),
                    help="torchscript (torch.jit.load), export (torch.export .pt2: torch.export.load), onnx (needs "
@@ -109,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     lt = sub.add_parser("latency-table", help="measure a model's per-layer latency table on this device (what "
                         "`train --budget latency:F` uses; train builds it itself when missing)",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                        formatter_class=_Help)
     lt.add_argument("--model", default="resnet20", help=f"network: {', '.join(MODELS)}")
     lt.add_argument("--input-shape", default="1,28,28", help="one sample's C,H,W (built-in data: 1,28,28)")
     lt.add_argument("--num-classes", type=int, default=10, help="outputs of the classifier")
@@ -118,12 +145,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_latency_options(lt)
     lt.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to time")
     lt.add_argument("--out", default=None, metavar="PATH",
-                    help="file to write (default: the cache file `train` looks for with the same settings)")
+                    help="file to write (default: the cache file that train looks for with the same settings)")
     lt.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     r = sub.add_parser("report", help="tables and plots again from a train or compare folder, without training "
-                                      "(also while a compare grid is still running)")
+                                      "(also while a compare grid is still running)", formatter_class=_Help)
     r.add_argument("folder", help="output folder of `epiprune train` or `epiprune compare`")
+    p = sub.add_parser("predict", help="print the top classes for image files: check that a trained or exported "
+                       "model works as it is", formatter_class=_Help)
+    p.add_argument("model", help="a run folder of `epiprune train`, or a file of `epiprune export` (.safetensors, "
+                   ".pt, .pt2, .onnx)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (resized and converted like training's)")
+    p.add_argument("--top", type=int, default=3, help="classes shown per image, most likely first")
     return parser
 
 
@@ -133,7 +166,7 @@ def _add_latency_options(p: argparse.ArgumentParser) -> None:
                    help="latency budget: time a training step (forward + backward + SGD step, at the batch size) "
                    "or inference (forward only, at --latency-batch)")
     p.add_argument("--latency-batch", type=int, default=None,
-                   help="batch size the latency table times (default: the training batch size)")
+                   help="batch size the latency table times (default: the training batch size, --batch-size)")
     p.add_argument("--channels-last", action="store_true",
                    help="channels-last memory format for training and for the latency table")
     p.add_argument("--amp", default="none", choices=tuple(AMP_DTYPES),
@@ -141,14 +174,31 @@ def _add_latency_options(p: argparse.ArgumentParser) -> None:
 
 
 def _int_list(text: str, what: str) -> list[int]:
+    """Parse `--seeds` / `--grid` text: comma-separated integers >= 0 and ranges lo-hi (lo <= hi), each once."""
     values: list[int] = []
-    try:
-        for part in text.split(","):
-            lo, sep, hi = part.partition("-")
-            values += list(range(int(lo), int(hi) + 1)) if sep else [int(part)]
-    except ValueError:
-        raise EpipruneError(f"bad {what} {text!r} (accepted: integers like 1,2,5 or 1-6)") from None
+    accepted = "accepted: integers >= 0 like 1,2,5 or 1-6, each once"
+    for part in text.split(","):
+        lo, sep, hi = part.partition("-")
+        try:
+            first, last = (int(lo), int(hi)) if sep else (int(part), int(part))
+        except ValueError:
+            raise EpipruneError(f"bad --{what} {text!r} ({accepted})") from None
+        if last < first:
+            raise EpipruneError(f"bad --{what} {text!r}: {part} is an empty range ({accepted})")
+        values += range(first, last + 1)
+    if any(v < 0 for v in values) or len(set(values)) != len(values):
+        raise EpipruneError(f"bad --{what} {text!r} ({accepted})")
     return values
+
+
+def _given_options(argv: list[str], command: str) -> list[str]:
+    """The options of `command` that argv sets explicitly (first spelling of each), in the parser's order."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    for action in sub._actions:
+        action.default = argparse.SUPPRESS
+    given = vars(parser.parse_args(argv))
+    return [a.option_strings[0] for a in sub._actions if a.option_strings and a.dest in given]
 
 
 def _compare(args: argparse.Namespace) -> None:
@@ -173,8 +223,23 @@ def _export(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
-def _train(args: argparse.Namespace) -> None:
+def _predict(args: argparse.Namespace) -> None:
+    from .predict import predict
+
+    for image, top in zip(args.images, predict(args.model, args.images, args.top), strict=True):
+        print(f"{image}: " + ", ".join(f"{name} {100 * p:.1f}%" for name, p in top))
+
+
+def _train(args: argparse.Namespace, argv: list[str]) -> None:
+    from .runfolder import RunFolder
     from .trainer import TrainConfig, train
+
+    if args.resume is not None:
+        ignored = [o for o in _given_options(argv, "train") if o not in ("--resume", "--no-progress")]
+        if ignored:
+            raise EpipruneError(f"{', '.join(ignored)} cannot be changed with --resume: the run continues with its "
+                                "own settings (accepted with --resume: --no-progress; or a new run with --out and "
+                                "--force)")
 
     cfg = TrainConfig(model=args.model, data=args.data, data_dir=args.data_dir, image_size=args.image_size,
                       train_subset=args.train_subset, val_subset=args.val_subset, epochs=args.epochs,
@@ -190,7 +255,8 @@ def _train(args: argparse.Namespace) -> None:
                       compile=args.compile)
     if args.resume is not None:
         cfg.out = args.resume
-    result = train(cfg, resume=args.resume is not None)
+    args.run_folder = RunFolder(cfg.out, resume=args.resume is not None, force=args.force)
+    result = train(cfg, resume=args.resume is not None, folder=args.run_folder)
     from . import distributed
 
     if not distributed.is_main():
@@ -235,17 +301,34 @@ def _latency_table(args: argparse.Namespace) -> None:
     print(f"{path}: dense {settings.target} step at batch {settings.batch_size} = {cost.dense:.1f} ms predicted")
 
 
+def _interrupt_message(args: argparse.Namespace) -> str:
+    if args.command == "compare":
+        return (f"interrupted; finished runs are kept in {args.out}/runs (run the same command again: it skips them "
+                "and resumes the unfinished ones from their checkpoints)")
+    folder = getattr(args, "run_folder", None)
+    if args.command == "train" and folder is not None:
+        if folder.checkpointed or args.resume is not None:
+            return f"interrupted; the last finished epoch is checkpointed (resume with --resume {folder.out})"
+        return "interrupted before the first epoch finished: nothing of this run was saved" + (
+            f" ({folder.out} is as it was)" if args.force else "")
+    return "interrupted"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `epiprune` command; returns the exit code (0, 1 runtime failure, 2 bad input, 130)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
         if args.command == "train":
-            _train(args)
+            _train(args, argv)
         elif args.command == "export":
             _export(args)
         elif args.command == "compare":
             _compare(args)
         elif args.command == "latency-table":
             _latency_table(args)
+        elif args.command == "predict":
+            _predict(args)
         elif args.command == "report":
             from .folder_report import report
 
@@ -256,8 +339,12 @@ def main(argv: list[str] | None = None) -> int:
     except DistributedError as e:
         sys.stderr.write(f"error: {e}\n")
         return 1
+    except OSError as e:  # the file system refused (no space, a folder that takes no files, ...): no traceback
+        where = f" ({e.filename})" if e.filename else ""
+        sys.stderr.write(f"error: {e.strerror or e}{where}\n")
+        return 1
     except KeyboardInterrupt:
-        sys.stderr.write("error: interrupted; the last finished epoch is checkpointed (resume with --resume)\n")
+        sys.stderr.write(f"error: {_interrupt_message(args)}\n")
         return 130
     return 0
 

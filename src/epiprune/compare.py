@@ -60,13 +60,37 @@ class CompareConfig:
         """The EPI runs' fallback epoch, the same default as `epiprune train`'s."""
         return TrainConfig(epochs=self.epochs, epi_window=self.epi_window).resolved_max_dense_epochs
 
+    def validate(self) -> None:
+        """Raise EpipruneError for settings that every run would reject (before any folder is made)."""
+        if not str(self.out).strip() or (Path(self.out).exists() and not Path(self.out).is_dir()):
+            raise EpipruneError(f"--out {self.out!r} is not a folder name (accepted: a new or existing folder)")
+        if self.jobs < 1:
+            raise EpipruneError(f"--jobs {self.jobs} is too small (accepted: an integer >= 1)")
+        if not self.seeds:
+            raise EpipruneError("--seeds names no seed (accepted: integers like 0,1,2 or 0-2)")
+        if self.grid is not None and not self.grid:
+            raise EpipruneError("--grid names no epoch (accepted: integers like 1,2,3 or 1-6)")
+        if self.epochs < self.epi_window + 2:
+            raise EpipruneError(f"--epochs {self.epochs} is too small for --epi-window {self.epi_window} (accepted: "
+                                f">= {self.epi_window + 2}: EPI needs window + 1 dense epochs, then pruned training)")
+        if self.finetune_epochs is not None and self.finetune_epochs < 1:
+            raise EpipruneError(f"--finetune-epochs {self.finetune_epochs} is too small (accepted: an integer >= 1)")
+        # the settings every run shares are checked the way `epiprune train` checks them
+        TrainConfig(model=self.model, data=self.data, data_dir=self.data_dir, train_subset=self.train_subset,
+                    val_subset=self.val_subset, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                    warmup_epochs=self.warmup_epochs, budget=self.budget, epi_window=self.epi_window).validate()
+        if self.data_dir is not None and not Path(self.data_dir).is_dir():
+            raise EpipruneError(f"data folder not found: {self.data_dir} (give an existing folder with --data-dir)")
+        self.methods()
+
     def methods(self) -> list[Method]:
         unknown = set(self.families) - set(FAMILIES)
         if unknown:
             raise EpipruneError(f"unknown methods {sorted(unknown)} (accepted: {', '.join(FAMILIES)})")
         grid = self.grid or list(range(1, self.max_dense + 1))
         if any(not 1 <= k < self.epochs for k in grid):
-            raise EpipruneError(f"grid epochs {grid} must lie in 1..{self.epochs - 1}")
+            raise EpipruneError(f"--grid epochs {grid} must lie in 1..{self.epochs - 1} (accepted: prune epochs "
+                                "before the last, e.g. 1-4)")
         finetune = self.finetune_epochs if self.finetune_epochs is not None else max(1, self.epochs // 4)
         recipes = {
             "dense": [Method("dense", "dense", ["--indicator", "none"])],
@@ -121,11 +145,21 @@ def run_one(cfg: CompareConfig, method: Method, seed: int, log=print) -> dict:  
             log(f"resume {method.name} seed {seed}")
         else:
             cmd = ["train", *cfg.common_args(), *method.args, "--seed", str(seed), "--out", str(folder)]
+            if cfg.force:
+                cmd.append("--force")  # replaces the finished run once the new one has its first checkpoint
             log(f"run {method.name} seed {seed}")
-        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // cfg.jobs))}
+        # the cores split between parallel runs, unless the caller chose the threads per process
+        threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // cfg.jobs))
+        env = {**os.environ, "OMP_NUM_THREADS": threads}
         with open(folder / "train.log", "w") as logfile:
-            proc = subprocess.run([sys.executable, "-m", "epiprune", *cmd], stdout=logfile,
-                                  stderr=subprocess.STDOUT, env=env)
+            proc = subprocess.Popen([sys.executable, "-m", "epiprune", *cmd], stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, env=env, text=True)
+            for line in proc.stdout:  # progress inside a run that takes minutes: its per-epoch lines
+                logfile.write(line)
+                logfile.flush()
+                if line.startswith("epoch "):
+                    log(f"  {method.name} seed {seed}: {line.strip()}")
+            proc.wait()
         if proc.returncode != 0:
             tail = (folder / "train.log").read_text().strip().splitlines()[-1:]
             raise EpipruneError(f"run {method.name} seed {seed} failed: {tail[0] if tail else proc.returncode}")
@@ -197,6 +231,7 @@ def _metrics(run_dir: str) -> list[dict]:
 
 def compare(cfg: CompareConfig, log=print) -> list[dict]:  # noqa: ANN001
     """Run (or reuse) every method x seed, then write compare.md, compare.json and the plots into cfg.out."""
+    cfg.validate()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     tasks = [(m, s) for m in cfg.methods() for s in cfg.seeds]
@@ -228,9 +263,12 @@ def finished_runs(out: Path) -> tuple[list[dict], list[str]]:
         if family is None:
             continue
         summary = folder / "summary.json"
-        if summary.is_file():
-            runs.append({**json.loads(summary.read_text()), "method": method, "family": family,
-                         "run_dir": str(folder)})
+        try:
+            made = json.loads(summary.read_text()) if summary.is_file() else None
+        except ValueError:  # a damaged summary: the run is listed as unfinished, not a traceback
+            made = None
+        if isinstance(made, dict):
+            runs.append({**made, "method": method, "family": family, "run_dir": str(folder)})
         else:
             metrics = folder / "metrics.jsonl"
             done = len(metrics.read_text().splitlines()) if metrics.is_file() else 0

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .errors import EpipruneError
+from .preprocessing import CIFAR10_CLASSES, FASHION_MNIST_CLASSES
 
 BUILTIN_FILE = "fashion_mnist_subset.npz"
 DATASETS = ("builtin", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
@@ -39,6 +40,14 @@ class Dataset:
     val_images: np.ndarray
     val_labels: np.ndarray
     num_classes: int
+    class_names: list[str] | None = None  # None: "0", "1", ...
+
+    @property
+    def labels(self) -> list[str]:
+        """Class names in label order (the class indices as text where the dataset names none)."""
+        if self.class_names is not None and len(self.class_names) == self.num_classes:
+            return list(self.class_names)
+        return [str(i) for i in range(self.num_classes)]
 
     @property
     def in_channels(self) -> int:
@@ -60,7 +69,7 @@ class Dataset:
 
         ti, tl = pick(self.train_images, self.train_labels, train)
         vi, vl = pick(self.val_images, self.val_labels, val)
-        return Dataset(self.name, ti, tl, vi, vl, self.num_classes)
+        return Dataset(self.name, ti, tl, vi, vl, self.num_classes, self.class_names)
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -90,7 +99,7 @@ def load_fashion_mnist(folder: Path) -> Dataset:
              for split in ("train", "t10k") for kind, d in (("images", 3), ("labels", 1))]
     train_images, train_labels, val_images, val_labels = parts
     return Dataset("fashion-mnist", train_images[..., None], train_labels.astype(np.int64),
-                   val_images[..., None], val_labels.astype(np.int64), 10)
+                   val_images[..., None], val_labels.astype(np.int64), 10, list(FASHION_MNIST_CLASSES))
 
 
 def load_builtin() -> Dataset:
@@ -98,7 +107,7 @@ def load_builtin() -> Dataset:
     blob = resources.files("epiprune").joinpath("assets", BUILTIN_FILE).read_bytes()
     with np.load(io.BytesIO(blob)) as z:
         return Dataset("builtin", z["train_images"][..., None], z["train_labels"].astype(np.int64),
-                       z["val_images"][..., None], z["val_labels"].astype(np.int64), 10)
+                       z["val_images"][..., None], z["val_labels"].astype(np.int64), 10, list(FASHION_MNIST_CLASSES))
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
@@ -142,7 +151,20 @@ def load_cifar(folder: Path, num_classes: int) -> Dataset:
     train = [_load_cifar_batch(p, key) for p in train_files]
     val_images, val_labels = _load_cifar_batch(test_file, key)
     return Dataset(f"cifar{num_classes}", np.concatenate([t[0] for t in train]),
-                   np.concatenate([t[1] for t in train]), val_images, val_labels, num_classes)
+                   np.concatenate([t[1] for t in train]), val_images, val_labels, num_classes,
+                   _cifar_class_names(folder, num_classes))
+
+
+def _cifar_class_names(folder: Path, num_classes: int) -> list[str] | None:
+    """CIFAR-10's names are fixed; CIFAR-100's come from its `meta` file (None if it is missing or unreadable)."""
+    if num_classes == 10:
+        return list(CIFAR10_CLASSES)
+    try:
+        with open(folder / "meta", "rb") as f:
+            names = _NumpyOnlyUnpickler(f, encoding="bytes").load()[b"fine_label_names"]
+        return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    except (OSError, pickle.UnpicklingError, KeyError, TypeError, EOFError, AttributeError):
+        return None
 
 
 def _load_image_dir(root: Path, classes: list[str], size: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -191,7 +213,7 @@ def load_image_folder(folder: Path, image_size: int = 32, channels: int = 3, val
         images, labels = images[train_idx], labels[train_idx]
     if len(val_labels) == 0 or len(labels) == 0:
         raise DataError(f"too few images in {folder} to make both a train and a validation split")
-    return Dataset("imagefolder", images, labels, val_images, val_labels, len(classes))
+    return Dataset("imagefolder", images, labels, val_images, val_labels, len(classes), classes)
 
 
 def load_dataset(name: str, folder: str | Path | None = None, image_size: int = 32, channels: int = 3) -> Dataset:

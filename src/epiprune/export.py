@@ -1,5 +1,10 @@
 """Export a trained (pruned) run for deployment without epiprune.
 
+TorchScript, .pt2 and ONNX exports take raw images with values in [0, 1], (N, C, H, W): the training set's
+per-channel standardisation is part of the exported graph. Every export carries the preprocessing record (mean,
+std, input size, channels, class names) as JSON under the key "epiprune_preprocessing": TorchScript and .pt2 in
+their extra files, ONNX in the model's metadata_props, safetensors in its metadata.
+
 torchscript: a TorchScript archive (torch.jit.load, no Python class needed; deprecated by torch in favour of:)
 export: a torch.export program (.pt2; torch.export.load(path).module()), batch size dynamic.
 onnx: an ONNX graph (needs the `onnx` and `onnxscript` packages: `pip install epiprune[onnx]`).
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import warnings
 from pathlib import Path
 
@@ -18,7 +24,9 @@ import torch
 from safetensors.torch import save_file
 
 from .errors import EpipruneError
-from .serialization import ARCH_FILE, atomic_write, load_pruned
+from .preprocessing import METADATA_KEY, with_preprocessing
+from .runfolder import RUN_FILES
+from .serialization import ARCH_FILE, atomic_write, load_preprocessing, load_pruned
 
 FORMATS = ("torchscript", "export", "onnx", "safetensors")
 SUFFIX = {"torchscript": ".torchscript.pt", "export": ".pt2", "onnx": ".onnx", "safetensors": ".safetensors"}
@@ -29,34 +37,66 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
     if fmt not in FORMATS:
         raise EpipruneError(f"unknown export format {fmt!r} (accepted: {', '.join(FORMATS)})")
     run_dir = Path(run_dir)
-    model = load_pruned(run_dir)
+    bare = load_pruned(run_dir)
     spec = json.loads((run_dir / ARCH_FILE).read_text())
+    prep = load_preprocessing(run_dir)
+    # standardisation inside the graph: the exported model takes raw [0, 1] images (runs saved before the
+    # preprocessing was stored export the bare network, as before)
+    model = with_preprocessing(bare, prep)
+    extra = {METADATA_KEY: json.dumps(prep.to_dict())} if prep is not None else {}
     example = torch.zeros(2, spec["in_channels"], *spec["input_size"])  # batch 1 would be specialised
     target = Path(out) if out is not None else run_dir / f"model_export{SUFFIX[fmt]}"
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.name in RUN_FILES or target.is_dir():
+        raise EpipruneError(f"--out {target} would replace a file of a run (accepted: a new file name, e.g. "
+                            f"model{SUFFIX[fmt]})")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EpipruneError(f"cannot write --out {target}: {e.strerror} (accepted: a file in a writable "
+                            "folder)") from None
     if fmt == "torchscript":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             traced = torch.jit.trace(model, example)
-            atomic_write(target, lambda p: torch.jit.save(traced, str(p)))
+            atomic_write(target, lambda p: torch.jit.save(traced, str(p), _extra_files=extra))
     elif fmt == "export":
         program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
-        atomic_write(target, lambda p: torch.export.save(program, str(p)))
+
+        def write_program(p: Path) -> None:
+            with open(p, "wb") as f:  # a path not ending in .pt2 (our temp file) makes torch log a warning
+                torch.export.save(program, f, extra_files=extra)
+
+        atomic_write(target, write_program)
     elif fmt == "onnx":
         missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
         if missing:
             raise EpipruneError(f"ONNX export needs the packages {', '.join(missing)} "
                                 "(accepted: pip install 'epiprune[onnx]', or --format torchscript)")
         def write_onnx(p: Path) -> None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                program = torch.onnx.export(model, (example,), dynamo=True, input_names=["images"],
-                                            output_names=["logits"], dynamic_shapes=({0: "batch"},),
-                                            verbose=False)
-                program.save(str(p), external_data=False)
+            # torch logs "torchvision is not installed. Skipping torchvision::nms" (and 3 more): not our user's
+            # business, a CNN without detection ops needs none of them
+            registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+            level = registration.level
+            registration.setLevel(logging.ERROR)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    program = torch.onnx.export(model, (example,), dynamo=True, input_names=["images"],
+                                                output_names=["logits"], dynamic_shapes=({0: "batch"},),
+                                                verbose=False)
+                    program.save(str(p), external_data=False)
+            finally:
+                registration.setLevel(level)
+            if extra:
+                import onnx
+
+                graph = onnx.load(str(p))
+                onnx.helper.set_model_props(graph, extra)
+                onnx.save(graph, str(p))
 
         atomic_write(target, write_onnx)
     else:
-        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-        atomic_write(target, lambda p: save_file(state, str(p), metadata={"epiprune_architecture": json.dumps(spec)}))
+        state = {k: v.detach().contiguous() for k, v in bare.state_dict().items()}
+        metadata = {"epiprune_architecture": json.dumps(spec), **extra}
+        atomic_write(target, lambda p: save_file(state, str(p), metadata=metadata))
     return target

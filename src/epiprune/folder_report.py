@@ -40,11 +40,44 @@ def _report_comparison(out: Path, log) -> Path:  # noqa: ANN001
     return out
 
 
+def read_metrics(path: Path, log=print) -> list[dict]:  # noqa: ANN001
+    """The rows of a metrics.jsonl. A truncated last line (a run killed while appending it) is left out with a
+    note; any other unreadable line is an EpipruneError naming the file and line."""
+    lines = [(i, line) for i, line in enumerate(path.read_text(errors="replace").splitlines(), 1) if line.strip()]
+    rows = []
+    for n, (i, line) in enumerate(lines):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not {"epoch", "train_loss", "val_top1", "flops", "pruned"} <= set(row):
+                raise ValueError("not a metrics row")
+        except ValueError:
+            if n == len(lines) - 1:
+                log(f"note: left out the incomplete last line {i} of {path}")
+                break
+            raise EpipruneError(f"{path} line {i} is not a metrics row (accepted: the metrics.jsonl that "
+                                "`epiprune train` writes)") from None
+        rows.append(row)
+    if not rows:
+        raise EpipruneError(f"{path} holds no finished epoch yet (accepted: a run with at least one epoch)")
+    return rows
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(errors="replace"))
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise EpipruneError(f"{path} is not readable JSON (accepted: the file `epiprune` wrote; rerun the run or "
+                            "delete the file)")
+    return value
+
+
 def _report_run(out: Path, log) -> Path:  # noqa: ANN001
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    metrics = read_metrics(out / "metrics.jsonl", log)
     summary_path = out / "summary.json"
     if summary_path.is_file():
-        summary = json.loads(summary_path.read_text())
+        summary = _read_json(summary_path)
         threshold, prune_epoch, trigger = summary["epi_threshold"], summary["prune_epoch"], summary["trigger"]
     else:  # still running or interrupted: the settings are in the checkpoint
         state = load_checkpoint(out / CHECKPOINT_FILE)

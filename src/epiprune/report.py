@@ -8,6 +8,17 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+
+def _epi_axis(ax: plt.Axes, values: list[float]) -> None:
+    """EPI is a similarity in [0, 1]: the axis spans the data (and the threshold) and never goes above 1."""
+    low = min(values, default=0.0)
+    ax.set_ylim(max(0.0, low - 0.05 * max(1.0 - low, 0.2)), 1.0)
+
+
+def _integer_epochs(ax: plt.Axes) -> None:
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def plot_epi(metrics: list[dict], path: Path, threshold: float, prune_epoch: int | None,
@@ -16,9 +27,11 @@ def plot_epi(metrics: list[dict], path: Path, threshold: float, prune_epoch: int
     epochs = [m["epoch"] for m in metrics]
     fig, ax = plt.subplots(figsize=(7, 4))
     epi_points = [(m["epoch"], m["epi"]) for m in metrics if m.get("epi") is not None]
-    if epi_points:
-        ax.plot(*zip(*epi_points, strict=True), "o-", color="tab:blue", label="EPI")
+    if epi_points:  # a big marker, unclipped: a run that prunes at the first epoch EPI exists has one point
+        ax.plot(*zip(*epi_points, strict=True), "o-", color="tab:blue", ms=7, clip_on=False, zorder=3, label="EPI")
     ax.axhline(threshold, color="tab:blue", ls=":", lw=1, label=f"threshold {threshold:g}")
+    _epi_axis(ax, [e for _, e in epi_points] + [threshold])
+    _integer_epochs(ax)
     ax.set_xlabel("epoch")
     ax.set_ylabel("EPI (structural similarity)", color="tab:blue")
     acc = ax.twinx()
@@ -52,21 +65,29 @@ def _finish(fig: plt.Figure, ax: plt.Axes, xlabel: str, ylabel: str, title: str,
 
 FAMILY_COLOURS = {"dense": "black", "init": "tab:gray", "tpf": "tab:brown", "fixed": "tab:green",
                   "earlybird": "tab:purple", "epi": "tab:red", "oracle": "tab:olive"}
+FAMILY_NAMES = {"dense": "dense", "init": "prune at init", "tpf": "train-prune-fine-tune",
+                "fixed": "fixed prune epoch", "earlybird": "Early-Bird", "epi": "EPI", "oracle": "oracle"}
 
 
 def plot_accuracy_vs_cost(rows: list[dict], path: Path) -> None:
     """Final top-1 vs total training FLOPs, one point per method (error bars: spread over seeds)."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     labels: dict[tuple[float, float], list[str]] = {}  # methods landing on one point share one label
+    legend: set[str] = set()  # one legend entry per colour (method family)
     for r in rows:
+        family = r["family"] if r["family"] in FAMILY_COLOURS else "other"
         ax.errorbar(r["train_flops"] / 1e12, r["top1_mean"], yerr=r["top1_std"] or None, fmt="o",
-                    color=FAMILY_COLOURS.get(r["family"], "tab:blue"), capsize=3)
+                    color=FAMILY_COLOURS.get(r["family"], "tab:blue"), capsize=3,
+                    label=FAMILY_NAMES.get(family, family) if family not in legend else None)
+        legend.add(family)
         labels.setdefault((round(r["train_flops"] / 1e12, 2), round(r["top1_mean"], 2)), []).append(r["method"])
     for (x, y), names in labels.items():
         ax.annotate(" = ".join(names), (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
     ax.set_xlabel("training cost (TFLOPs, forward + backward)")
     ax.set_ylabel("final validation top-1 (%)")
     ax.set_title("Accuracy vs. training cost")
+    if legend:
+        ax.legend(fontsize=7, loc="best")
     ax.grid(alpha=0.3)
     _save(fig, path)
 
@@ -82,6 +103,7 @@ def plot_grid(grid: list[tuple[int, float, float]], epi_epochs: list[int], path:
     for i, epoch in enumerate(sorted(set(chosen))):
         label = f"EPI's epoch{'s' if len(chosen) > 1 else ''} ({', '.join(map(str, chosen))})" if i == 0 else None
         ax.axvline(epoch, color="tab:red", ls="--", label=label)
+    _integer_epochs(ax)
     _finish(fig, ax, "prune epoch", "final validation top-1 (%)", "Oracle scan: accuracy vs. prune epoch", path)
 
 
@@ -90,8 +112,11 @@ def plot_epi_curve(metrics: list[dict], threshold: float, epi_epoch: int | None,
     fig, ax = plt.subplots(figsize=(6.5, 4))
     points = [(m["epoch"], m["epi"]) for m in metrics if m.get("epi") is not None]
     if points:
-        ax.plot(*zip(*points, strict=True), "o-", color="tab:blue", label="EPI (dense run)")
+        ax.plot(*zip(*points, strict=True), "o-", color="tab:blue", ms=6, clip_on=False, zorder=3,
+                label="EPI (dense run)")
     ax.axhline(threshold, color="tab:blue", ls=":", label=f"threshold {threshold:g}")
+    _epi_axis(ax, [e for _, e in points] + [threshold])
+    _integer_epochs(ax)
     if epi_epoch is not None:
         ax.axvline(epi_epoch, color="tab:red", ls="--", label=f"EPI run pruned after epoch {epi_epoch}")
     _finish(fig, ax, "epoch", "EPI", "Early Pruning Indicator per epoch", path)
@@ -106,6 +131,7 @@ def plot_width_heatmap(metrics: list[dict], dense_widths: list[int], path: Path)
     im = ax.imshow(data, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest",
                    extent=(0.5, len(metrics) + 0.5, len(dense_widths) - 0.5, -0.5))
     ax.set_xlabel("epoch")
+    _integer_epochs(ax)
     ax.set_ylabel("channel group (input to output)")
     ax.set_title("Dominant sub-network: kept fraction per layer")
     fig.colorbar(im, ax=ax, label="kept fraction")

@@ -20,10 +20,20 @@ from torch import nn
 
 from .errors import EpipruneError
 from .models import build_model
+from .preprocessing import Preprocessing, with_preprocessing
 from .surgery import PrunableGraph
 
 ARCH_FILE = "architecture.json"
 WEIGHTS_FILE = "model.safetensors"
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -33,6 +43,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would make outputs private unlike every other file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -44,9 +55,13 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def architecture_spec(model_name: str, in_channels: int, num_classes: int, input_size: tuple[int, int],
-                      kept: dict[str, list[int]] | None) -> dict:
-    return {"format": "epiprune-architecture/1", "model": model_name, "in_channels": in_channels,
+                      kept: dict[str, list[int]] | None, preprocessing: dict | None = None) -> dict:
+    """The architecture as data; `preprocessing` (Preprocessing.to_dict(): mean, std, class names) rides along."""
+    spec = {"format": "epiprune-architecture/1", "model": model_name, "in_channels": in_channels,
             "num_classes": num_classes, "input_size": list(input_size), "kept": kept}
+    if preprocessing is not None:
+        spec["preprocessing"] = preprocessing
+    return spec
 
 
 def build_from_spec(spec: dict) -> nn.Module:
@@ -98,9 +113,20 @@ def _read_spec(path: Path) -> tuple[dict, Path]:
         raise EpipruneError(f"corrupt {arch}: {e}") from None
 
 
-def load_pruned(path: str | Path) -> nn.Module:
+def load_preprocessing(path: str | Path) -> Preprocessing | None:
+    """The input standardisation (per-channel mean and std of [0, 1] pixels), input size and class names stored
+    with a run folder or exported .safetensors file; None for runs made before epiprune stored them."""
+    spec, _ = _read_spec(Path(path))
+    return Preprocessing.from_dict(spec["preprocessing"]) if spec.get("preprocessing") else None
+
+
+def load_pruned(path: str | Path, raw_inputs: bool = False) -> nn.Module:
     """Rebuild a (pruned) model: `path` is a run folder (architecture.json + model.safetensors) or a .safetensors
-    file exported by `epiprune export --format safetensors`. Exact shapes from the spec; no pickle involved."""
+    file exported by `epiprune export --format safetensors`. Exact shapes from the spec; no pickle involved.
+
+    The network takes inputs standardised the way training did (see `load_preprocessing`). With raw_inputs=True
+    it comes behind that standardisation (`nn.Sequential(Normalise, network)`) and takes raw images in [0, 1],
+    like the exported TorchScript, .pt2 and ONNX models."""
     spec, weights = _read_spec(Path(path))
     model = build_from_spec(spec)
     try:
@@ -111,4 +137,10 @@ def load_pruned(path: str | Path) -> nn.Module:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise EpipruneError(f"{weights} does not match its architecture: {str(e).splitlines()[0]}") from None
+    if raw_inputs:
+        prep = Preprocessing.from_dict(spec["preprocessing"]) if spec.get("preprocessing") else None
+        if prep is None:
+            raise EpipruneError(f"{path} was saved without its preprocessing (made by an older epiprune; accepted: "
+                                "raw_inputs=False and inputs standardised by the caller, or a new run)")
+        return with_preprocessing(model, prep)
     return model.eval()

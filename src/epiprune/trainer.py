@@ -11,6 +11,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -30,7 +31,9 @@ from .indicator import DEFAULT_WINDOW, INDICATORS
 from .latency import AMP_DTYPES, TARGETS, LatencySettings, autocast, time_model_step
 from .models import MODELS, build_model
 from .policy import EarlyPruningPolicy
+from .preprocessing import from_loader_stats
 from .report import plot_epi
+from .runfolder import RunFolder
 from .serialization import architecture_spec, atomic_write_text, save_pruned
 from .subnetwork import Budget
 
@@ -87,6 +90,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise EpipruneError naming the first bad value and what is accepted."""
+        self._validate_user_input()
         if self.model not in MODELS:
             raise EpipruneError(f"unknown model {self.model!r} (accepted: {', '.join(MODELS)})")
         if self.data not in DATASETS:
@@ -127,6 +131,32 @@ class TrainConfig:
         """What a latency table for this run times: its target, batch, memory format and autocast dtype."""
         return LatencySettings(target=self.latency_target, batch_size=self.latency_batch or self.batch_size,
                                channels_last=self.channels_last, amp=self.amp)
+
+    def _validate_user_input(self) -> None:
+        """Checks that come before the others, so that a bad value is blamed on its own option."""
+        if self.epochs < 1:
+            raise EpipruneError(f"--epochs {self.epochs} is too small (accepted: an integer >= 1)")
+        for flag, value in (("--train-subset", self.train_subset), ("--val-subset", self.val_subset)):
+            if value is not None and value < 1:
+                raise EpipruneError(f"{flag} {value} is too small (accepted: a number of images >= 1, or leave "
+                                    "it out to use them all)")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise EpipruneError(f"--weight-decay {self.weight_decay} is not a number >= 0 (accepted: e.g. 5e-4, "
+                                "or 0 for none)")
+        if self.data_dir is not None and self.data == "builtin":
+            raise EpipruneError(f"--data-dir {self.data_dir} is given but --data is builtin, which needs no folder "
+                                f"(accepted: --data {', '.join(d for d in DATASETS if d != 'builtin')} with "
+                                "--data-dir, or no --data-dir)")
+        if not str(self.out).strip():
+            raise EpipruneError("--out is empty (accepted: a folder name, e.g. runs/train)")
+        if not 0 <= self.seed < 2**32:
+            raise EpipruneError(f"--seed {self.seed} is outside 0..{2**32 - 1}")
+        if self.init_batches < 1:
+            raise EpipruneError(f"--init-batches {self.init_batches} is too small (accepted: an integer >= 1)")
+        if self.min_dense_epochs is not None and self.min_dense_epochs < 0:
+            raise EpipruneError(f"--min-dense-epochs {self.min_dense_epochs} is negative (accepted: an integer >= 0)")
+        if not (self.dist_timeout > 0 and math.isfinite(self.dist_timeout)):
+            raise EpipruneError(f"--dist-timeout {self.dist_timeout} is not a positive number of seconds")
 
     @property
     def total_epochs(self) -> int:
@@ -272,9 +302,11 @@ def prune_at_initialisation(model: nn.Module, policy: EarlyPruningPolicy, loader
 
 
 def train(cfg: TrainConfig, dataset: Dataset | None = None, log: Callable[[str], None] = print,
-          resume: bool = False) -> RunResult:
+          resume: bool = False, force: bool = False, folder: RunFolder | None = None) -> RunResult:
     """Run the schedule described by cfg; write metrics.jsonl, summary.json, the model and epi.png into cfg.out,
     and a checkpoint after every epoch. resume=True continues from cfg.out's checkpoint (config from it).
+    A cfg.out that already holds a run is refused unless resume or force (then the old run is replaced once the
+    new one has its first checkpoint; see runfolder.RunFolder, which `folder` may pass in to be inspected).
     Under torchrun: DistributedDataParallel, data sharded per rank, only rank 0 writes files."""
     checkpoint = None
     if resume:
@@ -283,8 +315,14 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None, log: Callable[[str],
     # the backend follows the device actually trained on: nccl for GPU tensors, gloo for `--device cpu` on a GPU box
     device = resolve_device(cfg.device)
     distributed.init_from_environment(cfg.dist_timeout, backend="nccl" if device.type == "cuda" else "gloo")
+    cfg.validate()  # before the output folder is touched
+    if folder is None:
+        folder = RunFolder(cfg.out, resume=resume, force=force)
+    folder.active = distributed.is_main()
     try:
-        return _train(cfg, dataset, log if distributed.is_main() else (lambda _: None), checkpoint, device)
+        with folder:
+            return _train(cfg, dataset, log if distributed.is_main() else (lambda _: None), checkpoint, device,
+                          folder.commit)
     except RuntimeError as e:
         if not distributed.is_distributed():
             raise
@@ -364,7 +402,7 @@ def _check_latency(cfg: TrainConfig, policy: EarlyPruningPolicy, model: nn.Modul
 
 
 def _train(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None], checkpoint: dict | None,
-           device: torch.device) -> RunResult:
+           device: torch.device, on_checkpoint: Callable[[], None] = lambda: None) -> RunResult:
     cfg.validate()
     budget = Budget.parse(cfg.budget)
     main = distributed.is_main()
@@ -373,6 +411,9 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None]
     if dataset is None:
         dataset = load_dataset(cfg.data, cfg.data_dir, image_size=cfg.image_size)
     dataset = dataset.subset(cfg.train_subset, cfg.val_subset, seed=cfg.seed)
+    if dataset.num_classes < 2 and main:
+        sys.stderr.write(f"warning: {dataset.name} has {dataset.num_classes} class: every prediction is right, so "
+                         "its accuracy means nothing (accepted, but a classifier needs 2 or more classes)\n")
     rank, world = distributed.rank(), distributed.world_size()
     train_loader = TensorLoader(dataset.train_images, dataset.train_labels, cfg.batch_size, train=True,
                                 seed=cfg.seed, rank=rank, world=world)
@@ -476,6 +517,7 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None]
             save_checkpoint(out / CHECKPOINT_FILE, model, optimizer, scheduler, policy, config=asdict(cfg),
                             metrics=metrics, train_flops_total=train_flops_total, seconds=train_seconds, rng=rng,
                             scaler=scaler.state_dict())
+            on_checkpoint()
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
         epi_text = "  -  " if row["epi"] is None else f"{row['epi']:.3f}"
@@ -502,7 +544,9 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None]
     if main and budget.kind == "latency":
         summary["latency"] = _check_latency(cfg, policy, model, dataset, device, log)
     if main:
-        spec = architecture_spec(cfg.model, dataset.in_channels, dataset.num_classes, (h, w), policy.kept)
+        prep = from_loader_stats(train_loader.mean, train_loader.std, (h, w), dataset.labels)
+        spec = architecture_spec(cfg.model, dataset.in_channels, dataset.num_classes, (h, w), policy.kept,
+                                 preprocessing=prep.to_dict())
         save_pruned(model, spec, out)
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
         plot_epi(metrics, out / "epi.png", policy.rule.threshold, policy.prune_epoch, policy.trigger)
