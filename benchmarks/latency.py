@@ -58,13 +58,15 @@ def run_model(name: str, args: argparse.Namespace, device: torch.device, out: Pa
     settings = LatencySettings(batch_size=args.batch_size)
     model = build_model(name, 1, 10).to(device)
     graph = PrunableGraph(model, torch.zeros(1, *INPUT, device=device))
-    table_path = out / "tables" / f"{name}.json"
-    table_path.unlink(missing_ok=True)  # measure the build time afresh
+    table_path = Path(args.tables or out / "tables") / f"{name}.json"
+    if not args.tables:
+        table_path.unlink(missing_ok=True)  # measure the build time afresh
     start = time.perf_counter()
     cost, _ = load_or_build(graph, settings, table_path, progress=False, log=lambda m: print(m, file=sys.stderr))
     build_seconds = time.perf_counter() - start
     runs, final_models = {}, {"dense": build_model(name, 1, 10).to(device)}
-    for kind in ("flops", "latency"):
+    kinds = args.kinds.split(",")
+    for kind in kinds:
         budget = f"{kind}:{args.fraction:g}"
         cfg = TrainConfig(model=name, epochs=args.epochs, train_subset=args.train_subset, batch_size=args.batch_size,
                           budget=budget, seed=args.seed, device=device.type, out=str(out / "runs" / f"{name}-{kind}"),
@@ -75,7 +77,7 @@ def run_model(name: str, args: argparse.Namespace, device: torch.device, out: Pa
         final_models[kind] = load_pruned(result.out).to(device)
     measured = step_times(final_models, settings, args.rounds)
     rows = []
-    for kind in ("flops", "latency"):
+    for kind in kinds:
         s = runs[kind]["summary"]
         widths = np.asarray(s["final_widths"])
         predicted = cost(widths)
@@ -153,6 +155,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--fraction", type=float, default=0.5, help="budget fraction for both kinds")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds of the final models")
+    parser.add_argument("--kinds", default="flops,latency", help="budget kinds to train, each at --fraction")
+    parser.add_argument("--tables", default=None, help="reuse the tables in this folder (default: build afresh)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--paths", default="eager,channels_last,bf16,fp16,compile",
                         help="training paths to time (dense step); empty to skip")
