@@ -221,13 +221,7 @@ def timed_layers(graph: PrunableGraph) -> tuple[list[TimedLayer], np.ndarray]:
     """The layers of graph.model the latency tables cover, and each group's activation volume (elements per
     sample of the outputs its channels define, shape (G,)), traced with one training-mode forward pass."""
     model, example = graph.model, graph.example_inputs
-    out_of: dict[nn.Module, int] = {}
-    in_of: dict[nn.Module, int] = {}
-    for gi, g in enumerate(graph.groups):
-        for m in g.out_modules:
-            out_of[m] = gi
-        for m in g.in_modules:
-            in_of[m] = gi
+    out_of, in_of = graph.module_groups()
     names = {m: n for n, m in model.named_modules()}
     seen: dict[nn.Module, tuple[tuple[int, ...], bool, int]] = {}  # module: input shape, input grad, out numel
 

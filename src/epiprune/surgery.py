@@ -163,10 +163,8 @@ class PrunableGraph:
         flops, params = tp.utils.count_ops_and_params(self.model, self.example_inputs)
         return int(flops), int(params)
 
-    def cost_models(self) -> dict[str, CostModel]:
-        """Cost models {'flops': ..., 'params': ...} over this graph's group widths (see CostModel)."""
-        flops, params, layer_flops, layer_params = tp.utils.count_ops_and_params(
-            self.model, self.example_inputs, layer_wise=True)
+    def module_groups(self) -> tuple[dict[nn.Module, int], dict[nn.Module, int]]:
+        """({module: index of the group setting its output channels}, {module: group setting its input channels})."""
         out_of: dict[nn.Module, int] = {}
         in_of: dict[nn.Module, int] = {}
         for gi, g in enumerate(self.groups):
@@ -174,6 +172,13 @@ class PrunableGraph:
                 out_of[m] = gi
             for m in g.in_modules:
                 in_of[m] = gi
+        return out_of, in_of
+
+    def cost_models(self) -> dict[str, CostModel]:
+        """Cost models {'flops': ..., 'params': ...} over this graph's group widths (see CostModel)."""
+        flops, params, layer_flops, layer_params = tp.utils.count_ops_and_params(
+            self.model, self.example_inputs, layer_wise=True)
+        out_of, in_of = self.module_groups()
         # activation modules are traced as anonymous ops, so they are in no group: give each the group of
         # the layer that produced its input (in forward order, so chains of such modules resolve)
         for m, producer in input_producers(self.model, self.example_inputs).items():
