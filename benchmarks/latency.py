@@ -136,14 +136,19 @@ def plot(rows: list[dict], path: Path) -> None:
         marker = "o" if r["budget"].startswith("flops") else "s"
         ax.scatter(r["step_ratio"], 100 * r["final_top1"], color=colours[r["model"]], marker=marker, s=50)
     for model, colour in colours.items():
-        pair = sorted((r for r in rows if r["model"] == model), key=lambda r: r["budget"])
-        ax.plot([r["step_ratio"] for r in pair], [100 * r["final_top1"] for r in pair], color=colour, lw=0.8,
+        flops = sorted((r for r in rows if r["model"] == model and r["budget"].startswith("flops")),
+                       key=lambda r: r["step_ratio"])  # the FLOPs budget's accuracy-vs-time curve of this model
+        ax.plot([r["step_ratio"] for r in flops], [100 * r["final_top1"] for r in flops], color=colour, lw=0.8,
                 label=model)
+        for r in rows:
+            if r["model"] == model:
+                ax.annotate(r["budget"].split(":")[1], (r["step_ratio"], 100 * r["final_top1"]), fontsize=7,
+                            xytext=(4, 3), textcoords="offset points")
     ax.scatter([], [], marker="o", color="grey", label="flops budget")
     ax.scatter([], [], marker="s", color="grey", label="latency budget")
     ax.set_xlabel("measured training step time / dense (same run)")
     ax.set_ylabel("final validation top-1 (%)")
-    ax.set_title("FLOPs vs latency budget at the same fraction")
+    ax.set_title("FLOPs budget (line) vs latency budget (squares), labelled by fraction")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -167,7 +172,14 @@ def main() -> None:
     parser.add_argument("--path-models", default="resnet20", help="models whose training paths are timed")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "latency"))
+    parser.add_argument("--replot", default=None, metavar="JSON,...",
+                        help="only redraw OUT/top1_vs_step_time.png from the rows of these latency.json files")
     args = parser.parse_args()
+    if args.replot:
+        rows = [r for path in args.replot.split(",") for res in json.loads(Path(path).read_text())["results"]
+                for r in res["rows"]]
+        plot(rows, Path(args.out) / "top1_vs_step_time.png")
+        return
     device = resolve_device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
