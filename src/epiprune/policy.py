@@ -32,7 +32,7 @@ from .indicator import (
     earlybird_stability,
 )
 from .latency import LatencyCostModel, LatencySettings, load_or_build
-from .subnetwork import Budget, Cost, normalise_per_group, select_subnetwork, widths_of
+from .subnetwork import Budget, Cost, check_budget, normalise_per_group, select_subnetwork, widths_of
 from .surgery import PrunableGraph
 
 
@@ -103,10 +103,8 @@ class EarlyPruningPolicy:
         else:
             self.cost = self.graph.cost_models()[self.budget.kind]
         self.target = self.budget.fraction * self.cost.dense
-        floor = self.cost(np.minimum(self.dense_widths, min_channels)) / self.cost.dense
-        if floor > self.budget.fraction:
-            raise EpipruneError(f"budget {self.budget} cannot be met: keeping {min_channels} channel(s) per layer "
-                                f"already costs {floor:.3f} of the dense model (accepted: a fraction > {floor:.3f})")
+        # the same floor as every later selection, channel_multiple included: refuse now, not after an epoch
+        check_budget(self.cost, self.target, min_channels, channel_multiple, budget=str(self.budget))
         self.graph.self_check()
         self.importance = make_importance(importance, self.graph, seed)
         self.history: list[EpochRecord] = []
