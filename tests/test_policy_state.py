@@ -1,0 +1,118 @@
+"""The policy's contract beyond the decision: prune_now, its state round trip, its summary, budget parsing messages
+(mutation testing found these unchecked)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from epiprune import Budget, EarlyPruningPolicy, EpipruneError
+
+from .helpers import ConvBNNet
+from .test_decision import PEAKED_0, PEAKED_1, ScriptedImportance
+from .test_latency import TINY, synthetic_table, tiny_graph
+
+
+def policy_of(model: torch.nn.Module, **kwargs: object) -> EarlyPruningPolicy:
+    return EarlyPruningPolicy(model, torch.zeros(1, 1, 8, 8), Budget("flops", 0.5), **kwargs)
+
+
+def momentum_step(model: torch.nn.Module) -> torch.optim.Optimizer:
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 3, (4,))
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    optimizer.step()
+    return optimizer
+
+
+def test_prune_now_prunes_once_carries_the_optimizer_and_names_its_trigger():
+    model = ConvBNNet()
+    optimizer = momentum_step(model)
+    policy = policy_of(model)
+    policy.prune_now(optimizer)
+    assert policy.pruned and policy.trigger == "fixed" and policy.prune_epoch == 0
+    assert optimizer.param_groups[0]["params"][0] is model.conv1.weight  # the optimizer follows the new tensors
+    assert optimizer.state[model.conv1.weight]["momentum_buffer"].shape == model.conv1.weight.shape
+    with pytest.raises(EpipruneError, match=r"^the model is already pruned \(a policy prunes once\)$"):
+        policy.prune_now()
+    other = policy_of(ConvBNNet())
+    other.prune_now(trigger="manual")
+    assert other.trigger == "manual"
+
+
+def test_step_accumulates_taylor_until_the_prune_and_not_after():
+    model = ConvBNNet()
+    policy, reference = policy_of(model), policy_of(model)
+    x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 3, (4,))
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    policy.step()
+    reference.step(grad_scale=1.0)
+    assert policy.importance.steps == 1
+    for a, b in zip(policy.importance.scores(), reference.importance.scores(), strict=True):
+        assert np.array_equal(a, b) and a.any()  # unscaled by default
+    policy.prune_now()
+    policy.step()
+    assert policy.importance.steps == 0  # a pruned model's gradients are not accumulated
+
+
+def test_state_round_trip_keeps_masks_kept_channels_and_the_decision():
+    policy = policy_of(ConvBNNet(), window=1, indicator="earlybird", max_dense_epochs=20)
+    policy.importance = ScriptedImportance([PEAKED_0, PEAKED_1, PEAKED_1])
+    for _ in range(3):
+        policy.end_epoch()
+    assert policy.trigger == "earlybird"
+    state = policy.state_dict()
+    resumed = policy_of(ConvBNNet(), window=1, indicator="earlybird", max_dense_epochs=20)
+    resumed.load_state_dict(state)
+    assert resumed.pruned and resumed.kept == policy.kept and resumed.widths() == policy.widths()
+    assert (resumed.epoch, resumed.prune_epoch, resumed.trigger) == (3, 3, "earlybird")
+    assert len(resumed.masks) == 3 and all(np.array_equal(a, b) for a, b in zip(resumed.masks, policy.masks,
+                                                                                strict=True))
+    assert resumed.history == policy.history
+    resumed.load_state_dict(state)  # loading the same pruned state again is fine
+    older = policy_of(ConvBNNet(), window=1, indicator="earlybird", max_dense_epochs=20)
+    older.load_state_dict({k: v for k, v in state.items() if k != "masks"})  # checkpoints from before Early-Bird
+    assert older.masks == [] and older.pruned
+    unpruned = policy_of(ConvBNNet(), window=1, indicator="earlybird", max_dense_epochs=20)
+    unpruned.load_state_dict(state)
+    unpruned.kept = {name: [0] for name in unpruned.group_names}  # as if pruned otherwise
+    with pytest.raises(EpipruneError, match=r"^policy state was pruned differently from this \(already pruned\) "
+                                            r"model$"):
+        unpruned.load_state_dict(state)
+
+
+def test_state_from_another_policy_names_what_differs():
+    state = policy_of(ConvBNNet()).state_dict()
+    other = EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8), Budget("flops", 0.3))
+    with pytest.raises(EpipruneError, match=r"^policy state does not match: budget 'flops:0.5' vs 'flops:0.3'$"):
+        other.load_state_dict(state)
+
+
+def test_summary_describes_the_run():
+    policy = policy_of(ConvBNNet(), window=1, threshold=0.95, max_dense_epochs=20)
+    policy.importance = ScriptedImportance([PEAKED_0])
+    policy.end_epoch()
+    policy.end_epoch()
+    summary = policy.summary()
+    assert summary == {"budget": "flops:0.5", "importance": "taylor", "indicator": "epi", "window": 1,
+                       "threshold": 0.95, "prune_epoch": 2, "trigger": "epi",
+                       "history": [{"epoch": 1, "epi": None, "widths": [1, 6], "decision": None, "earlybird": None},
+                                   {"epoch": 2, "epi": 1.0, "widths": [1, 6], "decision": "epi",
+                                    "earlybird": 1.0}]}
+
+
+def test_predicted_latency_of_given_widths(tmp_path):
+    model, graph = tiny_graph()
+    path = synthetic_table(graph, tmp_path / "t.json")
+    policy = EarlyPruningPolicy(model, torch.zeros(1, 1, 8, 8), Budget(latency=0.5), latency=TINY,
+                                latency_table=path, log=lambda _: None)
+    assert policy.predicted_latency_ms([2, 3]) == pytest.approx(policy.cost(np.array([2, 3])))
+    assert policy.predicted_latency_ms([2, 3]) < policy.predicted_latency_ms()
+    assert policy_of(ConvBNNet()).predicted_latency_ms() is None
+
+
+@pytest.mark.parametrize("text", ["flops:abc", "flops:0.5:1", "flops", "flops:nan"])
+def test_bad_budget_text_is_named(text):
+    with pytest.raises(EpipruneError, match=r"^bad budget .* \(accepted: flops:F, params:F or latency:F"):
+        Budget.parse(text)
