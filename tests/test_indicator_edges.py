@@ -8,7 +8,13 @@ import warnings
 import numpy as np
 import pytest
 
-from epiprune.indicator import TriggerRule, earlybird_stability, layer_distances, mask_distance
+from epiprune.indicator import (
+    TriggerRule,
+    early_pruning_indicator,
+    earlybird_stability,
+    layer_distances,
+    mask_distance,
+)
 
 
 def test_a_layer_both_architectures_removed_is_at_distance_zero():
@@ -26,6 +32,8 @@ def test_masks_are_read_as_booleans():
 def test_vectors_of_different_lengths_are_refused_with_both_shapes():
     with pytest.raises(ValueError, match=r"^width vectors differ in length: \(2,\) vs \(3,\)$"):
         layer_distances([1, 2], [1, 2, 3])
+    with pytest.raises(ValueError, match=r"^window must be >= 1, got 0$"):
+        early_pruning_indicator([[1], [1]], 0)
     with pytest.raises(ValueError, match=r"^masks differ in length: \(1,\) vs \(2,\)$"):
         mask_distance(np.ones(1), np.ones(2))
 

@@ -56,6 +56,29 @@ def test_step_accumulates_taylor_until_the_prune_and_not_after():
     assert policy.importance.steps == 0  # a pruned model's gradients are not accumulated
 
 
+def test_end_epoch_carries_the_optimizer_across_the_prune():
+    model = ConvBNNet()
+    optimizer = momentum_step(model)
+    policy = policy_of(model, prune_at=1)
+    assert policy.end_epoch(optimizer)
+    assert optimizer.param_groups[0]["params"][0] is model.conv1.weight
+    assert optimizer.state[model.conv1.weight]["momentum_buffer"].shape == model.conv1.weight.shape
+
+
+def test_data_parallel_ranks_are_asked_to_agree(monkeypatch):
+    """In one process the collectives are no-ops; what the policy hands them is what ranks would compare."""
+    from epiprune import distributed
+
+    reduced, agreed = [], []
+    monkeypatch.setattr(distributed, "all_reduce_mean_", lambda tensors: reduced.append(tensors))
+    monkeypatch.setattr(distributed, "agree_with_rank0", lambda value, what: agreed.append((value, what)) or value)
+    policy = policy_of(ConvBNNet(), prune_at=1)
+    assert policy.end_epoch()
+    assert len(reduced) == 1 and [len(t) for t in reduced[0]] == [4, 6]  # the Taylor totals of both groups
+    assert [what for _, what in agreed] == ["dominant sub-network", "pruning decision"]
+    assert agreed[0][0] == [policy.kept[name] for name in policy.group_names] and agreed[1][0] == "fixed"
+
+
 def test_state_round_trip_keeps_masks_kept_channels_and_the_decision():
     policy = policy_of(ConvBNNet(), window=1, indicator="earlybird", max_dense_epochs=20)
     policy.importance = ScriptedImportance([PEAKED_0, PEAKED_1, PEAKED_1])
