@@ -139,3 +139,38 @@ def test_predicted_latency_of_given_widths(tmp_path):
 def test_bad_budget_text_is_named(text):
     with pytest.raises(EpipruneError, match=r"^bad budget .* \(accepted: flops:F, params:F or latency:F"):
         Budget.parse(text)
+
+
+def test_constructor_defaults_and_refusals(monkeypatch):
+    from epiprune import policy as policy_module
+    from epiprune.indicator import TriggerRule
+
+    policy = EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8))
+    assert policy.budget == Budget("flops", 0.5) and policy.target == 0.5 * policy.cost.dense
+    assert policy.rule == TriggerRule(window=3, threshold=0.944, min_dense_epochs=4, max_dense_epochs=None,
+                                      prune_at=None, require_peak=False)
+    assert (policy.min_channels, policy.channel_multiple, policy.indicator, policy.importance_kind) == \
+        (1, 1, "epi", "taylor")
+    assert (policy.epoch, policy.prune_epoch, policy.trigger, policy.kept, policy.history, policy.masks) == \
+        (0, None, None, None, [], [])
+    fixed = policy_of(ConvBNNet(), prune_at=2, max_dense_epochs=5)
+    assert (fixed.rule.min_dense_epochs, fixed.rule.max_dense_epochs, fixed.rule.prune_at) == (0, None, 2)
+    assert policy_of(ConvBNNet(), importance="random").importance.seed == 0
+    assert policy_of(ConvBNNet(), indicator="earlybird").rule.threshold == pytest.approx(0.9)
+    assert policy_of(ConvBNNet(), importance="magnitude").rule.threshold == 0.983
+    with pytest.raises(EpipruneError, match=r"^unknown importance 'psychic' \(accepted: taylor, magnitude, random\)$"):
+        policy_of(ConvBNNet(), importance="psychic")
+    with pytest.raises(EpipruneError, match=r"^unknown indicator 'tea' \(accepted: epi, earlybird, none\)$"):
+        policy_of(ConvBNNet(), indicator="tea")
+    calls = []
+
+    def fake_load_or_build(graph: object, settings: object, path: object, progress: bool, log: object) -> None:
+        calls.append((settings, path, progress, log))
+        raise EpipruneError("stop here")
+
+    monkeypatch.setattr(policy_module, "load_or_build", fake_load_or_build)
+    with pytest.raises(EpipruneError, match="stop here"):
+        EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8), Budget(latency=0.5))
+    from epiprune.latency import LatencySettings
+
+    assert calls == [(LatencySettings(), None, True, print)]
