@@ -145,8 +145,14 @@ def test_constructor_defaults_and_refusals(monkeypatch):
     from epiprune import policy as policy_module
     from epiprune.indicator import TriggerRule
 
-    policy = EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8))
+    model = ConvBNNet()
+    policy = EarlyPruningPolicy(model, torch.zeros(1, 1, 8, 8))
     assert policy.budget == Budget("flops", 0.5) and policy.target == 0.5 * policy.cost.dense
+    assert policy.model is model and policy.dense_widths == [4, 6] and policy.latency_table_path is None
+    assert policy.group_names == ["conv1", "conv2"]
+    assert policy_of(ConvBNNet(), ignored_layers=[model.conv1]).group_names == ["conv1", "conv2"]  # another model's
+    other = ConvBNNet()
+    assert policy_of(other, ignored_layers=[other.conv1]).group_names == ["conv2"]
     assert policy.rule == TriggerRule(window=3, threshold=0.944, min_dense_epochs=4, max_dense_epochs=None,
                                       prune_at=None, require_peak=False)
     assert (policy.min_channels, policy.channel_multiple, policy.indicator, policy.importance_kind) == \
