@@ -180,3 +180,16 @@ def test_constructor_defaults_and_refusals(monkeypatch):
     from epiprune.latency import LatencySettings
 
     assert calls == [(LatencySettings(), None, True, print)]
+
+
+def test_budget_constructor_messages():
+    with pytest.raises(EpipruneError, match=r"^give one budget, e\.g\. Budget\(flops=0\.5\) or Budget\('flops', 0\.5\) "
+                                            r"\(got kind='flops', fraction=None, params=0\.5\)$"):
+        Budget("flops", params=0.5)
+    with pytest.raises(EpipruneError, match=r"got kind=None, fraction=0\.5, flops=0\.5, params=0\.4\)$"):
+        Budget(fraction=0.5, flops=0.5, params=0.4)
+    with pytest.raises(EpipruneError, match=r"^unknown budget kind 'watts' \(accepted: flops, params, latency\)$"):
+        Budget("watts", 0.5)
+    with pytest.raises(EpipruneError, match=r"^budget fraction 'half' is not a number \(accepted: 0 < F < 1\)$"):
+        Budget("flops", "half")
+    assert Budget() == Budget("flops", 0.5)
