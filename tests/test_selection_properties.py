@@ -4,6 +4,8 @@ would refuse it later (the same floor, channel_multiple included)."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -118,3 +120,10 @@ def test_policy_refuses_at_construction_a_budget_the_channel_multiple_puts_out_o
                                 channel_multiple=16)
     policy.end_epoch()  # accepted budgets are met by selection
     assert all(w % 16 == 0 for w in policy.history[0].widths)
+
+
+def test_normalising_an_empty_group_is_quiet():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = normalise_per_group([np.array([]), np.array([2.0, 6.0])])
+    assert out[0].size == 0 and out[1].tolist() == pytest.approx([0.5, 1.5])
