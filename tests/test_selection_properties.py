@@ -127,3 +127,10 @@ def test_normalising_an_empty_group_is_quiet():
         warnings.simplefilter("error")
         out = normalise_per_group([np.array([]), np.array([2.0, 6.0])])
     assert out[0].size == 0 and out[1].tolist() == pytest.approx([0.5, 1.5])
+
+
+def test_score_vectors_must_match_the_groups():
+    cost = CostModel(np.array([2, 2]), coef=np.array([1.0, 1.0]), out_group=np.array([0, 1]),
+                     in_group=np.array([-1, -1]), constant=0.0)
+    with pytest.raises(ValueError, match=r"^1 score vectors for 2 groups$"):
+        select_subnetwork([np.ones(2)], cost, 1.0)
