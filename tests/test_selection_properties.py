@@ -134,3 +134,16 @@ def test_score_vectors_must_match_the_groups():
                      in_group=np.array([-1, -1]), constant=0.0)
     with pytest.raises(ValueError, match=r"^1 score vectors for 2 groups$"):
         select_subnetwork([np.ones(2)], cost, 1.0)
+
+
+def test_ties_are_broken_by_channel_index():
+    """Equal scores keep the lower channel index: selection is deterministic, so ranks that compute the same scores
+    agree on the same channels (numpy's default sort is not stable on long arrays)."""
+    scores = np.random.default_rng(0).integers(0, 3, 200).astype(float)
+    cost = CostModel(np.array([200]), coef=np.array([200.0]), out_group=np.array([0]), in_group=np.array([-1]),
+                     constant=0.0)
+    kept = np.flatnonzero(select_subnetwork([scores], cost, 90.0)[0])
+    assert len(kept) == 90
+    cut = np.sort(scores)[::-1][89]  # the score at the cut: all above it kept, the first ones equal to it
+    above, tied = np.flatnonzero(scores > cut), np.flatnonzero(scores == cut)
+    assert kept.tolist() == sorted([*above, *tied[: 90 - len(above)]])
