@@ -63,3 +63,18 @@ def test_require_peak_compares_the_window_and_not_older_epochs():
     rule = TriggerRule(window=2, threshold=0.9, min_dense_epochs=1, require_peak=True)
     assert rule.decide(4, [None, 0.99, 0.5, 0.95]) is None  # 0.99 is two epochs back: inside the window
     assert rule.decide(5, [None, 0.99, 0.5, 0.5, 0.95]) == "epi"  # now three back: outside it
+
+
+def test_trigger_rule_messages_name_the_setting():
+    from epiprune.errors import EpipruneError
+
+    for kwargs, message in [({"window": 0}, "EPI window 0 must be >= 1"),
+                            ({"threshold": 1.5}, "EPI threshold 1.5 is outside (0, 1]"),
+                            ({"min_dense_epochs": -1}, "min dense epochs -1 must be >= 0"),
+                            ({"min_dense_epochs": 3, "max_dense_epochs": 2},
+                             "max dense epochs 2 must be >= min dense epochs 3 and >= 1"),
+                            ({"prune_at": -1}, "prune-at epoch -1 must be >= 0")]:
+        with pytest.raises(EpipruneError) as err:
+            TriggerRule(**kwargs)
+        assert str(err.value) == message
+    assert TriggerRule(threshold=1.0).threshold == 1.0  # tau = 1: prune only on an unchanged architecture
