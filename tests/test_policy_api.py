@@ -320,6 +320,7 @@ def test_constructor_defaults_and_refusals(monkeypatch):
     assert (fixed.rule.min_dense_epochs, fixed.rule.max_dense_epochs, fixed.rule.prune_at) == (0, None, 2)
     assert policy_of(ConvBNNet(), importance="random").importance.seed == 0
     assert policy_of(ConvBNNet(), importance="random", seed=3).importance.seed == 3
+    assert policy_of(ConvBNNet(), require_peak=True).rule.require_peak
     assert policy_of(ConvBNNet(), indicator="earlybird").rule.threshold == pytest.approx(0.9)
     assert policy_of(ConvBNNet(), importance="magnitude").rule.threshold == 0.983
     with pytest.raises(EpipruneError, match=r"^unknown importance 'psychic' \(accepted: taylor, magnitude, random\)$"):
