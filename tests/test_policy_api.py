@@ -351,4 +351,6 @@ def test_budget_constructor_messages():
         Budget("watts", 0.5)
     with pytest.raises(EpipruneError, match=r"^budget fraction 'half' is not a number \(accepted: 0 < F < 1\)$"):
         Budget("flops", "half")
+    with pytest.raises(EpipruneError, match=r"^budget fraction 1\.0 is outside \(0, 1\)"):
+        Budget("flops", 1.0)  # the whole model is no budget
     assert Budget() == Budget("flops", 0.5)
