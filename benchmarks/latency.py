@@ -32,15 +32,15 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
-from epiprune.latency import LatencySettings, device_name, load_or_build, median_ms, time_model_step  # noqa: E402
-from epiprune.models import build_model  # noqa: E402
-from epiprune.serialization import atomic_write_text, load_pruned  # noqa: E402
-from epiprune.surgery import PrunableGraph  # noqa: E402
-from epiprune.trainer import TrainConfig, resolve_device, train  # noqa: E402
+from epiprune.latency import LatencySettings, device_name, load_or_build, median_ms, time_model_step
+from epiprune.models import build_model
+from epiprune.serialization import atomic_write_text, load_pruned
+from epiprune.surgery import PrunableGraph
+from epiprune.trainer import TrainConfig, resolve_device, train
 
 INPUT = (1, 28, 28)  # the built-in data
 

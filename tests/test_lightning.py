@@ -3,10 +3,10 @@ import torch
 
 pytest.importorskip("lightning")
 
-import lightning  # noqa: E402
+import lightning
 
-from epiprune import Budget, build_model  # noqa: E402
-from epiprune.lightning_callback import EarlyPruningCallback  # noqa: E402
+from epiprune import Budget, build_model
+from epiprune.lightning_callback import EarlyPruningCallback
 
 
 class Classifier(lightning.LightningModule):

@@ -10,6 +10,10 @@ import epiprune
 from epiprune import Budget, EarlyPruningPolicy, EpipruneError
 from epiprune.models import build_model
 
+from .helpers import ConvBNNet
+from .test_decision import PEAKED_0, PEAKED_1, ScriptedImportance
+from .test_latency import TINY, synthetic_table, tiny_graph
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -161,3 +165,192 @@ def test_channel_multiple_prunes_to_whole_blocks_under_the_budget():
     policy.prune_now()
     assert all(w % 8 == 0 for w in policy.widths()), policy.widths()
     assert policy.count()[0] <= 0.5 * policy.dense_flops
+
+
+# The policy's contract beyond the decision: prune_now, its state round trip, its summary, its constructor and
+# budget messages (mutation testing found these unchecked).
+
+
+def policy_of(model: torch.nn.Module, **kwargs: object) -> EarlyPruningPolicy:
+    return EarlyPruningPolicy(model, torch.zeros(1, 1, 8, 8), Budget("flops", 0.5), **kwargs)
+
+
+def momentum_step(model: torch.nn.Module) -> torch.optim.Optimizer:
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 3, (4,))
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    optimizer.step()
+    return optimizer
+
+
+def test_prune_now_prunes_once_carries_the_optimizer_and_names_its_trigger():
+    model = ConvBNNet()
+    optimizer = momentum_step(model)
+    policy = policy_of(model)
+    policy.prune_now(optimizer)
+    assert policy.pruned and policy.trigger == "fixed" and policy.prune_epoch == 0
+    assert optimizer.param_groups[0]["params"][0] is model.conv1.weight  # the optimizer follows the new tensors
+    assert optimizer.state[model.conv1.weight]["momentum_buffer"].shape == model.conv1.weight.shape
+    with pytest.raises(EpipruneError, match=r"^the model is already pruned \(a policy prunes once\)$"):
+        policy.prune_now()
+    other = policy_of(ConvBNNet())
+    other.prune_now(trigger="manual")
+    assert other.trigger == "manual"
+
+
+def test_step_accumulates_taylor_until_the_prune_and_not_after():
+    model = ConvBNNet()
+    policy, reference = policy_of(model), policy_of(model)
+    x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 3, (4,))
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    policy.step()
+    reference.step(grad_scale=1.0)
+    assert policy.importance.steps == 1
+    for a, b in zip(policy.importance.scores(), reference.importance.scores(), strict=True):
+        assert np.array_equal(a, b) and a.any()  # unscaled by default
+    policy.prune_now()
+    policy.step()
+    assert policy.importance.steps == 0  # a pruned model's gradients are not accumulated
+
+
+def test_end_epoch_carries_the_optimizer_across_the_prune():
+    model = ConvBNNet()
+    optimizer = momentum_step(model)
+    policy = policy_of(model, prune_at=1)
+    assert policy.end_epoch(optimizer)
+    assert optimizer.param_groups[0]["params"][0] is model.conv1.weight
+    assert optimizer.state[model.conv1.weight]["momentum_buffer"].shape == model.conv1.weight.shape
+
+
+def test_data_parallel_ranks_are_asked_to_agree(monkeypatch):
+    """In one process the collectives are no-ops; what the policy hands them is what ranks would compare."""
+    from epiprune import distributed
+
+    reduced, agreed = [], []
+    monkeypatch.setattr(distributed, "all_reduce_mean_", lambda tensors: reduced.append(tensors))
+    monkeypatch.setattr(distributed, "agree_with_rank0", lambda value, what: agreed.append((value, what)) or value)
+    policy = policy_of(ConvBNNet(), prune_at=1)
+    assert policy.end_epoch()
+    assert len(reduced) == 1 and [len(t) for t in reduced[0]] == [4, 6]  # the Taylor totals of both groups
+    assert [what for _, what in agreed] == ["dominant sub-network", "pruning decision"]
+    assert agreed[0][0] == [policy.kept[name] for name in policy.group_names] and agreed[1][0] == "fixed"
+
+
+def test_state_round_trip_keeps_masks_kept_channels_and_the_decision():
+    policy = policy_of(ConvBNNet(), window=1, indicator="earlybird", max_dense_epochs=20)
+    policy.importance = ScriptedImportance([PEAKED_0, PEAKED_1, PEAKED_1])
+    for _ in range(3):
+        policy.end_epoch()
+    assert policy.trigger == "earlybird"
+    state = policy.state_dict()
+    resumed = policy_of(ConvBNNet(), window=1, indicator="earlybird", max_dense_epochs=20)
+    resumed.load_state_dict(state)
+    assert resumed.pruned and resumed.kept == policy.kept and resumed.widths() == policy.widths()
+    assert (resumed.epoch, resumed.prune_epoch, resumed.trigger) == (3, 3, "earlybird")
+    assert len(resumed.masks) == 3 and all(np.array_equal(a, b) for a, b in zip(resumed.masks, policy.masks,
+                                                                                strict=True))
+    assert resumed.history == policy.history
+    resumed.load_state_dict(state)  # loading the same pruned state again is fine
+    older = policy_of(ConvBNNet(), window=1, indicator="earlybird", max_dense_epochs=20)
+    older.load_state_dict({k: v for k, v in state.items() if k != "masks"})  # checkpoints from before Early-Bird
+    assert older.masks == [] and older.pruned
+    unpruned = policy_of(ConvBNNet(), window=1, indicator="earlybird", max_dense_epochs=20)
+    unpruned.load_state_dict(state)
+    unpruned.kept = {name: [0] for name in unpruned.group_names}  # as if pruned otherwise
+    with pytest.raises(EpipruneError, match=r"^policy state was pruned differently from this \(already pruned\) "
+                                            r"model$"):
+        unpruned.load_state_dict(state)
+
+
+def test_state_from_another_policy_names_what_differs():
+    state = policy_of(ConvBNNet()).state_dict()
+    other = EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8), Budget("flops", 0.3))
+    with pytest.raises(EpipruneError, match=r"^policy state does not match: budget 'flops:0.5' vs 'flops:0.3'$"):
+        other.load_state_dict(state)
+
+
+def test_summary_describes_the_run():
+    policy = policy_of(ConvBNNet(), window=1, threshold=0.95, max_dense_epochs=20)
+    policy.importance = ScriptedImportance([PEAKED_0])
+    policy.end_epoch()
+    policy.end_epoch()
+    summary = policy.summary()
+    assert summary == {"budget": "flops:0.5", "importance": "taylor", "indicator": "epi", "window": 1,
+                       "threshold": 0.95, "prune_epoch": 2, "trigger": "epi",
+                       "history": [{"epoch": 1, "epi": None, "widths": [1, 6], "decision": None, "earlybird": None},
+                                   {"epoch": 2, "epi": 1.0, "widths": [1, 6], "decision": "epi",
+                                    "earlybird": 1.0}]}
+
+
+def test_predicted_latency_of_given_widths(tmp_path):
+    model, graph = tiny_graph()
+    path = synthetic_table(graph, tmp_path / "t.json")
+    policy = EarlyPruningPolicy(model, torch.zeros(1, 1, 8, 8), Budget(latency=0.5), latency=TINY,
+                                latency_table=path, log=lambda _: None)
+    assert policy.predicted_latency_ms([2, 3]) == pytest.approx(policy.cost(np.array([2, 3])))
+    assert policy.predicted_latency_ms([2, 3]) < policy.predicted_latency_ms()
+    assert policy_of(ConvBNNet()).predicted_latency_ms() is None
+
+
+@pytest.mark.parametrize("text", ["flops:abc", "flops:0.5:1", "flops", "flops:nan"])
+def test_bad_budget_text_is_named(text):
+    with pytest.raises(EpipruneError, match=r"^bad budget .* \(accepted: flops:F, params:F or latency:F"):
+        Budget.parse(text)
+
+
+def test_constructor_defaults_and_refusals(monkeypatch):
+    from epiprune import policy as policy_module
+    from epiprune.indicator import TriggerRule
+
+    model = ConvBNNet()
+    policy = EarlyPruningPolicy(model, torch.zeros(1, 1, 8, 8))
+    assert policy.budget == Budget("flops", 0.5) and policy.target == 0.5 * policy.cost.dense
+    assert policy.model is model and policy.dense_widths == [4, 6] and policy.latency_table_path is None
+    assert policy.group_names == ["conv1", "conv2"]
+    assert policy_of(ConvBNNet(), ignored_layers=[model.conv1]).group_names == ["conv1", "conv2"]  # another model's
+    other = ConvBNNet()
+    assert policy_of(other, ignored_layers=[other.conv1]).group_names == ["conv2"]
+    assert policy.rule == TriggerRule(window=3, threshold=0.944, min_dense_epochs=4, max_dense_epochs=None,
+                                      prune_at=None, require_peak=False)
+    assert (policy.min_channels, policy.channel_multiple, policy.indicator, policy.importance_kind) == \
+        (1, 1, "epi", "taylor")
+    assert (policy.epoch, policy.prune_epoch, policy.trigger, policy.kept, policy.history, policy.masks) == \
+        (0, None, None, None, [], [])
+    fixed = policy_of(ConvBNNet(), prune_at=2, max_dense_epochs=5)
+    assert (fixed.rule.min_dense_epochs, fixed.rule.max_dense_epochs, fixed.rule.prune_at) == (0, None, 2)
+    assert policy_of(ConvBNNet(), importance="random").importance.seed == 0
+    assert policy_of(ConvBNNet(), importance="random", seed=3).importance.seed == 3
+    assert policy_of(ConvBNNet(), require_peak=True).rule.require_peak
+    assert policy_of(ConvBNNet(), indicator="earlybird").rule.threshold == pytest.approx(0.9)
+    assert policy_of(ConvBNNet(), importance="magnitude").rule.threshold == 0.983
+    with pytest.raises(EpipruneError, match=r"^unknown importance 'psychic' \(accepted: taylor, magnitude, random\)$"):
+        policy_of(ConvBNNet(), importance="psychic")
+    with pytest.raises(EpipruneError, match=r"^unknown indicator 'tea' \(accepted: epi, earlybird, none\)$"):
+        policy_of(ConvBNNet(), indicator="tea")
+    calls = []
+
+    def fake_load_or_build(graph: object, settings: object, path: object, progress: bool, log: object) -> None:
+        calls.append((settings, path, progress, log))
+        raise EpipruneError("stop here")
+
+    monkeypatch.setattr(policy_module, "load_or_build", fake_load_or_build)
+    with pytest.raises(EpipruneError, match="stop here"):
+        EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8), Budget(latency=0.5))
+    from epiprune.latency import LatencySettings
+
+    assert calls == [(LatencySettings(), None, True, print)]
+
+
+def test_budget_constructor_messages():
+    with pytest.raises(EpipruneError, match=r"^give one budget, e\.g\. Budget\(flops=0\.5\) or Budget\('flops', 0\.5\) "
+                                            r"\(got kind='flops', fraction=None, params=0\.5\)$"):
+        Budget("flops", params=0.5)
+    with pytest.raises(EpipruneError, match=r"got kind=None, fraction=0\.5, flops=0\.5, params=0\.4\)$"):
+        Budget(fraction=0.5, flops=0.5, params=0.4)
+    with pytest.raises(EpipruneError, match=r"^unknown budget kind 'watts' \(accepted: flops, params, latency\)$"):
+        Budget("watts", 0.5)
+    with pytest.raises(EpipruneError, match=r"^budget fraction 'half' is not a number \(accepted: 0 < F < 1\)$"):
+        Budget("flops", "half")
+    with pytest.raises(EpipruneError, match=r"^budget fraction 1\.0 is outside \(0, 1\)"):
+        Budget("flops", 1.0)  # the whole model is no budget
+    assert Budget() == Budget("flops", 0.5)

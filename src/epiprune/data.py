@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import pickle
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -117,7 +118,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
                ("numpy._core.multiarray", "scalar"), ("builtins", "bytes")}
 
-    def find_class(self, module: str, name: str):  # noqa: ANN201 (pickle protocol)
+    def find_class(self, module: str, name: str) -> object:  # pickle's protocol: a class or function
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
         return super().find_class(module, name)
@@ -291,7 +292,7 @@ class TensorLoader:
             x = torch.where(mask[:, None, None, None], x.flip(3), x)
         return x
 
-    def __iter__(self):  # noqa: ANN204
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.labels)
         order = torch.randperm(n, generator=self.order_generator) if self.train else torch.arange(n)
         for i in range(len(self)):

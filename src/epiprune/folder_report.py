@@ -4,6 +4,7 @@ without training. Useful to look at a grid while its last runs are still going, 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from .checkpoint import CHECKPOINT_FILE, load_checkpoint
@@ -13,7 +14,7 @@ from .indicator import default_threshold
 from .report import plot_epi
 
 
-def report(folder: str | Path, log=print) -> Path:  # noqa: ANN001
+def report(folder: str | Path, log: Callable[[str], None] = print) -> Path:
     """Rewrite the report of an `epiprune compare` folder (compare.md/json and plots, from every finished run)
     or of an `epiprune train` folder (epi.png, and a per-epoch table printed). Returns the folder."""
     out = Path(folder)
@@ -25,7 +26,7 @@ def report(folder: str | Path, log=print) -> Path:  # noqa: ANN001
                         "(metrics.jsonl) (accepted: a folder given as --out to either)")
 
 
-def _report_comparison(out: Path, log) -> Path:  # noqa: ANN001
+def _report_comparison(out: Path, log: Callable[[str], None]) -> Path:
     runs, unfinished = finished_runs(out)
     if not runs:
         raise EpipruneError(f"no finished run under {out / 'runs'} yet (accepted: a compare folder with at least "
@@ -40,7 +41,7 @@ def _report_comparison(out: Path, log) -> Path:  # noqa: ANN001
     return out
 
 
-def read_metrics(path: Path, log=print) -> list[dict]:  # noqa: ANN001
+def read_metrics(path: Path, log: Callable[[str], None] = print) -> list[dict]:
     """The rows of a metrics.jsonl. A truncated last line (a run killed while appending it) is left out with a
     note; any other unreadable line is an EpipruneError naming the file and line."""
     lines = [(i, line) for i, line in enumerate(path.read_text(errors="replace").splitlines(), 1) if line.strip()]
@@ -73,7 +74,7 @@ def _read_json(path: Path) -> dict:
     return value
 
 
-def _report_run(out: Path, log) -> Path:  # noqa: ANN001
+def _report_run(out: Path, log: Callable[[str], None]) -> Path:
     metrics = read_metrics(out / "metrics.jsonl", log)
     summary_path = out / "summary.json"
     if summary_path.is_file():

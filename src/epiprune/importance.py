@@ -12,6 +12,8 @@ Magnitude: the group's L2 weight norm (torch-pruning's GroupMagnitudeImportance)
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 import numpy as np
 import torch
 import torch_pruning as tp
@@ -20,6 +22,30 @@ from torch import nn
 from .surgery import PrunableGraph
 
 IMPORTANCES = ("taylor", "magnitude", "random")
+
+
+class Importance(Protocol):
+    """What the policy needs of an importance: per-channel scores of every group, accumulated over an epoch.
+
+    needs_gradients: scores come from step() (the policy falls back to weight magnitudes while steps == 0).
+    scores() only looks: calling it twice in an epoch gives the same scores and changes no state.
+    state_dict() / load_state_dict(): plain data (and tensors) to resume mid-training.
+    """
+
+    needs_gradients: bool
+    steps: int
+
+    def step(self, grad_scale: float = 1.0) -> None: ...
+
+    def scores(self) -> list[np.ndarray]: ...
+
+    def reset(self) -> None: ...
+
+    def state_tensors(self) -> list[torch.Tensor]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 def _channel_taylor(module: nn.Module) -> torch.Tensor | None:
@@ -39,6 +65,8 @@ def _channel_taylor(module: nn.Module) -> torch.Tensor | None:
 class TaylorAccumulator:
     """Accumulates first-order Taylor importance per channel group. Call `step()` after each backward
     (before the optimizer zeroes the gradients); read `scores()` at the end of the epoch; `reset()`."""
+
+    needs_gradients = True
 
     def __init__(self, graph: PrunableGraph) -> None:
         self.graph = graph
@@ -73,10 +101,19 @@ class TaylorAccumulator:
         """The accumulators themselves, e.g. to all-reduce them across data-parallel ranks."""
         return self.totals
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "totals": [t.clone() for t in self.totals]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps = state["steps"]
+        for mine, saved in zip(self.totals, state["totals"], strict=True):
+            mine.copy_(saved)
+
 
 class _StepCounter:
     """Importances that need no gradients: step() only counts, there is nothing to accumulate or all-reduce."""
 
+    needs_gradients = False
     steps = 0
 
     def reset(self) -> None:
@@ -87,6 +124,12 @@ class _StepCounter:
 
     def state_tensors(self) -> list[torch.Tensor]:
         return []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps = state["steps"]
 
 
 class MagnitudeImportance(_StepCounter):
@@ -107,26 +150,41 @@ class MagnitudeImportance(_StepCounter):
 
 
 class RandomImportance(_StepCounter):
-    """Uniform random scores (the random structured-pruning baseline), reproducible from `seed`."""
+    """Uniform random scores (the random structured-pruning baseline), reproducible from `seed`: one draw per
+    epoch, so scores() gives the same scores however often it is called until reset() starts the next epoch."""
 
     def __init__(self, graph: PrunableGraph, seed: int = 0) -> None:
         self.graph, self.seed = graph, seed
-        self.rng, self.draws = np.random.default_rng(seed), 0
+        self.replay(0)
+
+    def reset(self) -> None:
+        super().reset()
+        self.current: list[np.ndarray] | None = None  # this epoch's draw, once looked at
 
     def scores(self) -> list[np.ndarray]:
-        self.draws += 1
-        return [self.rng.random(g.size) for g in self.graph.groups]
+        if self.current is None:
+            self.current = [self.rng.random(g.size) for g in self.graph.groups]
+            self.draws += 1
+        return [s.copy() for s in self.current]
 
     def replay(self, draws: int) -> None:
-        """Put the generator where it was after `draws` calls of scores(), so that a resumed run draws the same
+        """Put the generator where it was after `draws` epochs' draws, so that a resumed run draws the same
         rankings as an uninterrupted one (the count is checkpointed, not the generator's state)."""
-        self.rng, self.draws = np.random.default_rng(self.seed), 0
+        self.rng, self.draws, self.current = np.random.default_rng(self.seed), 0, None
         for _ in range(draws):
             self.scores()
+            self.current = None
+
+    def state_dict(self) -> dict[str, Any]:
+        # draws of finished epochs only: this epoch's draw, if looked at, is drawn again (the same) after resuming
+        return {"steps": self.steps, "draws": self.draws - (self.current is not None)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.replay(state.get("draws", 0))
+        self.steps = state["steps"]
 
 
-def make_importance(kind: str, graph: PrunableGraph, seed: int = 0
-                    ) -> TaylorAccumulator | MagnitudeImportance | RandomImportance:
+def make_importance(kind: str, graph: PrunableGraph, seed: int = 0) -> Importance:
     if kind == "taylor":
         return TaylorAccumulator(graph)
     if kind == "magnitude":

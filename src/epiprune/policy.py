@@ -22,7 +22,7 @@ from torch import nn
 
 from . import distributed
 from .errors import EpipruneError
-from .importance import IMPORTANCES, MagnitudeImportance, TaylorAccumulator, make_importance
+from .importance import IMPORTANCES, Importance, MagnitudeImportance, make_importance
 from .indicator import (
     DEFAULT_WINDOW,
     INDICATORS,
@@ -32,7 +32,7 @@ from .indicator import (
     earlybird_stability,
 )
 from .latency import LatencyCostModel, LatencySettings, load_or_build
-from .subnetwork import Budget, Cost, normalise_per_group, select_subnetwork, widths_of
+from .subnetwork import Budget, Cost, check_budget, normalise_per_group, select_subnetwork, widths_of
 from .surgery import PrunableGraph
 
 
@@ -103,12 +103,10 @@ class EarlyPruningPolicy:
         else:
             self.cost = self.graph.cost_models()[self.budget.kind]
         self.target = self.budget.fraction * self.cost.dense
-        floor = self.cost(np.minimum(self.dense_widths, min_channels)) / self.cost.dense
-        if floor > self.budget.fraction:
-            raise EpipruneError(f"budget {self.budget} cannot be met: keeping {min_channels} channel(s) per layer "
-                                f"already costs {floor:.3f} of the dense model (accepted: a fraction > {floor:.3f})")
+        # the same floor as every later selection, channel_multiple included: refuse now, not after an epoch
+        check_budget(self.cost, self.target, min_channels, channel_multiple, budget=str(self.budget))
         self.graph.self_check()
-        self.importance = make_importance(importance, self.graph, seed)
+        self.importance: Importance = make_importance(importance, self.graph, seed)
         self.history: list[EpochRecord] = []
         self.masks: list[np.ndarray] = []  # concatenated keep-masks per dense epoch (for Early-Bird)
         self.epoch = 0
@@ -134,7 +132,7 @@ class EarlyPruningPolicy:
     def dominant_subnetwork(self) -> list[np.ndarray]:
         """Boolean keep-mask per group: what would be kept if the model were pruned now."""
         scores = self.importance.scores()
-        if self.importance.steps == 0 and isinstance(self.importance, TaylorAccumulator):
+        if self.importance.steps == 0 and self.importance.needs_gradients:
             scores = MagnitudeImportance(self.graph).scores()  # no gradients seen yet: fall back to weights
         return select_subnetwork(normalise_per_group(scores), self.cost, self.target, self.min_channels,
                                  self.channel_multiple)
@@ -205,9 +203,8 @@ class EarlyPruningPolicy:
         return {"budget": str(self.budget), "importance": self.importance_kind, "group_names": self.group_names,
                 "indicator": self.indicator, "masks": [torch.as_tensor(m) for m in self.masks],
                 "epoch": self.epoch, "history": [asdict(r) for r in self.history], "prune_epoch": self.prune_epoch,
-                "trigger": self.trigger, "kept": self.kept, "importance_steps": self.importance.steps,
-                "importance_totals": [t.clone() for t in self.importance.state_tensors()],
-                "importance_draws": getattr(self.importance, "draws", 0)}
+                "trigger": self.trigger, "kept": self.kept,
+                **{f"importance_{key}": value for key, value in self.importance.state_dict().items()}}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a policy built on the same dense model. If the saved policy had pruned, the same channels are
@@ -225,12 +222,9 @@ class EarlyPruningPolicy:
         self.history = [EpochRecord(**r) for r in state["history"]]
         self.masks = [m.numpy() for m in state.get("masks", [])]
         self.importance.reset()
-        if not self.pruned:
-            self.importance.steps = state["importance_steps"]
-            for mine, saved in zip(self.importance.state_tensors(), state["importance_totals"], strict=True):
-                mine.copy_(saved)
-            if hasattr(self.importance, "replay"):  # random scores: continue the same sequence
-                self.importance.replay(state.get("importance_draws", 0))
+        if not self.pruned:  # importance_steps, importance_totals (taylor), importance_draws (random)
+            self.importance.load_state_dict({key.removeprefix("importance_"): value for key, value in state.items()
+                                             if key.startswith("importance_")})
 
     def summary(self) -> dict:
         return {"budget": str(self.budget), "importance": self.importance_kind, "indicator": self.indicator,

@@ -9,6 +9,7 @@ needs cost(widths) to be monotone in every width.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -108,6 +109,35 @@ def normalise_per_group(scores: list[np.ndarray]) -> list[np.ndarray]:
     return [s / (float(np.mean(s)) + 1e-12) if s.size else s for s in scores]
 
 
+def floor_widths(dense_widths: np.ndarray | list[int], min_channels: int = 1, channel_multiple: int = 1) -> np.ndarray:
+    """The narrowest widths selection can return: per group `min_channels` rounded up to a multiple of
+    `channel_multiple`, or the whole group where it is narrower than that (selection keeps those channels always)."""
+    if channel_multiple < 1 or min_channels < 1:
+        raise BudgetError(f"channel multiple {channel_multiple} and min channels {min_channels} must be >= 1")
+    first = -(-min_channels // channel_multiple) * channel_multiple
+    return np.minimum(np.asarray(dense_widths, dtype=np.int64), first)
+
+
+def check_budget(cost: Cost, target: float, min_channels: int = 1, channel_multiple: int = 1,
+                 budget: str = "") -> None:
+    """Raise BudgetError unless `target` (units of `cost`) can be met by selection, i.e. unless the floor widths
+    (see floor_widths) cost at most `target`. The policy calls this at construction and select_subnetwork at every
+    selection, so a budget is refused up front exactly when selection would refuse it later."""
+    widths = floor_widths(cost.dense_widths, min_channels, channel_multiple)
+    floor = cost(widths)
+    if floor > target:
+        ratio = floor / cost.dense
+        kept = f"{int(widths.max())} channel(s) per layer"
+        if channel_multiple > 1:
+            kept += f" (channel multiple {channel_multiple})"
+        accepted = f"a fraction >= {math.ceil(ratio * 1000) / 1000:.3f}"
+        if channel_multiple > 1:
+            accepted += " or a smaller channel multiple"
+        name = f"budget {budget}" if budget else "budget"
+        raise BudgetError(f"{name} cannot be met: keeping {kept} already costs {ratio:.3f} of the dense model "
+                          f"(accepted: {accepted})")
+
+
 def select_subnetwork(scores: list[np.ndarray], cost: Cost, target: float, min_channels: int = 1,
                       channel_multiple: int = 1) -> list[np.ndarray]:
     """Keep the globally most important channels whose cost fits `target` (same units as `cost`).
@@ -123,13 +153,12 @@ def select_subnetwork(scores: list[np.ndarray], cost: Cost, target: float, min_c
     """
     if len(scores) != len(cost.dense_widths):
         raise ValueError(f"{len(scores)} score vectors for {len(cost.dense_widths)} groups")
-    if channel_multiple < 1 or min_channels < 1:
-        raise BudgetError(f"channel multiple {channel_multiple} and min channels {min_channels} must be >= 1")
+    firsts = floor_widths([len(s) for s in scores], min_channels, channel_multiple)
     blocks: list[np.ndarray] = []  # channel indices of each block
     block_group, block_rank, block_score, protected = [], [], [], []
     for g, s in enumerate(scores):
         order = np.argsort(-s, kind="stable")
-        first = min(len(s), -(-min_channels // channel_multiple) * channel_multiple)
+        first = int(firsts[g])
         cuts = [0, first, *range(first + channel_multiple, len(s), channel_multiple), len(s)]
         for rank, (a, b) in enumerate(zip(cuts[:-1], cuts[1:], strict=True)):
             if a == b:
@@ -150,10 +179,7 @@ def select_subnetwork(scores: list[np.ndarray], cost: Cost, target: float, min_c
         return dense - np.bincount(block_group_arr[dropped], weights=block_size[dropped],
                                    minlength=len(dense)).astype(np.int64)
 
-    floor = cost(widths_after(len(droppable)))
-    if floor > target:
-        raise BudgetError(f"budget cannot be met: keeping {min_channels} channel(s) per layer already costs "
-                          f"{floor / cost.dense:.3f} of the dense model (accepted: a larger budget fraction)")
+    check_budget(cost, target, min_channels, channel_multiple)  # the floor is widths_after(len(droppable))
     lo, hi = 0, len(droppable)  # smallest k with cost(widths_after(k)) <= target
     while lo < hi:
         mid = (lo + hi) // 2

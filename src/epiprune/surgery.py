@@ -269,7 +269,8 @@ def record_parameter_cuts() -> Iterator[list[ParameterCut]]:
     cuts: list[ParameterCut] = []
     original = BasePruningFunc._prune_parameter_and_grad
 
-    def recording(self, weight, keep_idxs, pruning_dim):  # noqa: ANN001, ANN202
+    def recording(self: BasePruningFunc, weight: nn.Parameter, keep_idxs: Sequence[int], pruning_dim: int
+                  ) -> nn.Parameter:
         new = original(self, weight, keep_idxs, pruning_dim)
         if weight.ndim == 4 and weight.is_contiguous(memory_format=torch.channels_last) \
                 and not weight.is_contiguous():

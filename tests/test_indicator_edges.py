@@ -1,0 +1,80 @@
+"""Edges of the indicator module that mutation testing found untested: empty and zero-width inputs, the exact
+threshold, the first epoch each signal is defined, and which epochs require_peak compares."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from epiprune.indicator import (
+    TriggerRule,
+    early_pruning_indicator,
+    earlybird_stability,
+    layer_distances,
+    mask_distance,
+)
+
+
+def test_a_layer_both_architectures_removed_is_at_distance_zero():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no 0/0 division either
+        assert layer_distances([0, 4, 0, 1], [0, 2, 3, 0]).tolist() == [0.0, 1 / 3, 1.0, 1.0]
+        assert mask_distance(np.array([], dtype=bool), np.array([], dtype=bool)) == 0.0
+
+
+def test_masks_are_read_as_booleans():
+    assert mask_distance(np.array([2, 0, 1]), np.array([1, 0, 0])) == 1 / 3
+    assert mask_distance(np.array([1, 0, 0]), np.array([2, 0, 1])) == 1 / 3
+
+
+def test_vectors_of_different_lengths_are_refused_with_both_shapes():
+    with pytest.raises(ValueError, match=r"^width vectors differ in length: \(2,\) vs \(3,\)$"):
+        layer_distances([1, 2], [1, 2, 3])
+    with pytest.raises(ValueError, match=r"^window must be >= 1, got 0$"):
+        early_pruning_indicator([[1], [1]], 0)
+    with pytest.raises(ValueError, match=r"^masks differ in length: \(1,\) vs \(2,\)$"):
+        mask_distance(np.ones(1), np.ones(2))
+
+
+def test_earlybird_stability_is_defined_once_window_distances_exist():
+    a, b = np.array([1, 1, 0, 0], dtype=bool), np.array([1, 0, 1, 0], dtype=bool)
+    assert earlybird_stability([a], 1) is None
+    assert earlybird_stability([a, a], 1) == 1.0
+    assert earlybird_stability([a, b], 1) == 0.5
+    assert earlybird_stability([b, a, a], 2) == 0.5  # the max over both distances in the window
+    assert earlybird_stability([b, a, a], 1) == 1.0
+    assert earlybird_stability([a, a], 2) is None
+
+
+def test_epi_at_exactly_tau_triggers():
+    rule = TriggerRule(window=1, threshold=0.9, min_dense_epochs=2)
+    assert rule.decide(2, [None, 0.9]) == "epi"
+    assert rule.decide(1, [None]) is None
+
+
+def test_decide_with_no_history_yet():
+    assert TriggerRule(window=1, threshold=0.9, min_dense_epochs=0, max_dense_epochs=3).decide(0, []) is None
+    assert TriggerRule(window=1, threshold=0.9, min_dense_epochs=0, max_dense_epochs=1).decide(1, []) == "fallback"
+
+
+def test_require_peak_compares_the_window_and_not_older_epochs():
+    rule = TriggerRule(window=2, threshold=0.9, min_dense_epochs=1, require_peak=True)
+    assert rule.decide(4, [None, 0.99, 0.5, 0.95]) is None  # 0.99 is two epochs back: inside the window
+    assert rule.decide(5, [None, 0.99, 0.5, 0.5, 0.95]) == "epi"  # now three back: outside it
+
+
+def test_trigger_rule_messages_name_the_setting():
+    from epiprune.errors import EpipruneError
+
+    for kwargs, message in [({"window": 0}, "EPI window 0 must be >= 1"),
+                            ({"threshold": 1.5}, "EPI threshold 1.5 is outside (0, 1]"),
+                            ({"min_dense_epochs": -1}, "min dense epochs -1 must be >= 0"),
+                            ({"min_dense_epochs": 3, "max_dense_epochs": 2},
+                             "max dense epochs 2 must be >= min dense epochs 3 and >= 1"),
+                            ({"prune_at": -1}, "prune-at epoch -1 must be >= 0")]:
+        with pytest.raises(EpipruneError) as err:
+            TriggerRule(**kwargs)
+        assert str(err.value) == message
+    assert TriggerRule(threshold=1.0).threshold == 1.0  # tau = 1: prune only on an unchanged architecture
