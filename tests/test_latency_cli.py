@@ -131,3 +131,20 @@ def test_a_prediction_off_by_more_than_20_percent_is_warned_about(tmp_path, caps
     assert "latency table: reusing" in printed and "warning: the latency table's prediction is off by" in printed
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["latency"]["prediction_error"] < -0.2
+
+
+def test_a_resumed_run_uses_the_table_kept_in_its_folder(tmp_path, monkeypatch, capsys):
+    """The run folder's copy of the table is what a resume reads, even when the cache that built it is gone."""
+    import shutil
+
+    monkeypatch.setenv("EPIPRUNE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    assert main(["train", "--budget", "latency:0.6", "--latency-batch", "8", "--out", str(out), *TRAIN]) == 0
+    assert (out / "latency_table.json").is_file()
+    shutil.rmtree(tmp_path / "cache")
+    (out / "summary.json").unlink()  # as if the run had been killed before writing it
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert f"latency table: reusing {out / 'latency_table.json'}" in printed and "building" not in printed
+    assert json.loads((out / "summary.json").read_text())["latency"]["table"] == str(out / "latency_table.json")
