@@ -52,3 +52,15 @@ def test_surgery_keeps_channels_last_weights_channels_last():
     graph.prune([np.arange(2), np.arange(3)])
     weight = model.conv2.weight  # (3, 2, 3, 3): the two layouts differ (conv1's single input channel does not)
     assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+
+
+def test_in_memory_format_converts_modules_and_4d_tensors_only_when_asked():
+    from epiprune.latency import in_memory_format
+
+    x, flat = torch.randn(2, 3, 4, 4), torch.randn(2, 3)
+    assert in_memory_format(x, True).is_contiguous(memory_format=torch.channels_last)
+    assert not in_memory_format(x, True).is_contiguous()
+    assert in_memory_format(x, False) is x and in_memory_format(flat, True) is flat
+    model = in_memory_format(ConvBNNet(), True)
+    assert model.conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not model.conv2.weight.is_contiguous()

@@ -274,7 +274,7 @@ def _train(args: argparse.Namespace, argv: list[str]) -> None:
 def _latency_table(args: argparse.Namespace) -> None:
     import torch
 
-    from .latency import LatencySettings, load_or_build
+    from .latency import LatencySettings, in_memory_format, load_or_build
     from .models import build_model
     from .surgery import PrunableGraph
     from .trainer import resolve_device
@@ -294,8 +294,7 @@ def _latency_table(args: argparse.Namespace) -> None:
         model = build_model(args.model, shape[0], args.num_classes).to(device)
     except ValueError as e:
         raise EpipruneError(str(e)) from None
-    if settings.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = in_memory_format(model, settings.channels_last)
     graph = PrunableGraph(model, torch.zeros(1, *shape, device=device))
     cost, path = load_or_build(graph, settings, args.out, progress=not args.no_progress)
     print(f"{path}: dense {settings.target} step at batch {settings.batch_size} = {cost.dense:.1f} ms predicted")

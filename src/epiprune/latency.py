@@ -129,8 +129,11 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
-def _format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.ndim == 4 else x
+def in_memory_format(obj: torch.Tensor | nn.Module, channels_last: bool) -> torch.Tensor | nn.Module:
+    """A module, or a 4-D tensor, in channels-last memory format when asked (anything else as it is)."""
+    if not channels_last or (torch.is_tensor(obj) and obj.ndim != 4):
+        return obj
+    return obj.to(memory_format=torch.channels_last)
 
 
 def time_model_step(model: nn.Module, input_shape: Sequence[int], settings: LatencySettings,
@@ -140,9 +143,8 @@ def time_model_step(model: nn.Module, input_shape: Sequence[int], settings: Late
     infer: eval-mode forward without autograd. input_shape: one sample's (C, H, W)."""
     device = next(model.parameters()).device
     clone = copy.deepcopy(model)
-    if settings.channels_last:
-        clone = clone.to(memory_format=torch.channels_last)
-    x = _format(torch.randn(settings.batch_size, *input_shape, device=device), settings.channels_last)
+    clone = in_memory_format(clone, settings.channels_last)
+    x = in_memory_format(torch.randn(settings.batch_size, *input_shape, device=device), settings.channels_last)
     if settings.target == "infer":
         clone.eval()
 
@@ -285,12 +287,10 @@ def _axes(layer: TimedLayer, points: int) -> list[list[int]]:
 
 def _time_layer(layer: TimedLayer, c_in: int, c_out: int, settings: LatencySettings, device: torch.device) -> float:
     """Milliseconds of one layer at (c_in, c_out) channels, as the settings' target runs it."""
-    op = layer.build(c_in, c_out).to(device)
-    if settings.channels_last:
-        op = op.to(memory_format=torch.channels_last)
+    op = in_memory_format(layer.build(c_in, c_out).to(device), settings.channels_last)
     spatial = layer.input_shape[1:]
     train = settings.target == "train"
-    x = _format(torch.randn(settings.batch_size, c_in, *spatial, device=device), settings.channels_last)
+    x = in_memory_format(torch.randn(settings.batch_size, c_in, *spatial, device=device), settings.channels_last)
     x.requires_grad_(train and layer.input_grad)
     op.train(train)
     if not train:

@@ -28,7 +28,7 @@ from .data import DATASETS, Dataset, TensorLoader, load_dataset
 from .errors import EpipruneError
 from .importance import IMPORTANCES
 from .indicator import DEFAULT_WINDOW, INDICATORS
-from .latency import AMP_DTYPES, TARGETS, LatencySettings, autocast, time_model_step
+from .latency import AMP_DTYPES, TARGETS, LatencySettings, autocast, in_memory_format, time_model_step
 from .models import MODELS, build_model
 from .policy import EarlyPruningPolicy
 from .preprocessing import from_loader_stats
@@ -192,8 +192,7 @@ def prepare_output(out: str) -> Path:
 
 def to_input(x: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
     """A batch on the device, in the run's memory format."""
-    x = x.to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    return in_memory_format(x.to(device, non_blocking=True), channels_last)
 
 
 @torch.no_grad()
@@ -388,8 +387,7 @@ def _check_latency(cfg: TrainConfig, policy: EarlyPruningPolicy, model: nn.Modul
     prediction is off by more than PREDICTION_WARNING."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         dense = build_model(cfg.model, dataset.in_channels, dataset.num_classes).to(device)
-    if cfg.channels_last:
-        dense = dense.to(memory_format=torch.channels_last)
+    dense = in_memory_format(dense, cfg.channels_last)
     result = measure_latency(policy, model, dense, cfg.latency_settings(),
                              (dataset.in_channels, *dataset.image_size))
     log(f"latency ({result['target']}, batch {result['batch_size']}): dense {result['measured_dense_ms']:.1f} ms, "
@@ -422,8 +420,7 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None]
     h, w = dataset.image_size
     model = build_model(cfg.model, dataset.in_channels, dataset.num_classes).to(device)
     example = torch.zeros(1, dataset.in_channels, h, w, device=device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = in_memory_format(model, cfg.channels_last)
     policy = _make_policy(cfg, model, example, budget, out, checkpoint is not None, log)
     if checkpoint is not None:
         policy.load_state_dict(checkpoint["policy"])  # re-applies the surgery if the run had pruned
