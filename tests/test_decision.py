@@ -111,7 +111,7 @@ def test_fallback_prunes_at_max_dense_epochs_when_epi_never_crosses():
 
 
 def test_earlybird_triggers_when_the_masks_stop_moving():
-    policy = scripted_policy(alternating_then_stable(3), indicator="earlybird", window=2, max_dense_epochs=20)
+    policy = scripted_policy(alternating_then_stable(3), indicator="earlybird-budget", window=2, max_dense_epochs=20)
     assert run(policy, 20) == [5]  # mask distances: epochs 2, 3 large; 4, 5 zero; the window holds two
     assert policy.trigger == "earlybird"
     masks = policy.masks
@@ -121,7 +121,7 @@ def test_earlybird_triggers_when_the_masks_stop_moving():
 
 
 def test_earlybird_falls_back_too():
-    policy = scripted_policy(alternating_then_stable(100), indicator="earlybird", window=1, max_dense_epochs=4)
+    policy = scripted_policy(alternating_then_stable(100), indicator="earlybird-budget", window=1, max_dense_epochs=4)
     assert run(policy, 10) == [4] and policy.trigger == "fallback"
 
 

@@ -237,13 +237,13 @@ def test_data_parallel_ranks_are_asked_to_agree(monkeypatch):
 
 
 def test_state_round_trip_keeps_masks_kept_channels_and_the_decision():
-    policy = policy_of(ConvBNNet(), window=1, indicator="earlybird", max_dense_epochs=20)
+    policy = policy_of(ConvBNNet(), window=1, indicator="earlybird-budget", max_dense_epochs=20)
     policy.importance = ScriptedImportance([PEAKED_0, PEAKED_1, PEAKED_1])
     for _ in range(3):
         policy.end_epoch()
     assert policy.trigger == "earlybird"
     state = policy.state_dict()
-    resumed = policy_of(ConvBNNet(), window=1, indicator="earlybird", max_dense_epochs=20)
+    resumed = policy_of(ConvBNNet(), window=1, indicator="earlybird-budget", max_dense_epochs=20)
     resumed.load_state_dict(state)
     assert resumed.pruned and resumed.kept == policy.kept and resumed.widths() == policy.widths()
     assert (resumed.epoch, resumed.prune_epoch, resumed.trigger) == (3, 3, "earlybird")
@@ -251,10 +251,10 @@ def test_state_round_trip_keeps_masks_kept_channels_and_the_decision():
                                                                                 strict=True))
     assert resumed.history == policy.history
     resumed.load_state_dict(state)  # loading the same pruned state again is fine
-    older = policy_of(ConvBNNet(), window=1, indicator="earlybird", max_dense_epochs=20)
+    older = policy_of(ConvBNNet(), window=1, indicator="earlybird-budget", max_dense_epochs=20)
     older.load_state_dict({k: v for k, v in state.items() if k != "masks"})  # checkpoints from before Early-Bird
     assert older.masks == [] and older.pruned
-    unpruned = policy_of(ConvBNNet(), window=1, indicator="earlybird", max_dense_epochs=20)
+    unpruned = policy_of(ConvBNNet(), window=1, indicator="earlybird-budget", max_dense_epochs=20)
     unpruned.load_state_dict(state)
     unpruned.kept = {name: [0] for name in unpruned.group_names}  # as if pruned otherwise
     with pytest.raises(EpipruneError, match=r"^policy state was pruned differently from this \(already pruned\) "
@@ -276,10 +276,12 @@ def test_summary_describes_the_run():
     policy.end_epoch()
     summary = policy.summary()
     assert summary == {"budget": "flops:0.5", "importance": "taylor", "indicator": "epi", "window": 1,
-                       "threshold": 0.95, "prune_epoch": 2, "trigger": "epi",
-                       "history": [{"epoch": 1, "epi": None, "widths": [1, 6], "decision": None, "earlybird": None},
+                       "epi_average": "layer", "peak": 0, "smooth": 1, "threshold": 0.95, "prune_epoch": 2,
+                       "trigger": "epi",
+                       "history": [{"epoch": 1, "epi": None, "widths": [1, 6], "decision": None, "earlybird": None,
+                                    "epi_layer": None, "epi_group": None},
                                    {"epoch": 2, "epi": 1.0, "widths": [1, 6], "decision": "epi",
-                                    "earlybird": 1.0}]}
+                                    "earlybird": 1.0, "epi_layer": 1.0, "epi_group": 1.0}]}
 
 
 def test_predicted_latency_of_given_widths(tmp_path):
@@ -323,9 +325,11 @@ def test_constructor_defaults_and_refusals(monkeypatch):
     assert policy_of(ConvBNNet(), require_peak=True).rule.require_peak
     assert policy_of(ConvBNNet(), indicator="earlybird").rule.threshold == pytest.approx(0.9)
     assert policy_of(ConvBNNet(), importance="magnitude").rule.threshold == 0.983
-    with pytest.raises(EpipruneError, match=r"^unknown importance 'psychic' \(accepted: taylor, magnitude, random\)$"):
+    with pytest.raises(EpipruneError,
+                       match=r"^unknown importance 'psychic' \(accepted: taylor, magnitude, bn, random\)$"):
         policy_of(ConvBNNet(), importance="psychic")
-    with pytest.raises(EpipruneError, match=r"^unknown indicator 'tea' \(accepted: epi, earlybird, none\)$"):
+    with pytest.raises(EpipruneError,
+                       match=r"^unknown indicator 'tea' \(accepted: epi, earlybird, earlybird-budget, none\)$"):
         policy_of(ConvBNNet(), indicator="tea")
     calls = []
 

@@ -8,7 +8,7 @@ import sys
 from .data import DATASETS
 from .errors import EpipruneError
 from .importance import IMPORTANCES
-from .indicator import DEFAULT_THRESHOLDS, DEFAULT_WINDOW, INDICATORS
+from .indicator import DEFAULT_THRESHOLDS, DEFAULT_WINDOW, EARLYBIRD_QUEUE, EPI_AVERAGES, INDICATORS
 from .latency import AMP_DTYPES, TARGETS
 from .models import MODELS
 from .trainer import DistributedError
@@ -60,14 +60,26 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--budget", default="flops:0.5", help="what to keep: flops:F, params:F or latency:F (of the "
                    "dense model's step time measured on this device), 0 < F < 1")
     t.add_argument("--importance", default="taylor", choices=IMPORTANCES,
-                   help="channel importance: first-order Taylor (gradients), group L2 weight magnitude, or random")
+                   help="channel importance: first-order Taylor (gradients), group L2 weight magnitude, BN |gamma| "
+                   "(network slimming), or random")
     t.add_argument("--indicator", default="epi", choices=INDICATORS,
-                   help="when to prune: EPI; Early-Bird mask distance (You et al. 2020; threshold = 1 - epsilon, "
-                   "default 0.9); none (dense training, EPI still tracked)")
+                   help="when to prune: EPI; earlybird (You et al. 2020 as published: BN |gamma| channel masks, a "
+                   "queue of --earlybird-queue distances all < epsilon = 1 - threshold, default 0.1; use it with "
+                   "--importance bn --bn-l1 1e-4); earlybird-budget (masks of the budget's sub-network over the EPI "
+                   "window, distances <= epsilon); none (dense training, EPI still tracked)")
     t.add_argument("--epi-window", type=int, default=DEFAULT_WINDOW, help="r: earlier epochs EPI compares with")
     t.add_argument("--epi-threshold", type=float, default=None,
                    help=f"tau: prune when EPI >= tau (default {DEFAULT_THRESHOLDS['taylor']} for taylor, "
                    f"{DEFAULT_THRESHOLDS['magnitude']} for magnitude, the paper's values)")
+    t.add_argument("--epi-average", default="layer", choices=EPI_AVERAGES,
+                   help="EPI's mean of layer distances: over layers (the paper: a channel group spanning k conv/"
+                   "linear layers counts k times) or over channel groups (each once; epiprune before 2026-11-28)")
+    t.add_argument("--epi-peak", type=int, default=0, help="also require EPI to exceed each of its last N values "
+                   "(the paper's peak condition; 0: off)")
+    t.add_argument("--epi-smooth", type=int, default=1, help="compare the mean of the last N EPI values with tau "
+                   "(1: EPI itself)")
+    t.add_argument("--earlybird-queue", type=int, default=EARLYBIRD_QUEUE,
+                   help="--indicator earlybird: successive mask distances that must all be below epsilon")
     t.add_argument("--min-dense-epochs", type=int, default=None, help="never prune earlier (default: window+1)")
     t.add_argument("--max-dense-epochs", type=int, default=None,
                    help="prune at this epoch anyway if EPI has not triggered (default: half the epochs)")
@@ -80,6 +92,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra epochs after --epochs at 0.1x the LR (train-prune-fine-tune with --prune-at EPOCHS)")
     t.add_argument("--init-batches", type=int, default=10,
                    help="with --prune-at 0 and taylor: batches of gradients used to rank channels at initialisation")
+    t.add_argument("--bn-l1", type=float, default=0.0, help="L1 penalty on BN scales while dense (network "
+                   "slimming; Early-Bird uses 1e-4)")
+    t.add_argument("--holdout", type=int, default=0, help="hold this many training images out as the validation "
+                   "split; the dataset's own validation split becomes a test split, evaluated once at the end "
+                   "(--val-subset then sizes it) (0: off)")
+    t.add_argument("--data-seed", type=int, default=None, help="seeds the draw of --train-subset, --val-subset and "
+                   "--holdout, so that seeds can share one data subset (default: --seed)")
+    t.add_argument("--record-scores", action="store_true", help="write scores.jsonl: the importance of every dense "
+                   "epoch (for --branch-from and trigger studies)")
+    t.add_argument("--probe-every", type=int, default=0, help="with --record-scores: also record the Taylor scores "
+                   "of every window of N steps (0: off)")
+    t.add_argument("--keep-checkpoints", default=None, metavar="EPOCHS",
+                   help="keep the checkpoints of these epochs in checkpoints/epoch<k>.pt, e.g. 1-6,12 (default: none)")
+    t.add_argument("--branch-from", default=None, metavar="DIR",
+                   help="start from the dense run in DIR (made with --record-scores --keep-checkpoints): replay its "
+                   "scores through this run's policy and continue from the epoch it prunes (default: none)")
     _add_latency_options(t)
     t.add_argument("--latency-table", default=None, metavar="PATH",
                    help="latency budget: the table file to reuse or build (default: a cache file per model, device "
@@ -252,7 +280,13 @@ def _train(args: argparse.Namespace, argv: list[str]) -> None:
                       dist_timeout=args.dist_timeout, out=args.out, progress=not args.no_progress,
                       latency_target=args.latency_target, latency_batch=args.latency_batch,
                       latency_table=args.latency_table, channels_last=args.channels_last, amp=args.amp,
-                      compile=args.compile)
+                      compile=args.compile, epi_average=args.epi_average, epi_peak=args.epi_peak,
+                      epi_smooth=args.epi_smooth, earlybird_queue=args.earlybird_queue, bn_l1=args.bn_l1,
+                      holdout=args.holdout, data_seed=args.data_seed, record_scores=args.record_scores,
+                      probe_every=args.probe_every,
+                      keep_checkpoints=None if args.keep_checkpoints is None else _int_list(args.keep_checkpoints,
+                                                                                            "keep-checkpoints"),
+                      branch_from=args.branch_from)
     if args.resume is not None:
         cfg.out = args.resume
     args.run_folder = RunFolder(cfg.out, resume=args.resume is not None, force=args.force)

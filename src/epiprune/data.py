@@ -58,6 +58,18 @@ class Dataset:
     def image_size(self) -> tuple[int, int]:
         return int(self.train_images.shape[1]), int(self.train_images.shape[2])
 
+    def hold_out(self, count: int, seed: int = 0) -> tuple[Dataset, tuple[np.ndarray, np.ndarray]]:
+        """Split `count` random training images off as the validation split; the old validation split becomes
+        the test split, returned as (images, labels) beside the new dataset. Raises DataError if too few."""
+        if not 0 < count < len(self.train_labels):
+            raise DataError(f"--holdout {count} does not fit {len(self.train_labels)} training images (accepted: "
+                            f"1..{len(self.train_labels) - 1})")
+        order = np.random.default_rng(seed).permutation(len(self.train_labels))
+        held, rest = np.sort(order[:count]), np.sort(order[count:])
+        split = Dataset(self.name, self.train_images[rest], self.train_labels[rest], self.train_images[held],
+                        self.train_labels[held], self.num_classes, self.class_names)
+        return split, (self.val_images, self.val_labels)
+
     def subset(self, train: int | None, val: int | None, seed: int = 0) -> Dataset:
         """A random subset with at most `train` and `val` samples (None keeps all)."""
         rng = np.random.default_rng(seed)

@@ -8,6 +8,8 @@ free of any forward-pass cost, and unaffected by in-place activations that follo
 we take |sum theta * grad| per channel, add over the layers the group couples, and accumulate over the epoch.
 
 Magnitude: the group's L2 weight norm (torch-pruning's GroupMagnitudeImportance), computed on demand.
+BN: the sum of |gamma| over the group's BatchNorm layers (network slimming, Liu et al. 2017; Early-Bird's
+ranking), computed on demand; a group without BN is ranked by its L2 weight norm.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from torch import nn
 
 from .surgery import PrunableGraph
 
-IMPORTANCES = ("taylor", "magnitude", "random")
+IMPORTANCES = ("taylor", "magnitude", "bn", "random")
 
 
 class Importance(Protocol):
@@ -149,6 +151,29 @@ class MagnitudeImportance(_StepCounter):
         return result
 
 
+class BatchNormScaleImportance(_StepCounter):
+    """Sum of |gamma| over the BatchNorm layers of each group (no accumulation: read when scores are asked for);
+    groups without a BN fall back to their L2 weight norm."""
+
+    def __init__(self, graph: PrunableGraph) -> None:
+        self.graph = graph
+
+    @torch.no_grad()
+    def scores(self) -> list[np.ndarray]:
+        fallback: list[np.ndarray] | None = None
+        result = []
+        for gi, g in enumerate(self.graph.groups):
+            if not g.bn_targets:
+                fallback = fallback or MagnitudeImportance(self.graph).scores()
+                result.append(fallback[gi])
+                continue
+            total = np.zeros(g.size)
+            for module, local, root in g.bn_targets:
+                total[root] += module.weight.detach().abs().double().cpu().numpy()[local]
+            result.append(total)
+        return result
+
+
 class RandomImportance(_StepCounter):
     """Uniform random scores (the random structured-pruning baseline), reproducible from `seed`: one draw per
     epoch, so scores() gives the same scores however often it is called until reset() starts the next epoch."""
@@ -189,6 +214,8 @@ def make_importance(kind: str, graph: PrunableGraph, seed: int = 0) -> Importanc
         return TaylorAccumulator(graph)
     if kind == "magnitude":
         return MagnitudeImportance(graph)
+    if kind == "bn":
+        return BatchNormScaleImportance(graph)
     if kind == "random":
         return RandomImportance(graph, seed)
     raise ValueError(f"unknown importance {kind!r} (accepted: {', '.join(IMPORTANCES)})")

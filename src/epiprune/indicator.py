@@ -13,16 +13,22 @@ import numpy as np
 from .errors import EpipruneError
 
 # Published thresholds (paper, section 4): tau for Taylor importance and for magnitude importance.
-DEFAULT_THRESHOLDS = {"taylor": 0.944, "magnitude": 0.983, "random": 0.944}
+DEFAULT_THRESHOLDS = {"taylor": 0.944, "magnitude": 0.983, "bn": 0.983, "random": 0.944}
 DEFAULT_WINDOW = 3
-# Early-Bird tickets (You et al., ICLR 2020): prune once the last r mask distances are all below epsilon = 0.1.
+# Early-Bird tickets (You et al., ICLR 2020): prune once the last 5 distances between successive channel masks
+# (BN |gamma|, a fixed channel ratio) are all below epsilon = 0.1. 'earlybird-budget' is this project's earlier
+# variant: masks of the budget's dominant sub-network under the run's importance, over the EPI window, <= epsilon.
 EARLYBIRD_EPSILON = 0.1
-INDICATORS = ("epi", "earlybird", "none")
+EARLYBIRD_QUEUE = 5
+INDICATORS = ("epi", "earlybird", "earlybird-budget", "none")
+# EPI averages layer distances over layers (the paper's formula: a group that couples k layers counts k times) or,
+# as epiprune did before, over channel groups (each group once).
+EPI_AVERAGES = ("layer", "group")
 
 
 def default_threshold(indicator: str, importance: str) -> float:
     """The trigger threshold when none is given: 1 - epsilon for Early-Bird, else the paper's tau for the importance."""
-    return 1.0 - EARLYBIRD_EPSILON if indicator == "earlybird" else DEFAULT_THRESHOLDS[importance]
+    return 1.0 - EARLYBIRD_EPSILON if indicator.startswith("earlybird") else DEFAULT_THRESHOLDS[importance]
 
 
 def layer_distances(a: Sequence[int], b: Sequence[int]) -> np.ndarray:
@@ -34,20 +40,28 @@ def layer_distances(a: Sequence[int], b: Sequence[int]) -> np.ndarray:
     return np.divide(np.abs(na - nb), total, out=np.zeros_like(total), where=total > 0)
 
 
-def structural_similarity(a: Sequence[int], b: Sequence[int]) -> float:
-    """Psi(N_a, N_b) = 1 - mean_l d_l(N_a, N_b); 1 for identical architectures."""
-    return float(1.0 - layer_distances(a, b).mean())
+def structural_similarity(a: Sequence[int], b: Sequence[int], weights: Sequence[float] | None = None) -> float:
+    """Psi(N_a, N_b) = 1 - mean_l d_l(N_a, N_b); 1 for identical architectures. `weights` (one per entry of the
+    width vectors, e.g. the number of layers a channel group spans) turn the mean into a weighted mean."""
+    d = layer_distances(a, b)
+    if weights is None:
+        return float(1.0 - d.mean())
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != d.shape or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"weights must be {d.shape[0]} non-negative numbers, not all 0")
+    return float(1.0 - (w * d).sum() / w.sum())
 
 
-def early_pruning_indicator(history: Sequence[Sequence[int]], window: int) -> float | None:
+def early_pruning_indicator(history: Sequence[Sequence[int]], window: int,
+                            weights: Sequence[float] | None = None) -> float | None:
     """EPI_t = (1/r) sum_{j=1..r} Psi(N_t, N_{t-j}) for the last entry N_t of `history`; None until r
-    earlier width vectors exist."""
+    earlier width vectors exist. `weights`: see structural_similarity (None: every entry counts once)."""
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
     if len(history) < window + 1:
         return None
     current = history[-1]
-    return float(np.mean([structural_similarity(current, history[-1 - j]) for j in range(1, window + 1)]))
+    return float(np.mean([structural_similarity(current, history[-1 - j], weights) for j in range(1, window + 1)]))
 
 
 def mask_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -71,7 +85,10 @@ class TriggerRule:
     """Decide at the end of each dense epoch whether to prune now.
 
     threshold: tau; prune at the first epoch with EPI >= tau (and, with require_peak, EPI also the highest of
-    the window so far). min_dense_epochs: never before this many dense epochs. max_dense_epochs: prune at this
+    the window so far). peak: also require EPI_t > EPI_{t-j} for j = 1..peak (the paper's peak condition, where
+    those are defined). smooth: compare the mean of the last `smooth` EPI values with tau instead of EPI_t alone.
+    strict: '>' instead of '>=' (Early-Bird's distance < epsilon).
+    min_dense_epochs: never before this many dense epochs. max_dense_epochs: prune at this
     epoch anyway (trigger 'fallback') if EPI has not fired; None means no limit. prune_at: ignore EPI and prune
     after exactly this many dense epochs (trigger 'fixed').
     """
@@ -82,6 +99,9 @@ class TriggerRule:
     max_dense_epochs: int | None = None
     prune_at: int | None = None
     require_peak: bool = False
+    peak: int = 0
+    smooth: int = 1
+    strict: bool = False
 
     def __post_init__(self) -> None:
         if self.window < 1:
@@ -95,6 +115,10 @@ class TriggerRule:
                              f"{self.min_dense_epochs} and >= 1")
         if self.prune_at is not None and self.prune_at < 0:
             raise EpipruneError(f"prune-at epoch {self.prune_at} must be >= 0")
+        if self.peak < 0:
+            raise EpipruneError(f"EPI peak {self.peak} is negative (accepted: an integer >= 0; 0 turns it off)")
+        if self.smooth < 1:
+            raise EpipruneError(f"EPI smoothing {self.smooth} is too small (accepted: an integer >= 1; 1 is none)")
 
     def decide(self, epoch: int, epi_history: Sequence[float | None]) -> str | None:
         """epoch: dense epochs completed (1-based); epi_history: EPI after each of them (None where undefined).
@@ -102,9 +126,14 @@ class TriggerRule:
         if self.prune_at is not None:
             return "fixed" if epoch >= self.prune_at else None
         epi = epi_history[-1] if epi_history else None
-        if epoch >= self.min_dense_epochs and epi is not None and epi >= self.threshold:
+        if epi is not None and self.smooth > 1:
+            last = epi_history[-self.smooth:]
+            epi = None if len(last) < self.smooth or None in last else float(np.mean(last))
+        if epoch >= self.min_dense_epochs and epi is not None and (
+                epi > self.threshold if self.strict else epi >= self.threshold):
             recent = [e for e in epi_history[-self.window - 1:] if e is not None]
-            if not self.require_peak or epi >= max(recent):
+            earlier = [e for e in epi_history[-self.peak - 1:-1] if e is not None] if self.peak else []
+            if (not self.require_peak or epi_history[-1] >= max(recent)) and all(epi_history[-1] > e for e in earlier):
                 return "epi"
         if self.max_dense_epochs is not None and epoch >= self.max_dense_epochs:
             return "fallback"

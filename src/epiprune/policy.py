@@ -22,9 +22,11 @@ from torch import nn
 
 from . import distributed
 from .errors import EpipruneError
-from .importance import IMPORTANCES, Importance, MagnitudeImportance, make_importance
+from .importance import IMPORTANCES, BatchNormScaleImportance, Importance, MagnitudeImportance, make_importance
 from .indicator import (
     DEFAULT_WINDOW,
+    EARLYBIRD_QUEUE,
+    EPI_AVERAGES,
     INDICATORS,
     TriggerRule,
     default_threshold,
@@ -41,10 +43,12 @@ class EpochRecord:
     """What the policy saw at the end of one dense epoch."""
 
     epoch: int
-    epi: float | None
+    epi: float | None  # the EPI the rule used (per layer or per group, as the policy averages)
     widths: list[int]  # kept channels per group of the dominant sub-network
     decision: str | None  # 'epi', 'earlybird', 'fixed', 'fallback' or None
     earlybird: float | None = None  # 1 - max recent mask distance (Early-Bird's test as a similarity)
+    epi_layer: float | None = None  # EPI averaged over layers (the paper's formula)
+    epi_group: float | None = None  # EPI averaged over channel groups (each group once)
 
 
 class EarlyPruningPolicy:
@@ -55,11 +59,16 @@ class EarlyPruningPolicy:
     latency, latency_table: for a latency budget, what to time (LatencySettings: target 'train' or 'infer', batch
     size, memory format, autocast dtype) and where the table lives (default: a cache file named by its key);
     a missing or outdated table is measured now, on the device of example_inputs (minutes on a CPU).
-    importance: 'taylor' (gradients, accumulated by step()), 'magnitude' (weights, read at epoch end) or
-    'random' (a baseline).
-    indicator: 'epi' (default), 'earlybird' (You et al. 2020: mask Hamming distances over the window all below
-    1 - threshold, default epsilon 0.1) or 'none' (track EPI, never prune: the dense reference).
+    importance: 'taylor' (gradients, accumulated by step()), 'magnitude' (weights, read at epoch end), 'bn'
+    (BN |gamma|, network slimming) or 'random' (a baseline).
+    indicator: 'epi' (default); 'earlybird' (You et al. 2020 as published: masks keep the fraction
+    sqrt(budget) of all channels with the largest BN |gamma|, prune once the last `earlybird_queue` distances
+    between successive masks are all below epsilon = 1 - threshold, default 0.1); 'earlybird-budget' (the
+    earlier variant: masks of the budget's dominant sub-network, over the EPI window, distances <= epsilon); or
+    'none' (track EPI, never prune: the dense reference).
     window, threshold: EPI's r and tau (threshold None: the published tau for the importance).
+    epi_average: 'layer' (the paper: a group spanning k conv/linear layers counts k times) or 'group'.
+    peak, smooth: see TriggerRule (the paper's peak condition over `peak` earlier points; a moving mean).
     min_dense_epochs / max_dense_epochs: earliest EPI trigger / latest epoch (then prune anyway, 'fallback').
     prune_at: prune after exactly this many dense epochs instead of asking EPI.
     channel_multiple: keep a multiple of this many channels per group (e.g. 8: faster kernels, coarser budget).
@@ -72,23 +81,34 @@ class EarlyPruningPolicy:
                  ignored_layers: Sequence[nn.Module] = (), indicator: str = "epi", seed: int = 0,
                  channel_multiple: int = 1, latency: LatencySettings | None = None,
                  latency_table: str | Path | None = None, log: Callable[[str], None] = print,
-                 progress: bool = True) -> None:
+                 progress: bool = True, epi_average: str = "layer", peak: int = 0, smooth: int = 1,
+                 earlybird_queue: int = EARLYBIRD_QUEUE) -> None:
         if importance not in IMPORTANCES:
             raise EpipruneError(f"unknown importance {importance!r} (accepted: {', '.join(IMPORTANCES)})")
         if indicator not in INDICATORS:
             raise EpipruneError(f"unknown indicator {indicator!r} (accepted: {', '.join(INDICATORS)})")
+        if epi_average not in EPI_AVERAGES:
+            raise EpipruneError(f"unknown EPI average {epi_average!r} (accepted: {', '.join(EPI_AVERAGES)})")
+        if earlybird_queue < 1:
+            raise EpipruneError(f"Early-Bird queue {earlybird_queue} is too small (accepted: an integer >= 1)")
         self.indicator = indicator
+        self.epi_average = epi_average
+        self.earlybird_queue = earlybird_queue
         if threshold is None:
             threshold = default_threshold(indicator, importance)
         self.model = model
         self.budget = budget or Budget()
         self.importance_kind = importance
-        if min_dense_epochs is None:
-            min_dense_epochs = 0 if prune_at is not None else window + 1  # EPI is defined from epoch r + 1
+        signal_window = earlybird_queue if indicator == "earlybird" else window
+        if min_dense_epochs is None:  # EPI (Early-Bird's test) is defined from epoch r + 1
+            min_dense_epochs = 0 if prune_at is not None else signal_window + 1
+            if max_dense_epochs is not None:  # a short schedule: the fallback comes first
+                min_dense_epochs = min(min_dense_epochs, max_dense_epochs)
         self.rule = TriggerRule(window=window,
                                 threshold=threshold, min_dense_epochs=min_dense_epochs,
                                 max_dense_epochs=None if prune_at is not None else max_dense_epochs,
-                                prune_at=prune_at, require_peak=require_peak)
+                                prune_at=prune_at, require_peak=require_peak, peak=peak, smooth=smooth,
+                                strict=indicator == "earlybird")
         self.min_channels = min_channels
         self.channel_multiple = channel_multiple
         self.graph = PrunableGraph(model, example_inputs, ignored_layers)
@@ -107,8 +127,10 @@ class EarlyPruningPolicy:
         check_budget(self.cost, self.target, min_channels, channel_multiple, budget=str(self.budget))
         self.graph.self_check()
         self.importance: Importance = make_importance(importance, self.graph, seed)
+        self.layer_weights = [g.layers for g in self.graph.groups]
         self.history: list[EpochRecord] = []
         self.masks: list[np.ndarray] = []  # concatenated keep-masks per dense epoch (for Early-Bird)
+        self.last_scores: list[np.ndarray] | None = None  # the scores of the latest dominant sub-network
         self.epoch = 0
         self.prune_epoch: int | None = None
         self.trigger: str | None = None
@@ -129,39 +151,82 @@ class EarlyPruningPolicy:
         if not self.pruned:
             self.importance.step(grad_scale)
 
-    def dominant_subnetwork(self) -> list[np.ndarray]:
-        """Boolean keep-mask per group: what would be kept if the model were pruned now."""
-        scores = self.importance.scores()
+    def current_scores(self) -> list[np.ndarray]:
+        """Per-channel importance of every group seen so far this epoch (weights if no gradients were seen)."""
         if self.importance.steps == 0 and self.importance.needs_gradients:
-            scores = MagnitudeImportance(self.graph).scores()  # no gradients seen yet: fall back to weights
-        return select_subnetwork(normalise_per_group(scores), self.cost, self.target, self.min_channels,
+            return MagnitudeImportance(self.graph).scores()  # no gradients seen yet: fall back to weights
+        return self.importance.scores()
+
+    def select(self, scores: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Boolean keep-mask per group of the sub-network that `scores` rank first under the budget."""
+        return select_subnetwork(normalise_per_group(list(scores)), self.cost, self.target, self.min_channels,
                                  self.channel_multiple)
 
-    def end_epoch(self, optimizer: torch.optim.Optimizer | None = None) -> bool:
+    def dominant_subnetwork(self) -> list[np.ndarray]:
+        """Boolean keep-mask per group: what would be kept if the model were pruned now."""
+        return self.select(self.current_scores())
+
+    def earlybird_mask(self) -> np.ndarray:
+        """Early-Bird's channel mask (concatenated over groups): the fraction sqrt(budget) of all channels with the
+        largest BN |gamma| (one global threshold, as in network slimming; sqrt: a uniform width ratio r keeps
+        about r^2 of the FLOPs)."""
+        scores = np.concatenate(BatchNormScaleImportance(self.graph).scores())
+        keep = max(1, round(np.sqrt(self.budget.fraction) * len(scores)))
+        mask = np.zeros(len(scores), dtype=bool)
+        mask[np.argsort(-scores, kind="stable")[:keep]] = True
+        return mask
+
+    def end_epoch(self, optimizer: torch.optim.Optimizer | None = None,
+                  scores: Sequence[np.ndarray] | None = None) -> bool:
         """Close a training epoch: extract the dominant sub-network, update EPI, prune if the rule says so.
+        scores: importance recorded earlier (one array per group) to use instead of what step() accumulated.
         Returns True in the epoch it prunes (the model is smaller and the optimizer points at the new tensors)."""
         self.epoch += 1
         if self.pruned:
             return False
-        masks = self._synchronised_subnetwork()
+        decision, masks = self._observe(scores)
+        if decision is None:
+            return False
+        self._prune(masks, optimizer, decision)
+        return True
+
+    def replay(self, recorded: Sequence[Sequence[np.ndarray]],
+               before_prune: Callable[[int], torch.optim.Optimizer | None]) -> int | None:
+        """Decide on importance recorded epoch by epoch along a dense trajectory (recorded[e - 1]: the scores of
+        epoch e), exactly as end_epoch would have decided then, and prune at the epoch the rule picks. Just before
+        the surgery, before_prune(epoch) must put that epoch's weights into the model and return the optimizer to
+        carry (or None). This branches a pruned run from a dense one without training the dense epochs again.
+        Returns the prune epoch, or None if the rule never fires within the recorded epochs."""
+        for scores in recorded:
+            self.epoch += 1
+            decision, masks = self._observe(scores)
+            if decision is not None:
+                self._prune(masks, before_prune(self.epoch), decision)
+                return self.epoch
+        return None
+
+    def _observe(self, scores: Sequence[np.ndarray] | None) -> tuple[str | None, list[np.ndarray]]:
+        """This epoch's dominant sub-network, EPI and Early-Bird signal, recorded in history; the rule's decision."""
+        masks = self._synchronised_subnetwork(scores)
         widths = widths_of(masks)
-        epi = early_pruning_indicator([r.widths for r in self.history] + [widths], self.rule.window)
-        self.masks.append(np.concatenate(masks))
-        eb = earlybird_stability(self.masks, self.rule.window)
+        history = [r.widths for r in self.history] + [widths]
+        epi_layer = early_pruning_indicator(history, self.rule.window, self.layer_weights)
+        epi_group = early_pruning_indicator(history, self.rule.window)
+        epi = epi_layer if self.epi_average == "layer" else epi_group
+        self.masks.append(self.earlybird_mask() if self.indicator == "earlybird" else np.concatenate(masks))
+        eb = earlybird_stability(self.masks, self.earlybird_queue if self.indicator == "earlybird"
+                                 else self.rule.window)
         if self.indicator == "none":
             decision = None
-        elif self.indicator == "earlybird":
+        elif self.indicator.startswith("earlybird"):
             decision = self.rule.decide(self.epoch, [*(r.earlybird for r in self.history), eb])
             decision = "earlybird" if decision == "epi" else decision
         else:
             decision = self.rule.decide(self.epoch, [*self.epi_history, epi])
         decision = distributed.agree_with_rank0(decision, "pruning decision")
-        self.history.append(EpochRecord(self.epoch, epi, widths, decision, eb))
+        self.history.append(EpochRecord(self.epoch, epi, widths, decision, eb, epi_layer, epi_group))
         self.importance.reset()
-        if decision is None:
-            return False
-        self._prune(masks, optimizer, decision)
-        return True
+        return decision, masks
 
     def prune_now(self, optimizer: torch.optim.Optimizer | None = None, trigger: str = "fixed") -> None:
         """Prune immediately to the budget from the importance seen so far (weights if none)."""
@@ -169,11 +234,14 @@ class EarlyPruningPolicy:
             raise EpipruneError("the model is already pruned (a policy prunes once)")
         self._prune(self._synchronised_subnetwork(), optimizer, trigger)
 
-    def _synchronised_subnetwork(self) -> list[np.ndarray]:
-        """The dominant sub-network from importance averaged over data-parallel ranks; rank 0's masks are
-        broadcast as a safeguard and every rank must have computed the same (no-ops in one process)."""
-        distributed.all_reduce_mean_(self.importance.state_tensors())
-        masks = self.dominant_subnetwork()
+    def _synchronised_subnetwork(self, scores: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
+        """The dominant sub-network from importance averaged over data-parallel ranks (or from `scores`); rank
+        0's masks are broadcast as a safeguard and every rank must have computed the same (no-ops in one process)."""
+        if scores is None:
+            distributed.all_reduce_mean_(self.importance.state_tensors())
+            scores = self.current_scores()
+        self.last_scores = [np.asarray(s, dtype=np.float64).copy() for s in scores]
+        masks = self.select(self.last_scores)
         distributed.agree_with_rank0([np.flatnonzero(m).tolist() for m in masks], "dominant sub-network")
         return masks
 
@@ -228,6 +296,7 @@ class EarlyPruningPolicy:
 
     def summary(self) -> dict:
         return {"budget": str(self.budget), "importance": self.importance_kind, "indicator": self.indicator,
-                "window": self.rule.window,
+                "window": self.rule.window, "epi_average": self.epi_average, "peak": self.rule.peak,
+                "smooth": self.rule.smooth,
                 "threshold": self.rule.threshold, "prune_epoch": self.prune_epoch, "trigger": self.trigger,
                 "history": [asdict(r) for r in self.history]}

@@ -33,6 +33,7 @@ class ChannelGroup:
 
     taylor_targets: (module, local channel indices, group channel indices) for each layer whose output
     activation the group's channels define: the BNs of the group, or the root layer when there is none.
+    bn_targets: the BNs among them (empty when the group has none).
     """
 
     name: str
@@ -41,6 +42,13 @@ class ChannelGroup:
     taylor_targets: list[tuple[nn.Module, list[int], list[int]]] = field(default_factory=list)
     out_modules: list[nn.Module] = field(default_factory=list)
     in_modules: list[nn.Module] = field(default_factory=list)
+    bn_targets: list[tuple[nn.Module, list[int], list[int]]] = field(default_factory=list)
+
+    @property
+    def layers(self) -> int:
+        """How many conv/linear layers produce these channels (a residual stage's group spans several): the
+        group's weight in the per-layer EPI average."""
+        return max(1, sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in self.out_modules))
 
 
 def output_layers(model: nn.Module, example_inputs: torch.Tensor) -> list[nn.Module]:
@@ -149,6 +157,7 @@ class PrunableGraph:
             elif not list(module.children()):  # activations, pooling: cost scales with the channel count
                 cg.out_modules.append(module)
         cg.taylor_targets = bn_targets or out_targets
+        cg.bn_targets = bn_targets
         return cg
 
     @property

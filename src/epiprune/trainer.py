@@ -27,7 +27,7 @@ from .checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from .data import DATASETS, Dataset, TensorLoader, load_dataset
 from .errors import EpipruneError
 from .importance import IMPORTANCES
-from .indicator import DEFAULT_WINDOW, INDICATORS
+from .indicator import DEFAULT_WINDOW, EARLYBIRD_QUEUE, EPI_AVERAGES, INDICATORS
 from .latency import AMP_DTYPES, TARGETS, LatencySettings, autocast, in_memory_format, time_model_step
 from .models import MODELS, build_model
 from .policy import EarlyPruningPolicy
@@ -36,6 +36,7 @@ from .report import plot_epi
 from .runfolder import RunFolder
 from .serialization import architecture_spec, atomic_write_text, save_pruned
 from .subnetwork import Budget
+from .trajectory import KEPT_CHECKPOINTS, SCORES_FILE, ScoreRecorder, branch, keep_copy
 
 TRAIN_FLOPS_PER_FORWARD = 3
 
@@ -87,6 +88,17 @@ class TrainConfig:
     channels_last: bool = False
     amp: str = "none"
     compile: bool = False
+    epi_average: str = "layer"
+    epi_peak: int = 0
+    epi_smooth: int = 1
+    earlybird_queue: int = EARLYBIRD_QUEUE
+    bn_l1: float = 0.0
+    data_seed: int | None = None
+    holdout: int = 0
+    record_scores: bool = False
+    probe_every: int = 0
+    keep_checkpoints: list[int] | None = None
+    branch_from: str | None = None
 
     def validate(self) -> None:
         """Raise EpipruneError naming the first bad value and what is accepted."""
@@ -126,6 +138,28 @@ class TrainConfig:
             raise EpipruneError(f"EPI threshold {self.epi_threshold} is outside (0, 1]")
         if self.max_dense_epochs is not None and not 1 <= self.max_dense_epochs < self.epochs:
             raise EpipruneError(f"max dense epochs {self.max_dense_epochs} is outside 1..{self.epochs - 1}")
+        if self.epi_average not in EPI_AVERAGES:
+            raise EpipruneError(f"unknown EPI average {self.epi_average!r} (accepted: {', '.join(EPI_AVERAGES)})")
+        for flag, value, low in (("--epi-peak", self.epi_peak, 0), ("--epi-smooth", self.epi_smooth, 1),
+                                 ("--earlybird-queue", self.earlybird_queue, 1), ("--holdout", self.holdout, 0),
+                                 ("--probe-every", self.probe_every, 0)):
+            if value < low:
+                raise EpipruneError(f"{flag} {value} is too small (accepted: an integer >= {low})")
+        if not (self.bn_l1 >= 0 and math.isfinite(self.bn_l1)):
+            raise EpipruneError(f"--bn-l1 {self.bn_l1} is not a number >= 0 (accepted: e.g. 1e-4, or 0 for none)")
+        if self.data_seed is not None and not 0 <= self.data_seed < 2**32:
+            raise EpipruneError(f"--data-seed {self.data_seed} is outside 0..{2**32 - 1}")
+        for k in self.keep_checkpoints or []:
+            if not 1 <= k <= self.total_epochs:
+                raise EpipruneError(f"--keep-checkpoints epoch {k} is outside 1..{self.total_epochs}")
+        if self.branch_from is not None:
+            if self.indicator in ("none", "earlybird") or self.importance == "random":
+                raise EpipruneError(f"--branch-from cannot replay indicator {self.indicator!r} with importance "
+                                    f"{self.importance!r} (accepted: indicator epi, earlybird-budget or --prune-at, "
+                                    "importance taylor, magnitude or bn)")
+            if self.prune_at == 0:
+                raise EpipruneError("--branch-from with --prune-at 0 has nothing to branch from (accepted: --prune-at "
+                                    ">= 1)")
 
     def latency_settings(self) -> LatencySettings:
         """What a latency table for this run times: its target, batch, memory format and autocast dtype."""
@@ -169,6 +203,29 @@ class TrainConfig:
         if self.max_dense_epochs is not None:
             return self.max_dense_epochs
         return min(self.epochs - 1, max(self.epi_window + 1, self.epochs // 2))
+
+
+def split_data(dataset: Dataset, cfg: TrainConfig) -> tuple[Dataset, tuple[np.ndarray, np.ndarray] | None]:
+    """The run's train and validation splits, and the test split when --holdout makes one (None otherwise).
+    Subsets are drawn with --data-seed (default: --seed), so that seeds can share one data subset. With --holdout,
+    the validation split is that many training images and --val-subset sizes the test split."""
+    data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
+    if not cfg.holdout:
+        return dataset.subset(cfg.train_subset, cfg.val_subset, seed=data_seed), None
+    dataset, (test_images, test_labels) = dataset.hold_out(cfg.holdout, seed=data_seed)
+    test = Dataset(dataset.name, test_images[:0], test_labels[:0], test_images, test_labels, dataset.num_classes)
+    test = test.subset(None, cfg.val_subset, seed=data_seed)
+    return dataset.subset(cfg.train_subset, None, seed=data_seed), (test.val_images, test.val_labels)
+
+
+@torch.no_grad()
+def add_bn_l1_gradient(model: nn.Module, strength: float) -> None:
+    """Network slimming's sparsity term: add strength * sign(gamma) to every BN scale's gradient (the gradient of
+    strength * sum |gamma|), as Early-Bird does while it searches."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.weight is not None \
+                and module.weight.grad is not None:
+            module.weight.grad.add_(torch.sign(module.weight), alpha=strength)
 
 
 def seed_everything(seed: int) -> None:
@@ -346,7 +403,8 @@ def _make_policy(cfg: TrainConfig, model: nn.Module, example: torch.Tensor, budg
                                   max_dense_epochs=cfg.resolved_max_dense_epochs, prune_at=cfg.prune_at,
                                   indicator=cfg.indicator, seed=cfg.seed, channel_multiple=cfg.channel_multiple,
                                   latency=cfg.latency_settings(), latency_table=table, log=log,
-                                  progress=cfg.progress)
+                                  progress=cfg.progress, epi_average=cfg.epi_average, peak=cfg.epi_peak,
+                                  smooth=cfg.epi_smooth, earlybird_queue=cfg.earlybird_queue)
 
     if budget.kind != "latency":
         return make()
@@ -408,7 +466,7 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None]
     seed_everything(cfg.seed)
     if dataset is None:
         dataset = load_dataset(cfg.data, cfg.data_dir, image_size=cfg.image_size)
-    dataset = dataset.subset(cfg.train_subset, cfg.val_subset, seed=cfg.seed)
+    dataset, test_split = split_data(dataset, cfg)
     if dataset.num_classes < 2 and main:
         sys.stderr.write(f"warning: {dataset.name} has {dataset.num_classes} class: every prediction is right, so "
                          "its accuracy means nothing (accepted, but a classifier needs 2 or more classes)\n")
@@ -417,6 +475,10 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None]
                                 seed=cfg.seed, rank=rank, world=world)
     val_loader = TensorLoader(dataset.val_images, dataset.val_labels, 512, train=False, rank=rank, world=world)
     val_loader.normalise_like(train_loader)
+    test_loader = None
+    if test_split is not None:  # evaluated once, at the end: nothing is chosen on it
+        test_loader = TensorLoader(*test_split, 512, train=False, rank=rank, world=world)
+        test_loader.normalise_like(train_loader)
     h, w = dataset.image_size
     model = build_model(cfg.model, dataset.in_channels, dataset.num_classes).to(device)
     example = torch.zeros(1, dataset.in_channels, h, w, device=device)
@@ -454,6 +516,15 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None]
             f"{len(dataset.val_labels)} val, {dataset.in_channels}x{h}x{w}), budget {budget}, "
             f"importance {cfg.importance}, {cfg.total_epochs} epochs, dense {policy.dense_flops / 1e6:.2f} MFLOPs "
             f"{policy.dense_params / 1e6:.3f} M params, {device.type}" + (f", {world} ranks" if world > 1 else ""))
+    recorder = ScoreRecorder(policy, cfg.probe_every) if cfg.record_scores else None
+    if checkpoint is not None and recorder is not None:
+        recorder.load_state_dict(checkpoint["extra"].get("scores", {}))
+    if checkpoint is None and cfg.branch_from is not None:
+        metrics, train_flops_total, train_seconds = branch(cfg.branch_from, asdict(cfg), policy, model, optimizer,
+                                                           scheduler, train_loader, log)
+        first_epoch = len(metrics) + 1
+        if main:
+            atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in metrics))
     flops, params = policy.count()
     net = trainable(model, device, cfg.compile)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")  # fp16 gradients need loss scaling
@@ -478,6 +549,10 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None]
                 loss = cross_entropy(logits, y)
             scaler.scale(loss).backward()
             policy.step(scaler.get_scale() if scaler.is_enabled() else 1.0)
+            if cfg.bn_l1 and not policy.pruned:
+                add_bn_l1_gradient(model, cfg.bn_l1 * (scaler.get_scale() if scaler.is_enabled() else 1.0))
+            if recorder is not None:
+                recorder.after_step(epoch)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
@@ -494,7 +569,10 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None]
                                 f"is in {out} (accepted: a smaller --lr)")
         train_flops_total += TRAIN_FLOPS_PER_FORWARD * flops * seen
         _, val_top1 = evaluate(net, val_loader, device, cfg.channels_last, cfg.amp)
+        weight_scores = recorder.weight_scores() if recorder is not None and not policy.pruned else None
         pruned_now = policy.end_epoch(optimizer)
+        if weight_scores is not None:
+            recorder.end_epoch(epoch, weight_scores)
         if pruned_now:
             flops, params = policy.count()
             net = trainable(model, device, cfg.compile)  # new tensors: new DDP buckets, a new compiled graph
@@ -503,17 +581,25 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None]
         train_seconds += epoch_seconds
         row = {"epoch": epoch, "train_loss": loss_sum / seen, "train_top1": correct / seen, "val_top1": val_top1,
                "epi": None if record is None else record.epi,
+               "epi_layer": None if record is None else record.epi_layer,
+               "epi_group": None if record is None else record.epi_group,
                "widths": record.widths if record is not None else policy.widths(),
                "pruned": policy.pruned, "pruned_this_epoch": pruned_now,
                "flops": flops, "params": params, "lr": optimizer.param_groups[0]["lr"],
                "epoch_seconds": epoch_seconds, "train_flops_cumulative": train_flops_total}
+        if test_loader is not None and epoch == cfg.total_epochs:
+            row["test_top1"] = evaluate(net, test_loader, device, cfg.channels_last, cfg.amp)[1]
         metrics.append(row)
         rng = distributed.gather_to_all((train_loader.rng_state(), torch.get_rng_state()))  # per rank
         if main:
             # checkpoint first: a crash between the two writes leaves a checkpoint that resume trusts
             save_checkpoint(out / CHECKPOINT_FILE, model, optimizer, scheduler, policy, config=asdict(cfg),
                             metrics=metrics, train_flops_total=train_flops_total, seconds=train_seconds, rng=rng,
-                            scaler=scaler.state_dict())
+                            scaler=scaler.state_dict(), scores=recorder.state_dict() if recorder else {})
+            if epoch in (cfg.keep_checkpoints or []):
+                keep_copy(out / CHECKPOINT_FILE, out / KEPT_CHECKPOINTS / f"epoch{epoch}.pt")
+            if recorder is not None:
+                recorder.write(out / SCORES_FILE)
             on_checkpoint()
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
@@ -536,8 +622,15 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None]
         "dense_widths": policy.dense_widths, "final_widths": policy.widths(),
         "train_flops_total": train_flops_total, "train_flops_dense_equivalent": dense_train_flops,
         "train_flops_ratio": train_flops_total / dense_train_flops, "train_seconds": train_seconds,
-        "config": asdict(cfg),
+        "epi_layer_weights": policy.layer_weights, "config": asdict(cfg),
     }
+    if test_loader is not None:
+        summary["final_test_top1"] = metrics[-1]["test_top1"]
+    if cfg.branch_from is not None and policy.prune_epoch:  # what this run trained itself, after the branch point
+        shared = metrics[policy.prune_epoch - 1]
+        summary.update(branched_from=cfg.branch_from,
+                       branch_train_flops=train_flops_total - shared["train_flops_cumulative"],
+                       branch_seconds=sum(m["epoch_seconds"] for m in metrics[policy.prune_epoch:]))
     if main and budget.kind == "latency":
         summary["latency"] = _check_latency(cfg, policy, model, dataset, device, log)
     if main:
