@@ -19,19 +19,34 @@ def test_compare_end_to_end_then_skips_finished_runs(tmp_path, capsys):
     first = capsys.readouterr().out
     result = json.loads((out / "compare.json").read_text())
     methods = [r["method"] for r in result["rows"]]
-    assert methods[:1] == ["dense"] and {"init-random", "init-magnitude", "init-taylor", "tpf-ft1", "fixed-1",
-                                         "fixed-2", "earlybird", "epi-taylor", "epi-magnitude"} <= set(methods)
+    assert methods[:2] == ["dense", "dense-plain"] and {
+        "init-random", "init-magnitude", "init-taylor", "tpf-ft1", "fixed-1", "fixed-2", "earlybird",
+        "earlybird-budget", "epi-taylor", "epi-magnitude"} <= set(methods)
     oracle = [r for r in result["rows"] if r["family"] == "oracle"]
-    assert len(oracle) == 1 and oracle[0]["grid_size"] == 2
+    assert len(oracle) == 2 and oracle[0]["grid_size"] == 2
     rows = {r["method"]: r for r in result["rows"]}
     assert rows["dense"]["prune_epoch"] is None and rows["dense"]["flops_ratio"] == 1.0
     assert rows["init-random"]["prune_epoch"] == 0 and rows["tpf-ft1"]["prune_epoch"] == 4
     assert rows["fixed-2"]["prune_epoch"] == 2
     for r in result["rows"]:
-        if r["family"] != "dense":
+        if r["family"] not in ("dense", "plain"):
             assert 0.48 <= r["flops_ratio"] <= 0.51
-    # the oracle scan costs the sum of its runs
-    assert oracle[0]["train_flops"] == pytest.approx(rows["fixed-1"]["train_flops"] + rows["fixed-2"]["train_flops"])
+    # the grid from scratch costs the sum of its runs; branched, the dense epochs up to 2 are trained once
+    runs = {r["method"]: r for r in result["runs"]}
+    assert oracle[1]["method"].endswith("grid from scratch") and oracle[0]["method"].endswith("branched grid")
+    assert oracle[1]["train_flops"] == pytest.approx(rows["fixed-1"]["train_flops"] + rows["fixed-2"]["train_flops"])
+    shared = runs["fixed-2"]["train_flops_total"] - runs["fixed-2"]["branch_train_flops"]
+    assert oracle[0]["train_flops"] == pytest.approx(shared + runs["fixed-1"]["branch_train_flops"]
+                                                     + runs["fixed-2"]["branch_train_flops"])
+    assert oracle[0]["train_flops"] < oracle[1]["train_flops"]
+    for name in ("fixed-1", "fixed-2", "tpf-ft1", "epi-taylor", "epi-magnitude", "earlybird-budget"):
+        assert runs[name]["branched_from"].endswith("dense/seed0"), name
+    for name in ("init-taylor", "earlybird", "dense-plain"):
+        assert "branched_from" not in runs[name], name
+    assert runs["earlybird"]["config"]["bn_l1"] == 1e-4 and runs["earlybird"]["importance"] == "bn"
+    # each method's difference to EPI, per seed, with its interval
+    pairs = {p["method"]: p for p in result["paired"]}
+    assert pairs["fixed-1"]["diffs"] == [pytest.approx(rows["fixed-1"]["top1_mean"] - rows["epi-taylor"]["top1_mean"])]
     assert rows["tpf-ft1"]["train_flops_vs_dense"] > 1.0 > rows["epi-taylor"]["train_flops_vs_dense"]
     for name in ("compare.md", "accuracy_vs_cost.png", "accuracy_vs_prune_epoch.png", "epi_curve.png",
                  "widths_heatmap.png"):
@@ -43,7 +58,7 @@ def test_compare_end_to_end_then_skips_finished_runs(tmp_path, capsys):
     # second call: everything is reused, nothing retrained
     assert main(["compare", *TINY, "--out", str(out)]) == 0
     second = capsys.readouterr().out
-    assert "run " not in second and second.count("skip ") == len(methods) - 1
+    assert "run " not in second and second.count("skip ") == len(methods) - 2
     assert json.loads((out / "compare.json").read_text())["rows"] == result["rows"]
     check_report_rebuilds_the_comparison_without_training(out, result, capsys)
 
@@ -60,7 +75,7 @@ def check_report_rebuilds_the_comparison_without_training(out, result, capsys):
     assert main(["report", str(out)]) == 0
     assert "not finished (left out of the table): fixed-2 seed0 (epochs done: 4)" in capsys.readouterr().out
     rows = {r["method"]: r for r in json.loads((out / "compare.json").read_text())["rows"]}
-    assert "fixed-2" not in rows and rows["oracle (fixed-1)"]["grid_size"] == 1
+    assert "fixed-2" not in rows and rows["oracle (fixed-1), branched grid"]["grid_size"] == 1
     # one train run, finished or not (then the settings come from its checkpoint)
     run = out / "runs" / "epi-taylor" / "seed0"
     (run / "epi.png").unlink()
@@ -88,18 +103,19 @@ def test_bad_grid_is_an_error(tmp_path, capsys):
 
 
 def test_aggregate_mean_spread_and_oracle():
-    def run(method, family, seed_top1, epoch, cost):
+    def run(method, family, seed_top1, epoch, cost, seed=0):
         return {"method": method, "family": family, "final_val_top1": seed_top1, "train_flops_total": cost,
                 "train_seconds": cost / 10, "prune_epoch": epoch, "final_flops": 5.0, "final_params": 2.0,
-                "flops_ratio": 0.5}
+                "flops_ratio": 0.5, "seed": seed}
 
-    runs = [run("dense", "dense", 0.9, None, 100), run("dense", "dense", 0.8, None, 100),
+    runs = [run("dense", "dense", 0.9, None, 100), run("dense", "dense", 0.8, None, 100, seed=1),
             run("fixed-1", "fixed", 0.7, 1, 60), run("fixed-2", "fixed", 0.75, 2, 70)]
     rows = {r["method"]: r for r in aggregate(runs)}
     assert rows["dense"]["top1_mean"] == pytest.approx(85.0) and rows["dense"]["top1_std"] == pytest.approx(7.0711,
                                                                                                            1e-4)
-    oracle = rows["oracle (fixed-2)"]
+    oracle = rows["oracle (fixed-2), grid from scratch"]
     assert oracle["prune_epoch"] == 2 and oracle["train_flops"] == 130 and oracle["train_flops_vs_dense"] == 1.3
+    assert rows["oracle (fixed-2), branched grid"]["train_flops"] == 130  # runs without branch records: no saving
 
 
 def test_earlybird_distance_by_hand():

@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--finetune-epochs", type=int, default=None, help="fine-tune epochs of train-prune-fine-tune "
                    "(default: epochs/4)")
     c.add_argument("--seeds", default="0", help="comma-separated seeds; mean and spread are reported")
-    c.add_argument("--methods", default="dense,init,tpf,fixed,earlybird,epi",
+    c.add_argument("--methods", default="dense,plain,init,tpf,fixed,earlybird,epi",
                    help="which method families to run, comma-separated")
     c.add_argument("--jobs", type=int, default=1, help="runs in parallel (threads are split between them)")
     c.add_argument("--out", default="runs/compare", help="output folder: the table, the plots, and runs/<method>/"

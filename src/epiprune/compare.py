@@ -4,12 +4,19 @@ one model, dataset, budget and schedule, then one table (markdown + JSON) and pl
 Each run is a subprocess writing its own folder (RUN_DIR/runs/<method>/seed<k>), so runs are resumable (a run
 with a checkpoint but no summary continues), skippable (a finished run is not repeated unless --force) and can
 go in parallel (--jobs).
+
+Branching (the default): the dense run of each seed records its importance per epoch and keeps its checkpoints
+at the grid's epochs; every run that shares its dense epochs (the fixed-epoch grid, train-prune-fine-tune, the
+EPI runs, Early-Bird's budget variant) starts from it with `train --branch-from`, bit-identical to training from
+scratch. The oracle's cost is reported both ways: the branched grid (one dense trajectory plus each branch's own
+epochs) and the grid trained from scratch.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -22,7 +29,9 @@ from .report import plot_accuracy_vs_cost, plot_epi_curve, plot_grid, plot_width
 from .serialization import atomic_write_text
 from .trainer import TrainConfig
 
-FAMILIES = ("dense", "init", "tpf", "fixed", "earlybird", "epi")
+FAMILIES = ("dense", "plain", "init", "tpf", "fixed", "earlybird", "epi")
+DENSE = "{dense}"  # in a method's arguments: the folder of the same seed's dense run
+BOOTSTRAP_DRAWS = 10_000
 
 
 @dataclass
@@ -32,6 +41,10 @@ class Method:
     name: str
     family: str
     args: list[str]
+
+    @property
+    def branches(self) -> bool:
+        return DENSE in self.args
 
 
 @dataclass
@@ -54,6 +67,12 @@ class CompareConfig:
     jobs: int = 1
     out: str = "runs/compare"
     force: bool = False
+    holdout: int = 0  # training images held out for validation; the dataset's validation split becomes the test
+    data_seed: int | None = None  # one data subset for every seed (None: each seed draws its own)
+    branch: bool = True  # grid, tpf and EPI runs branch from the seed's dense run
+    probe_every: int = 0  # the dense run also records Taylor scores every N steps (trigger studies)
+    only: list[str] | None = None  # run only these method names (e.g. one prune-at-init variant)
+    extra_args: list[str] = field(default_factory=list)  # more `epiprune train` options for every run
 
     @property
     def max_dense(self) -> int:
@@ -92,18 +111,31 @@ class CompareConfig:
             raise EpipruneError(f"--grid epochs {grid} must lie in 1..{self.epochs - 1} (accepted: prune epochs "
                                 "before the last, e.g. 1-4)")
         finetune = self.finetune_epochs if self.finetune_epochs is not None else max(1, self.epochs // 4)
+        branch = ["--branch-from", DENSE] if self.branch and "dense" in self.families else []
+        record = ["--record-scores", "--keep-checkpoints", ",".join(map(str, self.kept_epochs(grid)))]
+        if self.probe_every:
+            record += ["--probe-every", str(self.probe_every)]
         recipes = {
-            "dense": [Method("dense", "dense", ["--indicator", "none"])],
+            "dense": [Method("dense", "dense", ["--indicator", "none", *(record if branch else [])])],
+            "plain": [Method("dense-plain", "plain", ["--indicator", "none", "--importance", "magnitude"])],
             "init": [Method(f"init-{imp}", "init", ["--prune-at", "0", "--importance", imp])
                      for imp in ("random", "magnitude", "taylor")],
             "tpf": [Method(f"tpf-ft{finetune}", "tpf", ["--prune-at", str(self.epochs),
-                                                         "--finetune-epochs", str(finetune)])],
-            "fixed": [Method(f"fixed-{k}", "fixed", ["--prune-at", str(k)]) for k in grid],
-            "earlybird": [Method("earlybird", "earlybird", ["--indicator", "earlybird", "--importance", "magnitude"])],
-            "epi": [Method("epi-taylor", "epi", ["--importance", "taylor"]),
-                    Method("epi-magnitude", "epi", ["--importance", "magnitude"])],
+                                                         "--finetune-epochs", str(finetune), *branch])],
+            "fixed": [Method(f"fixed-{k}", "fixed", ["--prune-at", str(k), *branch]) for k in grid],
+            "earlybird": [Method("earlybird", "earlybird", ["--indicator", "earlybird", "--importance", "bn",
+                                                            "--bn-l1", "1e-4"]),
+                          Method("earlybird-budget", "earlybird", ["--indicator", "earlybird-budget",
+                                                                   "--importance", "magnitude", *branch])],
+            "epi": [Method("epi-taylor", "epi", ["--importance", "taylor", *branch]),
+                    Method("epi-magnitude", "epi", ["--importance", "magnitude", *branch])],
         }
-        return [m for fam in FAMILIES if fam in self.families for m in recipes[fam]]
+        methods = [m for fam in FAMILIES if fam in self.families for m in recipes[fam]]
+        return [m for m in methods if self.only is None or m.name in self.only]
+
+    def kept_epochs(self, grid: list[int]) -> list[int]:
+        """Epochs whose checkpoints the dense run keeps: every epoch a branch may prune at."""
+        return sorted({*range(1, self.max_dense + 1), *grid, self.epochs})
 
     def common_args(self) -> list[str]:
         args = ["--model", self.model, "--data", self.data, "--epochs", str(self.epochs), "--batch-size",
@@ -111,19 +143,25 @@ class CompareConfig:
                 str(self.epi_window), "--max-dense-epochs", str(self.max_dense), "--no-progress"]
         if self.warmup_epochs:  # only when set, so runs made before the option existed keep their command line
             args += ["--warmup-epochs", str(self.warmup_epochs)]
+        if self.holdout:
+            args += ["--holdout", str(self.holdout)]
+        args += self.extra_args
         for flag, value in (("--data-dir", self.data_dir), ("--train-subset", self.train_subset),
-                            ("--val-subset", self.val_subset)):
+                            ("--val-subset", self.val_subset), ("--data-seed", self.data_seed)):
             if value is not None:
                 args += [flag, str(value)]
         return args
 
 
-def _check_same_settings(cfg: CompareConfig, seed: int, made_with: dict, summary_path: Path) -> None:
+def _check_same_settings(cfg: CompareConfig, method: Method, seed: int, made_with: dict, summary_path: Path) -> None:
     """Refuse to reuse a finished run made with other shared settings: its numbers would not be comparable."""
     expected = {"model": cfg.model, "data": cfg.data, "train_subset": cfg.train_subset,
                 "val_subset": cfg.val_subset, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
-                "warmup_epochs": cfg.warmup_epochs, "budget": cfg.budget, "epi_window": cfg.epi_window, "seed": seed}
-    defaults = {"warmup_epochs": 0.0}  # runs made before the option existed
+                "warmup_epochs": cfg.warmup_epochs, "budget": cfg.budget, "epi_window": cfg.epi_window, "seed": seed,
+                "holdout": cfg.holdout, "data_seed": cfg.data_seed}
+    if method.name == "dense":
+        expected.pop("budget")  # one dense trajectory serves every budget
+    defaults = {"warmup_epochs": 0.0, "holdout": 0, "data_seed": None}  # runs made before the options existed
     for key, value in expected.items():
         found = made_with.get(key, defaults.get(key))
         if found != value:
@@ -136,7 +174,7 @@ def run_one(cfg: CompareConfig, method: Method, seed: int, log=print) -> dict:  
     folder = Path(cfg.out) / "runs" / method.name / f"seed{seed}"
     summary_path = folder / "summary.json"
     if summary_path.is_file() and not cfg.force:
-        _check_same_settings(cfg, seed, json.loads(summary_path.read_text()).get("config", {}), summary_path)
+        _check_same_settings(cfg, method, seed, json.loads(summary_path.read_text()).get("config", {}), summary_path)
         log(f"skip {method.name} seed {seed}: done ({summary_path})")
     else:
         folder.mkdir(parents=True, exist_ok=True)
@@ -144,7 +182,9 @@ def run_one(cfg: CompareConfig, method: Method, seed: int, log=print) -> dict:  
             cmd = ["train", "--resume", str(folder), "--no-progress"]
             log(f"resume {method.name} seed {seed}")
         else:
-            cmd = ["train", *cfg.common_args(), *method.args, "--seed", str(seed), "--out", str(folder)]
+            dense = str(Path(cfg.out) / "runs" / "dense" / f"seed{seed}")
+            args = [dense if a == DENSE else a for a in method.args]
+            cmd = ["train", *cfg.common_args(), *args, "--seed", str(seed), "--out", str(folder)]
             if cfg.force:
                 cmd.append("--force")  # replaces the finished run once the new one has its first checkpoint
             log(f"run {method.name} seed {seed}")
@@ -175,39 +215,116 @@ def _spread(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def test_top1(run: dict) -> float:
+    """The reported accuracy (%): the test split when the run held out a validation split, else validation."""
+    return 100 * run.get("final_test_top1", run["final_val_top1"])
+
+
+def bootstrap_interval(values: list[float], draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the mean of `values` (resampling them with replacement)."""
+    if len(values) < 2:
+        return (values[0], values[0]) if values else (float("nan"), float("nan"))
+    rng = random.Random(seed)
+    means = sorted(statistics.fmean(rng.choices(values, k=len(values))) for _ in range(draws))
+    return means[int(0.025 * draws)], means[int(0.975 * draws) - 1]
+
+
+def oracle_runs(runs: list[dict]) -> list[dict]:
+    """Per seed, the fixed-epoch run with the best final validation accuracy (the grid search a user would do;
+    with a held-out validation split, its test accuracy was not used to choose)."""
+    best: dict[int, dict] = {}
+    for r in runs:
+        if r["family"] != "fixed":
+            continue
+        if r["seed"] not in best or r["final_val_top1"] > best[r["seed"]]["final_val_top1"]:
+            best[r["seed"]] = r
+    return [best[seed] for seed in sorted(best)]
+
+
+def _row(name: str, family: str, rs: list[dict], dense_flops: float | None, dense_seconds: float | None) -> dict:
+    top1 = [test_top1(r) for r in rs]
+    cost = _mean([r["train_flops_total"] for r in rs])
+    secs = _mean([r["train_seconds"] for r in rs])
+    epochs = [r["prune_epoch"] for r in rs]
+    fallbacks = sum(r.get("trigger") == "fallback" for r in rs)
+    return {"method": name, "family": family, "seeds": len(rs),
+            "prune_epoch": epochs[0] if len(set(epochs)) == 1 else epochs, "fallbacks": fallbacks,
+            "top1_mean": _mean(top1), "top1_std": _spread(top1),
+            "val_top1_mean": _mean([100 * r["final_val_top1"] for r in rs]),
+            "flops": _mean([r["final_flops"] for r in rs]), "params": _mean([r["final_params"] for r in rs]),
+            "flops_ratio": _mean([r["flops_ratio"] for r in rs]),
+            "train_flops": cost, "train_seconds": secs,
+            "train_flops_vs_dense": cost / dense_flops if dense_flops else None,
+            "train_seconds_vs_dense": secs / dense_seconds if dense_seconds else None}
+
+
+def _grid_scan_cost(runs: list[dict]) -> tuple[float, float]:
+    """(from scratch, branched) training FLOPs of the whole grid, mean over seeds: from scratch, every fixed-k run
+    trains its dense epochs itself; branched, the dense trajectory is trained once (to the last grid epoch) and
+    each branch adds its own pruned epochs."""
+    scratch, branched = [], []
+    for seed in sorted({r["seed"] for r in runs if r["family"] == "fixed"}):
+        grid = [r for r in runs if r["family"] == "fixed" and r["seed"] == seed]
+        scratch.append(sum(r["train_flops_total"] for r in grid))
+        last = max(grid, key=lambda r: r["prune_epoch"])
+        shared = last["train_flops_total"] - last.get("branch_train_flops", last["train_flops_total"])
+        branched.append(shared + sum(r.get("branch_train_flops", r["train_flops_total"]) for r in grid)
+                        if all("branch_train_flops" in r for r in grid) else scratch[-1])
+    return _mean(scratch), _mean(branched)
+
+
 def aggregate(runs: list[dict]) -> list[dict]:
-    """One row per method (mean and spread over seeds), plus the oracle: the best fixed prune epoch."""
+    """One row per method (mean and spread over seeds), plus the oracle: per seed, the fixed prune epoch with the
+    best validation accuracy, reported on the test split, costed as the branched grid and as the grid from
+    scratch."""
     by_method: dict[str, list[dict]] = {}
     for r in runs:
         by_method.setdefault(r["method"], []).append(r)
     dense = by_method.get("dense")
     dense_flops = _mean([r["train_flops_total"] for r in dense]) if dense else None
     dense_seconds = _mean([r["train_seconds"] for r in dense]) if dense else None
-    rows = []
-    for name, rs in by_method.items():
-        top1 = [100 * r["final_val_top1"] for r in rs]
-        cost = _mean([r["train_flops_total"] for r in rs])
-        secs = _mean([r["train_seconds"] for r in rs])
-        epochs = [r["prune_epoch"] for r in rs]
-        rows.append({"method": name, "family": rs[0]["family"], "seeds": len(rs),
-                     "prune_epoch": epochs[0] if len(set(epochs)) == 1 else epochs,
-                     "top1_mean": _mean(top1), "top1_std": _spread(top1),
-                     "flops": _mean([r["final_flops"] for r in rs]), "params": _mean([r["final_params"] for r in rs]),
-                     "flops_ratio": _mean([r["flops_ratio"] for r in rs]),
-                     "train_flops": cost, "train_seconds": secs,
-                     "train_flops_vs_dense": cost / dense_flops if dense_flops else None,
-                     "train_seconds_vs_dense": secs / dense_seconds if dense_seconds else None})
-    grid = [r for r in rows if r["family"] == "fixed"]
-    if grid:
-        best = max(grid, key=lambda r: r["top1_mean"])
-        scan_flops = sum(r["train_flops"] for r in grid)
-        scan_seconds = sum(r["train_seconds"] for r in grid)
-        rows.append({**best, "method": f"oracle ({best['method']})", "family": "oracle",
-                     "train_flops": scan_flops, "train_seconds": scan_seconds,
-                     "train_flops_vs_dense": scan_flops / dense_flops if dense_flops else None,
-                     "train_seconds_vs_dense": scan_seconds / dense_seconds if dense_seconds else None,
-                     "grid_size": len(grid)})
+    rows = [_row(name, rs[0]["family"], rs, dense_flops, dense_seconds) for name, rs in by_method.items()]
+    chosen = oracle_runs(runs)
+    if chosen:
+        grid_size = len({r["method"] for r in runs if r["family"] == "fixed"})
+        scratch, branched = _grid_scan_cost(runs)
+        base = _row("oracle", "oracle", chosen, dense_flops, dense_seconds)
+        epochs = sorted({r["prune_epoch"] for r in chosen})
+        label = f"fixed-{epochs[0]}" if len(epochs) == 1 else "best per seed"
+        for name, cost in ((f"oracle ({label}), branched grid", branched),
+                           (f"oracle ({label}), grid from scratch", scratch)):
+            rows.append({**base, "method": name, "train_flops": cost, "grid_size": grid_size,
+                         "train_flops_vs_dense": cost / dense_flops if dense_flops else None,
+                         "train_seconds": None, "train_seconds_vs_dense": None})
     return rows
+
+
+def paired_differences(runs: list[dict], reference: str = "epi-taylor") -> list[dict]:
+    """Per method, the per-seed differences of reported top-1 (method minus `reference`, points), their mean and
+    95% bootstrap interval; the oracle is each seed's best grid run. Only seeds both have are paired."""
+    ref = {r["seed"]: test_top1(r) for r in runs if r["method"] == reference}
+    methods: dict[str, dict[int, float]] = {}
+    for r in runs:
+        if r["method"] != reference:
+            methods.setdefault(r["method"], {})[r["seed"]] = test_top1(r)
+    methods["oracle"] = {r["seed"]: test_top1(r) for r in oracle_runs(runs)}
+    result = []
+    for name, by_seed in methods.items():
+        diffs = [by_seed[s] - ref[s] for s in sorted(by_seed) if s in ref]
+        if diffs:
+            low, high = bootstrap_interval(diffs)
+            result.append({"method": name, "vs": reference, "seeds": len(diffs), "diffs": diffs,
+                           "mean": _mean(diffs), "low": low, "high": high})
+    return result
+
+
+def paired_table(pairs: list[dict]) -> str:
+    lines = ["| method | seeds | mean difference vs " + (pairs[0]["vs"] if pairs else "reference") +
+             " (points) | 95% bootstrap interval | per seed |", "|---|---|---|---|---|"]
+    for p in pairs:
+        lines.append(f"| {p['method']} | {p['seeds']} | {p['mean']:+.2f} | [{p['low']:+.2f}, {p['high']:+.2f}] "
+                     f"| {' '.join(f'{d:+.2f}' for d in p['diffs'])} |")
+    return "\n".join(lines) + "\n"
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -219,9 +336,12 @@ def markdown_table(rows: list[dict]) -> str:
     for r in rows:
         spread = f" ± {r['top1_std']:.2f}" if r["seeds"] > 1 else ""
         epoch = "-" if r["prune_epoch"] is None else r["prune_epoch"]
+        if r.get("fallbacks"):
+            epoch = f"{epoch} ({r['fallbacks']} fallback{'s' if r['fallbacks'] > 1 else ''})"
+        seconds = "-" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}"
         lines.append(f"| {r['method']} | {epoch} | {r['top1_mean']:.2f}{spread} | {r['flops'] / 1e6:.2f} "
                      f"| {r['params'] / 1e6:.3f} | {r['train_flops'] / 1e12:.2f} | {ratio(r['train_flops_vs_dense'])} "
-                     f"| {r['train_seconds']:.0f} | {ratio(r['train_seconds_vs_dense'])} |")
+                     f"| {seconds} | {ratio(r['train_seconds_vs_dense'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -239,8 +359,11 @@ def compare(cfg: CompareConfig, log=print) -> list[dict]:  # noqa: ANN001
     if cfg.budget.startswith("latency") and cfg.jobs > 1 and tasks:
         # the first run measures the latency table; the others must reuse it, not race to measure their own
         runs.append(run_one(cfg, *tasks.pop(0), log))
+    # branches need their seed's dense run: dense runs go first (seeds in parallel), then everything else
+    stages = [[t for t in tasks if t[0].family == "dense"], [t for t in tasks if t[0].family != "dense"]]
     with ThreadPoolExecutor(max_workers=max(1, cfg.jobs)) as pool:
-        runs += list(pool.map(lambda t: run_one(cfg, t[0], t[1], log), tasks))
+        for stage in stages:
+            runs += list(pool.map(lambda t: run_one(cfg, t[0], t[1], log), stage))
     return write_comparison(out, runs, cfg.__dict__, log)
 
 
@@ -248,10 +371,10 @@ def family_of(method: str) -> str | None:
     """The family of a method folder's name as `compare` writes it (dense, init-random, fixed-3, epi-taylor, ...)."""
     if method.startswith("fixed-"):
         return "fixed" if method[len("fixed-"):].isdigit() else None
-    for prefix, family in (("init-", "init"), ("tpf-", "tpf"), ("epi-", "epi")):
+    for prefix, family in (("init-", "init"), ("tpf-", "tpf"), ("epi-", "epi"), ("earlybird", "earlybird")):
         if method.startswith(prefix):
             return family
-    return method if method in ("dense", "earlybird") else None
+    return {"dense": "dense", "dense-plain": "plain"}.get(method)
 
 
 def finished_runs(out: Path) -> tuple[list[dict], list[str]]:
@@ -284,10 +407,15 @@ def finished_runs(out: Path) -> tuple[list[dict], list[str]]:
 def write_comparison(out: Path, runs: list[dict], config: dict, log=print) -> list[dict]:  # noqa: ANN001
     """Aggregate finished runs into compare.md, compare.json and the four plots in `out`; return the rows."""
     rows = aggregate(runs)
-    table = markdown_table(rows)
+    pairs = paired_differences(runs)
+    reported = "test split (chosen on the held-out validation split)" if any("final_test_top1" in r for r in runs) \
+        else "validation split (also used to choose the oracle)"
+    table = markdown_table(rows) + f"\ntop-1: final accuracy on the {reported}\n"
+    if pairs:
+        table += "\n" + paired_table(pairs)
     atomic_write_text(out / "compare.md", table)
-    atomic_write_text(out / "compare.json", json.dumps({"config": config, "rows": rows, "runs": runs},
-                                                       indent=1, default=str))
+    atomic_write_text(out / "compare.json", json.dumps({"config": config, "rows": rows, "paired": pairs,
+                                                        "runs": runs}, indent=1, default=str))
     plot_accuracy_vs_cost([r for r in rows if r["family"] != "oracle"], out / "accuracy_vs_cost.png")
     epi_runs = [r for r in runs if r["method"] == "epi-taylor"]
     epi_epoch = epi_runs[0]["prune_epoch"] if epi_runs else None
