@@ -94,6 +94,7 @@ class EarlyPruningPolicy:
         self.graph = PrunableGraph(model, example_inputs, ignored_layers)
         self.group_names = self.graph.names
         self.dense_widths = self.graph.widths()
+        self.partitions = self.graph.partitions()  # grouped convolutions: kept channels spread evenly over blocks
         self.dense_flops, self.dense_params = self.graph.count()
         self.latency_table_path: Path | None = None
         self.cost: Cost
@@ -104,7 +105,8 @@ class EarlyPruningPolicy:
             self.cost = self.graph.cost_models()[self.budget.kind]
         self.target = self.budget.fraction * self.cost.dense
         # the same floor as every later selection, channel_multiple included: refuse now, not after an epoch
-        check_budget(self.cost, self.target, min_channels, channel_multiple, budget=str(self.budget))
+        check_budget(self.cost, self.target, min_channels, channel_multiple, budget=str(self.budget),
+                     blocks=[g.blocks for g in self.graph.groups])
         self.graph.self_check()
         self.importance: Importance = make_importance(importance, self.graph, seed)
         self.history: list[EpochRecord] = []
@@ -135,7 +137,7 @@ class EarlyPruningPolicy:
         if self.importance.steps == 0 and self.importance.needs_gradients:
             scores = MagnitudeImportance(self.graph).scores()  # no gradients seen yet: fall back to weights
         return select_subnetwork(normalise_per_group(scores), self.cost, self.target, self.min_channels,
-                                 self.channel_multiple)
+                                 self.channel_multiple, self.partitions)
 
     def end_epoch(self, optimizer: torch.optim.Optimizer | None = None) -> bool:
         """Close a training epoch: extract the dominant sub-network, update EPI, prune if the rule says so.
