@@ -248,3 +248,43 @@ ZOO: dict[str, ZooEntry] = {
 def example_inputs() -> torch.Tensor:
     """One sample (1, 3, 16, 16), as the policy wants it."""
     return torch.zeros(1, IN_CHANNELS, SIZE, SIZE)
+
+
+def outcome(name: str) -> tuple[str, str]:
+    """What epiprune does with the zoo model now: ('pruned', '') if a policy (flops:0.5) builds on it, else
+    ('refused', the one-line message)."""
+    from epiprune.errors import EpipruneError
+    from epiprune.policy import EarlyPruningPolicy
+    from epiprune.subnetwork import Budget
+
+    torch.manual_seed(0)
+    try:
+        EarlyPruningPolicy(ZOO[name].build(), example_inputs(), Budget(flops=0.5), prune_at=1, log=lambda _: None,
+                           progress=False)
+    except EpipruneError as e:
+        return "refused", str(e)
+    return "pruned", ""
+
+
+TABLE_START, TABLE_END = "<!-- zoo table: written by `python -m tests.zoo` -->", "<!-- end of zoo table -->"
+
+
+def models_table() -> str:
+    """The block table of docs/MODELS.md, from what the zoo models do now (tests/test_zoo.py checks the doc
+    holds exactly this, and that each model is pruned or refused as its entry expects)."""
+    lines = [TABLE_START, "", "| zoo model | block | result | why |", "| --- | --- | --- | --- |"]
+    for name, entry in ZOO.items():
+        result, message = outcome(name)
+        why = entry.why + (f": `{message}`" if message else "")
+        lines.append(f"| {name} | {entry.block} | {result} | {why} |")
+    return "\n".join([*lines, "", TABLE_END])
+
+
+if __name__ == "__main__":  # python -m tests.zoo: rewrite the table in docs/MODELS.md
+    from pathlib import Path
+
+    doc = Path(__file__).parents[1] / "docs" / "MODELS.md"
+    text = doc.read_text()
+    start, end = text.index(TABLE_START), text.index(TABLE_END) + len(TABLE_END)
+    doc.write_text(text[:start] + models_table() + text[end:])
+    print(f"wrote {doc}")
