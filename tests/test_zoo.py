@@ -76,10 +76,11 @@ def zero_dropped(graph: PrunableGraph, masks: list[np.ndarray]) -> None:
 
 
 @pytest.mark.parametrize("name", PRUNED)
-def test_policy_builds_and_an_epoch_with_a_prune_runs(name):
+@pytest.mark.parametrize("importance", ["taylor", "magnitude"])
+def test_policy_builds_and_an_epoch_with_a_prune_runs(name, importance):
     model = build(name)
     policy = EarlyPruningPolicy(model, example_inputs(), Budget(flops=0.5), prune_at=1, log=lambda _: None,
-                                progress=False)
+                                progress=False, importance=importance)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     dense_flops = policy.count()[0]
     train_steps(model, opt, 2, policy)
@@ -286,6 +287,19 @@ def test_grouped_conv_keeps_the_same_count_per_group_chosen_by_importance_within
     assert model.grouped.in_channels == 4 and model.grouped.weight.shape[1] == 1
 
 
+def test_a_grouped_conv_in_ignored_layers_keeps_its_outputs_and_its_inputs_are_still_pruned_evenly():
+    """The issue's second symptom: with the grouped conv ignored, the layer feeding it was still pruned unevenly
+    and the same refusal repeated. Now the model is accepted and the feeding group keeps its partition."""
+    model = GroupedNet()
+    policy = EarlyPruningPolicy(model, example_inputs(), Budget(flops=0.6), prune_at=1, log=lambda _: None,
+                                progress=False, ignored_layers=[model.grouped])
+    assert "grouped" not in policy.group_names and policy.graph.groups[policy.group_names.index("reduce")].blocks == 4
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    train_steps(model, opt, 1, policy)
+    assert policy.end_epoch(opt)
+    assert model.grouped.out_channels == 16 and model.grouped.in_channels % 4 == 0
+
+
 def test_a_keep_list_that_unbalances_a_grouped_conv_is_refused():
     graph = PrunableGraph(GroupedNet(), example_inputs())
     keep = [np.arange(g.size) for g in graph.groups]
@@ -351,3 +365,13 @@ def test_zoo_models_are_tiny_and_shaped_as_documented():
             assert model(torch.zeros(2, IN_CHANNELS, SIZE, SIZE)).shape == (2, CLASSES)
         assert sum(p.numel() for p in model.parameters()) < 5000
     assert isinstance(copy.deepcopy(ShuffleNet()), nn.Module)
+
+
+def test_latency_budget_refuses_a_layer_fed_by_a_concatenation():
+    """Latency tables time each layer as a function of one input group: a concatenation is refused by name."""
+    from epiprune.latency import timed_layers
+
+    with pytest.raises(EpipruneError, match="layer 'project'.*several channel groups"):
+        timed_layers(PrunableGraph(ConcatNet(), example_inputs()))
+    with pytest.raises(EpipruneError, match="grouped convolution 'grouped'"):
+        timed_layers(PrunableGraph(GroupedNet(), example_inputs()))
