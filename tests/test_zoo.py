@@ -375,3 +375,30 @@ def test_latency_budget_refuses_a_layer_fed_by_a_concatenation():
         timed_layers(PrunableGraph(ConcatNet(), example_inputs()))
     with pytest.raises(EpipruneError, match="grouped convolution 'grouped'"):
         timed_layers(PrunableGraph(GroupedNet(), example_inputs()))
+
+
+class FixedReshape(nn.Module):
+    """A reshape to fixed sizes after 'b': removing any of b's channels breaks it; 'a' prunes fine."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(IN_CHANNELS, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 1)
+        self.fc = nn.Linear(32, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = nn.functional.adaptive_avg_pool2d(self.b(torch.relu(self.a(x))), 2).reshape(len(x), 2, 16)
+        return self.fc(y.flatten(1))
+
+
+def test_self_check_names_the_layers_whose_ignoring_gets_the_model_accepted():
+    model = FixedReshape()
+    with pytest.raises(SurgeryError, match="cannot handle layer") as err:
+        EarlyPruningPolicy(model, example_inputs(), Budget(flops=0.7), prune_at=1, log=lambda _: None,
+                           progress=False)
+    assert "\n" not in str(err.value)
+    advised = advised_layers(str(err.value), model)
+    assert advised == [model.b]
+    policy = EarlyPruningPolicy(model, example_inputs(), Budget(flops=0.7), prune_at=1, log=lambda _: None,
+                                progress=False, ignored_layers=advised)
+    assert policy.group_names == ["a"]
