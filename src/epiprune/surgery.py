@@ -93,9 +93,10 @@ def is_grouped(module: nn.Module) -> bool:
 
 
 class _TraceWatcher(TorchFunctionMode):
-    """Watches torch-pruning's tracing pass: which leaf module produced which autograd node (activations and pools
-    are anonymous ops to torch-pruning), and where a channel shuffle happens (a view that splits the channel
-    dimension into two, then a transpose or permute that swaps those two)."""
+    """Watches torch-pruning's tracing pass for channel shuffles: a view or reshape that splits the channel
+    dimension (N, C, ...) into (N, g, C / g, ...), then a transpose or permute that reorders those two dimensions.
+    Each is recorded with the autograd node of the shuffled tensor (torch-pruning's node for that op) and the last
+    layer run before it (set by PrunableGraph's forward hooks), so that the refusal can name it."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -114,20 +115,18 @@ class _TraceWatcher(TorchFunctionMode):
                 and out.shape[1] > 1 and out.shape[2] > 1:
             self.split[id(out)] = out
         elif name in ("transpose", "swapaxes", "swapdims", "permute") and id(src) in self.split:
+            kwargs = kwargs or {}
             if name == "permute":
-                dims = args[1:] if len(args) > 2 or not isinstance(args[1], (tuple, list)) else args[1]
-                dims = [d % src.ndim for d in dims]
+                dims = kwargs.get("dims", args[1] if len(args) == 2 else args[1:])
+                dims = [int(d) % src.ndim for d in (dims if isinstance(dims, (tuple, list)) else [dims])]
                 moved = dims[1:3] != [1, 2]
             else:
-                pair = {int(d) % src.ndim for d in args[1:3]}
+                given = [*args[1:3], *(kwargs[k] for k in ("dim0", "dim1", "axis0", "axis1") if k in kwargs)]
+                pair = {int(d) % src.ndim for d in given}
                 moved = len(pair) == 2 and bool(pair & {1, 2})
             if moved:
                 self.shuffles.append((out.grad_fn, self.last_layer))
         return out
-
-
-def _lcm(values: Sequence[int]) -> int:
-    return math.lcm(*values) if values else 1
 
 
 class PrunableGraph:
