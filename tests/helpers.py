@@ -25,11 +25,19 @@ class ConvBNNet(nn.Module):
 
 
 def random_keep(graph: PrunableGraph, fraction: float, seed: int = 0) -> list[np.ndarray]:
+    """A random keep-mask per group, about `fraction` of its channels; a group spread over the blocks of grouped
+    convolutions keeps the same number in every block (different positions in each)."""
     rng = np.random.default_rng(seed)
     masks = []
     for g in graph.groups:
         keep = np.zeros(g.size, dtype=bool)
-        keep[rng.permutation(g.size)[: max(1, int(round(fraction * g.size)))]] = True
+        if g.partition is None:
+            keep[rng.permutation(g.size)[: max(1, int(round(fraction * g.size)))]] = True
+        else:
+            per_block = max(1, int(round(fraction * g.size / g.blocks)))
+            for b in range(g.blocks):
+                members = np.flatnonzero(g.partition == b)
+                keep[rng.permutation(members)[:per_block]] = True
         masks.append(keep)
     return masks
 

@@ -225,6 +225,7 @@ def timed_layers(graph: PrunableGraph) -> tuple[list[TimedLayer], np.ndarray]:
     model, example = graph.model, graph.example_inputs
     out_of, in_of = graph.module_groups()
     names = {m: n for n, m in model.named_modules()}
+    out_segs, in_segs, _ = graph.channel_segments()
     seen: dict[nn.Module, tuple[tuple[int, ...], bool, int]] = {}  # module: input shape, input grad, out numel
 
     def hook(mod: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
@@ -249,6 +250,11 @@ def timed_layers(graph: PrunableGraph) -> tuple[list[TimedLayer], np.ndarray]:
     sizes = graph.widths()
     for m, (shape, needs_grad, out_numel) in seen.items():
         g_out, g_in = out_of.get(m, -1), in_of.get(m, -1)
+        for side, segs in (("input", in_segs.get(id(m), [])), ("output", out_segs.get(id(m), []))):
+            if len({g for g, _ in segs if g >= 0}) > 1:
+                raise EpipruneError(f"latency tables do not cover layer {names[m]!r}, whose {side} channels come from "
+                                    "several channel groups (a concatenation) (accepted: layers fed by one group; "
+                                    "use a flops or params budget)")
         if isinstance(m, nn.Conv2d):
             depthwise = is_depthwise(m)
             if m.groups > 1 and not depthwise:

@@ -114,6 +114,7 @@ class EarlyPruningPolicy:
         self.graph = PrunableGraph(model, example_inputs, ignored_layers)
         self.group_names = self.graph.names
         self.dense_widths = self.graph.widths()
+        self.partitions = self.graph.partitions()  # grouped convolutions: kept channels spread evenly over blocks
         self.dense_flops, self.dense_params = self.graph.count()
         self.latency_table_path: Path | None = None
         self.cost: Cost
@@ -124,7 +125,8 @@ class EarlyPruningPolicy:
             self.cost = self.graph.cost_models()[self.budget.kind]
         self.target = self.budget.fraction * self.cost.dense
         # the same floor as every later selection, channel_multiple included: refuse now, not after an epoch
-        check_budget(self.cost, self.target, min_channels, channel_multiple, budget=str(self.budget))
+        check_budget(self.cost, self.target, min_channels, channel_multiple, budget=str(self.budget),
+                     blocks=[g.blocks for g in self.graph.groups])
         self.graph.self_check()
         self.importance: Importance = make_importance(importance, self.graph, seed)
         self.layer_weights = [g.layers for g in self.graph.groups]
@@ -160,7 +162,7 @@ class EarlyPruningPolicy:
     def select(self, scores: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Boolean keep-mask per group of the sub-network that `scores` rank first under the budget."""
         return select_subnetwork(normalise_per_group(list(scores)), self.cost, self.target, self.min_channels,
-                                 self.channel_multiple)
+                                 self.channel_multiple, self.partitions)
 
     def dominant_subnetwork(self) -> list[np.ndarray]:
         """Boolean keep-mask per group: what would be kept if the model were pruned now."""

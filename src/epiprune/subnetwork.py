@@ -10,6 +10,7 @@ needs cost(widths) to be monotone in every width.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -109,25 +110,34 @@ def normalise_per_group(scores: list[np.ndarray]) -> list[np.ndarray]:
     return [s / (float(np.mean(s)) + 1e-12) if s.size else s for s in scores]
 
 
-def floor_widths(dense_widths: np.ndarray | list[int], min_channels: int = 1, channel_multiple: int = 1) -> np.ndarray:
+def floor_widths(dense_widths: np.ndarray | list[int], min_channels: int = 1, channel_multiple: int = 1,
+                 blocks: Sequence[int] | None = None) -> np.ndarray:
     """The narrowest widths selection can return: per group `min_channels` rounded up to a multiple of
-    `channel_multiple`, or the whole group where it is narrower than that (selection keeps those channels always)."""
+    `channel_multiple` (and of the group's block count, blocks[g]: a group spread over the B groups of grouped
+    convolutions keeps a multiple of B), or the whole group where it is narrower than that (selection keeps those
+    channels always)."""
     if channel_multiple < 1 or min_channels < 1:
         raise BudgetError(f"channel multiple {channel_multiple} and min channels {min_channels} must be >= 1")
-    first = -(-min_channels // channel_multiple) * channel_multiple
-    return np.minimum(np.asarray(dense_widths, dtype=np.int64), first)
+    dense = np.asarray(dense_widths, dtype=np.int64)
+    units = np.asarray([math.lcm(channel_multiple, int(b)) for b in blocks] if blocks is not None else
+                       [channel_multiple] * len(dense), dtype=np.int64)
+    first = -(-min_channels // units) * units
+    return np.minimum(dense, first)
 
 
 def check_budget(cost: Cost, target: float, min_channels: int = 1, channel_multiple: int = 1,
-                 budget: str = "") -> None:
+                 budget: str = "", blocks: Sequence[int] | None = None) -> None:
     """Raise BudgetError unless `target` (units of `cost`) can be met by selection, i.e. unless the floor widths
     (see floor_widths) cost at most `target`. The policy calls this at construction and select_subnetwork at every
-    selection, so a budget is refused up front exactly when selection would refuse it later."""
-    widths = floor_widths(cost.dense_widths, min_channels, channel_multiple)
+    selection, so a budget is refused up front exactly when selection would refuse it later. blocks: per group,
+    the count its kept channels must be a multiple of (grouped convolutions; see floor_widths)."""
+    widths = floor_widths(cost.dense_widths, min_channels, channel_multiple, blocks)
     floor = cost(widths)
     if floor > target:
         ratio = floor / cost.dense
-        kept = f"{int(widths.max())} channel(s) per layer"
+        kept = f"{int(widths.max())} channel(s) per layer" if blocks is None or max(blocks) == 1 else \
+            f"{int(widths.min())}-{int(widths.max())} channel(s) per layer (grouped convolutions keep the same " \
+            "number in each group)"
         if channel_multiple > 1:
             kept += f" (channel multiple {channel_multiple})"
         accepted = f"a fraction >= {math.ceil(ratio * 1000) / 1000:.3f}"
@@ -139,13 +149,18 @@ def check_budget(cost: Cost, target: float, min_channels: int = 1, channel_multi
 
 
 def select_subnetwork(scores: list[np.ndarray], cost: Cost, target: float, min_channels: int = 1,
-                      channel_multiple: int = 1) -> list[np.ndarray]:
+                      channel_multiple: int = 1, partitions: Sequence[np.ndarray | None] | None = None
+                      ) -> list[np.ndarray]:
     """Keep the globally most important channels whose cost fits `target` (same units as `cost`).
 
     scores: one 1-D array per group (already normalised), lengths = cost.dense_widths.
     channel_multiple: kept channels per group are a multiple of this (or the whole group); channels then move in
     blocks of that many (a group's channels sorted by score, cut from the top), ranked by their mean score. Use
     8 or 16 where kernels block channels (oneDNN on CPUs, tensor cores), at the price of a coarser budget.
+    partitions: per group None, or the block id (0..B-1, equal block sizes) of each channel: the group's channels
+    belong to the B groups of grouped convolutions, and every block keeps the same number. Such a group's
+    channels move in rows: row r holds the r-th best channel of every block (so which channels a block keeps is
+    chosen by importance within the block), and kept counts are multiples of lcm(B, channel_multiple).
     Returns one boolean keep-mask per group; every group keeps at least `min_channels` (its best ones).
     Blocks are dropped in ascending score until the cost fits (binary search over the drop count, the cost being
     monotone in every width), then the dropped blocks are offered back, best first, wherever they still fit, so
@@ -153,20 +168,27 @@ def select_subnetwork(scores: list[np.ndarray], cost: Cost, target: float, min_c
     """
     if len(scores) != len(cost.dense_widths):
         raise ValueError(f"{len(scores)} score vectors for {len(cost.dense_widths)} groups")
-    firsts = floor_widths([len(s) for s in scores], min_channels, channel_multiple)
+    parts = list(partitions) if partitions is not None else [None] * len(scores)
+    counts = [1 if p is None else int(np.max(p)) + 1 for p in parts]
+    firsts = floor_widths([len(s) for s in scores], min_channels, channel_multiple, counts)
     blocks: list[np.ndarray] = []  # channel indices of each block
     block_group, block_rank, block_score, protected = [], [], [], []
     for g, s in enumerate(scores):
-        order = np.argsort(-s, kind="stable")
-        first = int(firsts[g])
-        cuts = [0, first, *range(first + channel_multiple, len(s), channel_multiple), len(s)]
+        n_blocks = counts[g]
+        if parts[g] is None:
+            rows = np.argsort(-s, kind="stable")[:, None]  # (size, 1): one channel per row
+        else:  # (size / B, B): column b = block b's channels, best first
+            rows = np.stack([np.flatnonzero(parts[g] == b)[np.argsort(-s[parts[g] == b], kind="stable")]
+                             for b in range(n_blocks)], axis=1)
+        first, step = int(firsts[g]) // n_blocks, math.lcm(channel_multiple, n_blocks) // n_blocks
+        cuts = [0, first, *range(first + step, len(rows), step), len(rows)]
         for rank, (a, b) in enumerate(zip(cuts[:-1], cuts[1:], strict=True)):
-            if a == b:
+            if a >= b:
                 continue
-            blocks.append(order[a:b])
+            blocks.append(rows[a:b].reshape(-1))
             block_group.append(g)
             block_rank.append(rank)
-            block_score.append(float(np.mean(s[order[a:b]])))
+            block_score.append(float(np.mean(s[blocks[-1]])))
             protected.append(rank == 0)
     block_group_arr, block_size = np.asarray(block_group), np.asarray([len(b) for b in blocks])
     # ascending score; on ties the later block of a group goes first, so groups always shrink from the tail
@@ -179,7 +201,7 @@ def select_subnetwork(scores: list[np.ndarray], cost: Cost, target: float, min_c
         return dense - np.bincount(block_group_arr[dropped], weights=block_size[dropped],
                                    minlength=len(dense)).astype(np.int64)
 
-    check_budget(cost, target, min_channels, channel_multiple)  # the floor is widths_after(len(droppable))
+    check_budget(cost, target, min_channels, channel_multiple, blocks=counts)  # the floor: widths_after(all)
     lo, hi = 0, len(droppable)  # smallest k with cost(widths_after(k)) <= target
     while lo < hi:
         mid = (lo + hi) // 2
