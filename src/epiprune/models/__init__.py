@@ -6,8 +6,10 @@ from collections.abc import Callable
 
 from torch import nn
 
+from .convnext import convnext_mini
 from .mobilenetv2 import mobilenetv2, mobilenetv2_small
 from .resnet import resnet20, resnet56
+from .resnext import resnext20_4x8d
 from .vgg import vgg11_bn
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -16,6 +18,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "vgg11_bn": vgg11_bn,
     "mobilenetv2": mobilenetv2,
     "mobilenetv2_small": mobilenetv2_small,
+    "resnext20_4x8d": resnext20_4x8d,
+    "convnext_mini": convnext_mini,
 }
 
 
