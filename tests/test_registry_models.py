@@ -58,9 +58,9 @@ def test_convnext_blocks_are_depthwise_7x7_layernorm_mlp_with_layer_scale():
     torch.testing.assert_close(blocks[0](x), x, atol=1e-4, rtol=0)
 
 
-def run_and_load(name, tmp_path):
+def run_and_load(name, tmp_path, *extra):
     out = tmp_path / name
-    assert main(["train", "--model", name, *TINY, "--out", str(out)]) == 0
+    assert main(["train", "--model", name, *TINY, *extra, "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["prune_epoch"] is not None and summary["final_flops"] < summary["dense_flops"]
     model = epiprune.load_pruned(out)
@@ -77,3 +77,13 @@ def test_convnext_trains_prunes_and_loads_through_the_cli(tmp_path):
                    "graph's self-check refuses ResNeXt's grouped 3x3 convs)")
 def test_resnext_trains_prunes_and_loads_through_the_cli(tmp_path):
     run_and_load("resnext20_4x8d", tmp_path)
+
+
+def test_resnext_trains_with_its_grouped_convs_kept_whole(tmp_path):
+    """What main can do today: --ignore-layers keeps every bottleneck's conv1 (which feeds the grouped conv) and
+    grouped conv2 whole; the residual stream (stem, conv3, shortcuts) is pruned."""
+    ignored = ",".join(f"layers.{i}.conv{j}" for i in range(6) for j in (1, 2))
+    run_and_load("resnext20_4x8d", tmp_path, "--ignore-layers", ignored)
+    model = epiprune.load_pruned(tmp_path / "resnext20_4x8d")
+    assert [b.conv2.out_channels for b in model.layers] == [32, 32, 64, 64, 128, 128]
+    assert model.layers[0].conv3.out_channels < 64

@@ -182,6 +182,11 @@ def test_loading_a_saved_user_model_never_imports_its_module(planted, capsys):
         epiprune.load_pruned(folder)
     assert main(["export", str(folder)]) == 2
     one_line_error(capsys, "--model planted_mod:make")
+    from PIL import Image
+
+    Image.new("L", (28, 28)).save(folder.parent / "image.png")
+    assert main(["predict", str(folder), str(folder.parent / "image.png")]) == 2
+    one_line_error(capsys, "does not import from a saved file")
     (folder / "summary.json").unlink()  # an unfinished run: resumable
     assert main(["train", "--resume", str(folder), "--no-progress"]) == 2
     one_line_error(capsys, f"--resume {folder} --model planted_mod:make")

@@ -1,8 +1,10 @@
 """Pruned models as data: an architecture spec (JSON) next to safetensors weights, and atomic file writes.
 
-The spec names the registry model, its constructor arguments, the input shape and the kept channel indices per
-channel group; `load_pruned` rebuilds those exact shapes by re-applying the surgery to a fresh model, so no
-pickled module is ever loaded.
+The spec names the registry model (or the import path and JSON keyword arguments of the user's own factory),
+its constructor arguments, the input shape, the layers never pruned and the kept channel indices per channel
+group; `load_pruned` rebuilds those exact shapes by re-applying the surgery to a fresh dense model, so no pickled
+module is ever loaded. A user's factory is never imported because a file names it: the caller builds the dense
+network and passes it (`load_pruned(path, model=...)`).
 """
 
 from __future__ import annotations
@@ -174,7 +176,7 @@ def load_pruned(path: str | Path, raw_inputs: bool = False, model: nn.Module | N
     file exported by `epiprune export --format safetensors`. Exact shapes from the spec; no pickle involved.
 
     model: for a run of your own network (`--model package.module:factory`), the dense network built the way
-    the run built it (e.g. `model=small_cnn(width=8)`): the recorded channel surgery is applied to it in place,
+    the run built it (e.g. `model=small_cnn(in_channels=1, width=8)`): the recorded channel surgery is applied to it in place,
     then the weights are loaded into it. epiprune never imports a module named in a saved file, so without
     model= such a run is refused. For registry models model= is optional.
 
