@@ -286,6 +286,13 @@ def test_compare_passes_the_factory_kwargs_and_ignored_layers_to_every_run(tmp_p
                                                                                         ["conv1"])
     pruned = epiprune.load_pruned(out / "runs" / "fixed-1" / "seed0", model=byo_factories.tiny(10, 1, width=6))
     assert pruned.conv1.out_channels == 6 and pruned.conv2.out_channels < 12
+    # an unfinished run is resumed: the factory is named again on the run's command line
+    (out / "runs" / "dense" / "seed0" / "summary.json").unlink()
+    assert main(["compare", "--model", FACTORY, "--model-kwargs", '{"width": 6}', "--ignore-layers", "conv1",
+                 "--methods", "dense", "--epochs", "3", "--epi-window", "1", "--train-subset", "32",
+                 "--val-subset", "16", "--batch-size", "16", "--out", str(out)]) == 0, capsys.readouterr().err
+    assert "resume dense seed 0" in capsys.readouterr().out
+    assert (out / "runs" / "dense" / "seed0" / "summary.json").is_file()
     # the finished runs are reused only with the same kwargs
     assert main(["compare", "--model", FACTORY, "--model-kwargs", '{"width": 5}', "--ignore-layers", "conv1",
                  "--methods", "dense", "--epochs", "3", "--epi-window", "1", "--train-subset", "32",
