@@ -176,9 +176,9 @@ def load_pruned(path: str | Path, raw_inputs: bool = False, model: nn.Module | N
     file exported by `epiprune export --format safetensors`. Exact shapes from the spec; no pickle involved.
 
     model: for a run of your own network (`--model package.module:factory`), the dense network built the way
-    the run built it (e.g. `model=small_cnn(in_channels=1, width=8)`): the recorded channel surgery is applied to it in place,
-    then the weights are loaded into it. epiprune never imports a module named in a saved file, so without
-    model= such a run is refused. For registry models model= is optional.
+    the run built it (e.g. `model=small_cnn(in_channels=1, width=8)`): the recorded channel surgery is applied to
+    it in place, then the weights are loaded into it. epiprune never imports a module named in a saved file, so
+    without model= such a run is refused. For registry models model= is optional.
 
     The network takes inputs standardised the way training did (see `load_preprocessing`). With raw_inputs=True
     it comes behind that standardisation (`nn.Sequential(Normalise, network)`) and takes raw images in [0, 1],
