@@ -10,7 +10,8 @@ from .errors import EpipruneError
 from .importance import IMPORTANCES
 from .indicator import DEFAULT_THRESHOLDS, DEFAULT_WINDOW, EARLYBIRD_QUEUE, EPI_AVERAGES, INDICATORS
 from .latency import AMP_DTYPES, TARGETS
-from .models import MODELS
+from .models import MODELS, is_import_path
+from .models.user import parse_layer_names, parse_model_kwargs
 from .trainer import DistributedError
 
 
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     t = sub.add_parser("train", help="train, prune when EPI triggers, train the pruned network to the end",
                        formatter_class=_Help)
-    t.add_argument("--model", default="resnet20", help=f"network: {', '.join(MODELS)}")
+    _add_model_options(t)
     t.add_argument("--data", default="builtin", help=f"dataset: {', '.join(DATASETS)} (builtin: a Fashion-MNIST "
                    "subset shipped with epiprune, 10k train / 2k val)")
     t.add_argument("--data-dir", default=None, help="folder of the dataset's files (only with a --data other than "
@@ -130,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="run every pruning method (dense, prune-at-init, train-prune-fine-tune, "
                        "fixed-epoch grid = oracle, Early-Bird, EPI) and tabulate accuracy and training cost",
                        formatter_class=_Help)
-    c.add_argument("--model", default="resnet20", help=f"network: {', '.join(MODELS)}")
+    _add_model_options(c)
     c.add_argument("--data", default="builtin", help=f"dataset: {', '.join(DATASETS)}")
     c.add_argument("--data-dir", default=None, help="folder of the dataset's files, as for train (default: none)")
     c.add_argument("--train-subset", type=int, default=None,
@@ -161,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torchscript (torch.jit.load), export (torch.export .pt2: torch.export.load), onnx (needs "
                    "onnx + onnxscript), or safetensors with the architecture in its metadata (epiprune.load_pruned)")
     e.add_argument("--out", default=None, help="file to write (default: RUN_DIR/model_export.<format suffix>)")
+    e.add_argument("--model", default=None, metavar="MODULE:FACTORY",
+                   help="for a run of your own network: its factory, imported to build the dense network that the "
+                   "run's surgery and weights are applied to (epiprune never imports a module named in a saved "
+                   "file) (default: none, the run's registry model)")
+    e.add_argument("--model-kwargs", default=None, metavar="JSON",
+                   help="keyword arguments of --model's factory (default: those recorded in the run)")
 
     lt = sub.add_parser("latency-table", help="measure a model's per-layer latency table on this device (what "
                         "`train --budget latency:F` uses; train builds it itself when missing)",
@@ -186,6 +193,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (resized and converted like training's)")
     p.add_argument("--top", type=int, default=3, help="classes shown per image, most likely first")
     return parser
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    """The network: a registry name or the user's own factory, its arguments, and layers never to prune."""
+    p.add_argument("--model", default="resnet20", help=f"network: {', '.join(MODELS)}, or your own as "
+                   "package.module:factory (a function or nn.Module class returning it; called with num_classes and "
+                   "in_channels if it takes them; the current folder is searched first)")
+    p.add_argument("--model-kwargs", default=None, metavar="JSON",
+                   help="keyword arguments of your --model factory as a JSON object, e.g. '{\"width\": 32}' "
+                   "(default: none)")
+    p.add_argument("--ignore-layers", default=None, metavar="NAMES",
+                   help="comma-separated module names (as in model.named_modules()) whose output channels are "
+                   "never pruned; a container stands for its convs and linear layers (default: none; the "
+                   "classifier is always kept)")
 
 
 def _add_latency_options(p: argparse.ArgumentParser) -> None:
@@ -232,7 +253,9 @@ def _given_options(argv: list[str], command: str) -> list[str]:
 def _compare(args: argparse.Namespace) -> None:
     from .compare import CompareConfig, compare
 
-    cfg = CompareConfig(model=args.model, data=args.data, data_dir=args.data_dir, train_subset=args.train_subset,
+    cfg = CompareConfig(model=args.model, model_kwargs=parse_model_kwargs(args.model_kwargs),
+                        ignore_layers=parse_layer_names(args.ignore_layers), data=args.data, data_dir=args.data_dir,
+                        train_subset=args.train_subset,
                         val_subset=args.val_subset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                         warmup_epochs=args.warmup_epochs, budget=args.budget, epi_window=args.epi_window,
                         grid=_int_list(args.grid, "grid") if args.grid else None,
@@ -245,9 +268,29 @@ def _compare(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from .export import export_run
+    from pathlib import Path
 
-    path = export_run(args.run_dir, args.format, args.out)
+    from .export import export_run
+    from .models import make_model
+    from .serialization import read_spec
+
+    dense = None
+    if args.model is not None or args.model_kwargs is not None:
+        if args.model is None:
+            raise EpipruneError("--model-kwargs is given without --model (accepted: --model package.module:factory "
+                                "with it)")
+        spec, _ = read_spec(Path(args.run_dir))
+        if args.model != spec.get("model"):
+            sys.stderr.write(f"warning: --model {args.model} is not the run's recorded model {spec.get('model')!r}; "
+                             "its weights must fit it\n")
+        kwargs = parse_model_kwargs(args.model_kwargs) if args.model_kwargs is not None else \
+            spec.get("model_kwargs") or {}
+        try:
+            size, in_channels, num_classes = tuple(spec["input_size"]), spec["in_channels"], spec["num_classes"]
+        except (KeyError, TypeError) as e:
+            raise EpipruneError(f"bad architecture spec in {args.run_dir} ({e})") from None
+        dense = make_model(args.model, in_channels, num_classes, kwargs, size)
+    path = export_run(args.run_dir, args.format, args.out, model=dense)
     print(f"wrote {path}")
 
 
@@ -263,13 +306,17 @@ def _train(args: argparse.Namespace, argv: list[str]) -> None:
     from .trainer import TrainConfig, train
 
     if args.resume is not None:
-        ignored = [o for o in _given_options(argv, "train") if o not in ("--resume", "--no-progress")]
+        # a run of the user's own network needs its factory named again (a saved file never makes epiprune import)
+        allowed = ("--resume", "--no-progress", *(("--model",) if is_import_path(args.model) else ()))
+        ignored = [o for o in _given_options(argv, "train") if o not in allowed]
         if ignored:
             raise EpipruneError(f"{', '.join(ignored)} cannot be changed with --resume: the run continues with its "
-                                "own settings (accepted with --resume: --no-progress; or a new run with --out and "
-                                "--force)")
+                                "own settings (accepted with --resume: --no-progress, and --model MODULE:FACTORY "
+                                "for a run of your own network; or a new run with --out and --force)")
 
-    cfg = TrainConfig(model=args.model, data=args.data, data_dir=args.data_dir, image_size=args.image_size,
+    cfg = TrainConfig(model=args.model, model_kwargs=parse_model_kwargs(args.model_kwargs),
+                      ignore_layers=parse_layer_names(args.ignore_layers), data=args.data, data_dir=args.data_dir,
+                      image_size=args.image_size,
                       train_subset=args.train_subset, val_subset=args.val_subset, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, budget=args.budget,
                       importance=args.importance, epi_window=args.epi_window, epi_threshold=args.epi_threshold,

@@ -24,10 +24,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .data import load_dataset
 from .errors import EpipruneError
+from .models import is_import_path
 from .report import plot_accuracy_vs_cost, plot_epi_curve, plot_grid, plot_width_heatmap
 from .serialization import atomic_write_text
-from .trainer import TrainConfig
+from .trainer import TrainConfig, build_network
 
 FAMILIES = ("dense", "plain", "init", "tpf", "fixed", "earlybird", "epi")
 DENSE = "{dense}"  # in a method's arguments: the folder of the same seed's dense run
@@ -49,7 +51,9 @@ class Method:
 
 @dataclass
 class CompareConfig:
-    model: str = "resnet20"
+    model: str = "resnet20"  # a registry name or package.module:factory (see TrainConfig)
+    model_kwargs: dict = field(default_factory=dict)
+    ignore_layers: list[str] = field(default_factory=list)
     data: str = "builtin"
     data_dir: str | None = None
     train_subset: int | None = None
@@ -95,12 +99,19 @@ class CompareConfig:
         if self.finetune_epochs is not None and self.finetune_epochs < 1:
             raise EpipruneError(f"--finetune-epochs {self.finetune_epochs} is too small (accepted: an integer >= 1)")
         # the settings every run shares are checked the way `epiprune train` checks them
-        TrainConfig(model=self.model, data=self.data, data_dir=self.data_dir, train_subset=self.train_subset,
-                    val_subset=self.val_subset, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                    warmup_epochs=self.warmup_epochs, budget=self.budget, epi_window=self.epi_window).validate()
+        train_cfg = TrainConfig(model=self.model, model_kwargs=self.model_kwargs, ignore_layers=self.ignore_layers,
+                                data=self.data, data_dir=self.data_dir, train_subset=self.train_subset,
+                                val_subset=self.val_subset, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                                warmup_epochs=self.warmup_epochs, budget=self.budget, epi_window=self.epi_window)
+        train_cfg.validate()
         if self.data_dir is not None and not Path(self.data_dir).is_dir():
             raise EpipruneError(f"data folder not found: {self.data_dir} (give an existing folder with --data-dir)")
         self.methods()
+        if is_import_path(self.model) or self.ignore_layers:
+            # the user's network is built once here, so that a factory that fails or a wrong output shape is one
+            # error line before any run folder exists, not a failure of every run
+            data = load_dataset(self.data, self.data_dir)
+            build_network(train_cfg, data.in_channels, data.num_classes, data.image_size)
 
     def methods(self) -> list[Method]:
         unknown = set(self.families) - set(FAMILIES)
@@ -145,6 +156,10 @@ class CompareConfig:
             args += ["--warmup-epochs", str(self.warmup_epochs)]
         if self.holdout:
             args += ["--holdout", str(self.holdout)]
+        if self.model_kwargs:
+            args += ["--model-kwargs", json.dumps(self.model_kwargs)]
+        if self.ignore_layers:
+            args += ["--ignore-layers", ",".join(self.ignore_layers)]
         args += self.extra_args
         for flag, value in (("--data-dir", self.data_dir), ("--train-subset", self.train_subset),
                             ("--val-subset", self.val_subset), ("--data-seed", self.data_seed)):
@@ -155,13 +170,15 @@ class CompareConfig:
 
 def _check_same_settings(cfg: CompareConfig, method: Method, seed: int, made_with: dict, summary_path: Path) -> None:
     """Refuse to reuse a finished run made with other shared settings: its numbers would not be comparable."""
-    expected = {"model": cfg.model, "data": cfg.data, "train_subset": cfg.train_subset,
+    expected = {"model": cfg.model, "model_kwargs": cfg.model_kwargs, "ignore_layers": cfg.ignore_layers,
+                "data": cfg.data, "train_subset": cfg.train_subset,
                 "val_subset": cfg.val_subset, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
                 "warmup_epochs": cfg.warmup_epochs, "budget": cfg.budget, "epi_window": cfg.epi_window, "seed": seed,
                 "holdout": cfg.holdout, "data_seed": cfg.data_seed}
     if method.name == "dense":
         expected.pop("budget")  # one dense trajectory serves every budget
-    defaults = {"warmup_epochs": 0.0, "holdout": 0, "data_seed": None}  # runs made before the options existed
+    # runs made before the options existed
+    defaults = {"warmup_epochs": 0.0, "holdout": 0, "data_seed": None, "model_kwargs": {}, "ignore_layers": []}
     for key, value in expected.items():
         found = made_with.get(key, defaults.get(key))
         if found != value:
@@ -180,6 +197,8 @@ def run_one(cfg: CompareConfig, method: Method, seed: int, log=print) -> dict:  
         folder.mkdir(parents=True, exist_ok=True)
         if (folder / "checkpoint.pt").is_file() and not cfg.force:
             cmd = ["train", "--resume", str(folder), "--no-progress"]
+            if is_import_path(cfg.model):  # a run never imports the factory its checkpoint names by itself
+                cmd += ["--model", cfg.model]
             log(f"resume {method.name} seed {seed}")
         else:
             dense = str(Path(cfg.out) / "runs" / "dense" / f"seed{seed}")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from torch import nn
 
 from .errors import EpipruneError
 from .preprocessing import METADATA_KEY, with_preprocessing
@@ -32,12 +33,15 @@ FORMATS = ("torchscript", "export", "onnx", "safetensors")
 SUFFIX = {"torchscript": ".torchscript.pt", "export": ".pt2", "onnx": ".onnx", "safetensors": ".safetensors"}
 
 
-def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> Path:
-    """Export the model saved in run_dir (by `epiprune train`) to `fmt`; returns the written file."""
+def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, model: nn.Module | None = None) -> Path:
+    """Export the model saved in run_dir (by `epiprune train`) to `fmt`; returns the written file.
+
+    model: for a run of the user's own network, its dense network built by the caller (see load_pruned); the run's
+    surgery and weights are applied to it in place."""
     if fmt not in FORMATS:
         raise EpipruneError(f"unknown export format {fmt!r} (accepted: {', '.join(FORMATS)})")
     run_dir = Path(run_dir)
-    bare = load_pruned(run_dir)
+    bare = load_pruned(run_dir, model=model)
     spec = json.loads((run_dir / ARCH_FILE).read_text())
     prep = load_preprocessing(run_dir)
     # standardisation inside the graph: the exported model takes raw [0, 1] images (runs saved before the

@@ -1,8 +1,10 @@
 """Pruned models as data: an architecture spec (JSON) next to safetensors weights, and atomic file writes.
 
-The spec names the registry model, its constructor arguments, the input shape and the kept channel indices per
-channel group; `load_pruned` rebuilds those exact shapes by re-applying the surgery to a fresh model, so no
-pickled module is ever loaded.
+The spec names the registry model (or the import path and JSON keyword arguments of the user's own factory),
+its constructor arguments, the input shape, the layers never pruned and the kept channel indices per channel
+group; `load_pruned` rebuilds those exact shapes by re-applying the surgery to a fresh dense model, so no pickled
+module is ever loaded. A user's factory is never imported because a file names it: the caller builds the dense
+network and passes it (`load_pruned(path, model=...)`).
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .errors import EpipruneError
-from .models import build_model
+from .models import MODELS, build_model, is_import_path
+from .models.user import resolve_layers
 from .preprocessing import Preprocessing, with_preprocessing
-from .surgery import PrunableGraph
+from .surgery import PrunableGraph, SurgeryError
 
 ARCH_FILE = "architecture.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -55,32 +58,80 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def architecture_spec(model_name: str, in_channels: int, num_classes: int, input_size: tuple[int, int],
-                      kept: dict[str, list[int]] | None, preprocessing: dict | None = None) -> dict:
-    """The architecture as data; `preprocessing` (Preprocessing.to_dict(): mean, std, class names) rides along."""
+                      kept: dict[str, list[int]] | None, preprocessing: dict | None = None,
+                      model_kwargs: dict | None = None, ignore_layers: list[str] | None = None) -> dict:
+    """The architecture as data; `preprocessing` (Preprocessing.to_dict(): mean, std, class names) rides along.
+
+    model_name: a registry name, or the import path `package.module:factory` of the user's network, which is
+    recorded as information only (loading never imports it: see build_from_spec). model_kwargs: the factory's
+    JSON keyword arguments; ignore_layers: module names whose output channels were never pruned. Both are stored
+    only when given, so registry specs stay as they were."""
     spec = {"format": "epiprune-architecture/1", "model": model_name, "in_channels": in_channels,
             "num_classes": num_classes, "input_size": list(input_size), "kept": kept}
+    if model_kwargs:
+        spec["model_kwargs"] = model_kwargs
+    if ignore_layers:
+        spec["ignore_layers"] = list(ignore_layers)
     if preprocessing is not None:
         spec["preprocessing"] = preprocessing
     return spec
 
 
-def build_from_spec(spec: dict) -> nn.Module:
-    """A registry model with the spec's pruned shapes (weights freshly initialised)."""
+def _describe_model(spec: dict) -> str:
+    """"'my_models:small_cnn' with model_kwargs {"width": 8} for 1-channel input and 10 classes"."""
+    kwargs = spec.get("model_kwargs")
+    return (f"{spec.get('model')!r}" + (f" with model_kwargs {json.dumps(kwargs)}" if kwargs else "")
+            + f" for {spec.get('in_channels')}-channel input and {spec.get('num_classes')} classes")
+
+
+def build_from_spec(spec: dict, model: nn.Module | None = None, source: str = "the architecture spec") -> nn.Module:
+    """The spec's network with its pruned shapes (weights as they were: fresh for a registry model).
+
+    model: the dense network to prune into those shapes, built by the caller (required for a user network: a
+    name in a saved file is never imported); it is pruned in place and returned. Without it, the registry model
+    the spec names is built. `source` names the spec's file in error messages."""
     try:
-        model = build_model(spec["model"], spec["in_channels"], spec["num_classes"])
+        name, in_channels, num_classes = spec["model"], spec["in_channels"], spec["num_classes"]
         h, w = spec["input_size"]
         kept = spec.get("kept")
+        ignore = list(spec.get("ignore_layers") or [])
+        user_network = is_import_path(name) or name not in MODELS
     except (KeyError, TypeError, ValueError) as e:
         raise EpipruneError(f"bad architecture spec ({e}); expected keys model, in_channels, num_classes, "
                             "input_size, kept") from None
+    if model is None:
+        if user_network:
+            raise EpipruneError(f"{source} holds the network of {_describe_model(spec)}, which epiprune does not "
+                                f"import from a saved file (accepted: load_pruned(path, model=<the dense network "
+                                f"that {name} builds>), or `epiprune export --model {name}`)")
+        try:
+            model = build_model(name, in_channels, num_classes)
+        except ValueError as e:
+            raise EpipruneError(f"bad architecture spec ({e})") from None
+    if not isinstance(model, nn.Module):
+        raise EpipruneError(f"model= is a {type(model).__name__}, not a torch.nn.Module (accepted: the dense network "
+                            f"of {_describe_model(spec)})")
     if kept:
-        graph = PrunableGraph(model, torch.zeros(1, spec["in_channels"], h, w))
+        hint = f"(accepted: model= the dense network of {_describe_model(spec)}, built with the same arguments)"
+        try:
+            ignored = resolve_layers(model, ignore, type(model).__name__)
+        except EpipruneError:
+            raise EpipruneError(f"the run kept the layers {ignore} unpruned (ignore_layers), and model= lacks some "
+                                f"of them {hint}") from None
+        device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
+        try:
+            graph = PrunableGraph(model, torch.zeros(1, in_channels, h, w, device=device), ignored)
+        except SurgeryError as e:
+            raise EpipruneError(f"{e} {hint}") from None
         unknown = set(kept) - set(graph.names)
         if unknown:
-            raise EpipruneError(f"architecture spec names unknown channel groups {sorted(unknown)} "
-                                f"(model {spec['model']} has {graph.names})")
-        graph.prune([kept.get(name, list(range(g.size))) for name, g in zip(graph.names, graph.groups,
-                                                                              strict=True)])
+            raise EpipruneError(f"{source} names channel groups {sorted(unknown)} that the model lacks (it has "
+                                f"{graph.names}) {hint}")
+        try:
+            graph.prune([kept.get(name, list(range(g.size))) for name, g in zip(graph.names, graph.groups,
+                                                                                  strict=True)])
+        except SurgeryError as e:
+            raise EpipruneError(f"{e} {hint}") from None
     return model
 
 
@@ -93,7 +144,7 @@ def save_pruned(model: nn.Module, spec: dict, folder: Path) -> None:
     atomic_write_text(folder / ARCH_FILE, json.dumps(spec, indent=1))
 
 
-def _read_spec(path: Path) -> tuple[dict, Path]:
+def read_spec(path: Path) -> tuple[dict, Path]:
     """(architecture spec, weights file) of a run folder or of a single exported .safetensors file."""
     if path.is_file() and path.suffix == ".safetensors":
         try:
@@ -116,19 +167,24 @@ def _read_spec(path: Path) -> tuple[dict, Path]:
 def load_preprocessing(path: str | Path) -> Preprocessing | None:
     """The input standardisation (per-channel mean and std of [0, 1] pixels), input size and class names stored
     with a run folder or exported .safetensors file; None for runs made before epiprune stored them."""
-    spec, _ = _read_spec(Path(path))
+    spec, _ = read_spec(Path(path))
     return Preprocessing.from_dict(spec["preprocessing"]) if spec.get("preprocessing") else None
 
 
-def load_pruned(path: str | Path, raw_inputs: bool = False) -> nn.Module:
+def load_pruned(path: str | Path, raw_inputs: bool = False, model: nn.Module | None = None) -> nn.Module:
     """Rebuild a (pruned) model: `path` is a run folder (architecture.json + model.safetensors) or a .safetensors
     file exported by `epiprune export --format safetensors`. Exact shapes from the spec; no pickle involved.
+
+    model: for a run of your own network (`--model package.module:factory`), the dense network built the way
+    the run built it (e.g. `model=small_cnn(in_channels=1, width=8)`): the recorded channel surgery is applied to
+    it in place, then the weights are loaded into it. epiprune never imports a module named in a saved file, so
+    without model= such a run is refused. For registry models model= is optional.
 
     The network takes inputs standardised the way training did (see `load_preprocessing`). With raw_inputs=True
     it comes behind that standardisation (`nn.Sequential(Normalise, network)`) and takes raw images in [0, 1],
     like the exported TorchScript, .pt2 and ONNX models."""
-    spec, weights = _read_spec(Path(path))
-    model = build_from_spec(spec)
+    spec, weights = read_spec(Path(path))
+    model = build_from_spec(spec, model, source=str(path))
     try:
         state = load_file(str(weights))
     except Exception as e:  # safetensors raises its own error types for truncated files
@@ -136,7 +192,11 @@ def load_pruned(path: str | Path, raw_inputs: bool = False) -> nn.Module:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise EpipruneError(f"{weights} does not match its architecture: {str(e).splitlines()[0]}") from None
+        # torch's first line only names the class ("Error(s) in loading state_dict for X:"): show the first reason
+        reasons = [line.strip() for line in str(e).splitlines()[1:] if line.strip()] or [str(e).strip()]
+        raise EpipruneError(f"{weights} does not match its architecture: {reasons[0][:300]} (accepted: the "
+                            f"weights saved with it; with model=, the dense network of {_describe_model(spec)})"
+                            ) from None
     if raw_inputs:
         prep = Preprocessing.from_dict(spec["preprocessing"]) if spec.get("preprocessing") else None
         if prep is None:

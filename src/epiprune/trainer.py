@@ -14,7 +14,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,8 @@ from .errors import EpipruneError
 from .importance import IMPORTANCES
 from .indicator import DEFAULT_WINDOW, EARLYBIRD_QUEUE, EPI_AVERAGES, INDICATORS
 from .latency import AMP_DTYPES, TARGETS, LatencySettings, autocast, in_memory_format, time_model_step
-from .models import MODELS, build_model
+from .models import check_model_name, is_import_path, make_model
+from .models.user import factory_arguments, import_factory, resolve_layers
 from .policy import EarlyPruningPolicy
 from .preprocessing import from_loader_stats
 from .report import plot_epi
@@ -54,7 +55,15 @@ class DistributedError(RuntimeError):
 
 @dataclass
 class TrainConfig:
+    """What `epiprune train` runs; every field is also a command-line option (`model_kwargs` -> --model-kwargs).
+
+    model: a registry name or the import path `package.module:factory` of the user's own network.
+    model_kwargs: JSON keyword arguments of that factory (num_classes and in_channels are added when it takes
+    them). ignore_layers: module names (as in model.named_modules()) whose output channels are never pruned."""
+
     model: str = "resnet20"
+    model_kwargs: dict = field(default_factory=dict)
+    ignore_layers: list[str] = field(default_factory=list)
     data: str = "builtin"
     data_dir: str | None = None
     image_size: int = 32
@@ -103,8 +112,7 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise EpipruneError naming the first bad value and what is accepted."""
         self._validate_user_input()
-        if self.model not in MODELS:
-            raise EpipruneError(f"unknown model {self.model!r} (accepted: {', '.join(MODELS)})")
+        self._validate_model()
         if self.data not in DATASETS:
             raise EpipruneError(f"unknown dataset {self.data!r} (accepted: {', '.join(DATASETS)})")
         if self.indicator not in INDICATORS:
@@ -160,6 +168,24 @@ class TrainConfig:
             if self.prune_at == 0:
                 raise EpipruneError("--branch-from with --prune-at 0 has nothing to branch from (accepted: --prune-at "
                                     ">= 1)")
+
+    def _validate_model(self) -> None:
+        """The model name, its kwargs and the ignored layers' form; a user factory is imported here (it is named
+        by the caller) and its signature checked against the kwargs. Building it needs the data: see
+        build_network."""
+        try:
+            json.dumps(self.model_kwargs, allow_nan=False)  # recorded in the run's files: plain data only
+        except (TypeError, ValueError) as e:
+            raise EpipruneError(f"model_kwargs {self.model_kwargs!r} is not JSON data: {e} (accepted: a dict of "
+                                "numbers, strings, booleans, null, lists and dicts)") from None
+        if not isinstance(self.model_kwargs, dict):
+            raise EpipruneError(f"model_kwargs {self.model_kwargs!r} is not a dict (accepted: a JSON object)")
+        if not isinstance(self.ignore_layers, list) or not all(isinstance(n, str) and n for n in self.ignore_layers):
+            raise EpipruneError(f"ignore_layers {self.ignore_layers!r} is not a list of module names (accepted: "
+                                "e.g. ['conv1', 'layers.0.conv1'])")
+        check_model_name(self.model, self.model_kwargs)
+        if is_import_path(self.model):
+            factory_arguments(import_factory(self.model), self.model, self.model_kwargs, 3, 10)
 
     def latency_settings(self) -> LatencySettings:
         """What a latency table for this run times: its target, batch, memory format and autocast dtype."""
@@ -226,6 +252,14 @@ def add_bn_l1_gradient(model: nn.Module, strength: float) -> None:
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.weight is not None \
                 and module.weight.grad is not None:
             module.weight.grad.add_(torch.sign(module.weight), alpha=strength)
+
+
+def build_network(cfg: TrainConfig, in_channels: int, num_classes: int, input_size: tuple[int, int]
+                  ) -> tuple[nn.Module, list[nn.Module]]:
+    """(cfg's dense network for images (in_channels, H, W) and num_classes, its modules named in
+    cfg.ignore_layers). A user network must map (N, in_channels, H, W) to (N, num_classes) logits."""
+    model = make_model(cfg.model, in_channels, num_classes, cfg.model_kwargs, input_size)
+    return model, resolve_layers(model, cfg.ignore_layers, cfg.model)
 
 
 def seed_everything(seed: int) -> None:
@@ -367,6 +401,14 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None, log: Callable[[str],
     checkpoint = None
     if resume:
         checkpoint = load_checkpoint(Path(cfg.out) / CHECKPOINT_FILE)
+        saved_model = checkpoint["extra"]["config"]["model"]
+        if cfg.model != saved_model and (is_import_path(saved_model) or is_import_path(cfg.model)):
+            # a saved file never makes epiprune import a module: the caller names the run's factory again
+            raise EpipruneError(f"the run in {cfg.out} trains the network of {saved_model!r}, which epiprune does "
+                                "not import from a saved file; name it again (accepted: --resume "
+                                f"{cfg.out} --model {saved_model})" if is_import_path(saved_model) else
+                                f"the run in {cfg.out} trains {saved_model!r}, not {cfg.model!r} (accepted: "
+                                f"--resume {cfg.out} without --model)")
         cfg = TrainConfig(**{**checkpoint["extra"]["config"], "out": cfg.out, "progress": cfg.progress})
     # the backend follows the device actually trained on: nccl for GPU tensors, gloo for `--device cpu` on a GPU box
     device = resolve_device(cfg.device)
@@ -390,7 +432,7 @@ LATENCY_TABLE_FILE = "latency_table.json"
 
 
 def _make_policy(cfg: TrainConfig, model: nn.Module, example: torch.Tensor, budget: Budget, out: Path,
-                 resuming: bool, log: Callable[[str], None]) -> EarlyPruningPolicy:
+                 resuming: bool, log: Callable[[str], None], ignored: list[nn.Module]) -> EarlyPruningPolicy:
     """The run's policy. For a latency budget, rank 0 measures (or reuses) the table first and the other ranks
     then read the same file; the run folder keeps a copy, which a resumed run uses."""
     table = cfg.latency_table
@@ -401,7 +443,8 @@ def _make_policy(cfg: TrainConfig, model: nn.Module, example: torch.Tensor, budg
         return EarlyPruningPolicy(model, example, budget, importance=cfg.importance, window=cfg.epi_window,
                                   threshold=cfg.epi_threshold, min_dense_epochs=cfg.min_dense_epochs,
                                   max_dense_epochs=cfg.resolved_max_dense_epochs, prune_at=cfg.prune_at,
-                                  indicator=cfg.indicator, seed=cfg.seed, channel_multiple=cfg.channel_multiple,
+                                  ignored_layers=ignored, indicator=cfg.indicator, seed=cfg.seed,
+                                  channel_multiple=cfg.channel_multiple,
                                   latency=cfg.latency_settings(), latency_table=table, log=log,
                                   progress=cfg.progress, epi_average=cfg.epi_average, peak=cfg.epi_peak,
                                   smooth=cfg.epi_smooth, earlybird_queue=cfg.earlybird_queue)
@@ -444,7 +487,8 @@ def _check_latency(cfg: TrainConfig, policy: EarlyPruningPolicy, model: nn.Modul
     """Time the final model against a freshly built dense one, as the table was timed; warn if the table's
     prediction is off by more than PREDICTION_WARNING."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        dense = build_model(cfg.model, dataset.in_channels, dataset.num_classes).to(device)
+        dense, _ = build_network(cfg, dataset.in_channels, dataset.num_classes, dataset.image_size)
+        dense = dense.to(device)
     dense = in_memory_format(dense, cfg.channels_last)
     result = measure_latency(policy, model, dense, cfg.latency_settings(),
                              (dataset.in_channels, *dataset.image_size))
@@ -480,10 +524,11 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None]
         test_loader = TensorLoader(*test_split, 512, train=False, rank=rank, world=world)
         test_loader.normalise_like(train_loader)
     h, w = dataset.image_size
-    model = build_model(cfg.model, dataset.in_channels, dataset.num_classes).to(device)
+    model, ignored = build_network(cfg, dataset.in_channels, dataset.num_classes, (h, w))
+    model = model.to(device)
     example = torch.zeros(1, dataset.in_channels, h, w, device=device)
     model = in_memory_format(model, cfg.channels_last)
-    policy = _make_policy(cfg, model, example, budget, out, checkpoint is not None, log)
+    policy = _make_policy(cfg, model, example, budget, out, checkpoint is not None, log, ignored)
     if checkpoint is not None:
         policy.load_state_dict(checkpoint["policy"])  # re-applies the surgery if the run had pruned
         model.load_state_dict(checkpoint["model"])
@@ -636,7 +681,8 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None]
     if main:
         prep = from_loader_stats(train_loader.mean, train_loader.std, (h, w), dataset.labels)
         spec = architecture_spec(cfg.model, dataset.in_channels, dataset.num_classes, (h, w), policy.kept,
-                                 preprocessing=prep.to_dict())
+                                 preprocessing=prep.to_dict(), model_kwargs=cfg.model_kwargs,
+                                 ignore_layers=cfg.ignore_layers)
         save_pruned(model, spec, out)
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
         plot_epi(metrics, out / "epi.png", policy.rule.threshold, policy.prune_epoch, policy.trigger)

@@ -28,8 +28,8 @@ from .serialization import atomic_write, atomic_write_text
 SCORES_FILE = "scores.jsonl"
 KEPT_CHECKPOINTS = "checkpoints"
 # the settings that shape a dense trajectory: a branch must share every one of them with its source
-TRAJECTORY_SETTINGS = ("model", "data", "data_dir", "image_size", "train_subset", "val_subset", "epochs",
-                       "batch_size", "lr", "momentum", "weight_decay", "warmup_epochs", "seed", "data_seed",
+TRAJECTORY_SETTINGS = ("model", "model_kwargs", "data", "data_dir", "image_size", "train_subset", "val_subset",
+                       "epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup_epochs", "seed", "data_seed",
                        "holdout", "channels_last", "amp", "compile", "bn_l1", "device")
 
 
@@ -156,6 +156,8 @@ def branch(source: str | Path, config: dict, policy: EarlyPruningPolicy, model: 
         raise EpipruneError(f"this run's policy does not prune within the {len(epochs)} dense epochs recorded in "
                             f"{source} (accepted: --prune-at or --max-dense-epochs within them)")
     metrics = [dict(row) for row in state["metrics"][:prune_epoch]]
+    for row in metrics:
+        row.pop("test_top1", None)  # the source's own last epoch was evaluated on the test split: this one is not
     for row, record in zip(metrics, policy.history, strict=True):
         row.update(epi=record.epi, epi_layer=record.epi_layer, epi_group=record.epi_group, widths=record.widths)
     flops, params = policy.count()

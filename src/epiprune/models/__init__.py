@@ -1,4 +1,7 @@
-"""Model registry: build a network by name. Every model takes 1- or 3-channel input."""
+"""Model registry: build a network by name. Every model takes 1- or 3-channel input.
+
+`make_model` also builds the user's own network from an import path `package.module:factory` (see models.user).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +9,12 @@ from collections.abc import Callable
 
 from torch import nn
 
+from ..errors import EpipruneError
+from .convnext import convnext_mini
 from .mobilenetv2 import mobilenetv2, mobilenetv2_small
 from .resnet import resnet20, resnet56
+from .resnext import resnext20_4x8d
+from .user import build_user_model, check_output, is_import_path
 from .vgg import vgg11_bn
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -16,6 +23,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "vgg11_bn": vgg11_bn,
     "mobilenetv2": mobilenetv2,
     "mobilenetv2_small": mobilenetv2_small,
+    "resnext20_4x8d": resnext20_4x8d,
+    "convnext_mini": convnext_mini,
 }
 
 
@@ -28,4 +37,33 @@ def build_model(name: str, in_channels: int = 3, num_classes: int = 10) -> nn.Mo
     return MODELS[name](in_channels=in_channels, num_classes=num_classes)
 
 
-__all__ = ["MODELS", "build_model"]
+def check_model_name(name: str, model_kwargs: dict | None = None) -> None:
+    """Raise EpipruneError unless `name` is a registry name (then without model_kwargs) or an import path."""
+    if is_import_path(name):
+        return
+    if name not in MODELS:
+        raise EpipruneError(f"unknown model {name!r} (accepted: {', '.join(MODELS)}, or your own network as "
+                            "package.module:factory)")
+    if model_kwargs:
+        raise EpipruneError(f"--model-kwargs is given but {name} is a registry model, which takes none (accepted: "
+                            "--model-kwargs with --model package.module:factory)")
+
+
+def make_model(name: str, in_channels: int, num_classes: int, model_kwargs: dict | None = None,
+               input_size: tuple[int, int] | None = None) -> nn.Module:
+    """A dense network: registry `name`, or the factory at import path `name` called with model_kwargs (plus
+    num_classes and in_channels if it takes them). With input_size (H, W), a user network must map a
+    (2, in_channels, H, W) batch to (2, num_classes) logits. Every failure is one EpipruneError line."""
+    check_model_name(name, model_kwargs)
+    if not is_import_path(name):
+        try:
+            return build_model(name, in_channels, num_classes)
+        except ValueError as e:
+            raise EpipruneError(str(e)) from None
+    model = build_user_model(name, model_kwargs, in_channels, num_classes)
+    if input_size is not None:
+        check_output(model, name, in_channels, input_size, num_classes)
+    return model
+
+
+__all__ = ["MODELS", "build_model", "check_model_name", "is_import_path", "make_model"]
