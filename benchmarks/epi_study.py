@@ -61,7 +61,10 @@ def run(args: argparse.Namespace) -> None:
             if not link.exists():
                 link.symlink_to(os.path.relpath(first / "runs" / "dense", out / "runs"))
         start = time.time()
-        compare(config(budget, seeds, args.jobs, args.data_dir, out), log=lambda m: print(m, flush=True))
+        # what the targets need first (the dense runs, the grid, EPI), then the other baselines
+        for methods in (["dense", *[f"fixed-{k}" for k in range(1, 7)], "epi-taylor", "epi-magnitude"], METHODS):
+            compare(config(budget, seeds, args.jobs, args.data_dir, out, only=methods),
+                    log=lambda m: print(m, flush=True))
         print(f"budget {budget:g}: {time.time() - start:.0f} s", flush=True)
         first = first or out
 

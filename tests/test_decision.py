@@ -162,4 +162,6 @@ def test_cli_run_prunes_when_epi_fires_before_the_fallback(tmp_path):
     assert summary["trigger"] == "epi" and summary["prune_epoch"] == 2, summary
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["epi"] is None and rows[1]["epi"] >= 0.5
-    assert rows[1]["epi"] == early_pruning_indicator([rows[0]["widths"], rows[1]["widths"]], 1)
+    widths = [rows[0]["widths"], rows[1]["widths"]]
+    assert rows[1]["epi"] == rows[1]["epi_layer"] == early_pruning_indicator(widths, 1, summary["epi_layer_weights"])
+    assert rows[1]["epi_group"] == early_pruning_indicator(widths, 1)
