@@ -17,10 +17,13 @@ the same seed and budget. Finished runs are reused: an interrupted study continu
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -28,7 +31,7 @@ import numpy as np
 import torch
 
 from epiprune.cli import _int_list
-from epiprune.compare import CompareConfig, bootstrap_interval, compare, finished_runs, test_top1
+from epiprune.compare import CompareConfig, bootstrap_interval, compare, finished_runs, oracle_runs, test_top1
 from epiprune.models import build_model
 from epiprune.policy import EarlyPruningPolicy
 from epiprune.serialization import atomic_write_text
@@ -41,6 +44,7 @@ DATA_CANDIDATES = [Path("/usr/share/datasets/fashion-mnist"), ROOT.parent / "sha
 METHODS = ["dense", "init-magnitude", "tpf-ft3", *[f"fixed-{k}" for k in range(1, 7)], "earlybird",
            "earlybird-budget", "epi-taylor", "epi-magnitude"]
 PROBE_EVERY = 12  # steps between Taylor probes of the dense runs (47 steps per epoch: about 4 per epoch)
+TAU, DELTA = 0.944, 0.005  # the published Taylor threshold, and how far the study moves it
 
 
 def config(budget: float, seeds: list[int], jobs: int, data_dir: str, out: Path, **overrides: object) -> CompareConfig:
@@ -70,18 +74,37 @@ def run(args: argparse.Namespace) -> None:
 
 
 def numerics(args: argparse.Namespace) -> None:
-    """Dense runs of the same seeds with channels-last convolutions: the numerics perturbation of the study."""
-    seeds = _int_list(args.seeds, "seeds")
-    cfg = config(0.3, seeds, args.jobs, args.data_dir, OUT / "numerics-channels-last", only=["dense"],
-                 extra_args=["--channels-last"])
-    compare(cfg, log=lambda m: print(m, flush=True))
+    """Dense runs of the same seeds with channels-last convolutions (the study's numerics perturbation), stopped
+    once the dense phase that a trigger can use (epoch 6, the fallback) is recorded."""
+    cfg = config(0.3, _int_list(args.seeds, "seeds"), 1, args.data_dir, OUT / "numerics-channels-last",
+                 only=["dense"], extra_args=["--channels-last"])
+    dense = cfg.methods()[0]
+    for seed in cfg.seeds:
+        folder = OUT / "numerics-channels-last" / "runs" / "dense" / f"seed{seed}"
+        if (folder / "metrics.jsonl").is_file() and len((folder / "metrics.jsonl").read_text().splitlines()) >= 6:
+            print(f"skip seed {seed}: 6 epochs recorded", flush=True)
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        cmd = ["train", "--resume", str(folder), "--no-progress"] if (folder / "checkpoint.pt").is_file() else \
+            ["train", *cfg.common_args(), *dense.args, "--seed", str(seed), "--out", str(folder)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        proc = subprocess.Popen([sys.executable, "-m", "epiprune", *cmd], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:
+            print(f"seed {seed}: {line.rstrip()}", flush=True)
+            if line.startswith("epoch   6/"):
+                time.sleep(5)  # the checkpoint and scores.jsonl of epoch 6 are written before this line
+                proc.terminate()
+                break
+        proc.wait()
 
 
 def replay_epoch(graph_model: torch.nn.Module, example: torch.Tensor, budget: float, rows: list[list], *,
                  window: int, threshold: float, max_dense: int, epi_average: str = "layer", peak: int = 0,
                  smooth: int = 1, min_dense: int | None = None) -> tuple[int | None, str | None, list]:
     """(prune point, trigger, EPI per point) that a policy with these settings picks on recorded Taylor scores."""
-    policy = EarlyPruningPolicy(graph_model, example, Budget(flops=budget), window=window, threshold=threshold,
+    policy = EarlyPruningPolicy(copy.deepcopy(graph_model), example, Budget(flops=budget), window=window,
+                                threshold=threshold,
                                 max_dense_epochs=max_dense, min_dense_epochs=min_dense, epi_average=epi_average,
                                 peak=peak, smooth=smooth, log=lambda _: None, progress=False)
     point = policy.replay([[np.asarray(s) for s in r] for r in rows], lambda _: None)
@@ -98,65 +121,101 @@ VARIANTS = {  # name: (settings, evaluated on epochs or on probes)
 }
 
 
+def _moves(values: list[int]) -> str:
+    return "-" if not values else f"{max(values)} / {statistics.fmean(values):.1f}"
+
+
+def _point_summary(per_seed: list[dict]) -> dict:
+    """How far each seed's prune point moves under the perturbations, and the accuracy at those points."""
+    def moved(keys: tuple[str, ...]) -> list[int]:
+        return [max(abs(p[k]["point"] - p["tau"]["point"]) for k in keys if k in p) for p in per_seed
+                if any(k in p for k in keys)]
+
+    top1 = [p["tau"]["top1"] for p in per_seed]
+    return {"points": [p["tau"]["point"] for p in per_seed],
+            "fallbacks": sum(p["tau"]["trigger"] == "fallback" for p in per_seed),
+            "moves_tau": moved(("tau-", "tau+")), "moves_numerics": moved(("numerics",)),
+            "top1": top1, "top1_mean": statistics.fmean(t for t in top1 if t is not None) if any(
+                t is not None for t in top1) else None,
+            "top1_worst_change": max((abs(p[k]["top1"] - p["tau"]["top1"]) for p in per_seed for k in p
+                                      if p[k]["top1"] is not None and p["tau"]["top1"] is not None), default=None)}
+
+
 def analyse(args: argparse.Namespace) -> None:
     model = build_model("resnet20", 1, 10)
     example = torch.zeros(1, 1, 28, 28)
-    report: dict = {"variants": {}, "meta": {"tau": 0.944, "perturbations": "tau -0.005 / +0.005; numerics: "
-                                             "channels-last dense runs"}}
+    report: dict = {"meta": {"tau": TAU, "perturbations": f"tau {-DELTA:+g} / {DELTA:+g}; numerics: the dense run "
+                             "trained again in channels-last memory format (other kernels, other rounding)",
+                             "machine": platform.processor() or platform.machine(), "torch": torch.__version__},
+                    "budgets": {}}
     lines = []
     for budget in (float(b) for b in args.budgets.split(",")):
         folder = OUT / f"resnet20-flops{budget:g}"
         runs, _ = finished_runs(folder)
         grid = {(r["seed"], r["prune_epoch"]): test_top1(r) for r in runs if r["family"] == "fixed"}
-        seeds = sorted({s for s, _ in grid})
-        dense = {s: folder / "runs" / "dense" / f"seed{s}" for s in seeds}
-        other = {s: OUT / "numerics-channels-last" / "runs" / "dense" / f"seed{s}" for s in seeds}
+        seeds = sorted({r["seed"] for r in runs if r["method"] == "dense"})
+        oracle = {r["seed"]: test_top1(r) for r in oracle_runs(runs)}
+        epi_runs = {r["seed"]: r for r in runs if r["method"] == "epi-taylor"}
+        result: dict = {"variants": {}}
         lines += [f"\n### ResNet-20, {budget:.0%} FLOPs ({len(seeds)} seeds)\n",
-                  "| trigger | prune point at tau (per seed) | moves under tau -0.005 / +0.005 | moves under other "
-                  "numerics | test top-1 at tau (%) | top-1 change, worst over perturbations (points) |",
-                  "|---|---|---|---|---|---|"]
+                  "| trigger | unit | prune point at tau, per seed | moves under tau +-0.005 (max / mean) | moves "
+                  "under other numerics (max / mean) | test top-1 at tau (%) | vs default, paired (points) | worst "
+                  "top-1 change under a perturbation (points) |", "|---|---|---|---|---|---|---|---|"]
+        default_top1: list | None = None
         for name, (settings, unit) in VARIANTS.items():
             per_seed = []
             for s in seeds:
-                base = {"window": 3, "max_dense": 6, **settings}
-                if unit == "probe":
-                    per_epoch = round(47 / PROBE_EVERY)
-                    base["max_dense"] = 6 * per_epoch
-                    base["min_dense"] = base["window"] + 1
                 points = {}
-                for label, path, tau in (("tau", dense[s], 0.944), ("tau-", dense[s], 0.939),
-                                         ("tau+", dense[s], 0.949), ("numerics", other[s], 0.944)):
+                for label, path, tau in (("tau", folder / "runs" / "dense" / f"seed{s}", TAU),
+                                         ("tau-", folder / "runs" / "dense" / f"seed{s}", TAU - DELTA),
+                                         ("tau+", folder / "runs" / "dense" / f"seed{s}", TAU + DELTA),
+                                         ("numerics", OUT / "numerics-channels-last" / "runs" / "dense" / f"seed{s}",
+                                          TAU)):
                     if not (path / "scores.jsonl").is_file():
                         continue
                     epochs, probes = read_scores(path)
-                    rows = [r["taylor"] for r in (epochs if unit == "epoch" else probes)]
-                    point, trigger, epis = replay_epoch(model, example, budget, rows, threshold=tau, **base)
-                    # a probe point's accuracy: the grid run pruned at the end of the epoch the probe falls in
-                    epoch = point if unit == "epoch" else (probes[point - 1]["epoch"] if point else None)
+                    rows = epochs if unit == "epoch" else probes
+                    base = {"window": 3, "max_dense": 6, **settings}
+                    if unit == "probe":  # the same fallback (epoch 6) and earliest point (r + 1 probes)
+                        base["max_dense"] = sum(r["epoch"] <= 6 for r in probes)
+                        base["min_dense"] = base["window"] + 1
+                    point, trigger, epis = replay_epoch(model, example, budget, [r["taylor"] for r in rows],
+                                                        threshold=tau, **base)
+                    # a probe's accuracy is read at the end of the epoch it falls in (the grid has no finer points)
+                    epoch = rows[point - 1]["epoch"] if point else None
                     points[label] = {"point": point, "trigger": trigger, "epoch": epoch,
+                                     "fraction": None if point is None else (
+                                         epoch / 12 if unit == "epoch" else rows[point - 1]["step"] / (47 * 12)),
                                      "top1": grid.get((s, epoch)), "epi": epis}
                 per_seed.append(points)
-            at_tau = [p["tau"]["point"] for p in per_seed]
-            moves = [max(abs(p[k]["point"] - p["tau"]["point"]) for k in ("tau-", "tau+")) for p in per_seed]
-            moves_num = [abs(p["numerics"]["point"] - p["tau"]["point"]) for p in per_seed if "numerics" in p]
-            top1 = [p["tau"]["top1"] for p in per_seed if p["tau"]["top1"] is not None]
-            change = [max(abs(p[k]["top1"] - p["tau"]["top1"]) for k in p if p[k]["top1"] is not None)
-                      for p in per_seed if p["tau"]["top1"] is not None]
-            fallbacks = sum(p["tau"]["trigger"] == "fallback" for p in per_seed)
-            unit_name = "epoch" if unit == "epoch" else f"probe ({PROBE_EVERY} steps)"
-            lines.append(f"| {name} | {at_tau} {unit_name}s, {fallbacks} fallback(s) | max {max(moves)}, "
-                         f"mean {statistics.fmean(moves):.1f} | "
-                         + (f"max {max(moves_num)}, mean {statistics.fmean(moves_num):.1f}" if moves_num else "-")
-                         + f" | {statistics.fmean(top1):.2f} | max {max(change):.2f} |")
-            report["variants"].setdefault(f"flops{budget:g}", {})[name] = {"per_seed": per_seed}
-        oracle = {s: max((v for (ss, _), v in grid.items() if ss == s)) for s in seeds}
-        epi = [p["tau"]["top1"] for p in report["variants"][f"flops{budget:g}"]["per-layer EPI (default)"]["per_seed"]]
-        diffs = [e - oracle[s] for e, s in zip(epi, seeds, strict=True) if e is not None]
+            summary = _point_summary(per_seed)
+            top1 = summary["top1"]
+            if default_top1 is None:
+                default_top1 = top1
+            paired = [t - d for t, d in zip(top1, default_top1, strict=True) if t is not None and d is not None]
+            summary["vs_default"] = statistics.fmean(paired) if paired else None
+            result["variants"][name] = {**summary, "per_seed": per_seed}
+            unit_name = "epoch" if unit == "epoch" else f"{PROBE_EVERY} steps"
+            lines.append(f"| {name} | {unit_name} | {summary['points']} ({summary['fallbacks']} fallbacks) | "
+                         f"{_moves(summary['moves_tau'])} | {_moves(summary['moves_numerics'])} | "
+                         + ("-" if summary["top1_mean"] is None else f"{summary['top1_mean']:.2f}") + " | "
+                         + ("-" if summary["vs_default"] is None else f"{summary['vs_default']:+.2f}") + " | "
+                         + ("-" if summary["top1_worst_change"] is None else f"{summary['top1_worst_change']:.2f}")
+                         + " |")
+        # the EPI runs `compare` made must be the grid run of the epoch the default replays to
+        check = {s: (epi_runs[s]["prune_epoch"], result["variants"]["per-layer EPI (default)"]["per_seed"][i]
+                     ["tau"]["point"]) for i, s in enumerate(seeds) if s in epi_runs}
+        result["epi_run_epochs_match_replay"] = all(a == b for a, b in check.values())
+        diffs = [test_top1(epi_runs[s]) - oracle[s] for s in seeds if s in epi_runs and s in oracle]
         if diffs:
             low, high = bootstrap_interval(diffs)
-            lines.append(f"\nper-layer EPI minus the best grid epoch (test top-1, chosen on test: an upper bound of "
-                         f"the oracle): {statistics.fmean(diffs):+.2f} [{low:+.2f}, {high:+.2f}]")
-    report["meta"].update(machine=platform.processor() or platform.machine(), torch=torch.__version__)
+            result["epi_minus_oracle"] = {"diffs": diffs, "mean": statistics.fmean(diffs), "low": low, "high": high}
+            lines.append(f"\nEPI-Taylor minus the branched oracle (each seed's grid epoch with the best validation "
+                         f"accuracy), test top-1: {statistics.fmean(diffs):+.2f} points, 95% bootstrap interval "
+                         f"[{low:+.2f}, {high:+.2f}], per seed {' '.join(f'{d:+.2f}' for d in diffs)}. The EPI runs' "
+                         f"prune epochs {'match' if result['epi_run_epochs_match_replay'] else 'DO NOT match'} this "
+                         f"replay: {check}.")
+        report["budgets"][f"flops{budget:g}"] = result
     text = "\n".join(lines) + "\n"
     atomic_write_text(OUT / "trigger_study.md", text)
     atomic_write_text(OUT / "trigger_study.json", json.dumps(report, indent=1, default=str))

@@ -223,3 +223,18 @@ def test_latency_budget_runs_the_first_job_alone_so_the_table_is_built_once(monk
     runs = compare_module.compare(cfg, log=lambda _: None)
     assert order[0] == "fixed-1" and overlaps[0] == 1 and len(runs) == 3
     assert max(overlaps[1:]) == 2  # the others still run in parallel
+
+
+def test_compare_holds_out_validation_shares_the_data_subset_and_can_train_from_scratch(tmp_path):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--train-subset", "64", "--val-subset", "32", "--epochs", "3", "--epi-window", "1",
+                 "--batch-size", "64", "--grid", "1", "--methods", "dense,fixed", "--seeds", "0,1", "--holdout", "40",
+                 "--data-seed", "5", "--no-branch", "--out", str(out)]) == 0
+    result = json.loads((out / "compare.json").read_text())
+    runs = result["runs"]
+    assert all("final_test_top1" in r and "branched_from" not in r for r in runs)
+    assert all(r["config"]["data_seed"] == 5 and r["config"]["holdout"] == 40 for r in runs)
+    assert "top-1: final accuracy on the test split (chosen on the held-out validation split)" in \
+        (out / "compare.md").read_text()
+    oracle = [r for r in result["rows"] if r["family"] == "oracle"]
+    assert oracle[0]["train_flops"] == oracle[1]["train_flops"]  # nothing branched: both scans cost the same

@@ -152,6 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seeds", default="0", help="comma-separated seeds; mean and spread are reported")
     c.add_argument("--methods", default="dense,plain,init,tpf,fixed,earlybird,epi",
                    help="which method families to run, comma-separated")
+    c.add_argument("--holdout", type=int, default=0, help="training images held out as the validation split "
+                   "that chooses the oracle; the dataset's validation split is then a test split that chooses nothing "
+                   "and is what the table reports (--val-subset sizes it) (0: off, one split does both)")
+    c.add_argument("--data-seed", type=int, default=None, help="one data subset for every seed (the seed then varies "
+                   "initialisation and order only) (default: each seed draws its own)")
+    c.add_argument("--no-branch", action="store_true", help="train every fixed-epoch, train-prune-fine-tune and "
+                   "EPI run from scratch instead of branching it from its seed's dense run (the same results, more "
+                   "compute)")
     c.add_argument("--jobs", type=int, default=1, help="runs in parallel (threads are split between them)")
     c.add_argument("--out", default="runs/compare", help="output folder: the table, the plots, and runs/<method>/"
                    "seed<k>/ for every run")
@@ -261,7 +269,8 @@ def _compare(args: argparse.Namespace) -> None:
                         grid=_int_list(args.grid, "grid") if args.grid else None,
                         finetune_epochs=args.finetune_epochs, seeds=_int_list(args.seeds, "seeds"),
                         families=[m.strip() for m in args.methods.split(",")], jobs=args.jobs, out=args.out,
-                        force=args.force)
+                        force=args.force, holdout=args.holdout, data_seed=args.data_seed,
+                        branch=not args.no_branch)
     compare(cfg)
     print(f"table and plots in {args.out}/: compare.md compare.json accuracy_vs_cost.png "
           "accuracy_vs_prune_epoch.png epi_curve.png widths_heatmap.png")
