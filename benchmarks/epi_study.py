@@ -4,7 +4,8 @@ that chooses nothing, every method paired with EPI per seed.
 
     python benchmarks/epi_study.py run [--budgets 0.3,0.5] [--seeds 0-4] [--jobs 2]
     python benchmarks/epi_study.py numerics [--seeds 0-4]     # the same dense runs with other numerics
-    python benchmarks/epi_study.py analyse                     # trigger robustness, from the recorded runs
+    python benchmarks/epi_study.py collect                     # the committed data: scores and metrics
+    python benchmarks/epi_study.py analyse                     # trigger robustness, from the committed data
 
 `run` is `epiprune compare` per budget (branched grid, train-prune-fine-tune and EPI branch from each seed's dense
 run, which both budgets share). `numerics` trains each seed's dense run again in channels-last memory format
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gzip
 import json
 import os
 import platform
@@ -34,7 +36,7 @@ from epiprune.cli import _int_list
 from epiprune.compare import CompareConfig, bootstrap_interval, compare, finished_runs, oracle_runs, test_top1
 from epiprune.models import build_model
 from epiprune.policy import EarlyPruningPolicy
-from epiprune.serialization import atomic_write_text
+from epiprune.serialization import atomic_write, atomic_write_text
 from epiprune.subnetwork import Budget
 from epiprune.trajectory import read_scores
 
@@ -99,6 +101,43 @@ def numerics(args: argparse.Namespace) -> None:
         proc.wait()
 
 
+TRAJECTORIES = OUT / "trajectories"
+
+
+def collect(args: argparse.Namespace) -> None:
+    """Copy what the analysis and the tables rest on into small committed files: each dense run's recorded Taylor
+    scores (per epoch and per probe, gzipped) and every run's per-epoch metrics (one JSONL per budget)."""
+    TRAJECTORIES.mkdir(parents=True, exist_ok=True)
+    sources = {"dense": OUT / "resnet20-flops0.3" / "runs" / "dense",
+               "dense-channels-last": OUT / "numerics-channels-last" / "runs" / "dense"}
+    for name, folder in sources.items():
+        for run in sorted(folder.glob("seed*")):
+            if not (run / "scores.jsonl").is_file():
+                continue
+            epochs, probes = read_scores(run)
+            rows = [{"kind": r["kind"], "epoch": r["epoch"], **({"step": r["step"]} if "step" in r else {}),
+                     "taylor": r["taylor"]} for r in epochs + probes]
+            data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+            atomic_write(TRAJECTORIES / f"{name}-{run.name}.scores.jsonl.gz",
+                         lambda tmp, data=data: tmp.write_bytes(gzip.compress(data, mtime=0)))
+    for budget in (float(b) for b in args.budgets.split(",")):
+        runs, _ = finished_runs(OUT / f"resnet20-flops{budget:g}")
+        lines = [json.dumps({"method": r["method"], "seed": r["seed"], **row})
+                 for r in runs for row in (json.loads(x) for x in
+                                           (Path(r["run_dir"]) / "metrics.jsonl").read_text().splitlines())]
+        atomic_write_text(OUT / f"metrics-flops{budget:g}.jsonl", "".join(line + "\n" for line in lines))
+    print(f"wrote {TRAJECTORIES} and {OUT}/metrics-flops*.jsonl")
+
+
+def committed_scores(name: str, seed: int) -> tuple[list[dict], list[dict]] | None:
+    """(epoch rows, probe rows) of a dense run's recorded Taylor scores, from the committed trajectories."""
+    path = TRAJECTORIES / f"{name}-seed{seed}.scores.jsonl.gz"
+    if not path.is_file():
+        return None
+    rows = [json.loads(line) for line in gzip.decompress(path.read_bytes()).decode().splitlines()]
+    return [r for r in rows if r["kind"] == "epoch"], [r for r in rows if r["kind"] == "probe"]
+
+
 def replay_epoch(graph_model: torch.nn.Module, example: torch.Tensor, budget: float, rows: list[list], *,
                  window: int, threshold: float, max_dense: int, epi_average: str = "layer", peak: int = 0,
                  smooth: int = 1, min_dense: int | None = None) -> tuple[int | None, str | None, list]:
@@ -150,8 +189,7 @@ def analyse(args: argparse.Namespace) -> None:
                     "budgets": {}}
     lines = []
     for budget in (float(b) for b in args.budgets.split(",")):
-        folder = OUT / f"resnet20-flops{budget:g}"
-        runs, _ = finished_runs(folder)
+        runs = json.loads((OUT / f"resnet20-flops{budget:g}" / "compare.json").read_text())["runs"]
         grid = {(r["seed"], r["prune_epoch"]): test_top1(r) for r in runs if r["family"] == "fixed"}
         seeds = sorted({r["seed"] for r in runs if r["method"] == "dense"})
         oracle = {r["seed"]: test_top1(r) for r in oracle_runs(runs)}
@@ -166,14 +204,12 @@ def analyse(args: argparse.Namespace) -> None:
             per_seed = []
             for s in seeds:
                 points = {}
-                for label, path, tau in (("tau", folder / "runs" / "dense" / f"seed{s}", TAU),
-                                         ("tau-", folder / "runs" / "dense" / f"seed{s}", TAU - DELTA),
-                                         ("tau+", folder / "runs" / "dense" / f"seed{s}", TAU + DELTA),
-                                         ("numerics", OUT / "numerics-channels-last" / "runs" / "dense" / f"seed{s}",
-                                          TAU)):
-                    if not (path / "scores.jsonl").is_file():
+                for label, source, tau in (("tau", "dense", TAU), ("tau-", "dense", TAU - DELTA),
+                                           ("tau+", "dense", TAU + DELTA), ("numerics", "dense-channels-last", TAU)):
+                    recorded = committed_scores(source, s)
+                    if recorded is None:
                         continue
-                    epochs, probes = read_scores(path)
+                    epochs, probes = recorded
                     rows = epochs if unit == "epoch" else probes
                     base = {"window": 3, "max_dense": 6, **settings}
                     if unit == "probe":  # the same fallback (epoch 6) and earliest point (r + 1 probes)
@@ -224,15 +260,15 @@ def analyse(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=("run", "numerics", "analyse"))
+    parser.add_argument("command", choices=("run", "numerics", "collect", "analyse"))
     parser.add_argument("--budgets", default="0.3,0.5")
     parser.add_argument("--seeds", default="0-4")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--data-dir", default=next((str(p) for p in DATA_CANDIDATES if p.is_dir()), None))
     args = parser.parse_args()
-    if args.data_dir is None:
+    if args.command in ("run", "numerics") and args.data_dir is None:
         raise SystemExit("error: full Fashion-MNIST not found (accepted: --data-dir with its IDX files)")
-    {"run": run, "numerics": numerics, "analyse": analyse}[args.command](args)
+    {"run": run, "numerics": numerics, "collect": collect, "analyse": analyse}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -114,8 +114,12 @@ def keep_copy(checkpoint: Path, target: Path) -> None:
 
 
 def _check_same_trajectory(source: dict, mine: dict, path: Path) -> None:
+    def setting(config: dict, key: str) -> object:  # a run made before an option existed has no entry for it
+        value = config.get(key)
+        return None if value in ({}, []) else value
+
     for key in TRAJECTORY_SETTINGS:
-        if source.get(key) != mine.get(key):
+        if setting(source, key) != setting(mine, key):
             raise EpipruneError(f"--branch-from {path} was trained with {key}={source.get(key)!r}, this run has "
                                 f"{mine.get(key)!r} (accepted: the same {key} as the dense run)")
 
