@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--warmup-epochs", type=float, default=0.0,
                    help="ramp the LR up linearly over this many epochs first (1 helps ResNet-56 at lr 0.1)")
     t.add_argument("--weight-decay", type=float, default=5e-4, help="on conv/linear weights, not on BN/biases")
+    t.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"),
+                   help="SGD with Nesterov momentum 0.9, or AdamW (ConvNeXt-style networks need it: e.g. --optimizer "
+                   "adamw --lr 1e-3 --weight-decay 0.05); its state is carried through the prune either way")
     t.add_argument("--budget", default="flops:0.5", help="what to keep: flops:F, params:F or latency:F (of the "
                    "dense model's step time measured on this device), 0 < F < 1")
     t.add_argument("--importance", default="taylor", choices=IMPORTANCES,
@@ -327,7 +330,8 @@ def _train(args: argparse.Namespace, argv: list[str]) -> None:
                       ignore_layers=parse_layer_names(args.ignore_layers), data=args.data, data_dir=args.data_dir,
                       image_size=args.image_size,
                       train_subset=args.train_subset, val_subset=args.val_subset, epochs=args.epochs,
-                      batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, budget=args.budget,
+                      batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                      optimizer=args.optimizer, budget=args.budget,
                       importance=args.importance, epi_window=args.epi_window, epi_threshold=args.epi_threshold,
                       min_dense_epochs=args.min_dense_epochs, max_dense_epochs=args.max_dense_epochs,
                       prune_at=args.prune_at, indicator=args.indicator, finetune_epochs=args.finetune_epochs,

@@ -42,6 +42,7 @@ from .trajectory import KEPT_CHECKPOINTS, SCORES_FILE, ScoreRecorder, branch, ke
 TRAIN_FLOPS_PER_FORWARD = 3
 
 
+OPTIMIZERS = ("sgd", "adamw")
 PROGRESS_EVERY = 20  # steps between progress-bar loss updates (each one waits for the device)
 
 
@@ -74,6 +75,7 @@ class TrainConfig:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    optimizer: str = "sgd"
     budget: str = "flops:0.5"
     importance: str = "taylor"
     epi_window: int = DEFAULT_WINDOW
@@ -121,6 +123,8 @@ class TrainConfig:
             raise EpipruneError(f"fine-tune epochs {self.finetune_epochs} is negative (accepted: >= 0)")
         if not 0 <= self.warmup_epochs < self.epochs:
             raise EpipruneError(f"warm-up epochs {self.warmup_epochs} is outside [0, {self.epochs})")
+        if self.optimizer not in OPTIMIZERS:
+            raise EpipruneError(f"unknown optimizer {self.optimizer!r} (accepted: {', '.join(OPTIMIZERS)})")
         if self.importance not in IMPORTANCES:
             raise EpipruneError(f"unknown importance {self.importance!r} (accepted: {', '.join(IMPORTANCES)})")
         Budget.parse(self.budget)
@@ -345,9 +349,14 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum; weight decay on conv/linear weights only (not on BN scales or biases)."""
+    """SGD with Nesterov momentum (default) or AdamW (what ConvNeXt-style networks, LayerNorm and no BN, need: they
+    do not learn under SGD at any lr tried, see docs/RESULTS.md); weight decay on conv/linear weights only (not on
+    norm scales, layer scales or biases)."""
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                  {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
     return torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
                             {"params": no_decay, "weight_decay": 0.0}],
                            lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
