@@ -56,23 +56,30 @@ def config(budget: float, seeds: list[int], jobs: int, data_dir: str, out: Path,
     return CompareConfig(**{**settings, **overrides})
 
 
+GRID = [f"fixed-{k}" for k in range(1, 7)]
+# the order runs are made in: what the targets and the trigger study need first (the dense runs and the grid of
+# both budgets, EPI), then the other baselines; an interrupted study continues where it stopped
+STAGES = [(0.3, ["dense", *GRID, "epi-taylor", "epi-magnitude"]), (0.3, ["init-magnitude"]), (0.5, ["dense", *GRID]),
+          (0.3, METHODS), (0.5, ["epi-taylor", "epi-magnitude"]), (0.5, METHODS)]
+
+
 def run(args: argparse.Namespace) -> None:
     seeds = _int_list(args.seeds, "seeds")
-    first = None
-    for budget in (float(b) for b in args.budgets.split(",")):
+    budgets = [float(b) for b in args.budgets.split(",")]
+    first = OUT / f"resnet20-flops{budgets[0]:g}"
+    for budget, methods in STAGES:
+        if budget not in budgets:
+            continue
         out = OUT / f"resnet20-flops{budget:g}"
-        if first is not None:  # one dense trajectory per seed serves every budget
+        if out != first:  # one dense trajectory per seed serves every budget
             (out / "runs").mkdir(parents=True, exist_ok=True)
             link = out / "runs" / "dense"
             if not link.exists():
                 link.symlink_to(os.path.relpath(first / "runs" / "dense", out / "runs"))
         start = time.time()
-        # what the targets need first (the dense runs, the grid, EPI), then the other baselines
-        for methods in (["dense", *[f"fixed-{k}" for k in range(1, 7)], "epi-taylor", "epi-magnitude"], METHODS):
-            compare(config(budget, seeds, args.jobs, args.data_dir, out, only=methods),
-                    log=lambda m: print(m, flush=True))
-        print(f"budget {budget:g}: {time.time() - start:.0f} s", flush=True)
-        first = first or out
+        compare(config(budget, seeds, args.jobs, args.data_dir, out, only=methods),
+                log=lambda m: print(m, flush=True))
+        print(f"budget {budget:g}, {len(methods)} methods: {time.time() - start:.0f} s", flush=True)
 
 
 def numerics(args: argparse.Namespace) -> None:
