@@ -6,13 +6,12 @@ import argparse
 import sys
 
 from .data import DATASETS
-from .errors import EpipruneError
+from .errors import DistributedError, EpipruneError
 from .importance import IMPORTANCES
 from .indicator import DEFAULT_THRESHOLDS, DEFAULT_WINDOW, EARLYBIRD_QUEUE, EPI_AVERAGES, INDICATORS
 from .latency import AMP_DTYPES, TARGETS
 from .models import MODELS, is_import_path
 from .models.user import parse_layer_names, parse_model_kwargs
-from .trainer import DistributedError
 
 
 class _Parser(argparse.ArgumentParser):

@@ -20,6 +20,7 @@ import random
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,7 +187,7 @@ def _check_same_settings(cfg: CompareConfig, method: Method, seed: int, made_wit
                                 "settings, another --out, or --force to rerun)")
 
 
-def run_one(cfg: CompareConfig, method: Method, seed: int, log=print) -> dict:  # noqa: ANN001
+def run_one(cfg: CompareConfig, method: Method, seed: int, log: Callable[[str], None] = print) -> dict:
     """Train one (method, seed) unless its summary exists; return its summary with method fields added."""
     folder = Path(cfg.out) / "runs" / method.name / f"seed{seed}"
     summary_path = folder / "summary.json"
@@ -368,7 +369,7 @@ def _metrics(run_dir: str) -> list[dict]:
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
-def compare(cfg: CompareConfig, log=print) -> list[dict]:  # noqa: ANN001
+def compare(cfg: CompareConfig, log: Callable[[str], None] = print) -> list[dict]:
     """Run (or reuse) every method x seed, then write compare.md, compare.json and the plots into cfg.out."""
     cfg.validate()
     out = Path(cfg.out)
@@ -423,7 +424,7 @@ def finished_runs(out: Path) -> tuple[list[dict], list[str]]:
     return runs, unfinished
 
 
-def write_comparison(out: Path, runs: list[dict], config: dict, log=print) -> list[dict]:  # noqa: ANN001
+def write_comparison(out: Path, runs: list[dict], config: dict, log: Callable[[str], None] = print) -> list[dict]:
     """Aggregate finished runs into compare.md, compare.json and the four plots in `out`; return the rows."""
     rows = aggregate(runs)
     pairs = paired_differences(runs)

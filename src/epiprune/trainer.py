@@ -25,7 +25,7 @@ from tqdm import tqdm
 from . import distributed
 from .checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from .data import DATASETS, Dataset, TensorLoader, load_dataset
-from .errors import EpipruneError
+from .errors import DistributedError, EpipruneError
 from .importance import IMPORTANCES
 from .indicator import DEFAULT_WINDOW, EARLYBIRD_QUEUE, EPI_AVERAGES, INDICATORS
 from .latency import AMP_DTYPES, TARGETS, LatencySettings, autocast, in_memory_format, time_model_step
@@ -47,10 +47,6 @@ PROGRESS_EVERY = 20  # steps between progress-bar loss updates (each one waits f
 
 class TrainingError(EpipruneError):
     """Training cannot go on (e.g. the loss became NaN)."""
-
-
-class DistributedError(RuntimeError):
-    """A collective failed: another rank died or the process group timed out (a runtime failure, exit 1)."""
 
 
 @dataclass
@@ -422,7 +418,8 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None, log: Callable[[str],
             return _train(cfg, dataset, log if distributed.is_main() else (lambda _: None), checkpoint, device,
                           folder.commit)
     except RuntimeError as e:
-        if not distributed.is_distributed():
+        # only a failed collective is reported as one: an out-of-memory error or a shape bug keeps its message
+        if not distributed.is_distributed() or not distributed.is_collective_failure(e):
             raise
         raise DistributedError(f"rank {distributed.rank()}: a collective failed (another rank died, or it timed "
                                f"out after {cfg.dist_timeout:g}s): {str(e).splitlines()[0][:200]}") from None
