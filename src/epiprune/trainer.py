@@ -14,7 +14,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +24,12 @@ from tqdm import tqdm
 
 from . import distributed
 from .checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
-from .data import DATASETS, Dataset, TensorLoader, load_dataset
+from .config import TrainConfig
+from .data import Dataset, TensorLoader, load_dataset
 from .errors import DistributedError, EpipruneError
-from .importance import IMPORTANCES
-from .indicator import DEFAULT_WINDOW, EARLYBIRD_QUEUE, EPI_AVERAGES, INDICATORS
-from .latency import AMP_DTYPES, TARGETS, LatencySettings, autocast, in_memory_format, time_model_step
-from .models import check_model_name, is_import_path, make_model
-from .models.user import factory_arguments, import_factory, resolve_layers
+from .latency import LatencySettings, autocast, in_memory_format, time_model_step
+from .models import is_import_path, make_model
+from .models.user import resolve_layers
 from .policy import EarlyPruningPolicy
 from .preprocessing import from_loader_stats
 from .report import plot_epi
@@ -47,184 +46,6 @@ PROGRESS_EVERY = 20  # steps between progress-bar loss updates (each one waits f
 
 class TrainingError(EpipruneError):
     """Training cannot go on (e.g. the loss became NaN)."""
-
-
-@dataclass
-class TrainConfig:
-    """What `epiprune train` runs; every field is also a command-line option (`model_kwargs` -> --model-kwargs).
-
-    model: a registry name or the import path `package.module:factory` of the user's own network.
-    model_kwargs: JSON keyword arguments of that factory (num_classes and in_channels are added when it takes
-    them). ignore_layers: module names (as in model.named_modules()) whose output channels are never pruned."""
-
-    model: str = "resnet20"
-    model_kwargs: dict = field(default_factory=dict)
-    ignore_layers: list[str] = field(default_factory=list)
-    data: str = "builtin"
-    data_dir: str | None = None
-    image_size: int = 32
-    train_subset: int | None = None
-    val_subset: int | None = None
-    epochs: int = 15
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    budget: str = "flops:0.5"
-    importance: str = "taylor"
-    epi_window: int = DEFAULT_WINDOW
-    epi_threshold: float | None = None
-    min_dense_epochs: int | None = None
-    max_dense_epochs: int | None = None
-    prune_at: int | None = None
-    indicator: str = "epi"
-    channel_multiple: int = 1
-    finetune_epochs: int = 0
-    warmup_epochs: float = 0.0
-    init_batches: int = 10
-    seed: int = 0
-    device: str = "auto"
-    dist_timeout: float = 600.0
-    out: str = "runs/train"
-    progress: bool = True
-    latency_target: str = "train"
-    latency_batch: int | None = None
-    latency_table: str | None = None
-    channels_last: bool = False
-    amp: str = "none"
-    compile: bool = False
-    epi_average: str = "layer"
-    epi_peak: int = 0
-    epi_smooth: int = 1
-    earlybird_queue: int = EARLYBIRD_QUEUE
-    bn_l1: float = 0.0
-    data_seed: int | None = None
-    holdout: int = 0
-    record_scores: bool = False
-    probe_every: int = 0
-    keep_checkpoints: list[int] | None = None
-    branch_from: str | None = None
-
-    def validate(self) -> None:
-        """Raise EpipruneError naming the first bad value and what is accepted."""
-        self._validate_user_input()
-        self._validate_model()
-        if self.data not in DATASETS:
-            raise EpipruneError(f"unknown dataset {self.data!r} (accepted: {', '.join(DATASETS)})")
-        if self.indicator not in INDICATORS:
-            raise EpipruneError(f"unknown indicator {self.indicator!r} (accepted: {', '.join(INDICATORS)})")
-        if self.finetune_epochs < 0:
-            raise EpipruneError(f"fine-tune epochs {self.finetune_epochs} is negative (accepted: >= 0)")
-        if not 0 <= self.warmup_epochs < self.epochs:
-            raise EpipruneError(f"warm-up epochs {self.warmup_epochs} is outside [0, {self.epochs})")
-        if self.importance not in IMPORTANCES:
-            raise EpipruneError(f"unknown importance {self.importance!r} (accepted: {', '.join(IMPORTANCES)})")
-        Budget.parse(self.budget)
-        if self.latency_target not in TARGETS:
-            raise EpipruneError(f"unknown latency target {self.latency_target!r} (accepted: {', '.join(TARGETS)})")
-        if self.amp not in AMP_DTYPES:
-            raise EpipruneError(f"unknown amp dtype {self.amp!r} (accepted: {', '.join(AMP_DTYPES)})")
-        if self.latency_batch is not None and self.latency_batch < 1:
-            raise EpipruneError(f"latency batch {self.latency_batch} is too small (accepted: an integer >= 1)")
-        for name, value, low in (("epochs", self.epochs, 1), ("batch size", self.batch_size, 1),
-                                 ("EPI window", self.epi_window, 1), ("image size", self.image_size, 8),
-                                 ("channel multiple", self.channel_multiple, 1)):
-            if value < low:
-                raise EpipruneError(f"{name} {value} is too small (accepted: an integer >= {low})")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise EpipruneError(f"learning rate {self.lr} is not a positive number")
-        if self.epi_window + 2 > self.epochs and self.prune_at is None and self.indicator != "none":
-            raise EpipruneError(f"EPI window {self.epi_window} is too large for {self.epochs} epochs (accepted: a "
-                                f"window <= epochs - 2: EPI needs window + 1 dense epochs, then pruned training)")
-        if self.prune_at is not None and not 0 <= self.prune_at < self.total_epochs:
-            raise EpipruneError(f"prune-at epoch {self.prune_at} is outside 0..{self.total_epochs - 1}")
-        if self.epi_threshold is not None and not 0 < self.epi_threshold <= 1:
-            raise EpipruneError(f"EPI threshold {self.epi_threshold} is outside (0, 1]")
-        if self.max_dense_epochs is not None and not 1 <= self.max_dense_epochs < self.epochs:
-            raise EpipruneError(f"max dense epochs {self.max_dense_epochs} is outside 1..{self.epochs - 1}")
-        if self.epi_average not in EPI_AVERAGES:
-            raise EpipruneError(f"unknown EPI average {self.epi_average!r} (accepted: {', '.join(EPI_AVERAGES)})")
-        for flag, value, low in (("--epi-peak", self.epi_peak, 0), ("--epi-smooth", self.epi_smooth, 1),
-                                 ("--earlybird-queue", self.earlybird_queue, 1), ("--holdout", self.holdout, 0),
-                                 ("--probe-every", self.probe_every, 0)):
-            if value < low:
-                raise EpipruneError(f"{flag} {value} is too small (accepted: an integer >= {low})")
-        if not (self.bn_l1 >= 0 and math.isfinite(self.bn_l1)):
-            raise EpipruneError(f"--bn-l1 {self.bn_l1} is not a number >= 0 (accepted: e.g. 1e-4, or 0 for none)")
-        if self.data_seed is not None and not 0 <= self.data_seed < 2**32:
-            raise EpipruneError(f"--data-seed {self.data_seed} is outside 0..{2**32 - 1}")
-        for k in self.keep_checkpoints or []:
-            if not 1 <= k <= self.total_epochs:
-                raise EpipruneError(f"--keep-checkpoints epoch {k} is outside 1..{self.total_epochs}")
-        if self.branch_from is not None:
-            if self.indicator in ("none", "earlybird") or self.importance == "random":
-                raise EpipruneError(f"--branch-from cannot replay indicator {self.indicator!r} with importance "
-                                    f"{self.importance!r} (accepted: indicator epi, earlybird-budget or --prune-at, "
-                                    "importance taylor, magnitude or bn)")
-            if self.prune_at == 0:
-                raise EpipruneError("--branch-from with --prune-at 0 has nothing to branch from (accepted: --prune-at "
-                                    ">= 1)")
-
-    def _validate_model(self) -> None:
-        """The model name, its kwargs and the ignored layers' form; a user factory is imported here (it is named
-        by the caller) and its signature checked against the kwargs. Building it needs the data: see
-        build_network."""
-        try:
-            json.dumps(self.model_kwargs, allow_nan=False)  # recorded in the run's files: plain data only
-        except (TypeError, ValueError) as e:
-            raise EpipruneError(f"model_kwargs {self.model_kwargs!r} is not JSON data: {e} (accepted: a dict of "
-                                "numbers, strings, booleans, null, lists and dicts)") from None
-        if not isinstance(self.model_kwargs, dict):
-            raise EpipruneError(f"model_kwargs {self.model_kwargs!r} is not a dict (accepted: a JSON object)")
-        if not isinstance(self.ignore_layers, list) or not all(isinstance(n, str) and n for n in self.ignore_layers):
-            raise EpipruneError(f"ignore_layers {self.ignore_layers!r} is not a list of module names (accepted: "
-                                "e.g. ['conv1', 'layers.0.conv1'])")
-        check_model_name(self.model, self.model_kwargs)
-        if is_import_path(self.model):
-            factory_arguments(import_factory(self.model), self.model, self.model_kwargs, 3, 10)
-
-    def latency_settings(self) -> LatencySettings:
-        """What a latency table for this run times: its target, batch, memory format and autocast dtype."""
-        return LatencySettings(target=self.latency_target, batch_size=self.latency_batch or self.batch_size,
-                               channels_last=self.channels_last, amp=self.amp)
-
-    def _validate_user_input(self) -> None:
-        """Checks that come before the others, so that a bad value is blamed on its own option."""
-        if self.epochs < 1:
-            raise EpipruneError(f"--epochs {self.epochs} is too small (accepted: an integer >= 1)")
-        for flag, value in (("--train-subset", self.train_subset), ("--val-subset", self.val_subset)):
-            if value is not None and value < 1:
-                raise EpipruneError(f"{flag} {value} is too small (accepted: a number of images >= 1, or leave "
-                                    "it out to use them all)")
-        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
-            raise EpipruneError(f"--weight-decay {self.weight_decay} is not a number >= 0 (accepted: e.g. 5e-4, "
-                                "or 0 for none)")
-        if self.data_dir is not None and self.data == "builtin":
-            raise EpipruneError(f"--data-dir {self.data_dir} is given but --data is builtin, which needs no folder "
-                                f"(accepted: --data {', '.join(d for d in DATASETS if d != 'builtin')} with "
-                                "--data-dir, or no --data-dir)")
-        if not str(self.out).strip():
-            raise EpipruneError("--out is empty (accepted: a folder name, e.g. runs/train)")
-        if not 0 <= self.seed < 2**32:
-            raise EpipruneError(f"--seed {self.seed} is outside 0..{2**32 - 1}")
-        if self.init_batches < 1:
-            raise EpipruneError(f"--init-batches {self.init_batches} is too small (accepted: an integer >= 1)")
-        if self.min_dense_epochs is not None and self.min_dense_epochs < 0:
-            raise EpipruneError(f"--min-dense-epochs {self.min_dense_epochs} is negative (accepted: an integer >= 0)")
-        if not (self.dist_timeout > 0 and math.isfinite(self.dist_timeout)):
-            raise EpipruneError(f"--dist-timeout {self.dist_timeout} is not a positive number of seconds")
-
-    @property
-    def total_epochs(self) -> int:
-        """The schedule, plus the fine-tuning epochs of train-prune-fine-tune."""
-        return self.epochs + self.finetune_epochs
-
-    @property
-    def resolved_max_dense_epochs(self) -> int:
-        """Default fallback: half the schedule (EPI's promise is to prune early), at least window + 1."""
-        if self.max_dense_epochs is not None:
-            return self.max_dense_epochs
-        return min(self.epochs - 1, max(self.epi_window + 1, self.epochs // 2))
 
 
 def split_data(dataset: Dataset, cfg: TrainConfig) -> tuple[Dataset, tuple[np.ndarray, np.ndarray] | None]:

@@ -1,0 +1,95 @@
+"""TrainConfig is the one description of a run: every field is a `train` option and back, generated from the field
+(issue 12), and `train --config FILE` reads the same fields with the command line on top."""
+
+import argparse
+import json
+from dataclasses import asdict, fields
+
+import pytest
+
+from epiprune.cli import build_parser, main, train_config
+from epiprune.config import TrainConfig, read_config_file
+from epiprune.errors import EpipruneError
+
+# train options that are not run settings: where the settings come from, and how the command behaves
+NOT_FIELDS = {"config", "resume", "force", "no_progress"}
+
+
+def train_parser() -> argparse.ArgumentParser:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices["train"]
+
+
+def config_of(argv):
+    return train_config(build_parser().parse_args(["train", *argv]), ["train", *argv])
+
+
+def test_every_config_field_is_a_train_option_and_every_option_a_field():
+    options = {a.dest: a for a in train_parser()._actions if a.option_strings and a.dest != "help"}
+    names = {f.name for f in fields(TrainConfig)}
+    assert names - {"progress"} == set(options) - NOT_FIELDS, "a TrainConfig field without a train option, or back"
+    for f in fields(TrainConfig):
+        if f.name in options:
+            action = options[f.name]
+            assert action.option_strings == ["--" + f.name.replace("_", "-")]
+            assert action.help == f.metadata["help"]
+            if f.metadata["parse"] is None:  # text options (JSON, lists) show "(default: none)" in their help
+                assert action.default == f.default, f.name
+    assert options["no_progress"].default is False and TrainConfig().progress is True
+
+
+def test_defaults_of_the_command_line_are_the_config_defaults():
+    assert config_of([]) == TrainConfig()
+    assert config_of(["--no-progress"]) == TrainConfig(progress=False)
+
+
+def test_every_option_reaches_its_field():
+    argv = ["--model-kwargs", '{"width": 4}', "--ignore-layers", "conv1, fc", "--keep-checkpoints", "1-2,5",
+            "--epochs", "7", "--lr", "0.05", "--momentum", "0.8", "--record-scores", "--amp", "bf16",
+            "--epi-threshold", "0.9", "--data-dir", "x", "--branch-from", "d"]
+    cfg = config_of(argv)
+    assert cfg.model_kwargs == {"width": 4} and cfg.ignore_layers == ["conv1", "fc"]
+    assert cfg.keep_checkpoints == [1, 2, 5] and cfg.epochs == 7 and cfg.lr == 0.05 and cfg.momentum == 0.8
+    assert cfg.record_scores is True and cfg.amp == "bf16" and cfg.epi_threshold == 0.9
+    assert cfg.data_dir == "x" and cfg.branch_from == "d"
+
+
+def test_config_file_then_the_command_line_on_top(tmp_path):
+    path = tmp_path / "config.json"
+    TrainConfig(epochs=5, lr=0.02, keep_checkpoints=[1, 3], model_kwargs={"a": 1}, out="somewhere",
+                progress=False).write(path)
+    assert config_of(["--config", str(path)]) == TrainConfig(epochs=5, lr=0.02, keep_checkpoints=[1, 3],
+                                                             model_kwargs={"a": 1}, out="somewhere", progress=False)
+    cfg = config_of(["--config", str(path), "--epochs", "6", "--out", "there"])
+    assert (cfg.epochs, cfg.out, cfg.lr, cfg.keep_checkpoints) == (6, "there", 0.02, [1, 3])
+    # given explicitly, even at its default value, an option overrides the file
+    assert config_of(["--config", str(path), "--lr", "0.1"]).lr == 0.1
+
+
+@pytest.mark.parametrize("content,message", [
+    ('{"epochz": 3}', "unknown settings ['epochz']"),
+    ('{"epochs": "3"}', "epochs = '3' is not of type"),
+    ('{"keep_checkpoints": [1, "2"]}', "keep_checkpoints"),
+    ('{"record_scores": 1}', "record_scores = 1"),
+    ("[1]", "is not a JSON object"),
+    ("{", "is not JSON"),
+])
+def test_bad_config_file_is_one_line(tmp_path, capsys, content, message):
+    path = tmp_path / "config.json"
+    path.write_text(content)
+    with pytest.raises(EpipruneError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        read_config_file(path)
+    assert main(["train", "--config", str(path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+def test_config_file_accepts_what_write_wrote(tmp_path):
+    cfg = TrainConfig(epi_threshold=0.9, warmup_epochs=1, ignore_layers=["fc"], keep_checkpoints=None)
+    cfg.write(tmp_path / "c.json")
+    assert TrainConfig.from_file(tmp_path / "c.json") == cfg
+    assert json.loads((tmp_path / "c.json").read_text()) == asdict(cfg)
+    data = asdict(cfg)
+    data["lr"] = 1  # an int where a float is expected is fine in JSON
+    (tmp_path / "c.json").write_text(json.dumps(data))
+    assert TrainConfig.from_file(tmp_path / "c.json").lr == 1
