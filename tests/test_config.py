@@ -93,3 +93,43 @@ def test_config_file_accepts_what_write_wrote(tmp_path):
     data["lr"] = 1  # an int where a float is expected is fine in JSON
     (tmp_path / "c.json").write_text(json.dumps(data))
     assert TrainConfig.from_file(tmp_path / "c.json").lr == 1
+
+
+def test_train_config_of_a_compare_written_file_is_the_same_run_as_its_command_line(tmp_path, capsys):
+    from epiprune.compare import CompareConfig
+
+    cmp = CompareConfig(train_subset=64, val_subset=32, epochs=2, batch_size=64, families=["fixed"], grid=[1],
+                        branch=False, out=str(tmp_path / "cmp"))
+    method = cmp.methods()[0]
+    config = tmp_path / "config.json"
+    cmp.run_config(method, seed=0).write(config)
+    assert main(["train", "--config", str(config)]) == 0
+    argv = ["--train-subset", "64", "--val-subset", "32", "--epochs", "2", "--batch-size", "64", "--prune-at", "1",
+            "--epi-window", "3", "--max-dense-epochs", "1", "--seed", "0", "--no-progress"]
+    assert main(["train", *argv, "--out", str(tmp_path / "cli")]) == 0
+    capsys.readouterr()
+    from_file, from_cli = tmp_path / "cmp" / "runs" / "fixed-1" / "seed0", tmp_path / "cli"
+
+    def rows(folder):
+        return [{k: v for k, v in json.loads(line).items() if k != "epoch_seconds"}
+                for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+    def settings(folder):
+        return {k: v for k, v in json.loads((folder / "summary.json").read_text())["config"].items() if k != "out"}
+
+    assert len(rows(from_file)) == 2 and rows(from_file) == rows(from_cli)
+    assert settings(from_file) == settings(from_cli)
+    assert (from_file / "model.safetensors").read_bytes() == (from_cli / "model.safetensors").read_bytes()
+
+
+def test_the_method_of_a_run_is_read_from_its_settings():
+    from epiprune.compare import CompareConfig, method_of
+
+    cmp = CompareConfig(epochs=8, grid=[1, 2, 3, 4], finetune_epochs=3)
+    methods = cmp.methods()
+    assert len(methods) == 14
+    for m in methods:
+        found = method_of(asdict(cmp.run_config(m, seed=1)))
+        assert (found.name, found.family) == (m.name, m.family)
+    assert method_of({"epochs": 8, "indicator": "epi", "importance": "random"}) is None  # no recipe made it
+    assert method_of({"epochs": 12}).name == "epi-taylor"  # fields a summary lacks are TrainConfig's defaults

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import TrainConfig, int_list, read_config_file, scalar_type
+from .config import TrainConfig, add_config_options, config_values, int_list, read_config_file
 from .data import DATASETS
 from .errors import DistributedError, EpipruneError
 from .indicator import DEFAULT_WINDOW
@@ -119,28 +119,6 @@ MODEL_FIELDS = ("model", "model_kwargs", "ignore_layers")
 LATENCY_FIELDS = ("latency_target", "latency_batch", "channels_last", "amp")
 
 
-def add_config_options(p: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
-    """The command-line options of TrainConfig's fields (all, or those named), generated from each field's type,
-    default and metadata (help, choices, metavar, parse): the one place a train option is described. A field with
-    `parse` takes text (default: none given), which `config_values` turns into the field's value."""
-    for f in TrainConfig.options():
-        if names is not None and f.name not in names:
-            continue
-        meta = f.metadata
-        kwargs: dict = {"help": meta["help"]}
-        if meta["choices"] is not None:
-            kwargs["choices"] = meta["choices"]
-        if meta["metavar"] is not None:
-            kwargs["metavar"] = meta["metavar"]
-        if TrainConfig.field_types()[f.name] is bool:
-            kwargs["action"] = "store_true"
-        elif meta["parse"] is not None:
-            kwargs["default"] = None
-        else:
-            kwargs.update(type=scalar_type(f.name), default=f.default)
-        p.add_argument("--" + f.name.replace("_", "-"), **kwargs)
-
-
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     """The network: a registry name or the user's own factory, its arguments, and layers never to prune."""
     add_config_options(p, MODEL_FIELDS)
@@ -161,16 +139,6 @@ def _explicit(argv: list[str], command: str) -> dict:
     for action in sub._actions:
         action.default = argparse.SUPPRESS
     return {k: v for k, v in vars(parser.parse_args(argv)).items() if k != "command"}
-
-
-def config_values(given: dict) -> dict:
-    """TrainConfig field values of explicitly given train options (their text parsed where a field says how)."""
-    values = {}
-    for f in TrainConfig.options():
-        if f.name in given:
-            value, parse = given[f.name], f.metadata["parse"]
-            values[f.name] = parse(value) if parse is not None and value is not None else value
-    return values
 
 
 def _given_options(argv: list[str], command: str) -> list[str]:

@@ -5,6 +5,7 @@ JSON file of its fields, and `compare` writes one such file per run. Adding a ru
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import types
@@ -354,3 +355,57 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             raise EpipruneError(f"--config {path}: {name} = {value!r} is not of type {hints[name]} (accepted: the "
                                 "type of train's --" + name.replace("_", "-") + ")")
     return values
+
+
+def add_config_options(p: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
+    """The command-line options of TrainConfig's fields (all, or those named), generated from each field's type,
+    default and metadata (help, choices, metavar, parse): the one place a train option is described. A field with
+    `parse` takes text (default: none given), which `config_values` turns into the field's value."""
+    for f in TrainConfig.options():
+        if names is not None and f.name not in names:
+            continue
+        meta = f.metadata
+        kwargs: dict = {"help": meta["help"]}
+        if meta["choices"] is not None:
+            kwargs["choices"] = meta["choices"]
+        if meta["metavar"] is not None:
+            kwargs["metavar"] = meta["metavar"]
+        if TrainConfig.field_types()[f.name] is bool:
+            kwargs["action"] = "store_true"
+        elif meta["parse"] is not None:
+            kwargs["default"] = None
+        else:
+            kwargs.update(type=scalar_type(f.name), default=f.default)
+        p.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+
+
+def config_values(given: dict) -> dict:
+    """TrainConfig field values of explicitly given train options (their text parsed where a field says how)."""
+    values = {}
+    for f in TrainConfig.options():
+        if f.name in given:
+            value, parse = given[f.name], f.metadata["parse"]
+            values[f.name] = parse(value) if parse is not None and value is not None else value
+    return values
+
+
+class _OptionParser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:
+        raise EpipruneError(message)
+
+
+def parse_options(argv: list[str]) -> dict[str, Any]:
+    """TrainConfig field values of `epiprune train` options in argv, e.g. ['--channels-last'] -> {'channels_last':
+    True} (what compare's extra_args add to every run); an option that is not a TrainConfig field is an error."""
+    parser = _OptionParser(prog="train", add_help=False, argument_default=argparse.SUPPRESS)
+    add_config_options(parser)
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    try:
+        given, rest = parser.parse_known_args(argv)
+    except argparse.ArgumentError as e:
+        raise EpipruneError(f"bad train option in {argv} ({e})") from None
+    if rest:
+        raise EpipruneError(f"{rest} are not train settings (accepted: options of TrainConfig's fields, e.g. "
+                            "--channels-last)")
+    return config_values(vars(given))
