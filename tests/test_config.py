@@ -118,6 +118,12 @@ def test_train_config_of_a_compare_written_file_is_the_same_run_as_its_command_l
         return {k: v for k, v in json.loads((folder / "summary.json").read_text())["config"].items() if k != "out"}
 
     assert len(rows(from_file)) == 2 and rows(from_file) == rows(from_cli)
+    # the typed records are the files' keys exactly
+    from epiprune.records import EpochRow, RunSummary
+
+    for record, written in [(RunSummary, json.loads((from_file / "summary.json").read_text()))] + [
+            (EpochRow, json.loads(line)) for line in (from_file / "metrics.jsonl").read_text().splitlines()]:
+        assert record.__required_keys__ <= set(written) <= record.__required_keys__ | record.__optional_keys__
     assert settings(from_file) == settings(from_cli)
     assert (from_file / "model.safetensors").read_bytes() == (from_cli / "model.safetensors").read_bytes()
 

@@ -30,6 +30,7 @@ from .config import TrainConfig, parse_options, read_config_file
 from .data import load_dataset
 from .errors import EpipruneError
 from .models import is_import_path
+from .records import CompareRun, EpochRow, RunSummary
 from .report import plot_accuracy_vs_cost, plot_epi_curve, plot_grid, plot_width_heatmap
 from .serialization import atomic_write_text
 from .trainer import build_network
@@ -189,7 +190,7 @@ def _check_same_settings(cfg: CompareConfig, method: Method, seed: int, made_wit
                                 "settings, another --out, or --force to rerun)")
 
 
-def run_one(cfg: CompareConfig, method: Method, seed: int, log: Callable[[str], None] = print) -> dict:
+def run_one(cfg: CompareConfig, method: Method, seed: int, log: Callable[[str], None] = print) -> CompareRun:
     """Train one (method, seed) unless its summary exists; return its summary with method fields added."""
     folder = Path(cfg.run_dir(method.name, seed))
     summary_path = folder / "summary.json"
@@ -225,8 +226,8 @@ def run_one(cfg: CompareConfig, method: Method, seed: int, log: Callable[[str], 
         if proc.returncode != 0:
             tail = (folder / "train.log").read_text().strip().splitlines()[-1:]
             raise EpipruneError(f"run {method.name} seed {seed} failed: {tail[0] if tail else proc.returncode}")
-    summary = json.loads(summary_path.read_text())
-    return {**summary, "method": method.name, "family": method.family, "run_dir": str(folder)}
+    summary: RunSummary = json.loads(summary_path.read_text())
+    return CompareRun(**{**summary, "method": method.name, "family": method.family, "run_dir": str(folder)})
 
 
 def _mean(values: list[float]) -> float:
@@ -367,7 +368,7 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _metrics(run_dir: str) -> list[dict]:
+def _metrics(run_dir: str) -> list[EpochRow]:
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
@@ -431,7 +432,7 @@ def _recorded_config(folder: Path, summary: dict | None) -> dict | None:
         return None
 
 
-def finished_runs(out: Path) -> tuple[list[dict], list[str]]:
+def finished_runs(out: Path) -> tuple[list[CompareRun], list[str]]:
     """Summaries of the finished runs under out/runs/<method>/seed<k>/ (with method, family and run_dir added),
     and a description of each run folder that has no summary yet (running, interrupted or failed). A run's
     family is read from its recorded settings; folders of old runs that have none are known by their name."""
@@ -450,7 +451,7 @@ def finished_runs(out: Path) -> tuple[list[dict], list[str]]:
         if family is None:
             continue
         if made is not None:
-            runs.append({**made, "method": method, "family": family, "run_dir": str(folder)})
+            runs.append(CompareRun(**{**made, "method": method, "family": family, "run_dir": str(folder)}))
         else:
             metrics = folder / "metrics.jsonl"
             done = len(metrics.read_text().splitlines()) if metrics.is_file() else 0
