@@ -44,6 +44,9 @@ def test_compare_end_to_end_then_skips_finished_runs(tmp_path, capsys):
     for name in ("init-taylor", "earlybird", "dense-plain"):
         assert "branched_from" not in runs[name], name
     assert runs["earlybird"]["config"]["bn_l1"] == 1e-4 and runs["earlybird"]["importance"] == "bn"
+    for name, run in runs.items():  # every run is `train --config` of the file in its folder
+        written = json.loads((out / "runs" / name / "seed0" / "config.json").read_text())
+        assert written == run["config"], name
     # each method's difference to EPI, per seed, with its interval
     pairs = {p["method"]: p for p in result["paired"]}
     assert pairs["fixed-1"]["diffs"] == [pytest.approx(rows["fixed-1"]["top1_mean"] - rows["epi-taylor"]["top1_mean"])]

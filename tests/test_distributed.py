@@ -166,3 +166,33 @@ def test_more_ranks_than_gpus_is_a_one_line_error(monkeypatch):
         resolve_device("auto")
     monkeypatch.setenv("LOCAL_RANK", "0")
     assert resolve_device("cpu").type == "cpu"
+
+
+@pytest.mark.parametrize("error,rewritten", [
+    (RuntimeError("mat1 and mat2 shapes cannot be multiplied (64x16 and 32x10)"), False),
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), False),
+    (RuntimeError("[gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:29500"), True),
+    (torch.distributed.DistBackendError("NCCL error in: ProcessGroupNCCL.cpp: unhandled system error"), True),
+    (RuntimeError("Timed out waiting 30000ms for recv operation to complete"), True),
+])
+def test_under_torchrun_only_a_failed_collective_is_reported_as_one(monkeypatch, tmp_path, error, rewritten):
+    """A shape bug or an out-of-memory error on one rank keeps its own message; a dead peer or a timeout becomes
+    DistributedError (exit 1, 'a collective failed')."""
+    from epiprune import distributed, trainer
+    from epiprune.errors import DistributedError
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    monkeypatch.setattr(distributed, "rank", lambda: 0)
+    monkeypatch.setattr(trainer, "_train", fail)
+    cfg = trainer.TrainConfig(epochs=3, epi_window=1, out=str(tmp_path / "run"), progress=False)
+    with pytest.raises(RuntimeError) as caught:
+        trainer.train(cfg)
+    assert isinstance(caught.value, DistributedError) == rewritten
+    if not rewritten:
+        assert caught.value is error
+    else:
+        assert "a collective failed" in str(caught.value)
+    assert trainer.DistributedError is DistributedError  # still importable from the trainer

@@ -5,14 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .config import TrainConfig, add_config_options, config_values, int_list, read_config_file
 from .data import DATASETS
-from .errors import EpipruneError
-from .importance import IMPORTANCES
-from .indicator import DEFAULT_THRESHOLDS, DEFAULT_WINDOW, EARLYBIRD_QUEUE, EPI_AVERAGES, INDICATORS
-from .latency import AMP_DTYPES, TARGETS
+from .errors import DistributedError, EpipruneError
+from .indicator import DEFAULT_WINDOW
 from .models import MODELS, is_import_path
 from .models.user import parse_layer_names, parse_model_kwargs
-from .trainer import DistributedError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,91 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     t = sub.add_parser("train", help="train, prune when EPI triggers, train the pruned network to the end",
                        formatter_class=_Help)
-    _add_model_options(t)
-    t.add_argument("--data", default="builtin", help=f"dataset: {', '.join(DATASETS)} (builtin: a Fashion-MNIST "
-                   "subset shipped with epiprune, 10k train / 2k val)")
-    t.add_argument("--data-dir", default=None, help="folder of the dataset's files (only with a --data other than "
-                   "builtin; fashion-mnist also finds Debian's dataset-fashion-mnist) (default: none)")
-    t.add_argument("--image-size", type=int, default=32, help="image side for --data imagefolder (pixels)")
-    t.add_argument("--train-subset", type=int, default=None,
-                   help="use at most this many training images, drawn at random (default: all)")
-    t.add_argument("--val-subset", type=int, default=None,
-                   help="use at most this many validation images, drawn at random (default: all)")
-    t.add_argument("--epochs", type=int, default=15, help="epochs of the whole schedule (dense + pruned)")
-    t.add_argument("--batch-size", type=int, default=128, help="images per step (under torchrun: the global "
-                   "batch, split over the ranks)")
-    t.add_argument("--lr", type=float, default=0.1, help="peak learning rate of SGD (momentum 0.9, Nesterov), "
-                   "cosine-annealed per step over the whole schedule")
-    t.add_argument("--warmup-epochs", type=float, default=0.0,
-                   help="ramp the LR up linearly over this many epochs first (1 helps ResNet-56 at lr 0.1)")
-    t.add_argument("--weight-decay", type=float, default=5e-4, help="on conv/linear weights, not on BN/biases")
-    t.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"),
-                   help="SGD with Nesterov momentum 0.9, or AdamW (ConvNeXt-style networks need it: e.g. --optimizer "
-                   "adamw --lr 1e-3 --weight-decay 0.05); its state is carried through the prune either way")
-    t.add_argument("--budget", default="flops:0.5", help="what to keep: flops:F, params:F or latency:F (of the "
-                   "dense model's step time measured on this device), 0 < F < 1")
-    t.add_argument("--importance", default="taylor", choices=IMPORTANCES,
-                   help="channel importance: first-order Taylor (gradients), group L2 weight magnitude, BN |gamma| "
-                   "(network slimming), or random")
-    t.add_argument("--indicator", default="epi", choices=INDICATORS,
-                   help="when to prune: EPI; earlybird (You et al. 2020 as published: BN |gamma| channel masks, a "
-                   "queue of --earlybird-queue distances all < epsilon = 1 - threshold, default 0.1; use it with "
-                   "--importance bn --bn-l1 1e-4); earlybird-budget (masks of the budget's sub-network over the EPI "
-                   "window, distances <= epsilon); none (dense training, EPI still tracked)")
-    t.add_argument("--epi-window", type=int, default=DEFAULT_WINDOW, help="r: earlier epochs EPI compares with")
-    t.add_argument("--epi-threshold", type=float, default=None,
-                   help=f"tau: prune when EPI >= tau (default {DEFAULT_THRESHOLDS['taylor']} for taylor, "
-                   f"{DEFAULT_THRESHOLDS['magnitude']} for magnitude, the paper's values)")
-    t.add_argument("--epi-average", default="layer", choices=EPI_AVERAGES,
-                   help="EPI's mean of layer distances: over layers (the paper: a channel group spanning k conv/"
-                   "linear layers counts k times) or over channel groups (each once; epiprune before 2026-11-28)")
-    t.add_argument("--epi-peak", type=int, default=0, help="also require EPI to exceed each of its last N values "
-                   "(the paper's peak condition; 0: off)")
-    t.add_argument("--epi-smooth", type=int, default=1, help="compare the mean of the last N EPI values with tau "
-                   "(1: EPI itself)")
-    t.add_argument("--earlybird-queue", type=int, default=EARLYBIRD_QUEUE,
-                   help="--indicator earlybird: successive mask distances that must all be below epsilon")
-    t.add_argument("--min-dense-epochs", type=int, default=None, help="never prune earlier (default: window+1)")
-    t.add_argument("--max-dense-epochs", type=int, default=None,
-                   help="prune at this epoch anyway if EPI has not triggered (default: half the epochs)")
-    t.add_argument("--prune-at", type=int, default=None,
-                   help="ignore EPI: prune after exactly this many dense epochs (0: at initialisation) (default: none, "
-                   "--indicator decides)")
-    t.add_argument("--channel-multiple", type=int, default=1,
-                   help="keep a multiple of this many channels per layer (8: faster CPU/GPU kernels, coarser budget)")
-    t.add_argument("--finetune-epochs", type=int, default=0,
-                   help="extra epochs after --epochs at 0.1x the LR (train-prune-fine-tune with --prune-at EPOCHS)")
-    t.add_argument("--init-batches", type=int, default=10,
-                   help="with --prune-at 0 and taylor: batches of gradients used to rank channels at initialisation")
-    t.add_argument("--bn-l1", type=float, default=0.0, help="L1 penalty on BN scales while dense (network "
-                   "slimming; Early-Bird uses 1e-4)")
-    t.add_argument("--holdout", type=int, default=0, help="hold this many training images out as the validation "
-                   "split; the dataset's own validation split becomes a test split, evaluated once at the end "
-                   "(--val-subset then sizes it) (0: off)")
-    t.add_argument("--data-seed", type=int, default=None, help="seeds the draw of --train-subset, --val-subset and "
-                   "--holdout, so that seeds can share one data subset (default: --seed)")
-    t.add_argument("--record-scores", action="store_true", help="write scores.jsonl: the importance of every dense "
-                   "epoch (for --branch-from and trigger studies)")
-    t.add_argument("--probe-every", type=int, default=0, help="with --record-scores: also record the Taylor scores "
-                   "of every window of N steps (0: off)")
-    t.add_argument("--keep-checkpoints", default=None, metavar="EPOCHS",
-                   help="keep the checkpoints of these epochs in checkpoints/epoch<k>.pt, e.g. 1-6,12 (default: none)")
-    t.add_argument("--branch-from", default=None, metavar="DIR",
-                   help="start from the dense run in DIR (made with --record-scores --keep-checkpoints): replay its "
-                   "scores through this run's policy and continue from the epoch it prunes (default: none)")
-    _add_latency_options(t)
-    t.add_argument("--latency-table", default=None, metavar="PATH",
-                   help="latency budget: the table file to reuse or build (default: a cache file per model, device "
-                   "and settings under $EPIPRUNE_CACHE, else ~/.cache/epiprune)")
-    t.add_argument("--compile", action="store_true",
-                   help="torch.compile the model (compiled again after the prune; latency tables stay eager)")
-    t.add_argument("--seed", type=int, default=0, help="seeds initialisation, data order and augmentation "
-                   "(runs on the CPU are bit-identical for one seed)")
-    t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                   help="auto: this rank's GPU if CUDA is available, else the CPU")
-    t.add_argument("--dist-timeout", type=float, default=600.0,
-                   help="under torchrun: seconds a collective may wait for the other ranks before failing")
-    t.add_argument("--out", default="runs/train", help="output folder (refused if it holds a run, see --force)")
+    add_config_options(t)  # every TrainConfig field, in its order
+    t.add_argument("--config", default=None, metavar="FILE",
+                   help="read the run's settings from this JSON file of TrainConfig fields (compare writes one into "
+                   "every run folder: config.json); options given beside it override it (default: none)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars (the per-epoch lines stay)")
     t.add_argument("--resume", metavar="DIR", default=None,
                    help="continue the run in DIR from its last checkpoint, with its own settings (only "
@@ -206,58 +123,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MODEL_FIELDS = ("model", "model_kwargs", "ignore_layers")
+LATENCY_FIELDS = ("latency_target", "latency_batch", "channels_last", "amp")
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     """The network: a registry name or the user's own factory, its arguments, and layers never to prune."""
-    p.add_argument("--model", default="resnet20", help=f"network: {', '.join(MODELS)}, or your own as "
-                   "package.module:factory (a function or nn.Module class returning it; called with num_classes and "
-                   "in_channels if it takes them; the current folder is searched first)")
-    p.add_argument("--model-kwargs", default=None, metavar="JSON",
-                   help="keyword arguments of your --model factory as a JSON object, e.g. '{\"width\": 32}' "
-                   "(default: none)")
-    p.add_argument("--ignore-layers", default=None, metavar="NAMES",
-                   help="comma-separated module names (as in model.named_modules()) whose output channels are "
-                   "never pruned; a container stands for its convs and linear layers (default: none; the "
-                   "classifier is always kept)")
+    add_config_options(p, MODEL_FIELDS)
 
 
 def _add_latency_options(p: argparse.ArgumentParser) -> None:
     """What a latency table times: shared by `train` and `latency-table`, so a table built by one fits the other."""
-    p.add_argument("--latency-target", default="train", choices=TARGETS,
-                   help="latency budget: time a training step (forward + backward + SGD step, at the batch size) "
-                   "or inference (forward only, at --latency-batch)")
-    p.add_argument("--latency-batch", type=int, default=None,
-                   help="batch size the latency table times (default: the training batch size, --batch-size)")
-    p.add_argument("--channels-last", action="store_true",
-                   help="channels-last memory format for training and for the latency table")
-    p.add_argument("--amp", default="none", choices=tuple(AMP_DTYPES),
-                   help="autocast dtype of the forward pass (fp16 adds loss scaling); the latency table matches it")
+    add_config_options(p, LATENCY_FIELDS)
 
 
-def _int_list(text: str, what: str) -> list[int]:
-    """Parse `--seeds` / `--grid` text: comma-separated integers >= 0 and ranges lo-hi (lo <= hi), each once."""
-    values: list[int] = []
-    accepted = "accepted: integers >= 0 like 1,2,5 or 1-6, each once"
-    for part in text.split(","):
-        lo, sep, hi = part.partition("-")
-        try:
-            first, last = (int(lo), int(hi)) if sep else (int(part), int(part))
-        except ValueError:
-            raise EpipruneError(f"bad --{what} {text!r} ({accepted})") from None
-        if last < first:
-            raise EpipruneError(f"bad --{what} {text!r}: {part} is an empty range ({accepted})")
-        values += range(first, last + 1)
-    if any(v < 0 for v in values) or len(set(values)) != len(values):
-        raise EpipruneError(f"bad --{what} {text!r} ({accepted})")
-    return values
+_int_list = int_list  # benchmarks import it from here
+
+
+def _explicit(argv: list[str], command: str) -> dict:
+    """{dest: value} of the options of `command` that argv sets explicitly."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    for action in sub._actions:
+        action.default = argparse.SUPPRESS
+    return {k: v for k, v in vars(parser.parse_args(argv)).items() if k != "command"}
 
 
 def _given_options(argv: list[str], command: str) -> list[str]:
     """The options of `command` that argv sets explicitly (first spelling of each), in the parser's order."""
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
-    for action in sub._actions:
-        action.default = argparse.SUPPRESS
-    given = vars(parser.parse_args(argv))
+    given = _explicit(argv, command)
     return [a.option_strings[0] for a in sub._actions if a.option_strings and a.dest in given]
 
 
@@ -269,8 +165,8 @@ def _compare(args: argparse.Namespace) -> None:
                         train_subset=args.train_subset,
                         val_subset=args.val_subset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                         warmup_epochs=args.warmup_epochs, budget=args.budget, epi_window=args.epi_window,
-                        grid=_int_list(args.grid, "grid") if args.grid else None,
-                        finetune_epochs=args.finetune_epochs, seeds=_int_list(args.seeds, "seeds"),
+                        grid=int_list(args.grid, "grid") if args.grid else None,
+                        finetune_epochs=args.finetune_epochs, seeds=int_list(args.seeds, "seeds"),
                         families=[m.strip() for m in args.methods.split(",")], jobs=args.jobs, out=args.out,
                         force=args.force, holdout=args.holdout, data_seed=args.data_seed,
                         branch=not args.no_branch)
@@ -313,9 +209,19 @@ def _predict(args: argparse.Namespace) -> None:
         print(f"{image}: " + ", ".join(f"{name} {100 * p:.1f}%" for name, p in top))
 
 
+def train_config(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
+    """The run `train` describes: its --config file, then the options given beside it; what neither sets keeps
+    TrainConfig's default (which is also the option's default)."""
+    values = read_config_file(args.config) if args.config is not None else {}
+    values.update(config_values(_explicit(argv, "train")))
+    if args.no_progress:
+        values["progress"] = False
+    return TrainConfig(**values)
+
+
 def _train(args: argparse.Namespace, argv: list[str]) -> None:
     from .runfolder import RunFolder
-    from .trainer import TrainConfig, train
+    from .trainer import train
 
     if args.resume is not None:
         # a run of the user's own network needs its factory named again (a saved file never makes epiprune import)
@@ -326,27 +232,7 @@ def _train(args: argparse.Namespace, argv: list[str]) -> None:
                                 "own settings (accepted with --resume: --no-progress, and --model MODULE:FACTORY "
                                 "for a run of your own network; or a new run with --out and --force)")
 
-    cfg = TrainConfig(model=args.model, model_kwargs=parse_model_kwargs(args.model_kwargs),
-                      ignore_layers=parse_layer_names(args.ignore_layers), data=args.data, data_dir=args.data_dir,
-                      image_size=args.image_size,
-                      train_subset=args.train_subset, val_subset=args.val_subset, epochs=args.epochs,
-                      batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                      optimizer=args.optimizer, budget=args.budget,
-                      importance=args.importance, epi_window=args.epi_window, epi_threshold=args.epi_threshold,
-                      min_dense_epochs=args.min_dense_epochs, max_dense_epochs=args.max_dense_epochs,
-                      prune_at=args.prune_at, indicator=args.indicator, finetune_epochs=args.finetune_epochs,
-                      warmup_epochs=args.warmup_epochs, channel_multiple=args.channel_multiple,
-                      init_batches=args.init_batches, seed=args.seed, device=args.device,
-                      dist_timeout=args.dist_timeout, out=args.out, progress=not args.no_progress,
-                      latency_target=args.latency_target, latency_batch=args.latency_batch,
-                      latency_table=args.latency_table, channels_last=args.channels_last, amp=args.amp,
-                      compile=args.compile, epi_average=args.epi_average, epi_peak=args.epi_peak,
-                      epi_smooth=args.epi_smooth, earlybird_queue=args.earlybird_queue, bn_l1=args.bn_l1,
-                      holdout=args.holdout, data_seed=args.data_seed, record_scores=args.record_scores,
-                      probe_every=args.probe_every,
-                      keep_checkpoints=None if args.keep_checkpoints is None else _int_list(args.keep_checkpoints,
-                                                                                            "keep-checkpoints"),
-                      branch_from=args.branch_from)
+    cfg = train_config(args, argv)
     if args.resume is not None:
         cfg.out = args.resume
     args.run_folder = RunFolder(cfg.out, resume=args.resume is not None, force=args.force)

@@ -20,33 +20,39 @@ import random
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
+from .config import TrainConfig, parse_options, read_config_file
 from .data import load_dataset
 from .errors import EpipruneError
 from .models import is_import_path
+from .records import CompareRun, EpochRow, RunSummary
 from .report import plot_accuracy_vs_cost, plot_epi_curve, plot_grid, plot_width_heatmap
 from .serialization import atomic_write_text
-from .trainer import TrainConfig, build_network
+from .trainer import build_network
 
 FAMILIES = ("dense", "plain", "init", "tpf", "fixed", "earlybird", "epi")
-DENSE = "{dense}"  # in a method's arguments: the folder of the same seed's dense run
+DENSE = "{dense}"  # in a method's overrides: the folder of the same seed's dense run
+CONFIG_FILE = "config.json"  # in a run folder: its TrainConfig, which `epiprune train --config` runs
 BOOTSTRAP_DRAWS = 10_000
 
 
 @dataclass
 class Method:
-    """One training recipe: a name for the table and the extra `epiprune train` arguments that make it."""
+    """One training recipe: a name for the table, its family, and the TrainConfig fields that make it (on top of
+    the settings every run of the comparison shares)."""
 
     name: str
     family: str
-    args: list[str]
+    overrides: dict[str, Any]
 
     @property
     def branches(self) -> bool:
-        return DENSE in self.args
+        return self.overrides.get("branch_from") == DENSE
 
 
 @dataclass
@@ -99,10 +105,7 @@ class CompareConfig:
         if self.finetune_epochs is not None and self.finetune_epochs < 1:
             raise EpipruneError(f"--finetune-epochs {self.finetune_epochs} is too small (accepted: an integer >= 1)")
         # the settings every run shares are checked the way `epiprune train` checks them
-        train_cfg = TrainConfig(model=self.model, model_kwargs=self.model_kwargs, ignore_layers=self.ignore_layers,
-                                data=self.data, data_dir=self.data_dir, train_subset=self.train_subset,
-                                val_subset=self.val_subset, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                                warmup_epochs=self.warmup_epochs, budget=self.budget, epi_window=self.epi_window)
+        train_cfg = TrainConfig(**self.shared_settings())
         train_cfg.validate()
         if self.data_dir is not None and not Path(self.data_dir).is_dir():
             raise EpipruneError(f"data folder not found: {self.data_dir} (give an existing folder with --data-dir)")
@@ -122,24 +125,24 @@ class CompareConfig:
             raise EpipruneError(f"--grid epochs {grid} must lie in 1..{self.epochs - 1} (accepted: prune epochs "
                                 "before the last, e.g. 1-4)")
         finetune = self.finetune_epochs if self.finetune_epochs is not None else max(1, self.epochs // 4)
-        branch = ["--branch-from", DENSE] if self.branch and "dense" in self.families else []
-        record = ["--record-scores", "--keep-checkpoints", ",".join(map(str, self.kept_epochs(grid)))]
+        branch = {"branch_from": DENSE} if self.branch and "dense" in self.families else {}
+        record = {"record_scores": True, "keep_checkpoints": self.kept_epochs(grid)}
         if self.probe_every:
-            record += ["--probe-every", str(self.probe_every)]
+            record["probe_every"] = self.probe_every
         recipes = {
-            "dense": [Method("dense", "dense", ["--indicator", "none", *(record if branch else [])])],
-            "plain": [Method("dense-plain", "plain", ["--indicator", "none", "--importance", "magnitude"])],
-            "init": [Method(f"init-{imp}", "init", ["--prune-at", "0", "--importance", imp])
+            "dense": [Method("dense", "dense", {"indicator": "none", **(record if branch else {})})],
+            "plain": [Method("dense-plain", "plain", {"indicator": "none", "importance": "magnitude"})],
+            "init": [Method(f"init-{imp}", "init", {"prune_at": 0, "importance": imp})
                      for imp in ("random", "magnitude", "taylor")],
-            "tpf": [Method(f"tpf-ft{finetune}", "tpf", ["--prune-at", str(self.epochs),
-                                                         "--finetune-epochs", str(finetune), *branch])],
-            "fixed": [Method(f"fixed-{k}", "fixed", ["--prune-at", str(k), *branch]) for k in grid],
-            "earlybird": [Method("earlybird", "earlybird", ["--indicator", "earlybird", "--importance", "bn",
-                                                            "--bn-l1", "1e-4"]),
-                          Method("earlybird-budget", "earlybird", ["--indicator", "earlybird-budget",
-                                                                   "--importance", "magnitude", *branch])],
-            "epi": [Method("epi-taylor", "epi", ["--importance", "taylor", *branch]),
-                    Method("epi-magnitude", "epi", ["--importance", "magnitude", *branch])],
+            "tpf": [Method(f"tpf-ft{finetune}", "tpf", {"prune_at": self.epochs, "finetune_epochs": finetune,
+                                                         **branch})],
+            "fixed": [Method(f"fixed-{k}", "fixed", {"prune_at": k, **branch}) for k in grid],
+            "earlybird": [Method("earlybird", "earlybird", {"indicator": "earlybird", "importance": "bn",
+                                                            "bn_l1": 1e-4}),
+                          Method("earlybird-budget", "earlybird", {"indicator": "earlybird-budget",
+                                                                   "importance": "magnitude", **branch})],
+            "epi": [Method("epi-taylor", "epi", {"importance": "taylor", **branch}),
+                    Method("epi-magnitude", "epi", {"importance": "magnitude", **branch})],
         }
         methods = [m for fam in FAMILIES if fam in self.families for m in recipes[fam]]
         return [m for m in methods if self.only is None or m.name in self.only]
@@ -148,24 +151,25 @@ class CompareConfig:
         """Epochs whose checkpoints the dense run keeps: every epoch a branch may prune at."""
         return sorted({*range(1, self.max_dense + 1), *grid, self.epochs})
 
-    def common_args(self) -> list[str]:
-        args = ["--model", self.model, "--data", self.data, "--epochs", str(self.epochs), "--batch-size",
-                str(self.batch_size), "--lr", str(self.lr), "--budget", self.budget, "--epi-window",
-                str(self.epi_window), "--max-dense-epochs", str(self.max_dense), "--no-progress"]
-        if self.warmup_epochs:  # only when set, so runs made before the option existed keep their command line
-            args += ["--warmup-epochs", str(self.warmup_epochs)]
-        if self.holdout:
-            args += ["--holdout", str(self.holdout)]
-        if self.model_kwargs:
-            args += ["--model-kwargs", json.dumps(self.model_kwargs)]
-        if self.ignore_layers:
-            args += ["--ignore-layers", ",".join(self.ignore_layers)]
-        args += self.extra_args
-        for flag, value in (("--data-dir", self.data_dir), ("--train-subset", self.train_subset),
-                            ("--val-subset", self.val_subset), ("--data-seed", self.data_seed)):
-            if value is not None:
-                args += [flag, str(value)]
-        return args
+    def shared_settings(self) -> dict[str, Any]:
+        """The TrainConfig fields every run of the comparison shares (its extra_args included)."""
+        values: dict[str, Any] = dict(
+            model=self.model, model_kwargs=self.model_kwargs, ignore_layers=self.ignore_layers, data=self.data,
+            data_dir=self.data_dir, train_subset=self.train_subset, val_subset=self.val_subset, epochs=self.epochs,
+            batch_size=self.batch_size, lr=self.lr, warmup_epochs=self.warmup_epochs, budget=self.budget,
+            epi_window=self.epi_window, max_dense_epochs=self.max_dense, holdout=self.holdout,
+            data_seed=self.data_seed, progress=False)
+        return {**values, **parse_options(self.extra_args)}
+
+    def run_config(self, method: Method, seed: int) -> TrainConfig:
+        """The TrainConfig of one (method, seed) run: the shared settings, the method's overrides (its {dense}
+        placeholder is the folder of the same seed's dense run), the seed and the run's folder."""
+        overrides = {k: self.run_dir("dense", seed) if v == DENSE else v for k, v in method.overrides.items()}
+        return TrainConfig(**{**self.shared_settings(), **overrides, "seed": seed,
+                              "out": self.run_dir(method.name, seed)})
+
+    def run_dir(self, method: str, seed: int) -> str:
+        return str(Path(self.out) / "runs" / method / f"seed{seed}")
 
 
 def _check_same_settings(cfg: CompareConfig, method: Method, seed: int, made_with: dict, summary_path: Path) -> None:
@@ -186,9 +190,9 @@ def _check_same_settings(cfg: CompareConfig, method: Method, seed: int, made_wit
                                 "settings, another --out, or --force to rerun)")
 
 
-def run_one(cfg: CompareConfig, method: Method, seed: int, log=print) -> dict:  # noqa: ANN001
+def run_one(cfg: CompareConfig, method: Method, seed: int, log: Callable[[str], None] = print) -> CompareRun:
     """Train one (method, seed) unless its summary exists; return its summary with method fields added."""
-    folder = Path(cfg.out) / "runs" / method.name / f"seed{seed}"
+    folder = Path(cfg.run_dir(method.name, seed))
     summary_path = folder / "summary.json"
     if summary_path.is_file() and not cfg.force:
         _check_same_settings(cfg, method, seed, json.loads(summary_path.read_text()).get("config", {}), summary_path)
@@ -201,9 +205,9 @@ def run_one(cfg: CompareConfig, method: Method, seed: int, log=print) -> dict:  
                 cmd += ["--model", cfg.model]
             log(f"resume {method.name} seed {seed}")
         else:
-            dense = str(Path(cfg.out) / "runs" / "dense" / f"seed{seed}")
-            args = [dense if a == DENSE else a for a in method.args]
-            cmd = ["train", *cfg.common_args(), *args, "--seed", str(seed), "--out", str(folder)]
+            config_path = folder / CONFIG_FILE
+            cfg.run_config(method, seed).write(config_path)
+            cmd = ["train", "--config", str(config_path)]
             if cfg.force:
                 cmd.append("--force")  # replaces the finished run once the new one has its first checkpoint
             log(f"run {method.name} seed {seed}")
@@ -222,8 +226,8 @@ def run_one(cfg: CompareConfig, method: Method, seed: int, log=print) -> dict:  
         if proc.returncode != 0:
             tail = (folder / "train.log").read_text().strip().splitlines()[-1:]
             raise EpipruneError(f"run {method.name} seed {seed} failed: {tail[0] if tail else proc.returncode}")
-    summary = json.loads(summary_path.read_text())
-    return {**summary, "method": method.name, "family": method.family, "run_dir": str(folder)}
+    summary: RunSummary = json.loads(summary_path.read_text())
+    return CompareRun(**{**summary, "method": method.name, "family": method.family, "run_dir": str(folder)})
 
 
 def _mean(values: list[float]) -> float:
@@ -364,11 +368,11 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _metrics(run_dir: str) -> list[dict]:
+def _metrics(run_dir: str) -> list[EpochRow]:
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
-def compare(cfg: CompareConfig, log=print) -> list[dict]:  # noqa: ANN001
+def compare(cfg: CompareConfig, log: Callable[[str], None] = print) -> list[dict]:
     """Run (or reuse) every method x seed, then write compare.md, compare.json and the plots into cfg.out."""
     cfg.validate()
     out = Path(cfg.out)
@@ -387,7 +391,8 @@ def compare(cfg: CompareConfig, log=print) -> list[dict]:  # noqa: ANN001
 
 
 def family_of(method: str) -> str | None:
-    """The family of a method folder's name as `compare` writes it (dense, init-random, fixed-3, epi-taylor, ...)."""
+    """The family of a method folder's name as `compare` writes it (dense, init-random, fixed-3, epi-taylor, ...):
+    for run folders whose settings say nothing (see method_of)."""
     if method.startswith("fixed-"):
         return "fixed" if method[len("fixed-"):].isdigit() else None
     for prefix, family in (("init-", "init"), ("tpf-", "tpf"), ("epi-", "epi"), ("earlybird", "earlybird")):
@@ -396,21 +401,57 @@ def family_of(method: str) -> str | None:
     return {"dense": "dense", "dense-plain": "plain"}.get(method)
 
 
-def finished_runs(out: Path) -> tuple[list[dict], list[str]]:
+# the fields that tell compare's recipes apart (how a run was made, e.g. branched or not, is not among them)
+METHOD_FIELDS = ("indicator", "importance", "prune_at", "finetune_epochs", "bn_l1")
+_DEFAULTS = {f.name: f.default for f in fields(TrainConfig) if f.name in METHOD_FIELDS}
+
+
+def method_of(config: dict) -> Method | None:
+    """The compare recipe that made a run, read from its recorded TrainConfig (summary.json's config, or the
+    run's config.json): the recipe whose overrides it has. None when no recipe fits (not a compare run)."""
+    def value(key: str) -> Any:
+        return config.get(key, _DEFAULTS[key])
+
+    epochs, prune_at, finetune = config.get("epochs"), value("prune_at"), value("finetune_epochs")
+    if not isinstance(epochs, int) or epochs < 2:
+        return None
+    grid = [prune_at] if isinstance(prune_at, int) and 1 <= prune_at < epochs else None
+    recipes = CompareConfig(epochs=epochs, grid=grid, finetune_epochs=finetune or None, branch=False).methods()
+    for method in recipes:
+        if all(value(k) == method.overrides.get(k, _DEFAULTS[k]) for k in METHOD_FIELDS):
+            return method
+    return None
+
+
+def _recorded_config(folder: Path, summary: dict | None) -> dict | None:
+    if summary is not None and isinstance(summary.get("config"), dict):
+        return summary["config"]
+    try:
+        return read_config_file(folder / CONFIG_FILE) if (folder / CONFIG_FILE).is_file() else None
+    except EpipruneError:
+        return None
+
+
+def finished_runs(out: Path) -> tuple[list[CompareRun], list[str]]:
     """Summaries of the finished runs under out/runs/<method>/seed<k>/ (with method, family and run_dir added),
-    and a description of each run folder that has no summary yet (running, interrupted or failed)."""
+    and a description of each run folder that has no summary yet (running, interrupted or failed). A run's
+    family is read from its recorded settings; folders of old runs that have none are known by their name."""
     runs, unfinished = [], []
     for folder in sorted(p for p in (out / "runs").glob("*/seed*") if p.is_dir()):
-        method, family = folder.parent.name, family_of(folder.parent.name)
-        if family is None:
-            continue
+        method = folder.parent.name
         summary = folder / "summary.json"
         try:
             made = json.loads(summary.read_text()) if summary.is_file() else None
         except ValueError:  # a damaged summary: the run is listed as unfinished, not a traceback
             made = None
-        if isinstance(made, dict):
-            runs.append({**made, "method": method, "family": family, "run_dir": str(folder)})
+        made = made if isinstance(made, dict) else None
+        config = _recorded_config(folder, made)
+        recipe = method_of(config) if config is not None else None
+        family = recipe.family if recipe is not None else family_of(method)
+        if family is None:
+            continue
+        if made is not None:
+            runs.append(CompareRun(**{**made, "method": method, "family": family, "run_dir": str(folder)}))
         else:
             metrics = folder / "metrics.jsonl"
             done = len(metrics.read_text().splitlines()) if metrics.is_file() else 0
@@ -423,7 +464,7 @@ def finished_runs(out: Path) -> tuple[list[dict], list[str]]:
     return runs, unfinished
 
 
-def write_comparison(out: Path, runs: list[dict], config: dict, log=print) -> list[dict]:  # noqa: ANN001
+def write_comparison(out: Path, runs: list[dict], config: dict, log: Callable[[str], None] = print) -> list[dict]:
     """Aggregate finished runs into compare.md, compare.json and the four plots in `out`; return the rows."""
     rows = aggregate(runs)
     pairs = paired_differences(runs)

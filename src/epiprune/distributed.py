@@ -82,6 +82,22 @@ def gather_to_all(value: object) -> list[object]:
     return values
 
 
+# words of the errors that torch.distributed's backends raise when a peer is gone or the group timed out
+_COLLECTIVE_WORDS = ("gloo", "nccl", "processgroup", "process group", "connection closed", "connection reset",
+                     "connection refused", "broken pipe", "timed out", "timeout", "peer")
+
+
+def is_collective_failure(error: BaseException) -> bool:
+    """Whether an exception raised under torchrun is a failed collective (another rank died, the process group
+    timed out), not an error of this rank's own work: a CUDA out-of-memory error or a shape bug keeps its message."""
+    if isinstance(error, getattr(dist, "DistError", ())):
+        return True
+    text = str(error).lower()
+    if "out of memory" in text:
+        return False
+    return any(word in text for word in _COLLECTIVE_WORDS)
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

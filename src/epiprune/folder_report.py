@@ -11,6 +11,7 @@ from .checkpoint import CHECKPOINT_FILE, load_checkpoint
 from .compare import finished_runs, write_comparison
 from .errors import EpipruneError
 from .indicator import default_threshold
+from .records import EpochRow
 from .report import plot_epi
 
 
@@ -41,7 +42,7 @@ def _report_comparison(out: Path, log: Callable[[str], None]) -> Path:
     return out
 
 
-def read_metrics(path: Path, log: Callable[[str], None] = print) -> list[dict]:
+def read_metrics(path: Path, log: Callable[[str], None] = print) -> list[EpochRow]:
     """The rows of a metrics.jsonl. A truncated last line (a run killed while appending it) is left out with a
     note; any other unreadable line is an EpipruneError naming the file and line."""
     lines = [(i, line) for i, line in enumerate(path.read_text(errors="replace").splitlines(), 1) if line.strip()]

@@ -24,15 +24,15 @@ from tqdm import tqdm
 
 from . import distributed
 from .checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
-from .data import DATASETS, Dataset, TensorLoader, load_dataset
-from .errors import EpipruneError
-from .importance import IMPORTANCES
-from .indicator import DEFAULT_WINDOW, EARLYBIRD_QUEUE, EPI_AVERAGES, INDICATORS
-from .latency import AMP_DTYPES, TARGETS, LatencySettings, autocast, in_memory_format, time_model_step
-from .models import check_model_name, is_import_path, make_model
-from .models.user import factory_arguments, import_factory, resolve_layers
+from .config import TrainConfig
+from .data import Dataset, TensorLoader, load_dataset
+from .errors import DistributedError, EpipruneError
+from .latency import LatencySettings, autocast, in_memory_format, time_model_step
+from .models import is_import_path, make_model
+from .models.user import resolve_layers
 from .policy import EarlyPruningPolicy
 from .preprocessing import from_loader_stats
+from .records import EpochRow, RunSummary
 from .report import plot_epi
 from .runfolder import RunFolder
 from .serialization import architecture_spec, atomic_write_text, save_pruned
@@ -42,197 +42,11 @@ from .trajectory import KEPT_CHECKPOINTS, SCORES_FILE, ScoreRecorder, branch, ke
 TRAIN_FLOPS_PER_FORWARD = 3
 
 
-OPTIMIZERS = ("sgd", "adamw")
 PROGRESS_EVERY = 20  # steps between progress-bar loss updates (each one waits for the device)
 
 
 class TrainingError(EpipruneError):
     """Training cannot go on (e.g. the loss became NaN)."""
-
-
-class DistributedError(RuntimeError):
-    """A collective failed: another rank died or the process group timed out (a runtime failure, exit 1)."""
-
-
-@dataclass
-class TrainConfig:
-    """What `epiprune train` runs; every field is also a command-line option (`model_kwargs` -> --model-kwargs).
-
-    model: a registry name or the import path `package.module:factory` of the user's own network.
-    model_kwargs: JSON keyword arguments of that factory (num_classes and in_channels are added when it takes
-    them). ignore_layers: module names (as in model.named_modules()) whose output channels are never pruned."""
-
-    model: str = "resnet20"
-    model_kwargs: dict = field(default_factory=dict)
-    ignore_layers: list[str] = field(default_factory=list)
-    data: str = "builtin"
-    data_dir: str | None = None
-    image_size: int = 32
-    train_subset: int | None = None
-    val_subset: int | None = None
-    epochs: int = 15
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    optimizer: str = "sgd"
-    budget: str = "flops:0.5"
-    importance: str = "taylor"
-    epi_window: int = DEFAULT_WINDOW
-    epi_threshold: float | None = None
-    min_dense_epochs: int | None = None
-    max_dense_epochs: int | None = None
-    prune_at: int | None = None
-    indicator: str = "epi"
-    channel_multiple: int = 1
-    finetune_epochs: int = 0
-    warmup_epochs: float = 0.0
-    init_batches: int = 10
-    seed: int = 0
-    device: str = "auto"
-    dist_timeout: float = 600.0
-    out: str = "runs/train"
-    progress: bool = True
-    latency_target: str = "train"
-    latency_batch: int | None = None
-    latency_table: str | None = None
-    channels_last: bool = False
-    amp: str = "none"
-    compile: bool = False
-    epi_average: str = "layer"
-    epi_peak: int = 0
-    epi_smooth: int = 1
-    earlybird_queue: int = EARLYBIRD_QUEUE
-    bn_l1: float = 0.0
-    data_seed: int | None = None
-    holdout: int = 0
-    record_scores: bool = False
-    probe_every: int = 0
-    keep_checkpoints: list[int] | None = None
-    branch_from: str | None = None
-
-    def validate(self) -> None:
-        """Raise EpipruneError naming the first bad value and what is accepted."""
-        self._validate_user_input()
-        self._validate_model()
-        if self.data not in DATASETS:
-            raise EpipruneError(f"unknown dataset {self.data!r} (accepted: {', '.join(DATASETS)})")
-        if self.indicator not in INDICATORS:
-            raise EpipruneError(f"unknown indicator {self.indicator!r} (accepted: {', '.join(INDICATORS)})")
-        if self.finetune_epochs < 0:
-            raise EpipruneError(f"fine-tune epochs {self.finetune_epochs} is negative (accepted: >= 0)")
-        if not 0 <= self.warmup_epochs < self.epochs:
-            raise EpipruneError(f"warm-up epochs {self.warmup_epochs} is outside [0, {self.epochs})")
-        if self.optimizer not in OPTIMIZERS:
-            raise EpipruneError(f"unknown optimizer {self.optimizer!r} (accepted: {', '.join(OPTIMIZERS)})")
-        if self.importance not in IMPORTANCES:
-            raise EpipruneError(f"unknown importance {self.importance!r} (accepted: {', '.join(IMPORTANCES)})")
-        Budget.parse(self.budget)
-        if self.latency_target not in TARGETS:
-            raise EpipruneError(f"unknown latency target {self.latency_target!r} (accepted: {', '.join(TARGETS)})")
-        if self.amp not in AMP_DTYPES:
-            raise EpipruneError(f"unknown amp dtype {self.amp!r} (accepted: {', '.join(AMP_DTYPES)})")
-        if self.latency_batch is not None and self.latency_batch < 1:
-            raise EpipruneError(f"latency batch {self.latency_batch} is too small (accepted: an integer >= 1)")
-        for name, value, low in (("epochs", self.epochs, 1), ("batch size", self.batch_size, 1),
-                                 ("EPI window", self.epi_window, 1), ("image size", self.image_size, 8),
-                                 ("channel multiple", self.channel_multiple, 1)):
-            if value < low:
-                raise EpipruneError(f"{name} {value} is too small (accepted: an integer >= {low})")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise EpipruneError(f"learning rate {self.lr} is not a positive number")
-        if self.epi_window + 2 > self.epochs and self.prune_at is None and self.indicator != "none":
-            raise EpipruneError(f"EPI window {self.epi_window} is too large for {self.epochs} epochs (accepted: a "
-                                f"window <= epochs - 2: EPI needs window + 1 dense epochs, then pruned training)")
-        if self.prune_at is not None and not 0 <= self.prune_at < self.total_epochs:
-            raise EpipruneError(f"prune-at epoch {self.prune_at} is outside 0..{self.total_epochs - 1}")
-        if self.epi_threshold is not None and not 0 < self.epi_threshold <= 1:
-            raise EpipruneError(f"EPI threshold {self.epi_threshold} is outside (0, 1]")
-        if self.max_dense_epochs is not None and not 1 <= self.max_dense_epochs < self.epochs:
-            raise EpipruneError(f"max dense epochs {self.max_dense_epochs} is outside 1..{self.epochs - 1}")
-        if self.epi_average not in EPI_AVERAGES:
-            raise EpipruneError(f"unknown EPI average {self.epi_average!r} (accepted: {', '.join(EPI_AVERAGES)})")
-        for flag, value, low in (("--epi-peak", self.epi_peak, 0), ("--epi-smooth", self.epi_smooth, 1),
-                                 ("--earlybird-queue", self.earlybird_queue, 1), ("--holdout", self.holdout, 0),
-                                 ("--probe-every", self.probe_every, 0)):
-            if value < low:
-                raise EpipruneError(f"{flag} {value} is too small (accepted: an integer >= {low})")
-        if not (self.bn_l1 >= 0 and math.isfinite(self.bn_l1)):
-            raise EpipruneError(f"--bn-l1 {self.bn_l1} is not a number >= 0 (accepted: e.g. 1e-4, or 0 for none)")
-        if self.data_seed is not None and not 0 <= self.data_seed < 2**32:
-            raise EpipruneError(f"--data-seed {self.data_seed} is outside 0..{2**32 - 1}")
-        for k in self.keep_checkpoints or []:
-            if not 1 <= k <= self.total_epochs:
-                raise EpipruneError(f"--keep-checkpoints epoch {k} is outside 1..{self.total_epochs}")
-        if self.branch_from is not None:
-            if self.indicator in ("none", "earlybird") or self.importance == "random":
-                raise EpipruneError(f"--branch-from cannot replay indicator {self.indicator!r} with importance "
-                                    f"{self.importance!r} (accepted: indicator epi, earlybird-budget or --prune-at, "
-                                    "importance taylor, magnitude or bn)")
-            if self.prune_at == 0:
-                raise EpipruneError("--branch-from with --prune-at 0 has nothing to branch from (accepted: --prune-at "
-                                    ">= 1)")
-
-    def _validate_model(self) -> None:
-        """The model name, its kwargs and the ignored layers' form; a user factory is imported here (it is named
-        by the caller) and its signature checked against the kwargs. Building it needs the data: see
-        build_network."""
-        try:
-            json.dumps(self.model_kwargs, allow_nan=False)  # recorded in the run's files: plain data only
-        except (TypeError, ValueError) as e:
-            raise EpipruneError(f"model_kwargs {self.model_kwargs!r} is not JSON data: {e} (accepted: a dict of "
-                                "numbers, strings, booleans, null, lists and dicts)") from None
-        if not isinstance(self.model_kwargs, dict):
-            raise EpipruneError(f"model_kwargs {self.model_kwargs!r} is not a dict (accepted: a JSON object)")
-        if not isinstance(self.ignore_layers, list) or not all(isinstance(n, str) and n for n in self.ignore_layers):
-            raise EpipruneError(f"ignore_layers {self.ignore_layers!r} is not a list of module names (accepted: "
-                                "e.g. ['conv1', 'layers.0.conv1'])")
-        check_model_name(self.model, self.model_kwargs)
-        if is_import_path(self.model):
-            factory_arguments(import_factory(self.model), self.model, self.model_kwargs, 3, 10)
-
-    def latency_settings(self) -> LatencySettings:
-        """What a latency table for this run times: its target, batch, memory format and autocast dtype."""
-        return LatencySettings(target=self.latency_target, batch_size=self.latency_batch or self.batch_size,
-                               channels_last=self.channels_last, amp=self.amp)
-
-    def _validate_user_input(self) -> None:
-        """Checks that come before the others, so that a bad value is blamed on its own option."""
-        if self.epochs < 1:
-            raise EpipruneError(f"--epochs {self.epochs} is too small (accepted: an integer >= 1)")
-        for flag, value in (("--train-subset", self.train_subset), ("--val-subset", self.val_subset)):
-            if value is not None and value < 1:
-                raise EpipruneError(f"{flag} {value} is too small (accepted: a number of images >= 1, or leave "
-                                    "it out to use them all)")
-        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
-            raise EpipruneError(f"--weight-decay {self.weight_decay} is not a number >= 0 (accepted: e.g. 5e-4, "
-                                "or 0 for none)")
-        if self.data_dir is not None and self.data == "builtin":
-            raise EpipruneError(f"--data-dir {self.data_dir} is given but --data is builtin, which needs no folder "
-                                f"(accepted: --data {', '.join(d for d in DATASETS if d != 'builtin')} with "
-                                "--data-dir, or no --data-dir)")
-        if not str(self.out).strip():
-            raise EpipruneError("--out is empty (accepted: a folder name, e.g. runs/train)")
-        if not 0 <= self.seed < 2**32:
-            raise EpipruneError(f"--seed {self.seed} is outside 0..{2**32 - 1}")
-        if self.init_batches < 1:
-            raise EpipruneError(f"--init-batches {self.init_batches} is too small (accepted: an integer >= 1)")
-        if self.min_dense_epochs is not None and self.min_dense_epochs < 0:
-            raise EpipruneError(f"--min-dense-epochs {self.min_dense_epochs} is negative (accepted: an integer >= 0)")
-        if not (self.dist_timeout > 0 and math.isfinite(self.dist_timeout)):
-            raise EpipruneError(f"--dist-timeout {self.dist_timeout} is not a positive number of seconds")
-
-    @property
-    def total_epochs(self) -> int:
-        """The schedule, plus the fine-tuning epochs of train-prune-fine-tune."""
-        return self.epochs + self.finetune_epochs
-
-    @property
-    def resolved_max_dense_epochs(self) -> int:
-        """Default fallback: half the schedule (EPI's promise is to prune early), at least window + 1."""
-        if self.max_dense_epochs is not None:
-            return self.max_dense_epochs
-        return min(self.epochs - 1, max(self.epi_window + 1, self.epochs // 2))
 
 
 def split_data(dataset: Dataset, cfg: TrainConfig) -> tuple[Dataset, tuple[np.ndarray, np.ndarray] | None]:
@@ -338,8 +152,8 @@ def trainable(model: nn.Module, device: torch.device, compile_model: bool) -> nn
 
 @dataclass
 class RunResult:
-    summary: dict
-    metrics: list[dict]
+    summary: RunSummary
+    metrics: list[EpochRow]
     model: nn.Module
     out: Path
 
@@ -431,7 +245,8 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None, log: Callable[[str],
             return _train(cfg, dataset, log if distributed.is_main() else (lambda _: None), checkpoint, device,
                           folder.commit)
     except RuntimeError as e:
-        if not distributed.is_distributed():
+        # only a failed collective is reported as one: an out-of-memory error or a shape bug keeps its message
+        if not distributed.is_distributed() or not distributed.is_collective_failure(e):
             raise
         raise DistributedError(f"rank {distributed.rank()}: a collective failed (another rank died, or it timed "
                                f"out after {cfg.dist_timeout:g}s): {str(e).splitlines()[0][:200]}") from None
@@ -510,8 +325,43 @@ def _check_latency(cfg: TrainConfig, policy: EarlyPruningPolicy, model: nn.Modul
     return result
 
 
-def _train(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None], checkpoint: dict | None,
-           device: torch.device, on_checkpoint: Callable[[], None] = lambda: None) -> RunResult:
+@dataclass
+class _Run:
+    """The state of a run between its phases (setup, restore, epochs, finish)."""
+
+    cfg: TrainConfig
+    device: torch.device
+    log: Callable[[str], None]
+    main: bool
+    out: Path
+    budget: Budget
+    dataset: Dataset
+    train_loader: TensorLoader
+    val_loader: TensorLoader
+    test_loader: TensorLoader | None
+    model: nn.Module
+    policy: EarlyPruningPolicy
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    metrics: list[EpochRow] = field(default_factory=list)
+    train_flops_total: float = 0.0
+    train_seconds: float = 0.0
+    first_epoch: int = 1
+    recorder: ScoreRecorder | None = None
+    flops: float = 0.0
+    params: float = 0.0
+    net: nn.Module | None = None
+    scaler: torch.amp.GradScaler | None = None
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.out / "metrics.jsonl"
+
+
+def _setup(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None], checkpoint: dict | None,
+           device: torch.device) -> _Run:
+    """Data, loaders, the network and its policy (a checkpoint's pruned shapes and weights re-applied), the
+    optimizer and the LR schedule (prune at initialisation first, when the run does)."""
     cfg.validate()
     budget = Budget.parse(cfg.budget)
     main = distributed.is_main()
@@ -541,159 +391,190 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None]
     if checkpoint is not None:
         policy.load_state_dict(checkpoint["policy"])  # re-applies the surgery if the run had pruned
         model.load_state_dict(checkpoint["model"])
-    metrics: list[dict] = []
-    train_flops_total, train_seconds, first_epoch = 0.0, 0.0, 1
+    run = _Run(cfg, device, log, main, out, budget, dataset, train_loader, val_loader, test_loader, model, policy)
     if checkpoint is None and cfg.prune_at == 0:
-        train_flops_total = prune_at_initialisation(model, policy, train_loader, cfg.init_batches)
-    optimizer = make_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(cfg, len(train_loader)))
-    metrics_path = out / "metrics.jsonl"
+        run.train_flops_total = prune_at_initialisation(model, policy, train_loader, cfg.init_batches)
+    run.optimizer = make_optimizer(model, cfg)
+    run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lr_schedule(cfg, len(train_loader)))
+    return run
+
+
+def _restore(run: _Run, checkpoint: dict | None) -> None:
+    """Where the epochs start: a checkpoint's optimizer, schedule, random state and metrics (--resume), the dense
+    run's epochs replayed (--branch-from), or nothing (a new run). Then the module the loop trains."""
+    cfg, main, world = run.cfg, run.main, distributed.world_size()
     if checkpoint is not None:
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
+        run.optimizer.load_state_dict(checkpoint["optimizer"])
+        run.scheduler.load_state_dict(checkpoint["scheduler"])
         extra = checkpoint["extra"]
         if len(extra["rng"]) != world:
             raise EpipruneError(f"checkpoint was written by {len(extra['rng'])} rank(s), this run has {world} "
                                 f"(accepted: resume with the same number of processes)")
-        loader_rng, torch_rng = extra["rng"][rank]
-        train_loader.set_rng_state(loader_rng)
+        loader_rng, torch_rng = extra["rng"][distributed.rank()]
+        run.train_loader.set_rng_state(loader_rng)
         torch.set_rng_state(torch_rng)
-        metrics, train_flops_total, train_seconds = extra["metrics"], extra["train_flops_total"], extra["seconds"]
-        first_epoch = len(metrics) + 1
+        run.metrics, run.train_flops_total, run.train_seconds = extra["metrics"], extra["train_flops_total"], \
+            extra["seconds"]
+        run.first_epoch = len(run.metrics) + 1
         if main:
-            atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in metrics))
-        log(f"resumed {out} after epoch {len(metrics)}" + (" (pruned)" if policy.pruned else ""))
+            atomic_write_text(run.metrics_path, "".join(json.dumps(m) + "\n" for m in run.metrics))
+        run.log(f"resumed {run.out} after epoch {len(run.metrics)}" + (" (pruned)" if run.policy.pruned else ""))
     else:
         if main:
-            metrics_path.unlink(missing_ok=True)
-        log(f"epiprune: {cfg.model} on {dataset.name} ({len(dataset.train_labels)} train / "
-            f"{len(dataset.val_labels)} val, {dataset.in_channels}x{h}x{w}), budget {budget}, "
-            f"importance {cfg.importance}, {cfg.total_epochs} epochs, dense {policy.dense_flops / 1e6:.2f} MFLOPs "
-            f"{policy.dense_params / 1e6:.3f} M params, {device.type}" + (f", {world} ranks" if world > 1 else ""))
-    recorder = ScoreRecorder(policy, cfg.probe_every) if cfg.record_scores else None
-    if checkpoint is not None and recorder is not None:
-        recorder.load_state_dict(checkpoint["extra"].get("scores", {}))
+            run.metrics_path.unlink(missing_ok=True)
+        d, policy = run.dataset, run.policy
+        h, w = d.image_size
+        run.log(f"epiprune: {cfg.model} on {d.name} ({len(d.train_labels)} train / {len(d.val_labels)} val, "
+                f"{d.in_channels}x{h}x{w}), budget {run.budget}, importance {cfg.importance}, {cfg.total_epochs} "
+                f"epochs, dense {policy.dense_flops / 1e6:.2f} MFLOPs {policy.dense_params / 1e6:.3f} M params, "
+                f"{run.device.type}" + (f", {world} ranks" if world > 1 else ""))
+    run.recorder = ScoreRecorder(run.policy, cfg.probe_every) if cfg.record_scores else None
+    if checkpoint is not None and run.recorder is not None:
+        run.recorder.load_state_dict(checkpoint["extra"].get("scores", {}))
     if checkpoint is None and cfg.branch_from is not None:
-        metrics, train_flops_total, train_seconds = branch(cfg.branch_from, asdict(cfg), policy, model, optimizer,
-                                                           scheduler, train_loader, log)
-        first_epoch = len(metrics) + 1
+        run.metrics, run.train_flops_total, run.train_seconds = branch(
+            cfg.branch_from, asdict(cfg), run.policy, run.model, run.optimizer, run.scheduler, run.train_loader,
+            run.log)
+        run.first_epoch = len(run.metrics) + 1
         if main:
-            atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in metrics))
-    flops, params = policy.count()
-    net = trainable(model, device, cfg.compile)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")  # fp16 gradients need loss scaling
+            atomic_write_text(run.metrics_path, "".join(json.dumps(m) + "\n" for m in run.metrics))
+    run.flops, run.params = run.policy.count()
+    run.net = trainable(run.model, run.device, cfg.compile)
+    run.scaler = torch.amp.GradScaler(run.device.type, enabled=cfg.amp == "fp16")  # fp16 gradients need scaling
     if checkpoint is not None and checkpoint["extra"].get("scaler"):
-        scaler.load_state_dict(checkpoint["extra"]["scaler"])
+        run.scaler.load_state_dict(checkpoint["extra"]["scaler"])
 
-    for epoch in range(first_epoch, cfg.total_epochs + 1):
-        t0 = time.perf_counter()
-        net.train()
-        # running sums stay on the device: no host synchronisation per step, so on a GPU the next step's
-        # kernels are queued while this one runs; they are read once at the end of the epoch
-        loss_total = torch.zeros((), dtype=torch.float64, device=device)
-        correct_total = torch.zeros((), dtype=torch.int64, device=device)
-        seen = 0
-        show = cfg.progress and main
-        bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.total_epochs}", leave=False, unit="batch",
-                   disable=not show, dynamic_ncols=True)
-        for step, (x, y) in enumerate(bar):
-            x, y = to_input(x, device, cfg.channels_last), y.to(device, non_blocking=True)
-            with autocast(device, cfg.amp):
-                logits = net(x)
-                loss = cross_entropy(logits, y)
-            scaler.scale(loss).backward()
-            policy.step(scaler.get_scale() if scaler.is_enabled() else 1.0)
-            if cfg.bn_l1 and not policy.pruned:
-                add_bn_l1_gradient(model, cfg.bn_l1 * (scaler.get_scale() if scaler.is_enabled() else 1.0))
-            if recorder is not None:
-                recorder.after_step(epoch)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            loss_total += loss.detach() * len(y)
-            correct_total += (logits.argmax(1) == y).sum()
-            seen += len(y)
-            if show and step % PROGRESS_EVERY == 0:
-                bar.set_postfix(loss=f"{loss_total.item() / seen:.3f}")
-        loss_sum, correct, seen = distributed.all_reduce_sum([loss_total.item(), correct_total.item(), seen], device)
-        # checked per epoch, before anything of this epoch is saved: the checkpoint on disk is the last good one
-        if not math.isfinite(loss_sum):
-            raise TrainingError(f"loss became {loss_sum / seen} in epoch {epoch}; stopped, the last good checkpoint "
-                                f"is in {out} (accepted: a smaller --lr)")
-        train_flops_total += TRAIN_FLOPS_PER_FORWARD * flops * seen
-        _, val_top1 = evaluate(net, val_loader, device, cfg.channels_last, cfg.amp)
-        weight_scores = recorder.weight_scores() if recorder is not None and not policy.pruned else None
-        pruned_now = policy.end_epoch(optimizer)
-        if weight_scores is not None:
-            recorder.end_epoch(epoch, weight_scores)
-        if pruned_now:
-            flops, params = policy.count()
-            net = trainable(model, device, cfg.compile)  # new tensors: new DDP buckets, a new compiled graph
-        record = policy.history[-1] if policy.history and policy.history[-1].epoch == epoch else None
-        epoch_seconds = time.perf_counter() - t0
-        train_seconds += epoch_seconds
-        row = {"epoch": epoch, "train_loss": loss_sum / seen, "train_top1": correct / seen, "val_top1": val_top1,
-               "epi": None if record is None else record.epi,
-               "epi_layer": None if record is None else record.epi_layer,
-               "epi_group": None if record is None else record.epi_group,
-               "widths": record.widths if record is not None else policy.widths(),
-               "pruned": policy.pruned, "pruned_this_epoch": pruned_now,
-               "flops": flops, "params": params, "lr": optimizer.param_groups[0]["lr"],
-               "epoch_seconds": epoch_seconds, "train_flops_cumulative": train_flops_total}
-        if test_loader is not None and epoch == cfg.total_epochs:
-            row["test_top1"] = evaluate(net, test_loader, device, cfg.channels_last, cfg.amp)[1]
-        metrics.append(row)
-        rng = distributed.gather_to_all((train_loader.rng_state(), torch.get_rng_state()))  # per rank
-        if main:
-            # checkpoint first: a crash between the two writes leaves a checkpoint that resume trusts
-            save_checkpoint(out / CHECKPOINT_FILE, model, optimizer, scheduler, policy, config=asdict(cfg),
-                            metrics=metrics, train_flops_total=train_flops_total, seconds=train_seconds, rng=rng,
-                            scaler=scaler.state_dict(), scores=recorder.state_dict() if recorder else {})
-            if epoch in (cfg.keep_checkpoints or []):
-                keep_copy(out / CHECKPOINT_FILE, out / KEPT_CHECKPOINTS / f"epoch{epoch}.pt")
-            if recorder is not None:
-                recorder.write(out / SCORES_FILE)
-            on_checkpoint()
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-        epi_text = "  -  " if row["epi"] is None else f"{row['epi']:.3f}"
-        mark = f"  << pruned ({policy.trigger})" if pruned_now else ""
-        log(f"epoch {epoch:3d}/{cfg.total_epochs}  loss {row['train_loss']:.4f}  val top-1 {100 * val_top1:5.2f}%  "
-            f"EPI {epi_text}  FLOPs {flops / 1e6:7.2f}M  {epoch_seconds:5.1f}s{mark}")
 
+def _train_epoch(run: _Run, epoch: int, on_checkpoint: Callable[[], None]) -> EpochRow:
+    """One epoch: the steps (the policy sees every one), validation, the policy's decision (it may prune), the
+    checkpoint, the metrics row."""
+    cfg, device, policy, optimizer, scaler = run.cfg, run.device, run.policy, run.optimizer, run.scaler
+    t0 = time.perf_counter()
+    run.net.train()
+    # running sums stay on the device: no host synchronisation per step, so on a GPU the next step's
+    # kernels are queued while this one runs; they are read once at the end of the epoch
+    loss_total = torch.zeros((), dtype=torch.float64, device=device)
+    correct_total = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
+    show = cfg.progress and run.main
+    bar = tqdm(run.train_loader, desc=f"epoch {epoch}/{cfg.total_epochs}", leave=False, unit="batch",
+               disable=not show, dynamic_ncols=True)
+    for step, (x, y) in enumerate(bar):
+        x, y = to_input(x, device, cfg.channels_last), y.to(device, non_blocking=True)
+        with autocast(device, cfg.amp):
+            logits = run.net(x)
+            loss = cross_entropy(logits, y)
+        scaler.scale(loss).backward()
+        policy.step(scaler.get_scale() if scaler.is_enabled() else 1.0)
+        if cfg.bn_l1 and not policy.pruned:
+            add_bn_l1_gradient(run.model, cfg.bn_l1 * (scaler.get_scale() if scaler.is_enabled() else 1.0))
+        if run.recorder is not None:
+            run.recorder.after_step(epoch)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        run.scheduler.step()
+        loss_total += loss.detach() * len(y)
+        correct_total += (logits.argmax(1) == y).sum()
+        seen += len(y)
+        if show and step % PROGRESS_EVERY == 0:
+            bar.set_postfix(loss=f"{loss_total.item() / seen:.3f}")
+    loss_sum, correct, seen = distributed.all_reduce_sum([loss_total.item(), correct_total.item(), seen], device)
+    # checked per epoch, before anything of this epoch is saved: the checkpoint on disk is the last good one
+    if not math.isfinite(loss_sum):
+        raise TrainingError(f"loss became {loss_sum / seen} in epoch {epoch}; stopped, the last good checkpoint "
+                            f"is in {run.out} (accepted: a smaller --lr)")
+    run.train_flops_total += TRAIN_FLOPS_PER_FORWARD * run.flops * seen
+    _, val_top1 = evaluate(run.net, run.val_loader, device, cfg.channels_last, cfg.amp)
+    recorder = run.recorder
+    weight_scores = recorder.weight_scores() if recorder is not None and not policy.pruned else None
+    pruned_now = policy.end_epoch(optimizer)
+    if weight_scores is not None:
+        recorder.end_epoch(epoch, weight_scores)
+    if pruned_now:
+        run.flops, run.params = policy.count()
+        run.net = trainable(run.model, device, cfg.compile)  # new tensors: new DDP buckets, a new compiled graph
+    record = policy.history[-1] if policy.history and policy.history[-1].epoch == epoch else None
+    epoch_seconds = time.perf_counter() - t0
+    run.train_seconds += epoch_seconds
+    row = EpochRow(epoch=epoch, train_loss=loss_sum / seen, train_top1=correct / seen, val_top1=val_top1,
+                   epi=None if record is None else record.epi,
+                   epi_layer=None if record is None else record.epi_layer,
+                   epi_group=None if record is None else record.epi_group,
+                   widths=record.widths if record is not None else policy.widths(),
+                   pruned=policy.pruned, pruned_this_epoch=pruned_now,
+                   flops=run.flops, params=run.params, lr=optimizer.param_groups[0]["lr"],
+                   epoch_seconds=epoch_seconds, train_flops_cumulative=run.train_flops_total)
+    if run.test_loader is not None and epoch == cfg.total_epochs:
+        row["test_top1"] = evaluate(run.net, run.test_loader, device, cfg.channels_last, cfg.amp)[1]
+    run.metrics.append(row)
+    rng = distributed.gather_to_all((run.train_loader.rng_state(), torch.get_rng_state()))  # per rank
+    if run.main:
+        out = run.out
+        # checkpoint first: a crash between the two writes leaves a checkpoint that resume trusts
+        save_checkpoint(out / CHECKPOINT_FILE, run.model, optimizer, run.scheduler, policy, config=asdict(cfg),
+                        metrics=run.metrics, train_flops_total=run.train_flops_total, seconds=run.train_seconds,
+                        rng=rng, scaler=scaler.state_dict(), scores=recorder.state_dict() if recorder else {})
+        if epoch in (cfg.keep_checkpoints or []):
+            keep_copy(out / CHECKPOINT_FILE, out / KEPT_CHECKPOINTS / f"epoch{epoch}.pt")
+        if recorder is not None:
+            recorder.write(out / SCORES_FILE)
+        on_checkpoint()
+        with open(run.metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    epi_text = "  -  " if row["epi"] is None else f"{row['epi']:.3f}"
+    mark = f"  << pruned ({policy.trigger})" if pruned_now else ""
+    run.log(f"epoch {epoch:3d}/{cfg.total_epochs}  loss {row['train_loss']:.4f}  val top-1 {100 * val_top1:5.2f}%  "
+            f"EPI {epi_text}  FLOPs {run.flops / 1e6:7.2f}M  {epoch_seconds:5.1f}s{mark}")
+    return row
+
+
+def _finish(run: _Run) -> RunResult:
+    """The summary (training cost against dense training of the same data budget), the latency check, the saved
+    model, summary.json and epi.png."""
+    cfg, policy, metrics, dataset, flops, params = run.cfg, run.policy, run.metrics, run.dataset, run.flops, run.params
+    train_loader, h, w = run.train_loader, *dataset.image_size
     # the reference: the same data budget (epochs of the main schedule) spent on the dense model
     samples_per_epoch = len(train_loader) * cfg.batch_size if train_loader.drop_last else len(train_loader.labels)
     dense_train_flops = TRAIN_FLOPS_PER_FORWARD * policy.dense_flops * samples_per_epoch * cfg.epochs
-    summary = {
-        "model": cfg.model, "data": dataset.name, "budget": str(budget), "importance": cfg.importance,
-        "indicator": cfg.indicator, "epochs": cfg.total_epochs, "finetune_epochs": cfg.finetune_epochs,
-        "seed": cfg.seed, "epi_window": cfg.epi_window, "world_size": world, "device": device.type,
-        "epi_threshold": policy.rule.threshold, "prune_epoch": policy.prune_epoch, "trigger": policy.trigger,
-        "final_val_top1": metrics[-1]["val_top1"], "best_val_top1": max(m["val_top1"] for m in metrics),
-        "dense_flops": policy.dense_flops, "final_flops": flops, "flops_ratio": flops / policy.dense_flops,
-        "dense_params": policy.dense_params, "final_params": params, "params_ratio": params / policy.dense_params,
-        "dense_widths": policy.dense_widths, "final_widths": policy.widths(),
-        "train_flops_total": train_flops_total, "train_flops_dense_equivalent": dense_train_flops,
-        "train_flops_ratio": train_flops_total / dense_train_flops, "train_seconds": train_seconds,
-        "epi_layer_weights": policy.layer_weights, "config": asdict(cfg),
-    }
-    if test_loader is not None:
+    summary = RunSummary(
+        model=cfg.model, data=dataset.name, budget=str(run.budget), importance=cfg.importance,
+        indicator=cfg.indicator, epochs=cfg.total_epochs, finetune_epochs=cfg.finetune_epochs,
+        seed=cfg.seed, epi_window=cfg.epi_window, world_size=distributed.world_size(), device=run.device.type,
+        epi_threshold=policy.rule.threshold, prune_epoch=policy.prune_epoch, trigger=policy.trigger,
+        final_val_top1=metrics[-1]["val_top1"], best_val_top1=max(m["val_top1"] for m in metrics),
+        dense_flops=policy.dense_flops, final_flops=flops, flops_ratio=flops / policy.dense_flops,
+        dense_params=policy.dense_params, final_params=params, params_ratio=params / policy.dense_params,
+        dense_widths=policy.dense_widths, final_widths=policy.widths(),
+        train_flops_total=run.train_flops_total, train_flops_dense_equivalent=dense_train_flops,
+        train_flops_ratio=run.train_flops_total / dense_train_flops, train_seconds=run.train_seconds,
+        epi_layer_weights=policy.layer_weights, config=asdict(cfg),
+    )
+    if run.test_loader is not None:
         summary["final_test_top1"] = metrics[-1]["test_top1"]
     if cfg.branch_from is not None and policy.prune_epoch:  # what this run trained itself, after the branch point
         shared = metrics[policy.prune_epoch - 1]
         summary.update(branched_from=cfg.branch_from,
-                       branch_train_flops=train_flops_total - shared["train_flops_cumulative"],
+                       branch_train_flops=run.train_flops_total - shared["train_flops_cumulative"],
                        branch_seconds=sum(m["epoch_seconds"] for m in metrics[policy.prune_epoch:]))
-    if main and budget.kind == "latency":
-        summary["latency"] = _check_latency(cfg, policy, model, dataset, device, log)
-    if main:
+    if run.main and run.budget.kind == "latency":
+        summary["latency"] = _check_latency(cfg, policy, run.model, dataset, run.device, run.log)
+    if run.main:
         prep = from_loader_stats(train_loader.mean, train_loader.std, (h, w), dataset.labels)
         spec = architecture_spec(cfg.model, dataset.in_channels, dataset.num_classes, (h, w), policy.kept,
                                  preprocessing=prep.to_dict(), model_kwargs=cfg.model_kwargs,
                                  ignore_layers=cfg.ignore_layers)
-        save_pruned(model, spec, out)
-        atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
-        plot_epi(metrics, out / "epi.png", policy.rule.threshold, policy.prune_epoch, policy.trigger)
+        save_pruned(run.model, spec, run.out)
+        atomic_write_text(run.out / "summary.json", json.dumps(summary, indent=1))
+        plot_epi(metrics, run.out / "epi.png", policy.rule.threshold, policy.prune_epoch, policy.trigger)
     distributed.barrier()
-    return RunResult(summary, metrics, model, out)
+    return RunResult(summary, metrics, run.model, run.out)
+
+
+def _train(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None], checkpoint: dict | None,
+           device: torch.device, on_checkpoint: Callable[[], None] = lambda: None) -> RunResult:
+    run = _setup(cfg, dataset, log, checkpoint, device)
+    _restore(run, checkpoint)
+    for epoch in range(run.first_epoch, cfg.total_epochs + 1):
+        _train_epoch(run, epoch, on_checkpoint)
+    return _finish(run)

@@ -1,0 +1,418 @@
+"""One description of a training run: `TrainConfig`. The `train` subcommand's options are generated from its fields
+(help, default, choices, type: see `option` and cli.add_config_options), `epiprune train --config FILE` reads a
+JSON file of its fields, and `compare` writes one such file per run. Adding a run setting is adding a field here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .data import DATASETS
+from .errors import EpipruneError
+from .importance import IMPORTANCES
+from .indicator import DEFAULT_THRESHOLDS, DEFAULT_WINDOW, EARLYBIRD_QUEUE, EPI_AVERAGES, INDICATORS
+from .latency import AMP_DTYPES, TARGETS, LatencySettings
+from .models import MODELS, check_model_name, is_import_path
+from .models.user import factory_arguments, import_factory, parse_layer_names, parse_model_kwargs
+from .serialization import atomic_write_text
+from .subnetwork import Budget
+
+OPTIMIZERS = ("sgd", "adamw")
+
+
+def int_list(text: str, what: str) -> list[int]:
+    """Parse `--seeds` / `--grid` / `--keep-checkpoints` text: comma-separated integers >= 0 and ranges lo-hi
+    (lo <= hi), each once."""
+    values: list[int] = []
+    accepted = "accepted: integers >= 0 like 1,2,5 or 1-6, each once"
+    for part in text.split(","):
+        lo, sep, hi = part.partition("-")
+        try:
+            first, last = (int(lo), int(hi)) if sep else (int(part), int(part))
+        except ValueError:
+            raise EpipruneError(f"bad --{what} {text!r} ({accepted})") from None
+        if last < first:
+            raise EpipruneError(f"bad --{what} {text!r}: {part} is an empty range ({accepted})")
+        values += range(first, last + 1)
+    if any(v < 0 for v in values) or len(set(values)) != len(values):
+        raise EpipruneError(f"bad --{what} {text!r} ({accepted})")
+    return values
+
+
+def option(default: Any = MISSING, *, help: str, choices: tuple[str, ...] | None = None,  # noqa: A002
+           metavar: str | None = None, parse: Callable[[str], Any] | None = None,
+           default_factory: Callable[[], Any] | Any = MISSING) -> Any:
+    """A TrainConfig field and its command-line option `--<name-with-dashes>`: help text (the default is appended
+    unless it says "(default ..."), choices, metavar, and `parse` for text that is not a plain int/float/str (the
+    option then takes the text and parse makes the field's value). A bool field is a switch (default off)."""
+    metadata = {"help": help, "choices": choices, "metavar": metavar, "parse": parse, "cli": True}
+    if default_factory is not MISSING:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class TrainConfig:
+    """What `epiprune train` runs; every field is also a command-line option (`model_kwargs` -> --model-kwargs),
+    generated from the field's metadata (see `option`), except `progress` (the switch --no-progress).
+
+    model: a registry name or the import path `package.module:factory` of the user's own network.
+    model_kwargs: JSON keyword arguments of that factory (num_classes and in_channels are added when it takes
+    them). ignore_layers: module names (as in model.named_modules()) whose output channels are never pruned."""
+
+    model: str = option("resnet20", help=f"network: {', '.join(MODELS)}, or your own as package.module:factory (a "
+                        "function or nn.Module class returning it; called with num_classes and in_channels if it "
+                        "takes them; the current folder is searched first)")
+    model_kwargs: dict = option(default_factory=dict, metavar="JSON", parse=parse_model_kwargs,
+                                help="keyword arguments of your --model factory as a JSON object, e.g. "
+                                "'{\"width\": 32}' (default: none)")
+    ignore_layers: list[str] = option(default_factory=list, metavar="NAMES", parse=parse_layer_names,
+                                      help="comma-separated module names (as in model.named_modules()) whose output "
+                                      "channels are never pruned; a container stands for its convs and linear layers "
+                                      "(default: none; the classifier is always kept)")
+    data: str = option("builtin", help=f"dataset: {', '.join(DATASETS)} (builtin: a Fashion-MNIST subset shipped "
+                       "with epiprune, 10k train / 2k val)")
+    data_dir: str | None = option(None, help="folder of the dataset's files (only with a --data other than builtin; "
+                                  "fashion-mnist also finds Debian's dataset-fashion-mnist) (default: none)")
+    image_size: int = option(32, help="image side for --data imagefolder (pixels)")
+    train_subset: int | None = option(None, help="use at most this many training images, drawn at random "
+                                      "(default: all)")
+    val_subset: int | None = option(None, help="use at most this many validation images, drawn at random "
+                                    "(default: all)")
+    epochs: int = option(15, help="epochs of the whole schedule (dense + pruned)")
+    batch_size: int = option(128, help="images per step (under torchrun: the global batch, split over the ranks)")
+    lr: float = option(0.1, help="peak learning rate of SGD (momentum 0.9, Nesterov), cosine-annealed per step over "
+                       "the whole schedule")
+    momentum: float = option(0.9, help="momentum of SGD (Nesterov)")
+    warmup_epochs: float = option(0.0, help="ramp the LR up linearly over this many epochs first (1 helps "
+                                  "ResNet-56 at lr 0.1)")
+    weight_decay: float = option(5e-4, help="on conv/linear weights, not on BN/biases")
+    optimizer: str = option("sgd", choices=OPTIMIZERS, help="SGD with Nesterov momentum, or AdamW (ConvNeXt-style "
+                            "networks need it: e.g. --optimizer adamw --lr 1e-3 --weight-decay 0.05); its state is "
+                            "carried through the prune either way")
+    budget: str = option("flops:0.5", help="what to keep: flops:F, params:F or latency:F (of the dense model's step "
+                         "time measured on this device), 0 < F < 1")
+    importance: str = option("taylor", choices=IMPORTANCES, help="channel importance: first-order Taylor "
+                             "(gradients), group L2 weight magnitude, BN |gamma| (network slimming), or random")
+    indicator: str = option("epi", choices=INDICATORS, help="when to prune: EPI; earlybird (You et al. 2020 as "
+                            "published: BN |gamma| channel masks, a queue of --earlybird-queue distances all < "
+                            "epsilon = 1 - threshold, default 0.1; use it with --importance bn --bn-l1 1e-4); "
+                            "earlybird-budget (masks of the budget's sub-network over the EPI window, distances <= "
+                            "epsilon); none (dense training, EPI still tracked)")
+    epi_window: int = option(DEFAULT_WINDOW, help="r: earlier epochs EPI compares with")
+    epi_threshold: float | None = option(None, help=f"tau: prune when EPI >= tau (default "
+                                         f"{DEFAULT_THRESHOLDS['taylor']} for taylor, "
+                                         f"{DEFAULT_THRESHOLDS['magnitude']} for magnitude, the paper's values)")
+    epi_average: str = option("layer", choices=EPI_AVERAGES, help="EPI's mean of layer distances: over layers (the "
+                              "paper: a channel group spanning k conv/linear layers counts k times) or over channel "
+                              "groups (each once; epiprune before 2026-11-28)")
+    epi_peak: int = option(0, help="also require EPI to exceed each of its last N values (the paper's peak "
+                           "condition; 0: off)")
+    epi_smooth: int = option(1, help="compare the mean of the last N EPI values with tau (1: EPI itself)")
+    earlybird_queue: int = option(EARLYBIRD_QUEUE, help="--indicator earlybird: successive mask distances that must "
+                                  "all be below epsilon")
+    min_dense_epochs: int | None = option(None, help="never prune earlier (default: window+1)")
+    max_dense_epochs: int | None = option(None, help="prune at this epoch anyway if EPI has not triggered (default: "
+                                          "half the epochs)")
+    prune_at: int | None = option(None, help="ignore EPI: prune after exactly this many dense epochs (0: at "
+                                  "initialisation) (default: none, --indicator decides)")
+    channel_multiple: int = option(1, help="keep a multiple of this many channels per layer (8: faster CPU/GPU "
+                                   "kernels, coarser budget)")
+    finetune_epochs: int = option(0, help="extra epochs after --epochs at 0.1x the LR (train-prune-fine-tune with "
+                                  "--prune-at EPOCHS)")
+    init_batches: int = option(10, help="with --prune-at 0 and taylor: batches of gradients used to rank channels at "
+                               "initialisation")
+    bn_l1: float = option(0.0, help="L1 penalty on BN scales while dense (network slimming; Early-Bird uses 1e-4)")
+    holdout: int = option(0, help="hold this many training images out as the validation split; the dataset's own "
+                          "validation split becomes a test split, evaluated once at the end (--val-subset then sizes "
+                          "it) (0: off)")
+    data_seed: int | None = option(None, help="seeds the draw of --train-subset, --val-subset and --holdout, so that "
+                                   "seeds can share one data subset (default: --seed)")
+    record_scores: bool = option(False, help="write scores.jsonl: the importance of every dense epoch (for "
+                                 "--branch-from and trigger studies)")
+    probe_every: int = option(0, help="with --record-scores: also record the Taylor scores of every window of N "
+                              "steps (0: off)")
+    keep_checkpoints: list[int] | None = option(None, metavar="EPOCHS",
+                                                parse=lambda text: int_list(text, "keep-checkpoints"),
+                                                help="keep the checkpoints of these epochs in "
+                                                "checkpoints/epoch<k>.pt, e.g. 1-6,12 (default: none)")
+    branch_from: str | None = option(None, metavar="DIR", help="start from the dense run in DIR (made with "
+                                     "--record-scores --keep-checkpoints): replay its scores through this run's "
+                                     "policy and continue from the epoch it prunes (default: none)")
+    latency_target: str = option("train", choices=TARGETS, help="latency budget: time a training step (forward + "
+                                 "backward + SGD step, at the batch size) or inference (forward only, at "
+                                 "--latency-batch)")
+    latency_batch: int | None = option(None, help="batch size the latency table times (default: the training batch "
+                                       "size, --batch-size)")
+    channels_last: bool = option(False, help="channels-last memory format for training and for the latency table")
+    amp: str = option("none", choices=tuple(AMP_DTYPES), help="autocast dtype of the forward pass (fp16 adds loss "
+                      "scaling); the latency table matches it")
+    latency_table: str | None = option(None, metavar="PATH", help="latency budget: the table file to reuse or build "
+                                       "(default: a cache file per model, device and settings under $EPIPRUNE_CACHE, "
+                                       "else ~/.cache/epiprune)")
+    compile: bool = option(False, help="torch.compile the model (compiled again after the prune; latency tables stay "
+                           "eager)")
+    seed: int = option(0, help="seeds initialisation, data order and augmentation (runs on the CPU are "
+                       "bit-identical for one seed)")
+    device: str = option("auto", choices=("auto", "cpu", "cuda"), help="auto: this rank's GPU if CUDA is "
+                         "available, else the CPU")
+    dist_timeout: float = option(600.0, help="under torchrun: seconds a collective may wait for the other ranks "
+                                 "before failing")
+    out: str = option("runs/train", help="output folder (refused if it holds a run, see --force)")
+    progress: bool = field(default=True, metadata={"cli": False})  # the command line's --no-progress
+
+    @classmethod
+    def options(cls) -> list[Field]:
+        """The fields that are command-line options, in the order `train --help` lists them."""
+        return [f for f in fields(cls) if f.metadata.get("cli", True)]
+
+    @classmethod
+    def field_types(cls) -> dict[str, Any]:
+        return typing.get_type_hints(cls)
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        """The config in a JSON file of TrainConfig fields (as `compare` writes them), with `overrides` on top."""
+        return cls(**{**read_config_file(path), **overrides})
+
+    def write(self, path: str | Path) -> None:
+        """This config as a JSON file that `epiprune train --config` reads."""
+        atomic_write_text(Path(path), json.dumps(asdict(self), indent=1) + "\n")
+
+    def validate(self) -> None:
+        """Raise EpipruneError naming the first bad value and what is accepted."""
+        self._validate_user_input()
+        self._validate_model()
+        if self.data not in DATASETS:
+            raise EpipruneError(f"unknown dataset {self.data!r} (accepted: {', '.join(DATASETS)})")
+        if self.indicator not in INDICATORS:
+            raise EpipruneError(f"unknown indicator {self.indicator!r} (accepted: {', '.join(INDICATORS)})")
+        if self.finetune_epochs < 0:
+            raise EpipruneError(f"fine-tune epochs {self.finetune_epochs} is negative (accepted: >= 0)")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise EpipruneError(f"warm-up epochs {self.warmup_epochs} is outside [0, {self.epochs})")
+        if self.importance not in IMPORTANCES:
+            raise EpipruneError(f"unknown importance {self.importance!r} (accepted: {', '.join(IMPORTANCES)})")
+        Budget.parse(self.budget)
+        if self.latency_target not in TARGETS:
+            raise EpipruneError(f"unknown latency target {self.latency_target!r} (accepted: {', '.join(TARGETS)})")
+        if self.amp not in AMP_DTYPES:
+            raise EpipruneError(f"unknown amp dtype {self.amp!r} (accepted: {', '.join(AMP_DTYPES)})")
+        if self.latency_batch is not None and self.latency_batch < 1:
+            raise EpipruneError(f"latency batch {self.latency_batch} is too small (accepted: an integer >= 1)")
+        for name, value, low in (("epochs", self.epochs, 1), ("batch size", self.batch_size, 1),
+                                 ("EPI window", self.epi_window, 1), ("image size", self.image_size, 8),
+                                 ("channel multiple", self.channel_multiple, 1)):
+            if value < low:
+                raise EpipruneError(f"{name} {value} is too small (accepted: an integer >= {low})")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise EpipruneError(f"learning rate {self.lr} is not a positive number")
+        if self.optimizer not in OPTIMIZERS:
+            raise EpipruneError(f"unknown optimizer {self.optimizer!r} (accepted: {', '.join(OPTIMIZERS)})")
+        if not 0 <= self.momentum < 1:
+            raise EpipruneError(f"--momentum {self.momentum} is outside [0, 1)")
+        if self.epi_window + 2 > self.epochs and self.prune_at is None and self.indicator != "none":
+            raise EpipruneError(f"EPI window {self.epi_window} is too large for {self.epochs} epochs (accepted: a "
+                                f"window <= epochs - 2: EPI needs window + 1 dense epochs, then pruned training)")
+        if self.prune_at is not None and not 0 <= self.prune_at < self.total_epochs:
+            raise EpipruneError(f"prune-at epoch {self.prune_at} is outside 0..{self.total_epochs - 1}")
+        if self.epi_threshold is not None and not 0 < self.epi_threshold <= 1:
+            raise EpipruneError(f"EPI threshold {self.epi_threshold} is outside (0, 1]")
+        if self.max_dense_epochs is not None and not 1 <= self.max_dense_epochs < self.epochs:
+            raise EpipruneError(f"max dense epochs {self.max_dense_epochs} is outside 1..{self.epochs - 1}")
+        if self.epi_average not in EPI_AVERAGES:
+            raise EpipruneError(f"unknown EPI average {self.epi_average!r} (accepted: {', '.join(EPI_AVERAGES)})")
+        for flag, value, low in (("--epi-peak", self.epi_peak, 0), ("--epi-smooth", self.epi_smooth, 1),
+                                 ("--earlybird-queue", self.earlybird_queue, 1), ("--holdout", self.holdout, 0),
+                                 ("--probe-every", self.probe_every, 0)):
+            if value < low:
+                raise EpipruneError(f"{flag} {value} is too small (accepted: an integer >= {low})")
+        if not (self.bn_l1 >= 0 and math.isfinite(self.bn_l1)):
+            raise EpipruneError(f"--bn-l1 {self.bn_l1} is not a number >= 0 (accepted: e.g. 1e-4, or 0 for none)")
+        if self.data_seed is not None and not 0 <= self.data_seed < 2**32:
+            raise EpipruneError(f"--data-seed {self.data_seed} is outside 0..{2**32 - 1}")
+        for k in self.keep_checkpoints or []:
+            if not 1 <= k <= self.total_epochs:
+                raise EpipruneError(f"--keep-checkpoints epoch {k} is outside 1..{self.total_epochs}")
+        if self.branch_from is not None:
+            if self.indicator in ("none", "earlybird") or self.importance == "random":
+                raise EpipruneError(f"--branch-from cannot replay indicator {self.indicator!r} with importance "
+                                    f"{self.importance!r} (accepted: indicator epi, earlybird-budget or --prune-at, "
+                                    "importance taylor, magnitude or bn)")
+            if self.prune_at == 0:
+                raise EpipruneError("--branch-from with --prune-at 0 has nothing to branch from (accepted: --prune-at "
+                                    ">= 1)")
+
+    def _validate_model(self) -> None:
+        """The model name, its kwargs and the ignored layers' form; a user factory is imported here (it is named
+        by the caller) and its signature checked against the kwargs. Building it needs the data: see
+        trainer.build_network."""
+        try:
+            json.dumps(self.model_kwargs, allow_nan=False)  # recorded in the run's files: plain data only
+        except (TypeError, ValueError) as e:
+            raise EpipruneError(f"model_kwargs {self.model_kwargs!r} is not JSON data: {e} (accepted: a dict of "
+                                "numbers, strings, booleans, null, lists and dicts)") from None
+        if not isinstance(self.model_kwargs, dict):
+            raise EpipruneError(f"model_kwargs {self.model_kwargs!r} is not a dict (accepted: a JSON object)")
+        if not isinstance(self.ignore_layers, list) or not all(isinstance(n, str) and n for n in self.ignore_layers):
+            raise EpipruneError(f"ignore_layers {self.ignore_layers!r} is not a list of module names (accepted: "
+                                "e.g. ['conv1', 'layers.0.conv1'])")
+        check_model_name(self.model, self.model_kwargs)
+        if is_import_path(self.model):
+            factory_arguments(import_factory(self.model), self.model, self.model_kwargs, 3, 10)
+
+    def latency_settings(self) -> LatencySettings:
+        """What a latency table for this run times: its target, batch, memory format and autocast dtype."""
+        return LatencySettings(target=self.latency_target, batch_size=self.latency_batch or self.batch_size,
+                               channels_last=self.channels_last, amp=self.amp)
+
+    def _validate_user_input(self) -> None:
+        """Checks that come before the others, so that a bad value is blamed on its own option."""
+        if self.epochs < 1:
+            raise EpipruneError(f"--epochs {self.epochs} is too small (accepted: an integer >= 1)")
+        for flag, value in (("--train-subset", self.train_subset), ("--val-subset", self.val_subset)):
+            if value is not None and value < 1:
+                raise EpipruneError(f"{flag} {value} is too small (accepted: a number of images >= 1, or leave "
+                                    "it out to use them all)")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise EpipruneError(f"--weight-decay {self.weight_decay} is not a number >= 0 (accepted: e.g. 5e-4, "
+                                "or 0 for none)")
+        if self.data_dir is not None and self.data == "builtin":
+            raise EpipruneError(f"--data-dir {self.data_dir} is given but --data is builtin, which needs no folder "
+                                f"(accepted: --data {', '.join(d for d in DATASETS if d != 'builtin')} with "
+                                "--data-dir, or no --data-dir)")
+        if not str(self.out).strip():
+            raise EpipruneError("--out is empty (accepted: a folder name, e.g. runs/train)")
+        if not 0 <= self.seed < 2**32:
+            raise EpipruneError(f"--seed {self.seed} is outside 0..{2**32 - 1}")
+        if self.init_batches < 1:
+            raise EpipruneError(f"--init-batches {self.init_batches} is too small (accepted: an integer >= 1)")
+        if self.min_dense_epochs is not None and self.min_dense_epochs < 0:
+            raise EpipruneError(f"--min-dense-epochs {self.min_dense_epochs} is negative (accepted: an integer >= 0)")
+        if not (self.dist_timeout > 0 and math.isfinite(self.dist_timeout)):
+            raise EpipruneError(f"--dist-timeout {self.dist_timeout} is not a positive number of seconds")
+
+    @property
+    def total_epochs(self) -> int:
+        """The schedule, plus the fine-tuning epochs of train-prune-fine-tune."""
+        return self.epochs + self.finetune_epochs
+
+    @property
+    def resolved_max_dense_epochs(self) -> int:
+        """Default fallback: half the schedule (EPI's promise is to prune early), at least window + 1."""
+        if self.max_dense_epochs is not None:
+            return self.max_dense_epochs
+        return min(self.epochs - 1, max(self.epi_window + 1, self.epochs // 2))
+
+
+def _base_types(annotation: Any) -> tuple[tuple[type, ...], bool]:
+    """(the plain types a field's annotation allows, whether None is allowed)."""
+    args = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    plain = tuple(typing.get_origin(a) or a for a in args if a is not type(None))
+    return plain, type(None) in args
+
+
+def scalar_type(name: str) -> type | None:
+    """int, float or str: the argparse type of a field's option; None for bool (a switch) and containers."""
+    plain, _ = _base_types(TrainConfig.field_types()[name])
+    return plain[0] if plain[0] in (int, float, str) else None
+
+
+def _fits(value: Any, annotation: Any) -> bool:
+    plain, optional = _base_types(annotation)
+    if value is None:
+        return optional
+    if isinstance(value, bool):
+        return bool in plain
+    if float in plain and isinstance(value, int):
+        return True
+    if list in plain and isinstance(value, list):
+        members = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+        item = typing.get_args(next(a for a in members if typing.get_origin(a) is list))
+        return all(isinstance(v, item[0]) and not isinstance(v, bool) for v in value) if item else True
+    return isinstance(value, plain)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The TrainConfig fields in a JSON file (`train --config`), each checked against its field's type."""
+    try:
+        values = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise EpipruneError(f"cannot read --config {path} ({e.strerror}) (accepted: a JSON file of train's "
+                            "settings, as compare writes them)") from None
+    except ValueError as e:
+        raise EpipruneError(f"--config {path} is not JSON ({e}) (accepted: a JSON object of train's settings)") \
+            from None
+    if not isinstance(values, dict):
+        raise EpipruneError(f"--config {path} is not a JSON object (accepted: an object of train's settings)")
+    hints = TrainConfig.field_types()
+    unknown = sorted(set(values) - set(hints))
+    if unknown:
+        raise EpipruneError(f"--config {path} names unknown settings {unknown} (accepted: {', '.join(hints)})")
+    for name, value in values.items():
+        if not _fits(value, hints[name]):
+            raise EpipruneError(f"--config {path}: {name} = {value!r} is not of type {hints[name]} (accepted: the "
+                                "type of train's --" + name.replace("_", "-") + ")")
+    return values
+
+
+def add_config_options(p: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
+    """The command-line options of TrainConfig's fields (all, or those named), generated from each field's type,
+    default and metadata (help, choices, metavar, parse): the one place a train option is described. A field with
+    `parse` takes text (default: none given), which `config_values` turns into the field's value."""
+    for f in TrainConfig.options():
+        if names is not None and f.name not in names:
+            continue
+        meta = f.metadata
+        kwargs: dict = {"help": meta["help"]}
+        if meta["choices"] is not None:
+            kwargs["choices"] = meta["choices"]
+        if meta["metavar"] is not None:
+            kwargs["metavar"] = meta["metavar"]
+        if TrainConfig.field_types()[f.name] is bool:
+            kwargs["action"] = "store_true"
+        elif meta["parse"] is not None:
+            kwargs["default"] = None
+        else:
+            kwargs.update(type=scalar_type(f.name), default=f.default)
+        p.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+
+
+def config_values(given: dict) -> dict:
+    """TrainConfig field values of explicitly given train options (their text parsed where a field says how)."""
+    values = {}
+    for f in TrainConfig.options():
+        if f.name in given:
+            value, parse = given[f.name], f.metadata["parse"]
+            values[f.name] = parse(value) if parse is not None and value is not None else value
+    return values
+
+
+class _OptionParser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:
+        raise EpipruneError(message)
+
+
+def parse_options(argv: list[str]) -> dict[str, Any]:
+    """TrainConfig field values of `epiprune train` options in argv, e.g. ['--channels-last'] -> {'channels_last':
+    True} (what compare's extra_args add to every run); an option that is not a TrainConfig field is an error."""
+    parser = _OptionParser(prog="train", add_help=False, argument_default=argparse.SUPPRESS)
+    add_config_options(parser)
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    try:
+        given, rest = parser.parse_known_args(argv)
+    except argparse.ArgumentError as e:
+        raise EpipruneError(f"bad train option in {argv} ({e})") from None
+    if rest:
+        raise EpipruneError(f"{rest} are not train settings (accepted: options of TrainConfig's fields, e.g. "
+                            "--channels-last)")
+    return config_values(vars(given))

@@ -1,0 +1,91 @@
+"""What a run writes and what compare, report and the benchmarks read: one `EpochRow` per line of metrics.jsonl and
+the `RunSummary` of summary.json. TypedDicts: at run time they are the plain dicts of those JSON files, keys exactly
+as written (the optional ones are NotRequired)."""
+
+from typing import Any
+
+from typing_extensions import NotRequired, TypedDict  # typing has NotRequired from Python 3.11 (torch requires this)
+
+
+class EpochRow(TypedDict):
+    """One line of metrics.jsonl: an epoch of training (fractions in [0, 1], FLOPs per sample)."""
+
+    epoch: int
+    train_loss: float
+    train_top1: float
+    val_top1: float
+    epi: float | None
+    epi_layer: float | None
+    epi_group: float | None
+    widths: list[int]
+    pruned: bool
+    pruned_this_epoch: bool
+    flops: float
+    params: float
+    lr: float
+    epoch_seconds: float
+    train_flops_cumulative: float
+    test_top1: NotRequired[float]  # the last epoch of a run with --holdout
+
+
+class LatencyCheck(TypedDict):
+    """summary.json's "latency" of a latency-budget run: the table's prediction against measured step times."""
+
+    target: str
+    batch_size: int
+    table: str
+    predicted_dense_ms: float
+    predicted_final_ms: float
+    measured_dense_ms: float
+    measured_final_ms: float
+    predicted_ratio: float
+    measured_ratio: float
+    prediction_error: float
+
+
+class RunSummary(TypedDict):
+    """summary.json of a finished run."""
+
+    model: str
+    data: str
+    budget: str
+    importance: str
+    indicator: str
+    epochs: int
+    finetune_epochs: int
+    seed: int
+    epi_window: int
+    world_size: int
+    device: str
+    epi_threshold: float
+    prune_epoch: int | None
+    trigger: str | None
+    final_val_top1: float
+    best_val_top1: float
+    dense_flops: float
+    final_flops: float
+    flops_ratio: float
+    dense_params: float
+    final_params: float
+    params_ratio: float
+    dense_widths: list[int]
+    final_widths: list[int]
+    train_flops_total: float
+    train_flops_dense_equivalent: float
+    train_flops_ratio: float
+    train_seconds: float
+    epi_layer_weights: list[int]
+    config: dict[str, Any]  # the run's TrainConfig as a dict
+    final_test_top1: NotRequired[float]  # with --holdout
+    branched_from: NotRequired[str]  # with --branch-from, when the run pruned
+    branch_train_flops: NotRequired[float]
+    branch_seconds: NotRequired[float]
+    latency: NotRequired[LatencyCheck]  # with a latency budget
+
+
+class CompareRun(RunSummary):
+    """A finished run as compare and report see it: its summary, and which method made it where."""
+
+    method: str
+    family: str
+    run_dir: str
