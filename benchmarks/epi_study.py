@@ -33,7 +33,15 @@ import numpy as np
 import torch
 
 from epiprune.cli import _int_list
-from epiprune.compare import CompareConfig, bootstrap_interval, compare, finished_runs, oracle_runs, test_top1
+from epiprune.compare import (
+    CompareConfig,
+    bootstrap_interval,
+    compare,
+    finished_runs,
+    oracle_runs,
+    test_top1,
+    write_comparison,
+)
 from epiprune.models import build_model
 from epiprune.policy import EarlyPruningPolicy
 from epiprune.serialization import atomic_write, atomic_write_text
@@ -129,7 +137,11 @@ def collect(args: argparse.Namespace) -> None:
             atomic_write(TRAJECTORIES / f"{name}-{run.name}.scores.jsonl.gz",
                          lambda tmp, data=data: tmp.write_bytes(gzip.compress(data, mtime=0)))
     for budget in (float(b) for b in args.budgets.split(",")):
-        runs, _ = finished_runs(OUT / f"resnet20-flops{budget:g}")
+        folder = OUT / f"resnet20-flops{budget:g}"
+        runs, unfinished = finished_runs(folder)
+        # compare.md / compare.json of every finished run (each stage of `run` wrote only its own methods)
+        write_comparison(folder, runs, {"study": "benchmarks/epi_study.py", "budget": budget,
+                                        "unfinished": unfinished}, log=lambda _: None)
         lines = [json.dumps({"method": r["method"], "seed": r["seed"], **row})
                  for r in runs for row in (json.loads(x) for x in
                                            (Path(r["run_dir"]) / "metrics.jsonl").read_text().splitlines())]
