@@ -54,6 +54,8 @@ class ScriptedImportance:
 
 
 def scripted_policy(script: list[list[np.ndarray]], **kwargs: Any) -> EarlyPruningPolicy:
+    """A policy whose EPI is compared with tau directly (smooth 1) unless the test says otherwise."""
+    kwargs.setdefault("smooth", 1)
     policy = EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8), Budget("flops", 0.5), **kwargs)
     policy.importance = ScriptedImportance(script)
     return policy
@@ -95,6 +97,18 @@ def test_epi_triggers_at_exactly_the_epoch_it_crosses_tau(window, unstable_epoch
     assert policy.history[-1].epi == 1.0
     assert all(r.epi is None or r.epi < 0.95 for r in policy.history[:-1])
     assert policy.widths() == widths[-1]  # pruned to the sub-network of the trigger epoch
+
+
+def test_the_default_compares_the_mean_of_the_last_two_epi_values_with_tau():
+    policy = EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8), Budget("flops", 0.5), window=1,
+                                threshold=0.95, max_dense_epochs=20)
+    policy.importance = ScriptedImportance(alternating_then_stable(3))
+    assert policy.rule.smooth == 2
+    # EPI is 1 from epoch 4 on and below 0.8 before: the mean of two reaches tau one epoch later, at 5
+    assert run(policy, 20) == [5] and policy.trigger == "epi"
+    assert [r.epi for r in policy.history][-2:] == [1.0, 1.0]
+    # Early-Bird's test is not smoothed
+    assert EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8), indicator="earlybird-budget").rule.smooth == 1
 
 
 def test_epi_waits_for_min_dense_epochs():
@@ -153,7 +167,8 @@ def test_cli_run_prunes_when_epi_fires_before_the_fallback(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "epiprune", "train", "--train-subset", "256", "--val-subset", "128",
            "--epochs", "4", "--batch-size", "64", "--epi-window", "1", "--epi-threshold", "0.5",
-           "--max-dense-epochs", "3", "--budget", "flops:0.5", "--out", str(out), "--no-progress"]
+           "--max-dense-epochs", "3", "--epi-smooth", "1", "--budget", "flops:0.5", "--out", str(out),
+           "--no-progress"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "summary.json").read_text())

@@ -270,7 +270,7 @@ def test_state_from_another_policy_names_what_differs():
 
 
 def test_summary_describes_the_run():
-    policy = policy_of(ConvBNNet(), window=1, threshold=0.95, max_dense_epochs=20)
+    policy = policy_of(ConvBNNet(), window=1, threshold=0.95, max_dense_epochs=20, smooth=1)
     policy.importance = ScriptedImportance([PEAKED_0])
     policy.end_epoch()
     policy.end_epoch()
@@ -312,7 +312,7 @@ def test_constructor_defaults_and_refusals(monkeypatch):
     assert policy_of(ConvBNNet(), ignored_layers=[model.conv1]).group_names == ["conv1", "conv2"]  # another model's
     other = ConvBNNet()
     assert policy_of(other, ignored_layers=[other.conv1]).group_names == ["conv2"]
-    assert policy.rule == TriggerRule(window=3, threshold=0.944, min_dense_epochs=4, max_dense_epochs=None,
+    assert policy.rule == TriggerRule(window=3, threshold=0.944, min_dense_epochs=4, max_dense_epochs=None, smooth=2,
                                       prune_at=None, require_peak=False)
     assert (policy.min_channels, policy.channel_multiple, policy.indicator, policy.importance_kind) == \
         (1, 1, "epi", "taylor")

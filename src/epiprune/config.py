@@ -116,7 +116,8 @@ class TrainConfig:
                               "groups (each once; epiprune before 2026-11-28)")
     epi_peak: int = option(0, help="also require EPI to exceed each of its last N values (the paper's peak "
                            "condition; 0: off)")
-    epi_smooth: int = option(1, help="compare the mean of the last N EPI values with tau (1: EPI itself)")
+    epi_smooth: int = option(2, help="compare the mean of the last N EPI values with tau (1: EPI itself; 2, the "
+                             "default, moved the prune epoch least under perturbations: docs/RESULTS.md)")
     earlybird_queue: int = option(EARLYBIRD_QUEUE, help="--indicator earlybird: successive mask distances that must "
                                   "all be below epsilon")
     min_dense_epochs: int | None = option(None, help="never prune earlier (default: window+1)")

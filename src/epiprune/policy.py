@@ -68,7 +68,9 @@ class EarlyPruningPolicy:
     'none' (track EPI, never prune: the dense reference).
     window, threshold: EPI's r and tau (threshold None: the published tau for the importance).
     epi_average: 'layer' (the paper: a group spanning k conv/linear layers counts k times) or 'group'.
-    peak, smooth: see TriggerRule (the paper's peak condition over `peak` earlier points; a moving mean).
+    peak, smooth: see TriggerRule (the paper's peak condition over `peak` earlier points; a moving mean of EPI).
+    smooth = 2 by default: it moved the prune epoch least when tau moved by 0.005 or the numerics changed, at no
+    loss of accuracy (docs/RESULTS.md, issue 13's study); it also means EPI fires at epoch r + 2 at the earliest.
     min_dense_epochs / max_dense_epochs: earliest EPI trigger / latest epoch (then prune anyway, 'fallback').
     prune_at: prune after exactly this many dense epochs instead of asking EPI.
     channel_multiple: keep a multiple of this many channels per group (e.g. 8: faster kernels, coarser budget).
@@ -81,7 +83,7 @@ class EarlyPruningPolicy:
                  ignored_layers: Sequence[nn.Module] = (), indicator: str = "epi", seed: int = 0,
                  channel_multiple: int = 1, latency: LatencySettings | None = None,
                  latency_table: str | Path | None = None, log: Callable[[str], None] = print,
-                 progress: bool = True, epi_average: str = "layer", peak: int = 0, smooth: int = 1,
+                 progress: bool = True, epi_average: str = "layer", peak: int = 0, smooth: int = 2,
                  earlybird_queue: int = EARLYBIRD_QUEUE) -> None:
         if importance not in IMPORTANCES:
             raise EpipruneError(f"unknown importance {importance!r} (accepted: {', '.join(IMPORTANCES)})")
@@ -107,7 +109,8 @@ class EarlyPruningPolicy:
         self.rule = TriggerRule(window=window,
                                 threshold=threshold, min_dense_epochs=min_dense_epochs,
                                 max_dense_epochs=None if prune_at is not None else max_dense_epochs,
-                                prune_at=prune_at, require_peak=require_peak, peak=peak, smooth=smooth,
+                                prune_at=prune_at, require_peak=require_peak, peak=peak,
+                                smooth=smooth if indicator == "epi" else 1,
                                 strict=indicator == "earlybird")
         self.min_channels = min_channels
         self.channel_multiple = channel_multiple
