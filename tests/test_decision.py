@@ -107,6 +107,9 @@ def test_the_default_compares_the_mean_of_the_last_two_epi_values_with_tau():
     # EPI is 1 from epoch 4 on and below 0.8 before: the mean of two reaches tau one epoch later, at 5
     assert run(policy, 20) == [5] and policy.trigger == "epi"
     assert [r.epi for r in policy.history][-2:] == [1.0, 1.0]
+    # train and compare use the same default as the API
+    from epiprune.config import TrainConfig
+    assert TrainConfig().epi_smooth == policy.rule.smooth == 2
     # Early-Bird's test is not smoothed
     assert EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8), indicator="earlybird-budget").rule.smooth == 1
 
