@@ -93,3 +93,22 @@ def test_a_missing_checkpoint_or_score_file_is_refused_in_one_line(dense, tmp_pa
                  str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "has no scores.jsonl" in err, err
+
+
+def test_a_dense_run_recorded_before_an_option_existed_counts_as_its_default(tmp_path):
+    """Old runs have no entry for options added later (model_kwargs, holdout, bn_l1): they ran as the default
+    does, so a branch accepts them; a recorded value that differs is still refused."""
+    from dataclasses import asdict
+
+    from epiprune.config import TrainConfig, recorded_setting
+    from epiprune.errors import EpipruneError
+    from epiprune.trajectory import TRAJECTORY_SETTINGS, _check_same_trajectory
+
+    mine = asdict(TrainConfig())
+    old = {k: v for k, v in mine.items() if k not in ("model_kwargs", "holdout", "bn_l1", "data_seed")}
+    _check_same_trajectory(old, mine, tmp_path)
+    assert recorded_setting(old, "model_kwargs") == {} and recorded_setting(old, "holdout") == 0
+    assert recorded_setting(old, "not_an_option") is None
+    with pytest.raises(EpipruneError, match="trained with holdout=0, this run has 100"):
+        _check_same_trajectory(old, {**mine, "holdout": 100}, tmp_path)
+    assert {"model_kwargs", "holdout", "bn_l1", "data_seed"} <= set(TRAJECTORY_SETTINGS)

@@ -198,6 +198,26 @@ def test_grid_plot_marks_the_epi_epoch_of_every_seed(tmp_path, monkeypatch):
     assert "EPI's epochs (5, 4, 4)" in seen["labels"]
 
 
+def test_the_table_covers_every_finished_run_of_the_folder_made_with_the_same_settings(tmp_path, capsys):
+    """A second call with other methods or seeds (e.g. a study run in stages) writes compare.md from every finished
+    run in the folder, not only its own; a run made with other settings stays out and is named."""
+    out = tmp_path / "cmp"
+    tiny = ["--train-subset", "64", "--val-subset", "32", "--epochs", "3", "--epi-window", "1", "--batch-size", "64",
+            "--out", str(out)]
+    assert main(["compare", *tiny, "--methods", "dense,fixed", "--grid", "1,2"]) == 0
+    summary = out / "runs" / "fixed-2" / "seed0" / "summary.json"
+    made = json.loads(summary.read_text())
+    summary.write_text(json.dumps({**made, "config": {**made["config"], "lr": 0.05}}))
+    capsys.readouterr()
+    assert main(["compare", *tiny, "--methods", "dense", "--seeds", "0,1"]) == 0
+    logged = capsys.readouterr().out
+    result = json.loads((out / "compare.json").read_text())
+    assert sorted((r["method"], r["seed"]) for r in result["runs"]) == [("dense", 0), ("dense", 1), ("fixed-1", 0)]
+    assert [r["method"] for r in result["rows"]][:2] == ["dense", "fixed-1"]
+    assert "not in the table: fixed-2 seed 0 (made with lr=0.05, not 0.1)" in logged
+    assert "| fixed-1 |" in (out / "compare.md").read_text()
+
+
 def test_latency_budget_runs_the_first_job_alone_so_the_table_is_built_once(monkeypatch, tmp_path):
     """With --jobs 2 and a latency budget, parallel first runs would each measure the table (and disturb each
     other's timings): the first run goes alone, the rest in parallel reuse its table."""
@@ -217,7 +237,7 @@ def test_latency_budget_runs_the_first_job_alone_so_the_table_is_built_once(monk
         time.sleep(0.2)
         with lock:
             active[0] -= 1
-        return {"method": method.name}
+        return {"method": method.name, "seed": seed}
 
     monkeypatch.setattr(compare_module, "run_one", fake_run_one)
     monkeypatch.setattr(compare_module, "write_comparison", lambda out, runs, config, log: runs)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .config import TrainConfig, parse_options, read_config_file
+from .config import TrainConfig, parse_options, read_config_file, recorded_setting
 from .data import load_dataset
 from .errors import EpipruneError
 from .models import is_import_path
@@ -172,22 +172,29 @@ class CompareConfig:
         return str(Path(self.out) / "runs" / method / f"seed{seed}")
 
 
-def _check_same_settings(cfg: CompareConfig, method: Method, seed: int, made_with: dict, summary_path: Path) -> None:
-    """Refuse to reuse a finished run made with other shared settings: its numbers would not be comparable."""
+def settings_mismatch(cfg: CompareConfig, method: str, seed: int, made_with: dict) -> str | None:
+    """How a run's recorded settings differ from what this comparison runs with ("key=found, not expected"), or
+    None when its numbers are comparable. One dense trajectory serves every budget, so dense runs skip the budget."""
     expected = {"model": cfg.model, "model_kwargs": cfg.model_kwargs, "ignore_layers": cfg.ignore_layers,
                 "data": cfg.data, "train_subset": cfg.train_subset,
                 "val_subset": cfg.val_subset, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
                 "warmup_epochs": cfg.warmup_epochs, "budget": cfg.budget, "epi_window": cfg.epi_window, "seed": seed,
                 "holdout": cfg.holdout, "data_seed": cfg.data_seed}
-    if method.name == "dense":
-        expected.pop("budget")  # one dense trajectory serves every budget
-    # runs made before the options existed
-    defaults = {"warmup_epochs": 0.0, "holdout": 0, "data_seed": None, "model_kwargs": {}, "ignore_layers": []}
+    if method == "dense":
+        expected.pop("budget")
     for key, value in expected.items():
-        found = made_with.get(key, defaults.get(key))
+        found = recorded_setting(made_with, key)
         if found != value:
-            raise EpipruneError(f"{summary_path} was made with {key}={found!r}, not {value!r} (accepted: the same "
-                                "settings, another --out, or --force to rerun)")
+            return f"{key}={found!r}, not {value!r}"
+    return None
+
+
+def _check_same_settings(cfg: CompareConfig, method: Method, seed: int, made_with: dict, summary_path: Path) -> None:
+    """Refuse to reuse a finished run made with other shared settings: its numbers would not be comparable."""
+    mismatch = settings_mismatch(cfg, method.name, seed, made_with)
+    if mismatch is not None:
+        raise EpipruneError(f"{summary_path} was made with {mismatch} (accepted: the same settings, another --out, "
+                            "or --force to rerun)")
 
 
 def run_one(cfg: CompareConfig, method: Method, seed: int, log: Callable[[str], None] = print) -> CompareRun:
@@ -387,7 +394,29 @@ def compare(cfg: CompareConfig, log: Callable[[str], None] = print) -> list[dict
     with ThreadPoolExecutor(max_workers=max(1, cfg.jobs)) as pool:
         for stage in stages:
             runs += list(pool.map(lambda t: run_one(cfg, t[0], t[1], log), stage))
-    return write_comparison(out, runs, cfg.__dict__, log)
+    return write_comparison(out, _with_other_runs(cfg, out, runs, log), cfg.__dict__, log)
+
+
+def _with_other_runs(cfg: CompareConfig, out: Path, runs: list[CompareRun],
+                     log: Callable[[str], None]) -> list[CompareRun]:
+    """This call's runs and every other finished run in out/runs made with the same settings (earlier calls with
+    other methods or seeds, e.g. `--only`), in finished_runs' order: compare.md describes the whole folder."""
+    made_now = {(r["method"], r["seed"]): r for r in runs}
+    folder_runs, unfinished = finished_runs(out)
+    combined = []
+    for run in folder_runs:
+        key = (run["method"], run["seed"])
+        if key in made_now:
+            combined.append(made_now.pop(key))
+            continue
+        mismatch = settings_mismatch(cfg, run["method"], run["seed"], run.get("config", {}))
+        if mismatch is None:
+            combined.append(run)
+        else:
+            log(f"not in the table: {run['method']} seed {run['seed']} (made with {mismatch})")
+    for description in unfinished:
+        log(f"not in the table: {description}, unfinished")
+    return combined + list(made_now.values())
 
 
 def family_of(method: str) -> str | None:

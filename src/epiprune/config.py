@@ -342,6 +342,18 @@ def _fits(value: Any, annotation: Any) -> bool:
     return isinstance(value, plain)
 
 
+def recorded_setting(recorded: dict[str, Any], key: str) -> Any:
+    """The value of TrainConfig field `key` in a run's recorded settings (summary.json's or a checkpoint's config,
+    config.json). A run made before the option existed has no entry: it ran as the field's default does today, so
+    that default is returned (None for a name that is not a field)."""
+    if key in recorded:
+        return recorded[key]
+    for f in fields(TrainConfig):
+        if f.name == key:
+            return f.default_factory() if f.default_factory is not MISSING else f.default
+    return None
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The TrainConfig fields in a JSON file (`train --config`), each checked against its field's type."""
     try:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_checkpoint
+from .config import recorded_setting
 from .errors import EpipruneError
 from .importance import BatchNormScaleImportance, MagnitudeImportance
 from .policy import EarlyPruningPolicy
@@ -114,14 +115,11 @@ def keep_copy(checkpoint: Path, target: Path) -> None:
 
 
 def _check_same_trajectory(source: dict, mine: dict, path: Path) -> None:
-    def setting(config: dict, key: str) -> object:  # a run made before an option existed has no entry for it
-        value = config.get(key)
-        return None if value in ({}, []) else value
-
     for key in TRAJECTORY_SETTINGS:
-        if setting(source, key) != setting(mine, key):
-            raise EpipruneError(f"--branch-from {path} was trained with {key}={source.get(key)!r}, this run has "
-                                f"{mine.get(key)!r} (accepted: the same {key} as the dense run)")
+        theirs, ours = recorded_setting(source, key), recorded_setting(mine, key)
+        if theirs != ours:
+            raise EpipruneError(f"--branch-from {path} was trained with {key}={theirs!r}, this run has "
+                                f"{ours!r} (accepted: the same {key} as the dense run)")
 
 
 def branch(source: str | Path, config: dict, policy: EarlyPruningPolicy, model: torch.nn.Module,
