@@ -7,6 +7,7 @@ from epiprune.subnetwork import normalise_per_group, select_subnetwork
 from epiprune.surgery import PrunableGraph
 
 from .helpers import ConvBNNet, random_keep, zero_dropped_channels
+from .zoo import ZOO, example_inputs
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -135,5 +136,23 @@ def test_cost_models_predict_the_pruned_count_exactly(name):
     graph.prune(masks)
     flops, params = graph.count()
     # exact: biases scale with output channels only, activation modules with the group of their anonymous op
+    assert costs["flops"](widths) == pytest.approx(flops, abs=1e-6)
+    assert costs["params"](widths) == pytest.approx(params, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(name for name, e in ZOO.items() if e.expect == "pruned"))
+def test_cost_model_equals_the_counter_after_surgery_for_every_zoo_block(name):
+    """Grouped and depthwise convs, concatenations, layer scales, SE and LayerNorm blocks (tests/zoo.py): the
+    predicted FLOPs and parameters of a random sub-network are torch-pruning's count of the pruned copy. (Here,
+    not in test_zoo.py, so that mutation testing runs it against the cost model.)"""
+    torch.manual_seed(0)
+    graph = PrunableGraph(ZOO[name].build(), example_inputs())
+    costs = graph.cost_models()
+    dense_flops, dense_params = graph.count()
+    assert costs["flops"].dense == pytest.approx(dense_flops) and costs["params"].dense == pytest.approx(dense_params)
+    masks = random_keep(graph, 0.4, seed=5)
+    widths = np.array([int(k.sum()) for k in masks])
+    graph.prune(masks)
+    flops, params = graph.count()
     assert costs["flops"](widths) == pytest.approx(flops, abs=1e-6)
     assert costs["params"](widths) == pytest.approx(params, abs=1e-6)
