@@ -4,6 +4,7 @@ would refuse it later (the same floor, channel_multiple included)."""
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -53,6 +54,45 @@ def test_kept_set_is_maximal_and_meets_the_budget_from_below(case):
             grown = kept.copy()
             grown[g] = min(dense, kept[g] + multiple)
             assert cost(grown) > target, (g, kept, grown)
+
+
+grouped_selections = st.tuples(st.lists(st.tuples(st.integers(1, 6), st.sampled_from([1, 2, 4])), min_size=2,
+                                        max_size=5),
+                               st.floats(0.05, 0.95), st.integers(0, 10_000), st.sampled_from([1, 2, 4]),
+                               st.sampled_from([1, 2, 3]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(grouped_selections)
+def test_groups_spread_over_grouped_convs_keep_equal_counts_per_block_above_the_floor(case):
+    """A group whose channels belong to the B groups of grouped convolutions (partitions: each channel's block id)
+    keeps the same number in every block, each block's best, at least the floor (a multiple of B), and the budget
+    is met from below; refused only when that floor does not fit."""
+    spec, fraction, seed, multiple, min_channels = case
+    rng = np.random.default_rng(seed)
+    widths = [rows * blocks for rows, blocks in spec]
+    blocks = [b for _, b in spec]
+    partitions = [None if b == 1 else rng.permutation(np.repeat(np.arange(b), rows)) for rows, b in spec]
+    cost = random_chain_cost(widths, rng)
+    scores = normalise_per_group([rng.random(w) for w in widths])
+    floor = floor_widths(widths, min_channels, multiple, blocks)
+    try:
+        masks = select_subnetwork(scores, cost, fraction * cost.dense, min_channels, multiple, partitions=partitions)
+    except EpipruneError:
+        assert cost(floor) > fraction * cost.dense
+        return
+    kept = np.array([int(m.sum()) for m in masks])
+    assert cost(kept) <= fraction * cost.dense and (kept >= floor).all()
+    for mask, part, score, b, width in zip(masks, partitions, scores, blocks, widths, strict=True):
+        if part is None:
+            continue
+        per_block = np.bincount(part[mask], minlength=b)
+        assert len(set(per_block.tolist())) == 1, per_block
+        assert int(mask.sum()) in (width, *range(0, width, math.lcm(b, multiple)))
+        for block in range(b):  # the block's best channels
+            mine = part == block
+            if (mine & ~mask).any() and (mine & mask).any():
+                assert score[mine & mask].min() > score[mine & ~mask].max()
 
 
 def test_regrow_fills_the_budget_after_a_large_block_is_dropped():
