@@ -110,6 +110,15 @@ def test_regrow_fills_the_budget_after_a_large_block_is_dropped():
     assert [int(m.sum()) for m in masks] == [4, 5]
 
 
+def test_a_sub_network_costing_exactly_the_target_fits():
+    """The budget is met from below *or at* the target: the regrow above with a target of exactly 60 keeps [4, 5]."""
+    cost = CostModel(np.array([8, 5]), coef=np.array([80.0, 20.0]), out_group=np.array([0, 1]),
+                     in_group=np.array([-1, -1]), constant=0.0)
+    scores = [np.array([9.0] * 4 + [1.0] * 4), np.array([9.0] * 4 + [0.5])]
+    masks = select_subnetwork(scores, cost, 60.0, channel_multiple=4)
+    assert [int(m.sum()) for m in masks] == [4, 5] and cost(np.array([4, 5])) == 60.0
+
+
 def test_normalisation_changes_the_ranking_when_group_scales_differ():
     cost = CostModel(np.array([8, 8]), coef=np.array([100.0, 100.0]), out_group=np.array([0, 1]),
                      in_group=np.array([-1, -1]), constant=0.0)
