@@ -236,3 +236,33 @@ def test_selection_evaluates_the_cost_about_once_per_dropped_block_not_once_per_
     masks = select_subnetwork(normalise_per_group([rng.random(64) for _ in range(60)]), Counted(), 0.9 * cost.dense)
     dropped = 3840 - sum(int(m.sum()) for m in masks)
     assert 0 < dropped < 3840 * 0.2 and len(calls) < dropped + 40, (dropped, len(calls))
+
+
+ONE_GROUP = CostModel(np.array([100]), coef=np.array([100.0]), out_group=np.array([0]), in_group=np.array([-1]),
+                      constant=13.0124)  # the floor (1 channel) costs 0.12399 of dense: the bound rounds up
+TWO_GROUPS = CostModel(np.array([8, 8]), coef=np.array([80.0, 20.0]), out_group=np.array([0, 1]),
+                       in_group=np.array([-1, -1]), constant=0.0)
+
+
+@pytest.mark.parametrize(("cost", "min_channels", "multiple", "budget", "blocks", "message"), [
+    (ONE_GROUP, 1, 1, "", None, "budget cannot be met: keeping 1 channel(s) per layer already costs 0.124 of the "
+     "dense model (accepted: a fraction >= 0.124)"),
+    (TWO_GROUPS, 1, 4, "flops:0.01", None, "budget flops:0.01 cannot be met: keeping 4 channel(s) per layer "
+     "(channel multiple 4) already costs 0.500 of the dense model (accepted: a fraction >= 0.500 or a smaller "
+     "channel multiple)"),
+    (TWO_GROUPS, 1, 1, "params:0.05", [1, 4], "budget params:0.05 cannot be met: keeping 1-4 channel(s) per layer "
+     "(grouped convolutions keep the same number in each group) already costs 0.200 of the dense model (accepted: "
+     "a fraction >= 0.200)"),
+    (TWO_GROUPS, 3, 2, "", [1, 4], "budget cannot be met: keeping 4 channel(s) per layer (grouped convolutions "
+     "keep the same number in each group) (channel multiple 2) already costs 0.500 of the dense model (accepted: a "
+     "fraction >= 0.500 or a smaller channel multiple)"),
+])
+def test_a_budget_below_the_floor_is_refused_with_what_is_kept_and_what_is_accepted(cost, min_channels, multiple,
+                                                                                   budget, blocks, message):
+    from epiprune.subnetwork import BudgetError
+
+    with pytest.raises(BudgetError) as refused:
+        check_budget(cost, 1.0, min_channels, multiple, budget, blocks)
+    assert str(refused.value) == message
+    check_budget(cost, cost(floor_widths(cost.dense_widths, min_channels, multiple, blocks)), min_channels, multiple,
+                 budget, blocks)  # the floor itself fits

@@ -135,9 +135,10 @@ def check_budget(cost: Cost, target: float, min_channels: int = 1, channel_multi
     floor = cost(widths)
     if floor > target:
         ratio = floor / cost.dense
-        kept = f"{int(widths.max())} channel(s) per layer" if blocks is None or max(blocks) == 1 else \
-            f"{int(widths.min())}-{int(widths.max())} channel(s) per layer (grouped convolutions keep the same " \
-            "number in each group)"
+        lo, hi = int(widths.min()), int(widths.max())
+        kept = f"{hi} channel(s) per layer" if blocks is None or max(blocks) == 1 else \
+            f"{lo if lo == hi else f'{lo}-{hi}'} channel(s) per layer (grouped convolutions keep the same number " \
+            "in each group)"
         if channel_multiple > 1:
             kept += f" (channel multiple {channel_multiple})"
         accepted = f"a fraction >= {math.ceil(ratio * 1000) / 1000:.3f}"
