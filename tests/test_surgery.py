@@ -156,3 +156,39 @@ def test_cost_model_equals_the_counter_after_surgery_for_every_zoo_block(name):
     flops, params = graph.count()
     assert costs["flops"](widths) == pytest.approx(flops, abs=1e-6)
     assert costs["params"](widths) == pytest.approx(params, abs=1e-6)
+
+
+class _BlockOwnedScale(torch.nn.Module):
+    """timm's ConvNeXt block keeps its layer scale `gamma` on the block itself (a container with children), and a
+    scalar parameter of the block scales the residual: both are costed as the container's own parameters."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.dwconv = torch.nn.Conv2d(channels, channels, 3, padding=1, groups=channels)
+        self.norm = torch.nn.LayerNorm(channels)
+        self.fc1 = torch.nn.Linear(channels, 2 * channels)
+        self.fc2 = torch.nn.Linear(2 * channels, channels)
+        self.gamma = torch.nn.Parameter(torch.full((channels,), 0.5))
+        self.alpha = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.dwconv(x).permute(0, 2, 3, 1)
+        y = self.gamma * self.fc2(torch.nn.functional.gelu(self.fc1(self.norm(y))))
+        return x + self.alpha * y.permute(0, 3, 1, 2)
+
+
+def test_cost_model_counts_parameters_a_container_owns():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 2, stride=2), _BlockOwnedScale(8), _BlockOwnedScale(8),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10))
+    graph = PrunableGraph(model, torch.randn(1, 1, 16, 16))
+    costs = graph.cost_models()
+    dense_flops, dense_params = graph.count()
+    assert costs["params"].dense == pytest.approx(dense_params) and costs["flops"].dense == pytest.approx(dense_flops)
+    masks = random_keep(graph, 0.5, seed=3)
+    widths = np.array([int(k.sum()) for k in masks])
+    assert (widths < np.array(graph.widths())).any()
+    graph.prune(masks)
+    flops, params = graph.count()
+    assert costs["params"](widths) == pytest.approx(params, abs=1e-6)
+    assert costs["flops"](widths) == pytest.approx(flops, abs=1e-6)
