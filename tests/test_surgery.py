@@ -127,17 +127,25 @@ def test_cost_models_predict_the_pruned_count_exactly(name):
     else:
         model = build_model(name, 3 if name == "vgg11_bn" else 1, 10)
     example = torch.zeros(1, 3 if name == "vgg11_bn" else 1, *((8, 8) if name == "convbn" else (28, 28)))
-    graph = PrunableGraph(model, example)
+    # exact: biases scale with output channels only, activation modules with the group of their anonymous op
+    costs, dense, _ = check_cost_models_against_the_counter(PrunableGraph(model, example), 0.5, seed=2)
+    assert (costs["flops"].dense, costs["params"].dense) == dense
+
+
+def check_cost_models_against_the_counter(graph: PrunableGraph, fraction: float, seed: int):
+    """Assert that the graph's cost models give torch-pruning's count of FLOPs and parameters for the dense model
+    and, after surgery, for a random sub-network keeping about `fraction` per group. Returns (cost models, dense
+    (FLOPs, params) as counted, kept widths)."""
     costs = graph.cost_models()
     dense_flops, dense_params = graph.count()
-    assert costs["flops"].dense == dense_flops and costs["params"].dense == dense_params
-    masks = random_keep(graph, 0.5, seed=2)
+    assert costs["flops"].dense == pytest.approx(dense_flops) and costs["params"].dense == pytest.approx(dense_params)
+    masks = random_keep(graph, fraction, seed=seed)
     widths = np.array([int(m.sum()) for m in masks])
     graph.prune(masks)
     flops, params = graph.count()
-    # exact: biases scale with output channels only, activation modules with the group of their anonymous op
     assert costs["flops"](widths) == pytest.approx(flops, abs=1e-6)
     assert costs["params"](widths) == pytest.approx(params, abs=1e-6)
+    return costs, (dense_flops, dense_params), widths
 
 
 @pytest.mark.parametrize("name", sorted(name for name, e in ZOO.items() if e.expect == "pruned"))
@@ -146,16 +154,7 @@ def test_cost_model_equals_the_counter_after_surgery_for_every_zoo_block(name):
     predicted FLOPs and parameters of a random sub-network are torch-pruning's count of the pruned copy. (Here,
     not in test_zoo.py, so that mutation testing runs it against the cost model.)"""
     torch.manual_seed(0)
-    graph = PrunableGraph(ZOO[name].build(), example_inputs())
-    costs = graph.cost_models()
-    dense_flops, dense_params = graph.count()
-    assert costs["flops"].dense == pytest.approx(dense_flops) and costs["params"].dense == pytest.approx(dense_params)
-    masks = random_keep(graph, 0.4, seed=5)
-    widths = np.array([int(k.sum()) for k in masks])
-    graph.prune(masks)
-    flops, params = graph.count()
-    assert costs["flops"](widths) == pytest.approx(flops, abs=1e-6)
-    assert costs["params"](widths) == pytest.approx(params, abs=1e-6)
+    check_cost_models_against_the_counter(PrunableGraph(ZOO[name].build(), example_inputs()), 0.4, seed=5)
 
 
 class _BlockOwnedScale(torch.nn.Module):
@@ -181,14 +180,6 @@ def test_cost_model_counts_parameters_a_container_owns():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 2, stride=2), _BlockOwnedScale(8), _BlockOwnedScale(8),
                                 torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10))
-    graph = PrunableGraph(model, torch.randn(1, 1, 16, 16))
-    costs = graph.cost_models()
-    dense_flops, dense_params = graph.count()
-    assert costs["params"].dense == pytest.approx(dense_params) and costs["flops"].dense == pytest.approx(dense_flops)
-    masks = random_keep(graph, 0.5, seed=3)
-    widths = np.array([int(k.sum()) for k in masks])
-    assert (widths < np.array(graph.widths())).any()
-    graph.prune(masks)
-    flops, params = graph.count()
-    assert costs["params"](widths) == pytest.approx(params, abs=1e-6)
-    assert costs["flops"](widths) == pytest.approx(flops, abs=1e-6)
+    costs, _, widths = check_cost_models_against_the_counter(PrunableGraph(model, torch.randn(1, 1, 16, 16)), 0.5,
+                                                             seed=3)
+    assert (widths < costs["params"].dense_widths).any()  # some channels were cut
