@@ -57,6 +57,11 @@ def one_line_error(capsys, needle):
     (["--init-batches", "0"], "--init-batches 0 is too small"),
     (["--min-dense-epochs", "-1"], "--min-dense-epochs -1 is negative"),
     (["--dist-timeout", "0"], "--dist-timeout 0.0 is not a positive number"),
+    (["--epi-smooth", "0"], "--epi-smooth 0 is too small (accepted: an integer >= 1)"),
+    (["--epi-peak", "-1"], "--epi-peak -1 is too small (accepted: an integer >= 0)"),
+    (["--earlybird-queue", "0"], "--earlybird-queue 0 is too small (accepted: an integer >= 1)"),
+    (["--holdout", "-1"], "--holdout -1 is too small (accepted: an integer >= 0)"),
+    (["--probe-every", "-1"], "--probe-every -1 is too small (accepted: an integer >= 0)"),
 ])
 def test_bad_train_input_names_its_option_and_leaves_no_folder(tmp_path, capsys, args, needle):
     out = tmp_path / "new" / "run"

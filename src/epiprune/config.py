@@ -209,9 +209,12 @@ class TrainConfig:
             raise EpipruneError(f"unknown amp dtype {self.amp!r} (accepted: {', '.join(AMP_DTYPES)})")
         if self.latency_batch is not None and self.latency_batch < 1:
             raise EpipruneError(f"latency batch {self.latency_batch} is too small (accepted: an integer >= 1)")
+        # integer options with a lower bound, named as the message names them (some by their flag)
         for name, value, low in (("epochs", self.epochs, 1), ("batch size", self.batch_size, 1),
                                  ("EPI window", self.epi_window, 1), ("image size", self.image_size, 8),
-                                 ("channel multiple", self.channel_multiple, 1)):
+                                 ("channel multiple", self.channel_multiple, 1), ("--epi-peak", self.epi_peak, 0),
+                                 ("--epi-smooth", self.epi_smooth, 1), ("--earlybird-queue", self.earlybird_queue, 1),
+                                 ("--holdout", self.holdout, 0), ("--probe-every", self.probe_every, 0)):
             if value < low:
                 raise EpipruneError(f"{name} {value} is too small (accepted: an integer >= {low})")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -231,11 +234,6 @@ class TrainConfig:
             raise EpipruneError(f"max dense epochs {self.max_dense_epochs} is outside 1..{self.epochs - 1}")
         if self.epi_average not in EPI_AVERAGES:
             raise EpipruneError(f"unknown EPI average {self.epi_average!r} (accepted: {', '.join(EPI_AVERAGES)})")
-        for flag, value, low in (("--epi-peak", self.epi_peak, 0), ("--epi-smooth", self.epi_smooth, 1),
-                                 ("--earlybird-queue", self.earlybird_queue, 1), ("--holdout", self.holdout, 0),
-                                 ("--probe-every", self.probe_every, 0)):
-            if value < low:
-                raise EpipruneError(f"{flag} {value} is too small (accepted: an integer >= {low})")
         if not (self.bn_l1 >= 0 and math.isfinite(self.bn_l1)):
             raise EpipruneError(f"--bn-l1 {self.bn_l1} is not a number >= 0 (accepted: e.g. 1e-4, or 0 for none)")
         if self.data_seed is not None and not 0 <= self.data_seed < 2**32:
