@@ -183,3 +183,64 @@ def test_cost_model_counts_parameters_a_container_owns():
     costs, _, widths = check_cost_models_against_the_counter(PrunableGraph(model, torch.randn(1, 1, 16, 16)), 0.5,
                                                              seed=3)
     assert (widths < costs["params"].dense_widths).any()  # some channels were cut
+
+
+class _StandardisedConv(torch.nn.Conv2d):
+    """A Conv2d subclass (weight standardisation, as in BiT/NFNet): torch-pruning prunes it like a conv, but its
+    counter matches layers by exact type and counts it no FLOPs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight - self.weight.mean(dim=(1, 2, 3), keepdim=True)
+        return torch.nn.functional.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class _SubclassedLinear(torch.nn.Linear):
+    """A Linear subclass: pruned like a linear layer, counted no FLOPs (its weight and bias still count)."""
+
+
+class _ChannelScale(torch.nn.Module):
+    """A leaf module with a per-channel parameter: no children, no FLOPs counted, C parameters."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.gamma = torch.nn.Parameter(torch.linspace(0.5, 1.5, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma.view(1, -1, 1, 1)
+
+
+class _OddLayers(torch.nn.Module):
+    """Layers the zoo does not have: a norm on the image (cost, but no group), subclassed conv and linear layers
+    the counter gives no FLOPs, a per-channel scale module, a bias-less hidden linear layer between two pruned
+    groups, and a norm on the logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.image_norm = torch.nn.BatchNorm2d(3)
+        self.conv1 = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.conv2 = _StandardisedConv(8, 12, 3, padding=1, bias=False)
+        self.scale = _ChannelScale(12)
+        self.conv3 = torch.nn.Conv2d(12, 16, 3, padding=1, bias=False)
+        self.pool = torch.nn.AdaptiveAvgPool2d(1)
+        self.hidden = torch.nn.Linear(16, 24, bias=False)
+        self.hidden2 = _SubclassedLinear(24, 20)
+        self.fc = torch.nn.Linear(20, 10)
+        self.logit_norm = torch.nn.BatchNorm1d(10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.conv1(self.image_norm(x)))
+        y = torch.relu(self.conv3(self.scale(torch.relu(self.conv2(y)))))
+        y = torch.relu(self.hidden2(torch.relu(self.hidden(self.pool(y).flatten(1)))))
+        return self.logit_norm(self.fc(y))
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_cost_model_equals_the_counter_for_layers_it_counts_no_flops_or_no_group_for(seed):
+    """Each odd layer is costed as torch-pruning's counter counts it: zero FLOPs for the subclassed layers (so
+    their weight and bias terms must be zero, not a default), a bias-less linear layer with no bias term, and the
+    image and logit norms as constants (not scaled with some group's width)."""
+    torch.manual_seed(0)
+    graph = PrunableGraph(_OddLayers().eval(), torch.randn(1, 3, 8, 8))
+    assert [g.size for g in graph.groups] == [8, 12, 16, 24, 20]  # every pruned group is in play
+    costs, _, widths = check_cost_models_against_the_counter(graph, 0.5, seed=seed)
+    assert (widths < costs["flops"].dense_widths).all()
