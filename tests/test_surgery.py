@@ -4,7 +4,7 @@ import torch
 
 from epiprune.models import MODELS, build_model
 from epiprune.subnetwork import normalise_per_group, select_subnetwork
-from epiprune.surgery import PrunableGraph
+from epiprune.surgery import PrunableGraph, SurgeryError
 
 from .helpers import ConvBNNet, random_keep, zero_dropped_channels
 from .zoo import ZOO, example_inputs
@@ -244,3 +244,12 @@ def test_cost_model_equals_the_counter_for_layers_it_counts_no_flops_or_no_group
     assert [g.size for g in graph.groups] == [8, 12, 16, 24, 20]  # every pruned group is in play
     costs, _, widths = check_cost_models_against_the_counter(graph, 0.5, seed=seed)
     assert (widths < costs["flops"].dense_widths).all()
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (3, 8, 8)])
+def test_example_inputs_that_are_not_one_sample_are_refused(shape):
+    """A batch as example_inputs made a cost model whose constant is negative (the counter's total is per sample,
+    its per-layer counts per batch): every prediction after a cut was wrong. Refused in one line instead."""
+    with pytest.raises(SurgeryError, match=r"^example_inputs of shape \(" + ", ".join(map(str, shape))
+                       + r"\) is not one sample \(accepted: a tensor shaped \(1, C, H, W\), e\.g\. batch\[:1\]\)$"):
+        PrunableGraph(_OddLayers().eval(), torch.randn(*shape))

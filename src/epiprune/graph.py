@@ -134,6 +134,11 @@ class PrunableGraph:
 
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor,
                  ignored_layers: Sequence[nn.Module] = ()) -> None:
+        if torch.is_tensor(example_inputs) and (example_inputs.dim() < 2 or example_inputs.shape[0] != 1):
+            # torch-pruning's counter gives the total per sample but each layer's count per batch: with a batch,
+            # the cost model's constant (total minus the layers) goes negative and every prediction is wrong
+            raise SurgeryError(f"example_inputs of shape {tuple(example_inputs.shape)} is not one sample "
+                               f"(accepted: a tensor shaped (1, C, H, W), e.g. batch[:1])")
         self.model = model
         self.example_inputs = example_inputs
         self.model_name = type(model).__name__
