@@ -256,6 +256,10 @@ TWO_GROUPS = CostModel(np.array([8, 8]), coef=np.array([80.0, 20.0]), out_group=
     (TWO_GROUPS, 3, 2, "", [1, 4], "budget cannot be met: keeping 4 channel(s) per layer (grouped convolutions "
      "keep the same number in each group) (channel multiple 2) already costs 0.500 of the dense model (accepted: a "
      "fraction >= 0.500 or a smaller channel multiple)"),
+    (TWO_GROUPS, 1, 1, "", [2, 1], "budget cannot be met: keeping 1-2 channel(s) per layer (grouped convolutions "
+     "keep the same number in each group) already costs 0.225 of the dense model (accepted: a fraction >= 0.225)"),
+    (TWO_GROUPS, 7, 1, "", None, "budget cannot be met: keeping 7 channel(s) per layer already costs 0.875 of the "
+     "dense model (accepted: a fraction >= 0.875)"),
 ])
 def test_a_budget_below_the_floor_is_refused_with_what_is_kept_and_what_is_accepted(cost, min_channels, multiple,
                                                                                    budget, blocks, message):
@@ -266,3 +270,14 @@ def test_a_budget_below_the_floor_is_refused_with_what_is_kept_and_what_is_accep
     assert str(refused.value) == message
     check_budget(cost, cost(floor_widths(cost.dense_widths, min_channels, multiple, blocks)), min_channels, multiple,
                  budget, blocks)  # the floor itself fits
+
+
+def test_floor_and_budget_check_defaults_are_one_channel_and_no_multiple():
+    """Called without min_channels / channel_multiple / budget name, the floor is one channel per group and the
+    refusal names no budget."""
+    from epiprune.subnetwork import BudgetError
+
+    assert floor_widths([4, 8, 1]).tolist() == [1, 1, 1]
+    check_budget(ONE_GROUP, ONE_GROUP([1]))  # one channel fits exactly: a floor of 2 channels would not
+    with pytest.raises(BudgetError, match=r"^budget cannot be met: keeping 1 channel\(s\) per layer "):
+        check_budget(ONE_GROUP, 1.0)
