@@ -3,17 +3,20 @@ threshold, the first epoch each signal is defined, and which epochs require_peak
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
 import pytest
 
+from epiprune.errors import EpipruneError
 from epiprune.indicator import (
     TriggerRule,
     early_pruning_indicator,
     earlybird_stability,
     layer_distances,
     mask_distance,
+    structural_similarity,
 )
 
 
@@ -78,3 +81,28 @@ def test_trigger_rule_messages_name_the_setting():
             TriggerRule(**kwargs)
         assert str(err.value) == message
     assert TriggerRule(threshold=1.0).threshold == 1.0  # tau = 1: prune only on an unchanged architecture
+
+
+def test_similarity_weights_are_validated_with_their_count_named():
+    """Zero and fractional weights are accepted (a group spanning no layer; any positive scale), negative ones, a
+    wrong count and all zeros are refused, each with the number of weights expected."""
+    assert structural_similarity([4, 2], [2, 2], [0.0, 0.5]) == pytest.approx(1.0)
+    assert structural_similarity([4, 2], [2, 2], [0.25, 0.5]) == pytest.approx(1.0 - 0.25 * (2 / 6) / 0.75)
+    for bad in ([1.0], [1.0, -0.5], [0.0, 0.0]):
+        with pytest.raises(ValueError, match=r"^weights must be 2 non-negative numbers, not all 0$"):
+            structural_similarity([4, 2], [2, 2], bad)
+
+
+def test_epi_passes_its_weights_to_every_similarity():
+    history = [[4, 2], [2, 2], [2, 2]]
+    assert early_pruning_indicator(history, 2, [1.0, 0.0]) == pytest.approx(0.5 * (1.0 + 1.0 - 2 / 6))
+    assert early_pruning_indicator(history, 2) != early_pruning_indicator(history, 2, [1.0, 0.0])
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("peak", -1, "EPI peak -1 is negative (accepted: an integer >= 0; 0 turns it off)"),
+    ("smooth", 0, "EPI smoothing 0 is too small (accepted: an integer >= 1; 1 is none)"),
+])
+def test_trigger_rule_refuses_a_negative_peak_and_no_smoothing_by_name(field, value, message):
+    with pytest.raises(EpipruneError, match="^" + re.escape(message) + "$"):
+        TriggerRule(**{field: value})

@@ -358,3 +358,36 @@ def test_budget_constructor_messages():
     with pytest.raises(EpipruneError, match=r"^budget fraction 1\.0 is outside \(0, 1\)"):
         Budget("flops", 1.0)  # the whole model is no budget
     assert Budget() == Budget("flops", 0.5)
+
+
+def test_policy_refuses_an_unknown_epi_average_and_an_empty_earlybird_queue_by_name():
+    with pytest.raises(EpipruneError, match=r"^unknown EPI average 'median' \(accepted: layer, group\)$"):
+        policy_of(ConvBNNet(), epi_average="median")
+    with pytest.raises(EpipruneError, match=r"^Early-Bird queue 0 is too small \(accepted: an integer >= 1\)$"):
+        policy_of(ConvBNNet(), earlybird_queue=0)
+    assert policy_of(ConvBNNet(), indicator="earlybird", earlybird_queue=1).earlybird_queue == 1
+
+
+def test_policy_selects_and_checks_its_budget_block_by_block_on_grouped_convs():
+    """The policy hands the graph's partitions to every selection (equal counts in each block of a grouped conv)
+    and the block counts to its construction-time budget check (a budget only the block floor misses is refused
+    up front, not after the first epoch)."""
+    from epiprune.subnetwork import BudgetError, floor_widths
+
+    from .zoo import GroupedNet, example_inputs
+
+    policy = EarlyPruningPolicy(GroupedNet(), example_inputs(), Budget("flops", 0.5), log=lambda _: None,
+                                progress=False)
+    groups = policy.graph.groups
+    assert any(g.partition is not None for g in groups)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        for mask, g in zip(policy.select([rng.random(g.size) for g in groups]), groups, strict=True):
+            if g.partition is not None:
+                assert len(set(np.bincount(g.partition[mask], minlength=g.blocks).tolist())) == 1, g.name
+    cost, dense = policy.cost, policy.cost.dense_widths
+    plain, blocked = cost(floor_widths(dense)), cost(floor_widths(dense, blocks=[g.blocks for g in groups]))
+    assert plain < blocked
+    with pytest.raises(BudgetError, match="grouped convolutions keep the same number"):
+        EarlyPruningPolicy(GroupedNet(), example_inputs(), Budget("flops", (plain + blocked) / 2 / cost.dense),
+                           log=lambda _: None, progress=False)
