@@ -183,3 +183,46 @@ def test_cli_run_prunes_when_epi_fires_before_the_fallback(tmp_path):
     widths = [rows[0]["widths"], rows[1]["widths"]]
     assert rows[1]["epi"] == rows[1]["epi_layer"] == early_pruning_indicator(widths, 1, summary["epi_layer_weights"])
     assert rows[1]["epi_group"] == early_pruning_indicator(widths, 1)
+
+
+def test_earlybird_as_published_compares_bn_masks_over_its_own_queue():
+    """indicator='earlybird' records Early-Bird's BN-scale mask (not the dominant sub-network, which the script
+    makes alternate) and measures stability over earlybird_queue distances (not the EPI window)."""
+    policy = scripted_policy(alternating_then_stable(6), indicator="earlybird", earlybird_queue=1, window=3,
+                             max_dense_epochs=20)
+    bn_mask = policy.earlybird_mask()
+    assert not np.array_equal(bn_mask, np.concatenate(policy.select(PEAKED_0)))
+    assert run(policy, 6) == [2] and policy.trigger == "earlybird"  # the weights (and BN scales) do not move
+    assert [r.earlybird for r in policy.history] == [None, 1.0]
+    for mask in policy.masks:
+        np.testing.assert_array_equal(mask, bn_mask)
+
+
+def test_end_epoch_decides_on_the_scores_it_is_given():
+    given, scripted = scripted_policy([PEAKED_0], indicator="none"), scripted_policy([PEAKED_1], indicator="none")
+    given.end_epoch(scores=PEAKED_1)
+    scripted.end_epoch()
+    assert given.history[0].widths == scripted.history[0].widths
+
+
+def test_replay_decides_and_prunes_as_end_epoch_would_have():
+    script = alternating_then_stable(3)
+    live = scripted_policy(script, window=2, max_dense_epochs=20)
+    pruned_at = run(live, 20)
+    replayed = scripted_policy([np.ones(4), np.ones(6)], window=2, max_dense_epochs=20)
+    calls: list[int] = []
+    recorded = [script[min(e, len(script) - 1)] for e in range(20)]
+    assert replayed.replay(recorded, lambda epoch: calls.append(epoch)) == pruned_at[0] == calls[0]
+    assert calls == pruned_at and replayed.trigger == live.trigger == "epi"
+    assert replayed.kept == live.kept and [r.epi for r in replayed.history] == [r.epi for r in live.history]
+    never = scripted_policy(script, indicator="none")
+    assert never.replay(recorded, lambda epoch: calls.append(epoch)) is None and calls == pruned_at
+
+
+def test_peak_compares_with_exactly_the_last_peak_values_and_needs_a_rise():
+    from epiprune.indicator import TriggerRule
+
+    rule = TriggerRule(window=1, threshold=0.9, min_dense_epochs=1, peak=1)
+    assert rule.decide(3, [0.99, 0.95, 0.96]) == "epi"  # above the last value; the one before is not compared
+    assert rule.decide(2, [0.95, 0.95]) is None  # equal is not a rise
+    assert EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8), Budget("flops", 0.5), peak=2).rule.peak == 2

@@ -112,6 +112,23 @@ def test_earlybird_as_published_masks_a_channel_ratio_of_bn_scales_and_waits_for
     assert resnet20_policy(indicator="earlybird", max_dense_epochs=4).rule.min_dense_epochs == 4
 
 
+def test_earlybird_mask_breaks_ties_in_bn_scales_by_channel_index():
+    """BN scales with many ties (two values, alternating by channel): at the mask's boundary value the channels
+    kept are the lowest-indexed ones, not whichever an unstable sort puts first."""
+    policy = resnet20_policy(indicator="earlybird", importance="bn")
+    with torch.no_grad():
+        for m in policy.model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(torch.where(torch.arange(m.num_features) % 2 == 0, 1.0, 0.5))
+    mask = policy.earlybird_mask()
+    gammas = np.concatenate(BatchNormScaleImportance(policy.graph).scores())
+    boundary = gammas[mask].min()
+    assert (gammas[~mask] <= boundary).all() and mask[gammas > boundary].all()
+    at_boundary = np.flatnonzero(gammas == boundary)
+    kept = mask[at_boundary]
+    assert 0 < kept.sum() < kept.size and kept[: kept.sum()].all()  # a prefix of the tied channels
+
+
 def test_bn_l1_adds_the_subgradient_of_the_penalty():
     model = build_model("resnet20", 1, 10)
     model(torch.randn(2, 1, 28, 28)).sum().backward()
