@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from epiprune import Budget, EarlyPruningPolicy
+from epiprune import Budget, EarlyPruningPolicy, EpipruneError
 from epiprune.indicator import early_pruning_indicator, earlybird_stability, structural_similarity
 
 from .helpers import ConvBNNet
@@ -196,6 +196,9 @@ def test_earlybird_as_published_compares_bn_masks_over_its_own_queue():
     assert [r.earlybird for r in policy.history] == [None, 1.0]
     for mask in policy.masks:
         np.testing.assert_array_equal(mask, bn_mask)
+    with pytest.raises(EpipruneError, match=r"^the model is already pruned \(Early-Bird's mask is of the dense "
+                       r"model\)$"):  # was an IndexError from the BN targets of the dense channels
+        policy.earlybird_mask()
 
 
 def test_end_epoch_decides_on_the_scores_it_is_given():

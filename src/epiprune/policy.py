@@ -174,7 +174,9 @@ class EarlyPruningPolicy:
     def earlybird_mask(self) -> np.ndarray:
         """Early-Bird's channel mask (concatenated over groups): the fraction sqrt(budget) of all channels with the
         largest BN |gamma| (one global threshold, as in network slimming; sqrt: a uniform width ratio r keeps
-        about r^2 of the FLOPs)."""
+        about r^2 of the FLOPs). A mask of the dense model: refused once the policy has pruned."""
+        if self.pruned:
+            raise EpipruneError("the model is already pruned (Early-Bird's mask is of the dense model)")
         scores = np.concatenate(BatchNormScaleImportance(self.graph).scores())
         keep = max(1, round(np.sqrt(self.budget.fraction) * len(scores)))
         mask = np.zeros(len(scores), dtype=bool)
