@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from epiprune import Budget, EarlyPruningPolicy, EpipruneError
-from epiprune.indicator import early_pruning_indicator, earlybird_stability, structural_similarity
+from epiprune.indicator import TriggerRule, early_pruning_indicator, earlybird_stability, structural_similarity
 
 from .helpers import ConvBNNet
 
@@ -223,9 +223,7 @@ def test_replay_decides_and_prunes_as_end_epoch_would_have():
 
 
 def test_peak_compares_with_exactly_the_last_peak_values_and_needs_a_rise():
-    from epiprune.indicator import TriggerRule
-
     rule = TriggerRule(window=1, threshold=0.9, min_dense_epochs=1, peak=1)
     assert rule.decide(3, [0.99, 0.95, 0.96]) == "epi"  # above the last value; the one before is not compared
     assert rule.decide(2, [0.95, 0.95]) is None  # equal is not a rise
-    assert EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8), Budget("flops", 0.5), peak=2).rule.peak == 2
+    assert scripted_policy([PEAKED_0], peak=2).rule.peak == 2  # the policy hands peak to its rule

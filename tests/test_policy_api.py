@@ -9,10 +9,12 @@ import torch
 import epiprune
 from epiprune import Budget, EarlyPruningPolicy, EpipruneError
 from epiprune.models import build_model
+from epiprune.subnetwork import BudgetError, floor_widths
 
 from .helpers import ConvBNNet
 from .test_decision import PEAKED_0, PEAKED_1, ScriptedImportance
 from .test_latency import TINY, synthetic_table, tiny_graph
+from .zoo import GroupedNet, example_inputs
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -372,10 +374,6 @@ def test_policy_selects_and_checks_its_budget_block_by_block_on_grouped_convs():
     """The policy hands the graph's partitions to every selection (equal counts in each block of a grouped conv)
     and the block counts to its construction-time budget check (a budget only the block floor misses is refused
     up front, not after the first epoch)."""
-    from epiprune.subnetwork import BudgetError, floor_widths
-
-    from .zoo import GroupedNet, example_inputs
-
     policy = EarlyPruningPolicy(GroupedNet(), example_inputs(), Budget("flops", 0.5), log=lambda _: None,
                                 progress=False)
     groups = policy.graph.groups
