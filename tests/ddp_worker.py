@@ -38,6 +38,7 @@ def main(out: Path) -> None:
     save_file(state, str(out / f"rank{rank}.safetensors"))
     (out / f"rank{rank}.json").write_text(json.dumps({"widths": policy.widths(), "prune_epoch": policy.prune_epoch,
                                                       "world": world}))
+    dist.barrier()  # both ranks reach teardown together: one exiting early aborted the other (gloo)
     dist.destroy_process_group()
 
 
