@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from epiprune.cli import _int_list
-from epiprune.compare import (
+from epiprune.evidence.compare import (
     CompareConfig,
     bootstrap_interval,
     compare,
@@ -42,11 +42,11 @@ from epiprune.compare import (
     test_top1,
     write_comparison,
 )
+from epiprune.io.serialization import atomic_write, atomic_write_text
 from epiprune.models import build_model
-from epiprune.policy import EarlyPruningPolicy
-from epiprune.serialization import atomic_write, atomic_write_text
-from epiprune.subnetwork import Budget
-from epiprune.trajectory import read_scores
+from epiprune.policy.early_pruning import EarlyPruningPolicy
+from epiprune.policy.subnetwork import Budget
+from epiprune.run.trajectory import read_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "epi-study"

@@ -36,11 +36,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from epiprune.latency import LatencySettings, device_name, load_or_build, median_ms, time_model_step
+from epiprune.costs.latency import LatencySettings, device_name, load_or_build, median_ms, time_model_step
+from epiprune.io.serialization import atomic_write_text, load_pruned
 from epiprune.models import build_model
-from epiprune.serialization import atomic_write_text, load_pruned
+from epiprune.run.trainer import TrainConfig, resolve_device, train
 from epiprune.surgery import PrunableGraph
-from epiprune.trainer import TrainConfig, resolve_device, train
 
 INPUT = (1, 28, 28)  # the built-in data
 

@@ -16,7 +16,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from epiprune.data import BUILTIN_FILE, load_fashion_mnist  # noqa: E402
+from epiprune.run.data import BUILTIN_FILE, load_fashion_mnist  # noqa: E402
 
 
 def balanced_subset(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:

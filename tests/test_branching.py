@@ -11,7 +11,7 @@ import pytest
 from safetensors.torch import load_file
 
 from epiprune.cli import main
-from epiprune.trajectory import read_scores
+from epiprune.run.trajectory import read_scores
 
 BASE = ["--train-subset", "192", "--val-subset", "64", "--epochs", "5", "--batch-size", "64", "--no-progress",
         "--holdout", "128", "--data-seed", "3", "--seed", "1"]
@@ -100,9 +100,9 @@ def test_a_dense_run_recorded_before_an_option_existed_counts_as_its_default(tmp
     does, so a branch accepts them; a recorded value that differs is still refused."""
     from dataclasses import asdict
 
-    from epiprune.config import TrainConfig, recorded_setting
     from epiprune.errors import EpipruneError
-    from epiprune.trajectory import TRAJECTORY_SETTINGS, _check_same_trajectory
+    from epiprune.run.config import TrainConfig, recorded_setting
+    from epiprune.run.trajectory import TRAJECTORY_SETTINGS, _check_same_trajectory
 
     mine = asdict(TrainConfig())
     old = {k: v for k, v in mine.items() if k not in ("model_kwargs", "holdout", "bn_l1", "data_seed")}

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from epiprune.cli import main
-from epiprune.compare import CompareConfig, aggregate
 from epiprune.errors import EpipruneError
-from epiprune.indicator import earlybird_stability, mask_distance
-from epiprune.trainer import TrainConfig, lr_schedule
+from epiprune.evidence.compare import CompareConfig, aggregate
+from epiprune.policy.indicator import earlybird_stability, mask_distance
+from epiprune.run.trainer import TrainConfig, lr_schedule
 
 TINY = ["--train-subset", "64", "--val-subset", "32", "--epochs", "4", "--epi-window", "1", "--batch-size", "64",
         "--grid", "1,2"]
@@ -140,7 +140,7 @@ def test_train_prune_finetune_schedule():
 def test_methods_on_one_point_share_one_label(tmp_path, monkeypatch):
     import matplotlib.axes
 
-    from epiprune.report import plot_accuracy_vs_cost
+    from epiprune.evidence.plots import plot_accuracy_vs_cost
 
     texts = []
     original = matplotlib.axes.Axes.annotate
@@ -183,7 +183,7 @@ def test_reusing_a_run_made_with_other_settings_is_an_error(tmp_path, capsys):
 def test_grid_plot_marks_the_epi_epoch_of_every_seed(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
 
-    import epiprune.report as report
+    import epiprune.evidence.plots as report
 
     seen = {}
 

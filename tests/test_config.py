@@ -8,8 +8,8 @@ from dataclasses import asdict, fields
 import pytest
 
 from epiprune.cli import build_parser, main, train_config
-from epiprune.config import TrainConfig, read_config_file
 from epiprune.errors import EpipruneError
+from epiprune.run.config import TrainConfig, read_config_file
 
 # train options that are not run settings: where the settings come from, and how the command behaves
 NOT_FIELDS = {"config", "resume", "force", "no_progress"}
@@ -96,7 +96,7 @@ def test_config_file_accepts_what_write_wrote(tmp_path):
 
 
 def test_train_config_of_a_compare_written_file_is_the_same_run_as_its_command_line(tmp_path, capsys):
-    from epiprune.compare import CompareConfig
+    from epiprune.evidence.compare import CompareConfig
 
     cmp = CompareConfig(train_subset=64, val_subset=32, epochs=2, batch_size=64, families=["fixed"], grid=[1],
                         branch=False, out=str(tmp_path / "cmp"))
@@ -119,7 +119,7 @@ def test_train_config_of_a_compare_written_file_is_the_same_run_as_its_command_l
 
     assert len(rows(from_file)) == 2 and rows(from_file) == rows(from_cli)
     # the typed records are the files' keys exactly
-    from epiprune.records import EpochRow, RunSummary
+    from epiprune.run.records import EpochRow, RunSummary
 
     for record, written in [(RunSummary, json.loads((from_file / "summary.json").read_text()))] + [
             (EpochRow, json.loads(line)) for line in (from_file / "metrics.jsonl").read_text().splitlines()]:
@@ -129,7 +129,7 @@ def test_train_config_of_a_compare_written_file_is_the_same_run_as_its_command_l
 
 
 def test_the_method_of_a_run_is_read_from_its_settings():
-    from epiprune.compare import CompareConfig, method_of
+    from epiprune.evidence.compare import CompareConfig, method_of
 
     cmp = CompareConfig(epochs=8, grid=[1, 2, 3, 4], finetune_epochs=3)
     methods = cmp.methods()
@@ -144,7 +144,7 @@ def test_the_method_of_a_run_is_read_from_its_settings():
 def test_field_types_are_cached_but_handed_out_as_copies():
     """The hints are computed once per class (typing.get_type_hints compiles every annotation: ~0.2 s per command
     line when asked per option); a caller changing its copy does not change what the next caller gets."""
-    from epiprune.config import TrainConfig
+    from epiprune.run.config import TrainConfig
 
     hints = TrainConfig.field_types()
     assert hints["epochs"] is int and hints is not TrainConfig.field_types()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from epiprune.data import DataError, TensorLoader, load_builtin, load_dataset
+from epiprune.run.data import DataError, TensorLoader, load_builtin, load_dataset
 
 
 def write_idx(path, array):

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from epiprune import Budget, EarlyPruningPolicy, EpipruneError
-from epiprune.indicator import TriggerRule, early_pruning_indicator, earlybird_stability, structural_similarity
+from epiprune.policy.indicator import TriggerRule, early_pruning_indicator, earlybird_stability, structural_similarity
 
 from .helpers import ConvBNNet
 
@@ -108,7 +108,7 @@ def test_the_default_compares_the_mean_of_the_last_two_epi_values_with_tau():
     assert run(policy, 20) == [5] and policy.trigger == "epi"
     assert [r.epi for r in policy.history][-2:] == [1.0, 1.0]
     # train and compare use the same default as the API
-    from epiprune.config import TrainConfig
+    from epiprune.run.config import TrainConfig
     assert TrainConfig().epi_smooth == policy.rule.smooth == 2
     # Early-Bird's test is not smoothed
     assert EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8), indicator="earlybird-budget").rule.smooth == 1

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from epiprune.indicator import structural_similarity
+from epiprune.policy.indicator import structural_similarity
 
 TINY = ["--device", "cpu", "--train-subset", "512", "--val-subset", "256", "--epochs", "4", "--epi-window", "1",
         "--min-dense-epochs", "2", "--max-dense-epochs", "2", "--batch-size", "64", "--no-progress"]
@@ -138,7 +138,7 @@ def test_a_dead_rank_does_not_leave_the_other_hanging(tmp_path):
 def test_cpu_training_under_torchrun_uses_gloo_even_where_cuda_exists(tmp_path, monkeypatch):
     import torch.distributed as dist
 
-    from epiprune.trainer import TrainConfig, train
+    from epiprune.run.trainer import TrainConfig, train
 
     chosen = []
 
@@ -157,7 +157,7 @@ def test_cpu_training_under_torchrun_uses_gloo_even_where_cuda_exists(tmp_path, 
 
 def test_more_ranks_than_gpus_is_a_one_line_error(monkeypatch):
     from epiprune.errors import EpipruneError
-    from epiprune.trainer import resolve_device
+    from epiprune.run.trainer import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)

@@ -10,12 +10,12 @@ import torch
 from torch import nn
 
 from epiprune import Budget, EarlyPruningPolicy
-from epiprune.compare import bootstrap_interval, oracle_runs, paired_differences
-from epiprune.data import Dataset
-from epiprune.importance import BatchNormScaleImportance
-from epiprune.indicator import TriggerRule, early_pruning_indicator, structural_similarity
+from epiprune.evidence.compare import bootstrap_interval, oracle_runs, paired_differences
 from epiprune.models import build_model
-from epiprune.trainer import TrainConfig, add_bn_l1_gradient, split_data
+from epiprune.policy.importance import BatchNormScaleImportance
+from epiprune.policy.indicator import TriggerRule, early_pruning_indicator, structural_similarity
+from epiprune.run.data import Dataset
+from epiprune.run.trainer import TrainConfig, add_bn_l1_gradient, split_data
 
 from .test_decision import ScriptedImportance
 

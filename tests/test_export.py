@@ -8,8 +8,8 @@ import torch
 
 import epiprune
 from epiprune.cli import main
-from epiprune.export import SUFFIX
-from epiprune.trainer import TrainConfig, train
+from epiprune.io.export import SUFFIX
+from epiprune.run.trainer import TrainConfig, train
 
 NO_EPIPRUNE = "import sys; sys.modules['epiprune'] = None\n"
 
@@ -99,7 +99,7 @@ def test_export_prints_nothing_but_its_result(run_dir, tmp_path, fmt):
 
 def test_run_stores_the_training_preprocessing_and_class_names(run_dir):
     """The mean and std training standardised with (of the training subset, pixels in [0, 1]), and the names."""
-    from epiprune.data import load_builtin
+    from epiprune.run.data import load_builtin
 
     data = load_builtin().subset(128, 64, seed=0)
     pixels = data.train_images.astype(np.float64) / 255
@@ -113,7 +113,7 @@ def test_run_stores_the_training_preprocessing_and_class_names(run_dir):
 def test_predict_prints_the_same_top_classes_from_the_run_and_every_export(run_dir, tmp_path, capsys):
     from PIL import Image
 
-    from epiprune.data import load_builtin
+    from epiprune.run.data import load_builtin
 
     images = []
     for i, pixels in enumerate(load_builtin().val_images[:2]):

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-import epiprune.compare
+import epiprune.evidence.compare
 from epiprune.cli import main
 
 from .test_inputs import make_image_folder
@@ -123,7 +123,7 @@ def test_train_command_lines(world, capsys, monkeypatch, options):
 @example(options=["--out", "{file}"])  # FileExistsError making the folder
 @SETTINGS
 def test_compare_command_lines(world, capsys, monkeypatch, options):
-    monkeypatch.setattr(epiprune.compare, "compare", lambda cfg, log=print: cfg.validate())  # no training
+    monkeypatch.setattr(epiprune.evidence.compare, "compare", lambda cfg, log=print: cfg.validate())  # no training
     run_and_check(["compare", *options], world, capsys, monkeypatch)
 
 

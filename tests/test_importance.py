@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from epiprune.importance import MagnitudeImportance, TaylorAccumulator
+from epiprune.policy.importance import MagnitudeImportance, TaylorAccumulator
 from epiprune.surgery import PrunableGraph
 
 from .helpers import ConvBNNet

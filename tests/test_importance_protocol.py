@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from epiprune import Budget, EarlyPruningPolicy
-from epiprune.importance import IMPORTANCES, Importance, MagnitudeImportance, RandomImportance, make_importance
+from epiprune.policy.importance import IMPORTANCES, Importance, MagnitudeImportance, RandomImportance, make_importance
 from epiprune.surgery import PrunableGraph
 
 from .helpers import ConvBNNet

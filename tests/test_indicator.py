@@ -3,7 +3,7 @@ import math
 import pytest
 
 from epiprune.errors import EpipruneError
-from epiprune.indicator import TriggerRule, early_pruning_indicator, layer_distances, structural_similarity
+from epiprune.policy.indicator import TriggerRule, early_pruning_indicator, layer_distances, structural_similarity
 
 
 def test_layer_distance_by_hand():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from epiprune.errors import EpipruneError
-from epiprune.indicator import (
+from epiprune.policy.indicator import (
     TriggerRule,
     early_pruning_indicator,
     earlybird_stability,

@@ -8,9 +8,9 @@ import stat
 import numpy as np
 import pytest
 
-import epiprune.trainer as trainer
+import epiprune.run.trainer as trainer
 from epiprune.cli import main
-from epiprune.runfolder import ASIDE, recover
+from epiprune.run.folder import ASIDE, recover
 
 # a tiny image folder: 2 classes x 10 images of 16x16, so a run takes about a second
 TINY = ["--data", "imagefolder", "--image-size", "16", "--epochs", "3", "--epi-window", "1", "--batch-size", "8",
@@ -208,12 +208,12 @@ def test_outputs_are_readable_like_the_plots(finished_run):
 
 
 def test_compare_interrupt_names_no_resume_flag(tmp_path, capsys, monkeypatch):
-    import epiprune.compare
+    import epiprune.evidence.compare
 
     def interrupt(cfg, log=print):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(epiprune.compare, "compare", interrupt)
+    monkeypatch.setattr(epiprune.evidence.compare, "compare", interrupt)
     assert main(["compare", "--out", str(tmp_path / "cmp")]) == 130
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "run the same command again" in err and "--resume" not in err

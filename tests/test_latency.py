@@ -10,8 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from epiprune import Budget, EarlyPruningPolicy
-from epiprune.errors import EpipruneError
-from epiprune.latency import (
+from epiprune.costs.latency import (
     LatencyCostModel,
     LatencySettings,
     LatencyTable,
@@ -25,7 +24,8 @@ from epiprune.latency import (
     table_key,
     timed_layers,
 )
-from epiprune.subnetwork import select_subnetwork
+from epiprune.errors import EpipruneError
+from epiprune.policy.subnetwork import select_subnetwork
 from epiprune.surgery import PrunableGraph
 
 from .helpers import ConvBNNet
@@ -197,7 +197,7 @@ def test_policy_api_takes_a_latency_budget_and_reports_predictions(tmp_path):
 def test_default_table_path_follows_the_cache_variable(built, tmp_path, monkeypatch):
     graph, _, path = built
     monkeypatch.setenv("EPIPRUNE_CACHE", str(tmp_path / "cache"))
-    from epiprune.latency import default_table_path
+    from epiprune.costs.latency import default_table_path
 
     layers, _ = timed_layers(graph)
     target = default_table_path(table_key(graph, layers, TINY))

@@ -109,7 +109,7 @@ def test_a_prediction_off_by_more_than_20_percent_is_warned_about(tmp_path, caps
     import numpy as np
     import torch
 
-    from epiprune.latency import LatencySettings, LatencyTable, _axes, table_key, timed_layers
+    from epiprune.costs.latency import LatencySettings, LatencyTable, _axes, table_key, timed_layers
     from epiprune.models import build_model
     from epiprune.surgery import PrunableGraph
 

@@ -6,7 +6,7 @@ pytest.importorskip("lightning")
 import lightning
 
 from epiprune import Budget, build_model
-from epiprune.lightning_callback import EarlyPruningCallback
+from epiprune.policy.lightning_callback import EarlyPruningCallback
 
 
 class Classifier(lightning.LightningModule):

@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from epiprune.checkpoint import load_checkpoint
 from epiprune.cli import main
+from epiprune.run.checkpoint import load_checkpoint
 
 
 def test_adamw_trains_prunes_and_carries_its_moments(tmp_path, capsys):

@@ -4,7 +4,7 @@ epoch ticks."""
 import matplotlib.pyplot as plt
 import pytest
 
-import epiprune.report as report
+import epiprune.evidence.plots as report
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import torch
 import epiprune
 from epiprune import Budget, EarlyPruningPolicy, EpipruneError
 from epiprune.models import build_model
-from epiprune.subnetwork import BudgetError, floor_widths
+from epiprune.policy.subnetwork import BudgetError, floor_widths
 
 from .helpers import ConvBNNet
 from .test_decision import PEAKED_0, PEAKED_1, ScriptedImportance
@@ -304,7 +304,7 @@ def test_bad_budget_text_is_named(text):
 
 def test_constructor_defaults_and_refusals(monkeypatch):
     from epiprune import policy as policy_module
-    from epiprune.indicator import TriggerRule
+    from epiprune.policy.indicator import TriggerRule
 
     model = ConvBNNet()
     policy = EarlyPruningPolicy(model, torch.zeros(1, 1, 8, 8))
@@ -342,7 +342,7 @@ def test_constructor_defaults_and_refusals(monkeypatch):
     monkeypatch.setattr(policy_module, "load_or_build", fake_load_or_build)
     with pytest.raises(EpipruneError, match="stop here"):
         EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8), Budget(latency=0.5))
-    from epiprune.latency import LatencySettings
+    from epiprune.costs.latency import LatencySettings
 
     assert calls == [(LatencySettings(), None, True, print)]
 

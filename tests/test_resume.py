@@ -9,7 +9,7 @@ import pytest
 import epiprune
 import epiprune.cli  # used as epiprune.cli.main below; not imported by the package itself
 from epiprune.errors import EpipruneError
-from epiprune.trainer import TrainConfig, train
+from epiprune.run.trainer import TrainConfig, train
 
 # on the CPU: the test demands bit-identical metrics, which cuDNN's nondeterministic kernels rule out on a GPU
 ARGS = ["--device", "cpu", "--train-subset", "512", "--val-subset", "128", "--epochs", "5", "--epi-window", "1",
@@ -85,7 +85,7 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path):
 def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     import torch
 
-    import epiprune.trainer as trainer
+    import epiprune.run.trainer as trainer
 
     calls = {"n": 0}
     real = trainer.cross_entropy

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from epiprune.errors import EpipruneError
+from epiprune.io.serialization import architecture_spec, load_pruned, save_pruned
 from epiprune.models import build_model
-from epiprune.serialization import architecture_spec, load_pruned, save_pruned
 from epiprune.surgery import PrunableGraph
 
 from .helpers import random_keep

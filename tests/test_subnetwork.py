@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from epiprune.errors import EpipruneError
-from epiprune.subnetwork import Budget, CostModel, select_subnetwork
+from epiprune.policy.subnetwork import Budget, CostModel, select_subnetwork
 
 
 def chain_cost(widths):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from epiprune.models import MODELS, build_model
-from epiprune.subnetwork import normalise_per_group, select_subnetwork
+from epiprune.policy.subnetwork import normalise_per_group, select_subnetwork
 from epiprune.surgery import PrunableGraph, SurgeryError
 
 from .helpers import ConvBNNet, random_keep, zero_dropped_channels

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 import epiprune
-from epiprune.checkpoint import load_checkpoint
 from epiprune.cli import main
 from epiprune.errors import EpipruneError
 from epiprune.models.user import factory_arguments
-from epiprune.trainer import TrainConfig
+from epiprune.run.checkpoint import load_checkpoint
+from epiprune.run.trainer import TrainConfig
 
 from . import byo_factories
 

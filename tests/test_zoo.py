@@ -15,10 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from epiprune.checkpoint import load_checkpoint, save_checkpoint
 from epiprune.errors import EpipruneError
-from epiprune.policy import EarlyPruningPolicy
-from epiprune.subnetwork import Budget, normalise_per_group, select_subnetwork
+from epiprune.policy.early_pruning import EarlyPruningPolicy
+from epiprune.policy.subnetwork import Budget, normalise_per_group, select_subnetwork
+from epiprune.run.checkpoint import load_checkpoint, save_checkpoint
 from epiprune.surgery import PrunableGraph, SurgeryError
 
 from .helpers import random_keep
@@ -355,7 +355,7 @@ def test_zoo_models_are_tiny_and_shaped_as_documented():
 
 def test_latency_budget_refuses_a_layer_fed_by_a_concatenation():
     """Latency tables time each layer as a function of one input group: a concatenation is refused by name."""
-    from epiprune.latency import timed_layers
+    from epiprune.costs.latency import timed_layers
 
     with pytest.raises(EpipruneError, match="layer 'project'.*several channel groups"):
         timed_layers(PrunableGraph(ConcatNet(), example_inputs()))

@@ -254,8 +254,8 @@ def outcome(name: str) -> tuple[str, str]:
     """What epiprune does with the zoo model now: ('pruned', '') if a policy (flops:0.5) builds on it, else
     ('refused', the one-line message)."""
     from epiprune.errors import EpipruneError
-    from epiprune.policy import EarlyPruningPolicy
-    from epiprune.subnetwork import Budget
+    from epiprune.policy.early_pruning import EarlyPruningPolicy
+    from epiprune.policy.subnetwork import Budget
 
     torch.manual_seed(0)
     try:

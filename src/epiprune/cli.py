@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import TrainConfig, add_config_options, config_values, int_list, read_config_file
-from .data import DATASETS
-from .errors import DistributedError, EpipruneError
-from .indicator import DEFAULT_WINDOW
-from .models import MODELS, is_import_path
-from .models.user import parse_layer_names, parse_model_kwargs
+from epiprune.errors import DistributedError, EpipruneError
+from epiprune.models import MODELS, is_import_path
+from epiprune.models.user import parse_layer_names, parse_model_kwargs
+from epiprune.policy.indicator import DEFAULT_WINDOW
+from epiprune.run.config import TrainConfig, add_config_options, config_values, int_list, read_config_file
+from epiprune.run.data import DATASETS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -158,7 +158,7 @@ def _given_options(argv: list[str], command: str) -> list[str]:
 
 
 def _compare(args: argparse.Namespace) -> None:
-    from .compare import CompareConfig, compare
+    from epiprune.evidence.compare import CompareConfig, compare
 
     cfg = CompareConfig(model=args.model, model_kwargs=parse_model_kwargs(args.model_kwargs),
                         ignore_layers=parse_layer_names(args.ignore_layers), data=args.data, data_dir=args.data_dir,
@@ -178,9 +178,9 @@ def _compare(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from .export import export_run
-    from .models import make_model
-    from .serialization import read_spec
+    from epiprune.io.export import export_run
+    from epiprune.io.serialization import read_spec
+    from epiprune.models import make_model
 
     dense = None
     if args.model is not None or args.model_kwargs is not None:
@@ -203,7 +203,7 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from .predict import predict
+    from epiprune.io.predict import predict
 
     for image, top in zip(args.images, predict(args.model, args.images, args.top), strict=True):
         print(f"{image}: " + ", ".join(f"{name} {100 * p:.1f}%" for name, p in top))
@@ -220,8 +220,8 @@ def train_config(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
 
 
 def _train(args: argparse.Namespace, argv: list[str]) -> None:
-    from .runfolder import RunFolder
-    from .trainer import train
+    from epiprune.run.folder import RunFolder
+    from epiprune.run.trainer import train
 
     if args.resume is not None:
         # a run of the user's own network needs its factory named again (a saved file never makes epiprune import)
@@ -237,7 +237,7 @@ def _train(args: argparse.Namespace, argv: list[str]) -> None:
         cfg.out = args.resume
     args.run_folder = RunFolder(cfg.out, resume=args.resume is not None, force=args.force)
     result = train(cfg, resume=args.resume is not None, folder=args.run_folder)
-    from . import distributed
+    from epiprune import distributed
 
     if not distributed.is_main():
         return
@@ -254,10 +254,10 @@ def _train(args: argparse.Namespace, argv: list[str]) -> None:
 def _latency_table(args: argparse.Namespace) -> None:
     import torch
 
-    from .latency import LatencySettings, in_memory_format, load_or_build
-    from .models import build_model
-    from .surgery import PrunableGraph
-    from .trainer import resolve_device
+    from epiprune.costs.latency import LatencySettings, in_memory_format, load_or_build
+    from epiprune.models import build_model
+    from epiprune.run.trainer import resolve_device
+    from epiprune.surgery import PrunableGraph
 
     try:
         shape = tuple(int(v) for v in args.input_shape.split(","))
@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "predict":
             _predict(args)
         elif args.command == "report":
-            from .folder_report import report
+            from epiprune.evidence.report import report
 
             report(args.folder)
     except EpipruneError as e:

@@ -13,7 +13,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from .errors import EpipruneError
+from epiprune.errors import EpipruneError
 
 
 def is_distributed() -> bool:

@@ -9,7 +9,8 @@ from collections.abc import Callable
 
 from torch import nn
 
-from ..errors import EpipruneError
+from epiprune.errors import EpipruneError
+
 from .convnext import convnext_mini
 from .mobilenetv2 import mobilenetv2, mobilenetv2_small
 from .resnet import resnet20, resnet56

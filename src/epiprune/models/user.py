@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from ..errors import EpipruneError
+from epiprune.errors import EpipruneError
 
 ACCEPTED_PATH = "accepted: package.module:factory, e.g. my_models:small_cnn"
 AUTOMATIC_KWARGS = ("num_classes", "in_channels")  # passed by epiprune when the factory takes them

@@ -26,14 +26,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .config import TrainConfig, parse_options, read_config_file, recorded_setting
-from .data import load_dataset
-from .errors import EpipruneError
-from .models import is_import_path
-from .records import CompareRun, EpochRow, RunSummary
-from .report import plot_accuracy_vs_cost, plot_epi_curve, plot_grid, plot_width_heatmap
-from .serialization import atomic_write_text
-from .trainer import build_network
+from epiprune.errors import EpipruneError
+from epiprune.evidence.plots import plot_accuracy_vs_cost, plot_epi_curve, plot_grid, plot_width_heatmap
+from epiprune.io.serialization import atomic_write_text
+from epiprune.models import is_import_path
+from epiprune.run.config import TrainConfig, parse_options, read_config_file, recorded_setting
+from epiprune.run.data import load_dataset
+from epiprune.run.records import CompareRun, EpochRow, RunSummary
+from epiprune.run.trainer import build_network
 
 FAMILIES = ("dense", "plain", "init", "tpf", "fixed", "earlybird", "epi")
 DENSE = "{dense}"  # in a method's overrides: the folder of the same seed's dense run

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import EpipruneError
-from .preprocessing import CIFAR10_CLASSES, FASHION_MNIST_CLASSES
+from epiprune.errors import EpipruneError
+from epiprune.io.preprocessing import CIFAR10_CLASSES, FASHION_MNIST_CLASSES
 
 BUILTIN_FILE = "fashion_mnist_subset.npz"
 DATASETS = ("builtin", "fashion-mnist", "cifar10", "cifar100", "imagefolder")

@@ -20,10 +20,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import distributed
-from .errors import EpipruneError
-from .importance import IMPORTANCES, BatchNormScaleImportance, Importance, MagnitudeImportance, make_importance
-from .indicator import (
+from epiprune import distributed
+from epiprune.costs.latency import LatencyCostModel, LatencySettings, load_or_build
+from epiprune.errors import EpipruneError
+from epiprune.policy.importance import (
+    IMPORTANCES,
+    BatchNormScaleImportance,
+    Importance,
+    MagnitudeImportance,
+    make_importance,
+)
+from epiprune.policy.indicator import (
     DEFAULT_WINDOW,
     EARLYBIRD_QUEUE,
     EPI_AVERAGES,
@@ -33,9 +40,8 @@ from .indicator import (
     early_pruning_indicator,
     earlybird_stability,
 )
-from .latency import LatencyCostModel, LatencySettings, load_or_build
-from .subnetwork import Budget, Cost, check_budget, normalise_per_group, select_subnetwork, widths_of
-from .surgery import PrunableGraph
+from epiprune.policy.subnetwork import Budget, Cost, check_budget, normalise_per_group, select_subnetwork, widths_of
+from epiprune.surgery import PrunableGraph
 
 
 @dataclass

@@ -16,7 +16,7 @@ from torch_pruning import _helpers
 from torch_pruning.dependency.dependency import Dependency
 from torch_pruning.pruner.function import BasePruningFunc
 
-from .errors import EpipruneError
+from epiprune.errors import EpipruneError
 
 
 class SurgeryError(EpipruneError):

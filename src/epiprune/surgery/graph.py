@@ -24,8 +24,14 @@ import torch_pruning as tp
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .cuts import SurgeryError, grouped_conv_inputs, is_grouped, record_parameter_cuts, remap_optimizer_state
-from .subnetwork import CostModel
+from epiprune.policy.subnetwork import CostModel
+from epiprune.surgery.cuts import (
+    SurgeryError,
+    grouped_conv_inputs,
+    is_grouped,
+    record_parameter_cuts,
+    remap_optimizer_state,
+)
 
 
 @dataclass

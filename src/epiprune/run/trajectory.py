@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import load_checkpoint
-from .config import recorded_setting
-from .errors import EpipruneError
-from .importance import BatchNormScaleImportance, MagnitudeImportance
-from .policy import EarlyPruningPolicy
-from .serialization import atomic_write, atomic_write_text
+from epiprune.errors import EpipruneError
+from epiprune.io.serialization import atomic_write, atomic_write_text
+from epiprune.policy.early_pruning import EarlyPruningPolicy
+from epiprune.policy.importance import BatchNormScaleImportance, MagnitudeImportance
+from epiprune.run.checkpoint import load_checkpoint
+from epiprune.run.config import recorded_setting
 
 SCORES_FILE = "scores.jsonl"
 KEPT_CHECKPOINTS = "checkpoints"

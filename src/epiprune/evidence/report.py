@@ -7,12 +7,12 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from .checkpoint import CHECKPOINT_FILE, load_checkpoint
-from .compare import finished_runs, write_comparison
-from .errors import EpipruneError
-from .indicator import default_threshold
-from .records import EpochRow
-from .report import plot_epi
+from epiprune.errors import EpipruneError
+from epiprune.evidence.compare import finished_runs, write_comparison
+from epiprune.evidence.plots import plot_epi
+from epiprune.policy.indicator import default_threshold
+from epiprune.run.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from epiprune.run.records import EpochRow
 
 
 def report(folder: str | Path, log: Callable[[str], None] = print) -> Path:

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from types import TracebackType
 
-from .errors import EpipruneError
+from epiprune.errors import EpipruneError
 
 CHECKPOINT_FILE = "checkpoint.pt"  # the same name as checkpoint.CHECKPOINT_FILE (not imported: no cycle)
 # a folder holding any of these holds a run

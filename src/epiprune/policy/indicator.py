@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import EpipruneError
+from epiprune.errors import EpipruneError
 
 # Published thresholds (paper, section 4): tau for Taylor importance and for magnitude importance.
 DEFAULT_THRESHOLDS = {"taylor": 0.944, "magnitude": 0.983, "bn": 0.983, "random": 0.944}

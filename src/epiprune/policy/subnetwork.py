@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .errors import EpipruneError
+from epiprune.errors import EpipruneError
 
 BUDGET_KINDS = ("flops", "params", "latency")
 

@@ -22,22 +22,22 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import distributed
-from .checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
-from .config import TrainConfig
-from .data import Dataset, TensorLoader, load_dataset
-from .errors import DistributedError, EpipruneError
-from .latency import LatencySettings, autocast, in_memory_format, time_model_step
-from .models import is_import_path, make_model
-from .models.user import resolve_layers
-from .policy import EarlyPruningPolicy
-from .preprocessing import from_loader_stats
-from .records import EpochRow, RunSummary
-from .report import plot_epi
-from .runfolder import RunFolder
-from .serialization import architecture_spec, atomic_write_text, save_pruned
-from .subnetwork import Budget
-from .trajectory import KEPT_CHECKPOINTS, SCORES_FILE, ScoreRecorder, branch, keep_copy
+from epiprune import distributed
+from epiprune.costs.latency import LatencySettings, autocast, in_memory_format, time_model_step
+from epiprune.errors import DistributedError, EpipruneError
+from epiprune.evidence.plots import plot_epi
+from epiprune.io.preprocessing import from_loader_stats
+from epiprune.io.serialization import architecture_spec, atomic_write_text, save_pruned
+from epiprune.models import is_import_path, make_model
+from epiprune.models.user import resolve_layers
+from epiprune.policy.early_pruning import EarlyPruningPolicy
+from epiprune.policy.subnetwork import Budget
+from epiprune.run.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from epiprune.run.config import TrainConfig
+from epiprune.run.data import Dataset, TensorLoader, load_dataset
+from epiprune.run.folder import RunFolder
+from epiprune.run.records import EpochRow, RunSummary
+from epiprune.run.trajectory import KEPT_CHECKPOINTS, SCORES_FILE, ScoreRecorder, branch, keep_copy
 
 TRAIN_FLOPS_PER_FORWARD = 3
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import EpipruneError
-from .serialization import atomic_write
+from epiprune.errors import EpipruneError
+from epiprune.io.serialization import atomic_write
 
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT = "epiprune-checkpoint/1"

@@ -20,11 +20,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .errors import EpipruneError
-from .models import MODELS, build_model, is_import_path
-from .models.user import resolve_layers
-from .preprocessing import Preprocessing, with_preprocessing
-from .surgery import PrunableGraph, SurgeryError
+from epiprune.errors import EpipruneError
+from epiprune.io.preprocessing import Preprocessing, with_preprocessing
+from epiprune.models import MODELS, build_model, is_import_path
+from epiprune.models.user import resolve_layers
+from epiprune.surgery import PrunableGraph, SurgeryError
 
 ARCH_FILE = "architecture.json"
 WEIGHTS_FILE = "model.safetensors"

@@ -24,10 +24,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from .errors import EpipruneError
-from .preprocessing import METADATA_KEY, with_preprocessing
-from .runfolder import RUN_FILES
-from .serialization import ARCH_FILE, atomic_write, load_preprocessing, load_pruned
+from epiprune.errors import EpipruneError
+from epiprune.io.preprocessing import METADATA_KEY, with_preprocessing
+from epiprune.io.serialization import ARCH_FILE, atomic_write, load_preprocessing, load_pruned
+from epiprune.run.folder import RUN_FILES
 
 FORMATS = ("torchscript", "export", "onnx", "safetensors")
 SUFFIX = {"torchscript": ".torchscript.pt", "export": ".pt2", "onnx": ".onnx", "safetensors": ".safetensors"}

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import EpipruneError
-from .preprocessing import METADATA_KEY, Preprocessing, read_image
-from .serialization import load_preprocessing, load_pruned
+from epiprune.errors import EpipruneError
+from epiprune.io.preprocessing import METADATA_KEY, Preprocessing, read_image
+from epiprune.io.serialization import load_preprocessing, load_pruned
 
 ACCEPTED = "a run folder of `epiprune train`, or a file from `epiprune export`: .safetensors, .pt, .pt2, .onnx"
 

@@ -45,10 +45,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .errors import EpipruneError
-from .serialization import atomic_write_text
-from .subnetwork import select_subnetwork
-from .surgery import PrunableGraph, is_depthwise
+from epiprune.errors import EpipruneError
+from epiprune.io.serialization import atomic_write_text
+from epiprune.policy.subnetwork import select_subnetwork
+from epiprune.surgery import PrunableGraph, is_depthwise
 
 FORMAT = "epiprune-latency-table/1"
 TARGETS = ("train", "infer")

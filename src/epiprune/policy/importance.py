@@ -21,7 +21,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .surgery import PrunableGraph
+from epiprune.surgery import PrunableGraph
 
 IMPORTANCES = ("taylor", "magnitude", "bn", "random")
 
