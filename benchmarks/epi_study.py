@@ -33,16 +33,10 @@ import numpy as np
 import torch
 
 from epiprune.cli import _int_list
-from epiprune.evidence.compare import (
-    CompareConfig,
-    bootstrap_interval,
-    compare,
-    finished_runs,
-    oracle_runs,
-    test_top1,
-    write_comparison,
-)
-from epiprune.io.serialization import atomic_write, atomic_write_text
+from epiprune.evidence.compare import compare
+from epiprune.evidence.runs import CompareConfig, finished_runs
+from epiprune.evidence.table import bootstrap_interval, oracle_runs, test_top1, write_comparison
+from epiprune.files import atomic_write, atomic_write_text
 from epiprune.models import build_model
 from epiprune.policy.early_pruning import EarlyPruningPolicy
 from epiprune.policy.subnetwork import Budget

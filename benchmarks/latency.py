@@ -37,9 +37,12 @@ import numpy as np
 import torch
 
 from epiprune.costs.latency import LatencySettings, device_name, load_or_build, median_ms, time_model_step
-from epiprune.io.serialization import atomic_write_text, load_pruned
+from epiprune.files import atomic_write_text
+from epiprune.io.serialization import load_pruned
 from epiprune.models import build_model
-from epiprune.run.trainer import TrainConfig, resolve_device, train
+from epiprune.run.config import TrainConfig
+from epiprune.run.network import resolve_device
+from epiprune.run.trainer import train
 from epiprune.surgery import PrunableGraph
 
 INPUT = (1, 28, 28)  # the built-in data

@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 
 from epiprune import Budget, EarlyPruningPolicy
-from epiprune.io.serialization import atomic_write_text
+from epiprune.files import atomic_write_text
 from epiprune.models import build_model
 from epiprune.run.data import TensorLoader, load_builtin
-from epiprune.run.trainer import resolve_device
+from epiprune.run.network import resolve_device
 
 
 def synchronize(device: torch.device) -> None:

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import torch
 
-from epiprune.evidence.compare import CompareConfig, compare, markdown_table
-from epiprune.io.serialization import atomic_write_text
+from epiprune.evidence.compare import compare
+from epiprune.evidence.runs import CompareConfig
+from epiprune.evidence.table import markdown_table
+from epiprune.files import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_CANDIDATES = [Path("/usr/share/datasets/fashion-mnist"), ROOT.parent / "shared" / "data" / "fashion-mnist"]

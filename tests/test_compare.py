@@ -5,9 +5,11 @@ import pytest
 
 from epiprune.cli import main
 from epiprune.errors import EpipruneError
-from epiprune.evidence.compare import CompareConfig, aggregate
+from epiprune.evidence.runs import CompareConfig
+from epiprune.evidence.table import aggregate
 from epiprune.policy.indicator import earlybird_stability, mask_distance
-from epiprune.run.trainer import TrainConfig, lr_schedule
+from epiprune.run.config import TrainConfig
+from epiprune.run.steps import lr_schedule
 
 TINY = ["--train-subset", "64", "--val-subset", "32", "--epochs", "4", "--epi-window", "1", "--batch-size", "64",
         "--grid", "1,2"]
@@ -224,7 +226,7 @@ def test_latency_budget_runs_the_first_job_alone_so_the_table_is_built_once(monk
     import threading
     import time
 
-    from epiprune import compare as compare_module
+    from epiprune.evidence import compare as compare_module
 
     active, overlaps, order = [0], [], []
     lock = threading.Lock()
@@ -241,7 +243,7 @@ def test_latency_budget_runs_the_first_job_alone_so_the_table_is_built_once(monk
 
     monkeypatch.setattr(compare_module, "run_one", fake_run_one)
     monkeypatch.setattr(compare_module, "write_comparison", lambda out, runs, config, log: runs)
-    cfg = compare_module.CompareConfig(budget="latency:0.5", jobs=2, families=["fixed"], grid=[1, 2, 3],
+    cfg = CompareConfig(budget="latency:0.5", jobs=2, families=["fixed"], grid=[1, 2, 3],
                                        epochs=6, out=str(tmp_path))
     runs = compare_module.compare(cfg, log=lambda _: None)
     assert order[0] == "fixed-1" and overlaps[0] == 1 and len(runs) == 3

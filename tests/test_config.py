@@ -96,7 +96,7 @@ def test_config_file_accepts_what_write_wrote(tmp_path):
 
 
 def test_train_config_of_a_compare_written_file_is_the_same_run_as_its_command_line(tmp_path, capsys):
-    from epiprune.evidence.compare import CompareConfig
+    from epiprune.evidence.runs import CompareConfig
 
     cmp = CompareConfig(train_subset=64, val_subset=32, epochs=2, batch_size=64, families=["fixed"], grid=[1],
                         branch=False, out=str(tmp_path / "cmp"))
@@ -129,7 +129,7 @@ def test_train_config_of_a_compare_written_file_is_the_same_run_as_its_command_l
 
 
 def test_the_method_of_a_run_is_read_from_its_settings():
-    from epiprune.evidence.compare import CompareConfig, method_of
+    from epiprune.evidence.runs import CompareConfig, method_of
 
     cmp = CompareConfig(epochs=8, grid=[1, 2, 3, 4], finetune_epochs=3)
     methods = cmp.methods()

@@ -157,7 +157,7 @@ def test_cpu_training_under_torchrun_uses_gloo_even_where_cuda_exists(tmp_path, 
 
 def test_more_ranks_than_gpus_is_a_one_line_error(monkeypatch):
     from epiprune.errors import EpipruneError
-    from epiprune.run.trainer import resolve_device
+    from epiprune.run.network import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)

@@ -10,12 +10,13 @@ import torch
 from torch import nn
 
 from epiprune import Budget, EarlyPruningPolicy
-from epiprune.evidence.compare import bootstrap_interval, oracle_runs, paired_differences
+from epiprune.evidence.table import bootstrap_interval, oracle_runs, paired_differences
 from epiprune.models import build_model
 from epiprune.policy.importance import BatchNormScaleImportance
 from epiprune.policy.indicator import TriggerRule, early_pruning_indicator, structural_similarity
+from epiprune.run.config import TrainConfig
 from epiprune.run.data import Dataset
-from epiprune.run.trainer import TrainConfig, add_bn_l1_gradient, split_data
+from epiprune.run.steps import add_bn_l1_gradient, split_data
 
 from .test_decision import ScriptedImportance
 

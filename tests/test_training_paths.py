@@ -7,7 +7,7 @@ import torch
 
 from epiprune.cli import main
 from epiprune.run.checkpoint import load_checkpoint
-from epiprune.run.trainer import trainable
+from epiprune.run.network import trainable
 from epiprune.surgery import PrunableGraph
 
 from .helpers import ConvBNNet

@@ -158,7 +158,8 @@ def _given_options(argv: list[str], command: str) -> list[str]:
 
 
 def _compare(args: argparse.Namespace) -> None:
-    from epiprune.evidence.compare import CompareConfig, compare
+    from epiprune.evidence.compare import compare
+    from epiprune.evidence.runs import CompareConfig
 
     cfg = CompareConfig(model=args.model, model_kwargs=parse_model_kwargs(args.model_kwargs),
                         ignore_layers=parse_layer_names(args.ignore_layers), data=args.data, data_dir=args.data_dir,
@@ -256,7 +257,7 @@ def _latency_table(args: argparse.Namespace) -> None:
 
     from epiprune.costs.latency import LatencySettings, in_memory_format, load_or_build
     from epiprune.models import build_model
-    from epiprune.run.trainer import resolve_device
+    from epiprune.run.network import resolve_device
     from epiprune.surgery import PrunableGraph
 
     try:

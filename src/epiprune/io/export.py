@@ -25,9 +25,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from epiprune.errors import EpipruneError
+from epiprune.files import RUN_FILES, atomic_write
 from epiprune.io.preprocessing import METADATA_KEY, with_preprocessing
-from epiprune.io.serialization import ARCH_FILE, atomic_write, load_preprocessing, load_pruned
-from epiprune.run.folder import RUN_FILES
+from epiprune.io.serialization import ARCH_FILE, load_preprocessing, load_pruned
 
 FORMATS = ("torchscript", "export", "onnx", "safetensors")
 SUFFIX = {"torchscript": ".torchscript.pt", "export": ".pt2", "onnx": ".onnx", "safetensors": ".safetensors"}

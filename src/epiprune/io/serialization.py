@@ -1,4 +1,4 @@
-"""Pruned models as data: an architecture spec (JSON) next to safetensors weights, and atomic file writes.
+"""Pruned models as data: an architecture spec (JSON) next to safetensors weights.
 
 The spec names the registry model (or the import path and JSON keyword arguments of the user's own factory),
 its constructor arguments, the input shape, the layers never pruned and the kept channel indices per channel
@@ -10,9 +10,6 @@ network and passes it (`load_pruned(path, model=...)`).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -21,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from epiprune.errors import EpipruneError
+from epiprune.files import atomic_write, atomic_write_text
 from epiprune.io.preprocessing import Preprocessing, with_preprocessing
 from epiprune.models import MODELS, build_model, is_import_path
 from epiprune.models.user import resolve_layers
@@ -28,33 +26,6 @@ from epiprune.surgery import PrunableGraph, SurgeryError
 
 ARCH_FILE = "architecture.json"
 WEIGHTS_FILE = "model.safetensors"
-
-
-def _read_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call write(tmp) on a temp file in path's folder, then rename it over path (readers never see half)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would make outputs private unlike every other file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda p: p.write_text(text))
 
 
 def architecture_spec(model_name: str, in_channels: int, num_classes: int, input_size: tuple[int, int],

@@ -12,9 +12,8 @@ from pathlib import Path
 import torch
 
 from epiprune.errors import EpipruneError
-from epiprune.io.serialization import atomic_write
+from epiprune.files import atomic_write
 
-CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT = "epiprune-checkpoint/1"
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from epiprune.costs.latency import AMP_DTYPES, TARGETS, LatencySettings
 from epiprune.errors import EpipruneError
-from epiprune.io.serialization import atomic_write_text
+from epiprune.files import atomic_write_text
 from epiprune.models import MODELS, check_model_name, is_import_path
 from epiprune.models.user import factory_arguments, import_factory, parse_layer_names, parse_model_kwargs
 from epiprune.policy.importance import IMPORTANCES
@@ -262,7 +262,7 @@ class TrainConfig:
     def _validate_model(self) -> None:
         """The model name, its kwargs and the ignored layers' form; a user factory is imported here (it is named
         by the caller) and its signature checked against the kwargs. Building it needs the data: see
-        trainer.build_network."""
+        run.network.build_network."""
         try:
             json.dumps(self.model_kwargs, allow_nan=False)  # recorded in the run's files: plain data only
         except (TypeError, ValueError) as e:

@@ -16,13 +16,8 @@ from pathlib import Path
 from types import TracebackType
 
 from epiprune.errors import EpipruneError
+from epiprune.files import CHECKPOINT_FILE, RUN_FILE_PATTERNS, RUN_FILES, RUN_MARKERS
 
-CHECKPOINT_FILE = "checkpoint.pt"  # the same name as checkpoint.CHECKPOINT_FILE (not imported: no cycle)
-# a folder holding any of these holds a run
-RUN_MARKERS = (CHECKPOINT_FILE, "metrics.jsonl", "summary.json", "model.safetensors", "architecture.json")
-# what a run writes, all moved aside by --force (other files in the folder, e.g. compare's train.log, stay)
-RUN_FILES = (*RUN_MARKERS, "epi.png", "preprocessing.json")
-RUN_FILE_PATTERNS = ("model_export.*",)
 ASIDE = ".epiprune-replaced"
 
 

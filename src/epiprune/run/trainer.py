@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import random
 import shutil
 import sys
 import time
@@ -17,30 +15,40 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from epiprune import distributed
-from epiprune.costs.latency import LatencySettings, autocast, in_memory_format, time_model_step
+from epiprune.costs.latency import autocast, in_memory_format
 from epiprune.errors import DistributedError, EpipruneError
 from epiprune.evidence.plots import plot_epi
+from epiprune.files import CHECKPOINT_FILE, atomic_write_text
 from epiprune.io.preprocessing import from_loader_stats
-from epiprune.io.serialization import architecture_spec, atomic_write_text, save_pruned
-from epiprune.models import is_import_path, make_model
-from epiprune.models.user import resolve_layers
+from epiprune.io.serialization import architecture_spec, save_pruned
+from epiprune.models import is_import_path
 from epiprune.policy.early_pruning import EarlyPruningPolicy
 from epiprune.policy.subnetwork import Budget
-from epiprune.run.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from epiprune.run.checkpoint import load_checkpoint, save_checkpoint
 from epiprune.run.config import TrainConfig
 from epiprune.run.data import Dataset, TensorLoader, load_dataset
 from epiprune.run.folder import RunFolder
+from epiprune.run.latency_check import check_latency
+from epiprune.run.network import build_network, resolve_device, to_input, trainable
 from epiprune.run.records import EpochRow, RunSummary
+from epiprune.run.steps import (
+    TRAIN_FLOPS_PER_FORWARD,
+    add_bn_l1_gradient,
+    cross_entropy,
+    evaluate,
+    lr_schedule,
+    make_optimizer,
+    prepare_output,
+    prune_at_initialisation,
+    seed_everything,
+    split_data,
+)
 from epiprune.run.trajectory import KEPT_CHECKPOINTS, SCORES_FILE, ScoreRecorder, branch, keep_copy
-
-TRAIN_FLOPS_PER_FORWARD = 3
-
 
 PROGRESS_EVERY = 20  # steps between progress-bar loss updates (each one waits for the device)
 
@@ -49,169 +57,12 @@ class TrainingError(EpipruneError):
     """Training cannot go on (e.g. the loss became NaN)."""
 
 
-def split_data(dataset: Dataset, cfg: TrainConfig) -> tuple[Dataset, tuple[np.ndarray, np.ndarray] | None]:
-    """The run's train and validation splits, and the test split when --holdout makes one (None otherwise).
-    Subsets are drawn with --data-seed (default: --seed), so that seeds can share one data subset. With --holdout,
-    the validation split is that many training images and --val-subset sizes the test split."""
-    data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
-    if not cfg.holdout:
-        return dataset.subset(cfg.train_subset, cfg.val_subset, seed=data_seed), None
-    dataset, (test_images, test_labels) = dataset.hold_out(cfg.holdout, seed=data_seed)
-    test = Dataset(dataset.name, test_images[:0], test_labels[:0], test_images, test_labels, dataset.num_classes)
-    test = test.subset(None, cfg.val_subset, seed=data_seed)
-    return dataset.subset(cfg.train_subset, None, seed=data_seed), (test.val_images, test.val_labels)
-
-
-@torch.no_grad()
-def add_bn_l1_gradient(model: nn.Module, strength: float) -> None:
-    """Network slimming's sparsity term: add strength * sign(gamma) to every BN scale's gradient (the gradient of
-    strength * sum |gamma|), as Early-Bird does while it searches."""
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.weight is not None \
-                and module.weight.grad is not None:
-            module.weight.grad.add_(torch.sign(module.weight), alpha=strength)
-
-
-def build_network(cfg: TrainConfig, in_channels: int, num_classes: int, input_size: tuple[int, int]
-                  ) -> tuple[nn.Module, list[nn.Module]]:
-    """(cfg's dense network for images (in_channels, H, W) and num_classes, its modules named in
-    cfg.ignore_layers). A user network must map (N, in_channels, H, W) to (N, num_classes) logits."""
-    model = make_model(cfg.model, in_channels, num_classes, cfg.model_kwargs, input_size)
-    return model, resolve_layers(model, cfg.ignore_layers, cfg.model)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def prepare_output(out: str) -> Path:
-    """Create the output folder and check that it is writable, before any training time is spent."""
-    path = Path(out)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise EpipruneError(f"output folder {out} is not writable ({e.strerror})") from None
-    return path
-
-
-def to_input(x: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
-    """A batch on the device, in the run's memory format."""
-    return in_memory_format(x.to(device, non_blocking=True), channels_last)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: TensorLoader, device: torch.device, channels_last: bool = False,
-             amp: str = "none") -> tuple[float, float]:
-    """(mean cross-entropy, top-1 accuracy in [0, 1]) over the loader, summed over data-parallel ranks."""
-    model.eval()
-    loss_sum, correct, count = 0.0, 0, 0
-    for x, y in loader:
-        x, y = to_input(x, device, channels_last), y.to(device, non_blocking=True)
-        with autocast(device, amp):
-            logits = model(x).float()
-        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
-        correct += int((logits.argmax(1) == y).sum())
-        count += len(y)
-    loss_sum, correct, count = distributed.all_reduce_sum([loss_sum, correct, count], device)
-    return loss_sum / max(count, 1), correct / max(count, 1)
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto': this rank's GPU when CUDA is available, else the CPU."""
-    if name not in ("auto", "cpu", "cuda"):
-        raise EpipruneError(f"unknown device {name!r} (accepted: auto, cpu, cuda)")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise EpipruneError("device 'cuda' requested but CUDA is not available (accepted: auto, cpu)")
-    if name == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    local_rank, visible = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
-    if local_rank >= visible:
-        raise EpipruneError(f"local rank {local_rank} needs GPU {local_rank} but {visible} are visible (accepted: "
-                            f"at most {visible} processes per node, or --device cpu)")
-    return torch.device("cuda", local_rank)
-
-
-def wrap_data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
-    """DistributedDataParallel over the model's current parameters when running under torchrun (called again
-    after pruning: the old wrapper's gradient buckets refer to tensors that no longer exist)."""
-    if not distributed.is_distributed():
-        return model
-    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-
-def trainable(model: nn.Module, device: torch.device, compile_model: bool) -> nn.Module:
-    """The module the loop calls: DDP under torchrun, then torch.compile if asked (rebuilt after pruning)."""
-    net = wrap_data_parallel(model, device)
-    return torch.compile(net) if compile_model else net
-
-
 @dataclass
 class RunResult:
     summary: RunSummary
     metrics: list[EpochRow]
     model: nn.Module
     out: Path
-
-
-def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return nn.functional.cross_entropy(logits, labels)
-
-
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum (default) or AdamW (what ConvNeXt-style networks, LayerNorm and no BN, need: they
-    do not learn under SGD at any lr tried, see docs/RESULTS.md); weight decay on conv/linear weights only (not on
-    norm scales, layer scales or biases)."""
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                  {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-    return torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
-                            {"params": no_decay, "weight_decay": 0.0}],
-                           lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-
-
-def lr_schedule(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
-    """LR multiplier per step: cosine from 1 to 0 over the main schedule, times a linear ramp from
-    1/warm-up-steps to 1 over the first `warmup_epochs` (deep ResNets blow up at lr 0.1 from initialisation);
-    for train-prune-fine-tune, a second cosine from 0.1 to 0 over the fine-tuning epochs."""
-    main_steps = cfg.epochs * steps_per_epoch
-    tune_steps = max(1, cfg.finetune_epochs * steps_per_epoch)
-    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
-
-    def factor(step: int) -> float:
-        if step < main_steps:
-            ramp = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
-            return ramp * 0.5 * (1 + math.cos(math.pi * step / main_steps))
-        return 0.05 * (1 + math.cos(math.pi * min(step - main_steps, tune_steps) / tune_steps))
-
-    return factor
-
-
-def prune_at_initialisation(model: nn.Module, policy: EarlyPruningPolicy, loader: TensorLoader,
-                            batches: int) -> float:
-    """Prune before the first step. Taylor importance is accumulated over `batches` mini-batches of gradients
-    at initialisation (SNIP-style, no weight update); magnitude and random need no data.
-    Returns the training FLOPs spent on those batches."""
-    flops = 0.0
-    if policy.importance_kind == "taylor":
-        model.train()
-        dense_flops = policy.dense_flops
-        device = next(model.parameters()).device
-        for i, (x, y) in enumerate(loader):
-            if i >= batches:
-                break
-            cross_entropy(model(x.to(device)), y.to(device)).backward()
-            policy.step()
-            model.zero_grad(set_to_none=True)
-            flops += TRAIN_FLOPS_PER_FORWARD * dense_flops * len(y) * distributed.world_size()
-    policy.prune_now(trigger="fixed")
-    return flops
 
 
 def train(cfg: TrainConfig, dataset: Dataset | None = None, log: Callable[[str], None] = print,
@@ -284,45 +135,6 @@ def _make_policy(cfg: TrainConfig, model: nn.Module, example: torch.Tensor, budg
         if policy.latency_table_path is not None and policy.latency_table_path.resolve() != copy.resolve():
             shutil.copyfile(policy.latency_table_path, copy)
     return policy
-
-
-def measure_latency(policy: EarlyPruningPolicy, model: nn.Module, dense_model: nn.Module,
-                    settings: LatencySettings, input_shape: tuple[int, ...]) -> dict:
-    """Predicted and measured step time (ms) of the dense and the final model, timed the way the table was
-    (interleaved, medians), and the prediction's error for the final model."""
-    measured_dense, measured_final = [], []
-    for _ in range(2):
-        measured_dense.append(time_model_step(dense_model, input_shape, settings))
-        measured_final.append(time_model_step(model, input_shape, settings))
-    dense_ms, final_ms = min(measured_dense), min(measured_final)
-    predicted_dense, predicted_final = policy.cost.dense, policy.predicted_latency_ms()
-    return {"target": settings.target, "batch_size": settings.batch_size, "table": str(policy.latency_table_path),
-            "predicted_dense_ms": predicted_dense, "predicted_final_ms": predicted_final,
-            "measured_dense_ms": dense_ms, "measured_final_ms": final_ms,
-            "predicted_ratio": predicted_final / predicted_dense, "measured_ratio": final_ms / dense_ms,
-            "prediction_error": predicted_final / final_ms - 1.0}
-
-
-PREDICTION_WARNING = 0.20  # warn when the latency prediction misses the measured time by more than this
-
-
-def _check_latency(cfg: TrainConfig, policy: EarlyPruningPolicy, model: nn.Module, dataset: Dataset,
-                   device: torch.device, log: Callable[[str], None]) -> dict:
-    """Time the final model against a freshly built dense one, as the table was timed; warn if the table's
-    prediction is off by more than PREDICTION_WARNING."""
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        dense, _ = build_network(cfg, dataset.in_channels, dataset.num_classes, dataset.image_size)
-        dense = dense.to(device)
-    dense = in_memory_format(dense, cfg.channels_last)
-    result = measure_latency(policy, model, dense, cfg.latency_settings(),
-                             (dataset.in_channels, *dataset.image_size))
-    log(f"latency ({result['target']}, batch {result['batch_size']}): dense {result['measured_dense_ms']:.1f} ms, "
-        f"pruned {result['measured_final_ms']:.1f} ms measured ({100 * result['measured_ratio']:.1f}% of dense), "
-        f"{result['predicted_final_ms']:.1f} ms predicted ({100 * result['prediction_error']:+.1f}%)")
-    if abs(result["prediction_error"]) > PREDICTION_WARNING:
-        log(f"warning: the latency table's prediction is off by {100 * result['prediction_error']:+.0f}% for the "
-            f"pruned model (more than {100 * PREDICTION_WARNING:.0f}%): rebuild the table on an idle machine")
-    return result
 
 
 @dataclass
@@ -558,7 +370,7 @@ def _finish(run: _Run) -> RunResult:
                        branch_train_flops=run.train_flops_total - shared["train_flops_cumulative"],
                        branch_seconds=sum(m["epoch_seconds"] for m in metrics[policy.prune_epoch:]))
     if run.main and run.budget.kind == "latency":
-        summary["latency"] = _check_latency(cfg, policy, run.model, dataset, run.device, run.log)
+        summary["latency"] = check_latency(cfg, policy, run.model, dataset, run.device, run.log)
     if run.main:
         prep = from_loader_stats(train_loader.mean, train_loader.std, (h, w), dataset.labels)
         spec = architecture_spec(cfg.model, dataset.in_channels, dataset.num_classes, (h, w), policy.kept,

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from epiprune.errors import EpipruneError
-from epiprune.io.serialization import atomic_write, atomic_write_text
+from epiprune.files import atomic_write, atomic_write_text
 from epiprune.policy.early_pruning import EarlyPruningPolicy
 from epiprune.policy.importance import BatchNormScaleImportance, MagnitudeImportance
 from epiprune.run.checkpoint import load_checkpoint

@@ -1,0 +1,249 @@
+"""What `epiprune compare` runs and finds: its settings (CompareConfig), the methods as TrainConfig recipes, where
+each (method, seed) run lives, whether a finished run was made with the same settings, and the finished runs of a
+compare folder. Reads and writes no training state: `epiprune report` uses it without importing the trainer."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from epiprune.errors import EpipruneError
+from epiprune.models import is_import_path
+from epiprune.run.config import TrainConfig, parse_options, read_config_file, recorded_setting
+from epiprune.run.data import load_dataset
+from epiprune.run.network import build_network
+from epiprune.run.records import CompareRun
+
+FAMILIES = ("dense", "plain", "init", "tpf", "fixed", "earlybird", "epi")
+
+
+DENSE = "{dense}"  # in a method's overrides: the folder of the same seed's dense run
+
+
+CONFIG_FILE = "config.json"  # in a run folder: its TrainConfig, which `epiprune train --config` runs
+
+
+@dataclass
+class Method:
+    """One training recipe: a name for the table, its family, and the TrainConfig fields that make it (on top of
+    the settings every run of the comparison shares)."""
+
+    name: str
+    family: str
+    overrides: dict[str, Any]
+
+    @property
+    def branches(self) -> bool:
+        return self.overrides.get("branch_from") == DENSE
+
+
+@dataclass
+class CompareConfig:
+    model: str = "resnet20"  # a registry name or package.module:factory (see TrainConfig)
+    model_kwargs: dict = field(default_factory=dict)
+    ignore_layers: list[str] = field(default_factory=list)
+    data: str = "builtin"
+    data_dir: str | None = None
+    train_subset: int | None = None
+    val_subset: int | None = None
+    epochs: int = 12
+    batch_size: int = 128
+    lr: float = 0.1
+    warmup_epochs: float = 0.0
+    budget: str = "flops:0.5"
+    epi_window: int = 3
+    grid: list[int] | None = None  # fixed prune epochs; default 1..max dense epochs
+    finetune_epochs: int | None = None  # for train-prune-fine-tune; default epochs // 4
+    seeds: list[int] = field(default_factory=lambda: [0])
+    families: list[str] = field(default_factory=lambda: list(FAMILIES))
+    jobs: int = 1
+    out: str = "runs/compare"
+    force: bool = False
+    holdout: int = 0  # training images held out for validation; the dataset's validation split becomes the test
+    data_seed: int | None = None  # one data subset for every seed (None: each seed draws its own)
+    branch: bool = True  # grid, tpf and EPI runs branch from the seed's dense run
+    probe_every: int = 0  # the dense run also records Taylor scores every N steps (trigger studies)
+    only: list[str] | None = None  # run only these method names (e.g. one prune-at-init variant)
+    extra_args: list[str] = field(default_factory=list)  # more `epiprune train` options for every run
+
+    @property
+    def max_dense(self) -> int:
+        """The EPI runs' fallback epoch, the same default as `epiprune train`'s."""
+        return TrainConfig(epochs=self.epochs, epi_window=self.epi_window).resolved_max_dense_epochs
+
+    def validate(self) -> None:
+        """Raise EpipruneError for settings that every run would reject (before any folder is made)."""
+        if not str(self.out).strip() or (Path(self.out).exists() and not Path(self.out).is_dir()):
+            raise EpipruneError(f"--out {self.out!r} is not a folder name (accepted: a new or existing folder)")
+        if self.jobs < 1:
+            raise EpipruneError(f"--jobs {self.jobs} is too small (accepted: an integer >= 1)")
+        if not self.seeds:
+            raise EpipruneError("--seeds names no seed (accepted: integers like 0,1,2 or 0-2)")
+        if self.grid is not None and not self.grid:
+            raise EpipruneError("--grid names no epoch (accepted: integers like 1,2,3 or 1-6)")
+        if self.epochs < self.epi_window + 2:
+            raise EpipruneError(f"--epochs {self.epochs} is too small for --epi-window {self.epi_window} (accepted: "
+                                f">= {self.epi_window + 2}: EPI needs window + 1 dense epochs, then pruned training)")
+        if self.finetune_epochs is not None and self.finetune_epochs < 1:
+            raise EpipruneError(f"--finetune-epochs {self.finetune_epochs} is too small (accepted: an integer >= 1)")
+        # the settings every run shares are checked the way `epiprune train` checks them
+        train_cfg = TrainConfig(**self.shared_settings())
+        train_cfg.validate()
+        if self.data_dir is not None and not Path(self.data_dir).is_dir():
+            raise EpipruneError(f"data folder not found: {self.data_dir} (give an existing folder with --data-dir)")
+        self.methods()
+        if is_import_path(self.model) or self.ignore_layers:
+            # the user's network is built once here, so that a factory that fails or a wrong output shape is one
+            # error line before any run folder exists, not a failure of every run
+            data = load_dataset(self.data, self.data_dir)
+            build_network(train_cfg, data.in_channels, data.num_classes, data.image_size)
+
+    def methods(self) -> list[Method]:
+        unknown = set(self.families) - set(FAMILIES)
+        if unknown:
+            raise EpipruneError(f"unknown methods {sorted(unknown)} (accepted: {', '.join(FAMILIES)})")
+        grid = self.grid or list(range(1, self.max_dense + 1))
+        if any(not 1 <= k < self.epochs for k in grid):
+            raise EpipruneError(f"--grid epochs {grid} must lie in 1..{self.epochs - 1} (accepted: prune epochs "
+                                "before the last, e.g. 1-4)")
+        finetune = self.finetune_epochs if self.finetune_epochs is not None else max(1, self.epochs // 4)
+        branch = {"branch_from": DENSE} if self.branch and "dense" in self.families else {}
+        record = {"record_scores": True, "keep_checkpoints": self.kept_epochs(grid)}
+        if self.probe_every:
+            record["probe_every"] = self.probe_every
+        recipes = {
+            "dense": [Method("dense", "dense", {"indicator": "none", **(record if branch else {})})],
+            "plain": [Method("dense-plain", "plain", {"indicator": "none", "importance": "magnitude"})],
+            "init": [Method(f"init-{imp}", "init", {"prune_at": 0, "importance": imp})
+                     for imp in ("random", "magnitude", "taylor")],
+            "tpf": [Method(f"tpf-ft{finetune}", "tpf", {"prune_at": self.epochs, "finetune_epochs": finetune,
+                                                         **branch})],
+            "fixed": [Method(f"fixed-{k}", "fixed", {"prune_at": k, **branch}) for k in grid],
+            "earlybird": [Method("earlybird", "earlybird", {"indicator": "earlybird", "importance": "bn",
+                                                            "bn_l1": 1e-4}),
+                          Method("earlybird-budget", "earlybird", {"indicator": "earlybird-budget",
+                                                                   "importance": "magnitude", **branch})],
+            "epi": [Method("epi-taylor", "epi", {"importance": "taylor", **branch}),
+                    Method("epi-magnitude", "epi", {"importance": "magnitude", **branch})],
+        }
+        methods = [m for fam in FAMILIES if fam in self.families for m in recipes[fam]]
+        return [m for m in methods if self.only is None or m.name in self.only]
+
+    def kept_epochs(self, grid: list[int]) -> list[int]:
+        """Epochs whose checkpoints the dense run keeps: every epoch a branch may prune at."""
+        return sorted({*range(1, self.max_dense + 1), *grid, self.epochs})
+
+    def shared_settings(self) -> dict[str, Any]:
+        """The TrainConfig fields every run of the comparison shares (its extra_args included)."""
+        values: dict[str, Any] = dict(
+            model=self.model, model_kwargs=self.model_kwargs, ignore_layers=self.ignore_layers, data=self.data,
+            data_dir=self.data_dir, train_subset=self.train_subset, val_subset=self.val_subset, epochs=self.epochs,
+            batch_size=self.batch_size, lr=self.lr, warmup_epochs=self.warmup_epochs, budget=self.budget,
+            epi_window=self.epi_window, max_dense_epochs=self.max_dense, holdout=self.holdout,
+            data_seed=self.data_seed, progress=False)
+        return {**values, **parse_options(self.extra_args)}
+
+    def run_config(self, method: Method, seed: int) -> TrainConfig:
+        """The TrainConfig of one (method, seed) run: the shared settings, the method's overrides (its {dense}
+        placeholder is the folder of the same seed's dense run), the seed and the run's folder."""
+        overrides = {k: self.run_dir("dense", seed) if v == DENSE else v for k, v in method.overrides.items()}
+        return TrainConfig(**{**self.shared_settings(), **overrides, "seed": seed,
+                              "out": self.run_dir(method.name, seed)})
+
+    def run_dir(self, method: str, seed: int) -> str:
+        return str(Path(self.out) / "runs" / method / f"seed{seed}")
+
+
+def settings_mismatch(cfg: CompareConfig, method: str, seed: int, made_with: dict) -> str | None:
+    """How a run's recorded settings differ from what this comparison runs with ("key=found, not expected"), or
+    None when its numbers are comparable. One dense trajectory serves every budget, so dense runs skip the budget."""
+    expected = {"model": cfg.model, "model_kwargs": cfg.model_kwargs, "ignore_layers": cfg.ignore_layers,
+                "data": cfg.data, "train_subset": cfg.train_subset,
+                "val_subset": cfg.val_subset, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
+                "warmup_epochs": cfg.warmup_epochs, "budget": cfg.budget, "epi_window": cfg.epi_window, "seed": seed,
+                "holdout": cfg.holdout, "data_seed": cfg.data_seed}
+    if method == "dense":
+        expected.pop("budget")
+    for key, value in expected.items():
+        found = recorded_setting(made_with, key)
+        if found != value:
+            return f"{key}={found!r}, not {value!r}"
+    return None
+
+
+def family_of(method: str) -> str | None:
+    """The family of a method folder's name as `compare` writes it (dense, init-random, fixed-3, epi-taylor, ...):
+    for run folders whose settings say nothing (see method_of)."""
+    if method.startswith("fixed-"):
+        return "fixed" if method[len("fixed-"):].isdigit() else None
+    for prefix, family in (("init-", "init"), ("tpf-", "tpf"), ("epi-", "epi"), ("earlybird", "earlybird")):
+        if method.startswith(prefix):
+            return family
+    return {"dense": "dense", "dense-plain": "plain"}.get(method)
+
+
+# the fields that tell compare's recipes apart (how a run was made, e.g. branched or not, is not among them)
+METHOD_FIELDS = ("indicator", "importance", "prune_at", "finetune_epochs", "bn_l1")
+
+
+_DEFAULTS = {f.name: f.default for f in fields(TrainConfig) if f.name in METHOD_FIELDS}
+
+
+def method_of(config: dict) -> Method | None:
+    """The compare recipe that made a run, read from its recorded TrainConfig (summary.json's config, or the
+    run's config.json): the recipe whose overrides it has. None when no recipe fits (not a compare run)."""
+    def value(key: str) -> Any:
+        return config.get(key, _DEFAULTS[key])
+
+    epochs, prune_at, finetune = config.get("epochs"), value("prune_at"), value("finetune_epochs")
+    if not isinstance(epochs, int) or epochs < 2:
+        return None
+    grid = [prune_at] if isinstance(prune_at, int) and 1 <= prune_at < epochs else None
+    recipes = CompareConfig(epochs=epochs, grid=grid, finetune_epochs=finetune or None, branch=False).methods()
+    for method in recipes:
+        if all(value(k) == method.overrides.get(k, _DEFAULTS[k]) for k in METHOD_FIELDS):
+            return method
+    return None
+
+
+def _recorded_config(folder: Path, summary: dict | None) -> dict | None:
+    if summary is not None and isinstance(summary.get("config"), dict):
+        return summary["config"]
+    try:
+        return read_config_file(folder / CONFIG_FILE) if (folder / CONFIG_FILE).is_file() else None
+    except EpipruneError:
+        return None
+
+
+def finished_runs(out: Path) -> tuple[list[CompareRun], list[str]]:
+    """Summaries of the finished runs under out/runs/<method>/seed<k>/ (with method, family and run_dir added),
+    and a description of each run folder that has no summary yet (running, interrupted or failed). A run's
+    family is read from its recorded settings; folders of old runs that have none are known by their name."""
+    runs, unfinished = [], []
+    for folder in sorted(p for p in (out / "runs").glob("*/seed*") if p.is_dir()):
+        method = folder.parent.name
+        summary = folder / "summary.json"
+        try:
+            made = json.loads(summary.read_text()) if summary.is_file() else None
+        except ValueError:  # a damaged summary: the run is listed as unfinished, not a traceback
+            made = None
+        made = made if isinstance(made, dict) else None
+        config = _recorded_config(folder, made)
+        recipe = method_of(config) if config is not None else None
+        family = recipe.family if recipe is not None else family_of(method)
+        if family is None:
+            continue
+        if made is not None:
+            runs.append(CompareRun(**{**made, "method": method, "family": family, "run_dir": str(folder)}))
+        else:
+            metrics = folder / "metrics.jsonl"
+            done = len(metrics.read_text().splitlines()) if metrics.is_file() else 0
+            unfinished.append(f"{method} {folder.name} (epochs done: {done})")
+    # the order `compare` uses: families as in FAMILIES, methods as their recipes list them, then seeds
+    grid = sorted({r["prune_epoch"] for r in runs if r["family"] == "fixed"})
+    names = [m.name for m in CompareConfig(epochs=max(grid, default=1) + 1, grid=grid or None).methods()]
+    runs.sort(key=lambda r: (FAMILIES.index(r["family"]), names.index(r["method"]) if r["method"] in names else 0,
+                             r["seed"]))
+    return runs, unfinished

@@ -1,0 +1,188 @@
+"""compare's table: finished runs aggregated per method (mean and spread over seeds), the oracle (per seed, the best
+fixed prune epoch on validation), paired differences with bootstrap intervals, compare.md / compare.json and the
+plots. Reads run summaries only: `epiprune report` uses it without importing the training stack."""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+
+from epiprune.evidence.plots import plot_accuracy_vs_cost, plot_epi_curve, plot_grid, plot_width_heatmap
+from epiprune.files import atomic_write_text
+from epiprune.run.records import EpochRow
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.fmean(values)
+
+
+def _spread(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def test_top1(run: dict) -> float:
+    """The reported accuracy (%): the test split when the run held out a validation split, else validation."""
+    return 100 * run.get("final_test_top1", run["final_val_top1"])
+
+
+BOOTSTRAP_DRAWS = 10_000
+
+
+def bootstrap_interval(values: list[float], draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the mean of `values` (resampling them with replacement)."""
+    if len(values) < 2:
+        return (values[0], values[0]) if values else (float("nan"), float("nan"))
+    rng = random.Random(seed)
+    means = sorted(statistics.fmean(rng.choices(values, k=len(values))) for _ in range(draws))
+    return means[int(0.025 * draws)], means[int(0.975 * draws) - 1]
+
+
+def oracle_runs(runs: list[dict]) -> list[dict]:
+    """Per seed, the fixed-epoch run with the best final validation accuracy (the grid search a user would do;
+    with a held-out validation split, its test accuracy was not used to choose)."""
+    best: dict[int, dict] = {}
+    for r in runs:
+        if r["family"] != "fixed":
+            continue
+        if r["seed"] not in best or r["final_val_top1"] > best[r["seed"]]["final_val_top1"]:
+            best[r["seed"]] = r
+    return [best[seed] for seed in sorted(best)]
+
+
+def _row(name: str, family: str, rs: list[dict], dense_flops: float | None, dense_seconds: float | None) -> dict:
+    top1 = [test_top1(r) for r in rs]
+    cost = _mean([r["train_flops_total"] for r in rs])
+    secs = _mean([r["train_seconds"] for r in rs])
+    epochs = [r["prune_epoch"] for r in rs]
+    fallbacks = sum(r.get("trigger") == "fallback" for r in rs)
+    return {"method": name, "family": family, "seeds": len(rs),
+            "prune_epoch": epochs[0] if len(set(epochs)) == 1 else epochs, "fallbacks": fallbacks,
+            "top1_mean": _mean(top1), "top1_std": _spread(top1),
+            "val_top1_mean": _mean([100 * r["final_val_top1"] for r in rs]),
+            "flops": _mean([r["final_flops"] for r in rs]), "params": _mean([r["final_params"] for r in rs]),
+            "flops_ratio": _mean([r["flops_ratio"] for r in rs]),
+            "train_flops": cost, "train_seconds": secs,
+            "train_flops_vs_dense": cost / dense_flops if dense_flops else None,
+            "train_seconds_vs_dense": secs / dense_seconds if dense_seconds else None}
+
+
+def _grid_scan_cost(runs: list[dict]) -> tuple[float, float]:
+    """(from scratch, branched) training FLOPs of the whole grid, mean over seeds: from scratch, every fixed-k run
+    trains its dense epochs itself; branched, the dense trajectory is trained once (to the last grid epoch) and
+    each branch adds its own pruned epochs."""
+    scratch, branched = [], []
+    for seed in sorted({r["seed"] for r in runs if r["family"] == "fixed"}):
+        grid = [r for r in runs if r["family"] == "fixed" and r["seed"] == seed]
+        scratch.append(sum(r["train_flops_total"] for r in grid))
+        last = max(grid, key=lambda r: r["prune_epoch"])
+        shared = last["train_flops_total"] - last.get("branch_train_flops", last["train_flops_total"])
+        branched.append(shared + sum(r.get("branch_train_flops", r["train_flops_total"]) for r in grid)
+                        if all("branch_train_flops" in r for r in grid) else scratch[-1])
+    return _mean(scratch), _mean(branched)
+
+
+def aggregate(runs: list[dict]) -> list[dict]:
+    """One row per method (mean and spread over seeds), plus the oracle: per seed, the fixed prune epoch with the
+    best validation accuracy, reported on the test split, costed as the branched grid and as the grid from
+    scratch."""
+    by_method: dict[str, list[dict]] = {}
+    for r in runs:
+        by_method.setdefault(r["method"], []).append(r)
+    dense = by_method.get("dense")
+    dense_flops = _mean([r["train_flops_total"] for r in dense]) if dense else None
+    dense_seconds = _mean([r["train_seconds"] for r in dense]) if dense else None
+    rows = [_row(name, rs[0]["family"], rs, dense_flops, dense_seconds) for name, rs in by_method.items()]
+    chosen = oracle_runs(runs)
+    if chosen:
+        grid_size = len({r["method"] for r in runs if r["family"] == "fixed"})
+        scratch, branched = _grid_scan_cost(runs)
+        base = _row("oracle", "oracle", chosen, dense_flops, dense_seconds)
+        epochs = sorted({r["prune_epoch"] for r in chosen})
+        label = f"fixed-{epochs[0]}" if len(epochs) == 1 else "best per seed"
+        for name, cost in ((f"oracle ({label}), branched grid", branched),
+                           (f"oracle ({label}), grid from scratch", scratch)):
+            rows.append({**base, "method": name, "train_flops": cost, "grid_size": grid_size,
+                         "train_flops_vs_dense": cost / dense_flops if dense_flops else None,
+                         "train_seconds": None, "train_seconds_vs_dense": None})
+    return rows
+
+
+def paired_differences(runs: list[dict], reference: str = "epi-taylor") -> list[dict]:
+    """Per method, the per-seed differences of reported top-1 (method minus `reference`, points), their mean and
+    95% bootstrap interval; the oracle is each seed's best grid run. Only seeds both have are paired."""
+    ref = {r["seed"]: test_top1(r) for r in runs if r["method"] == reference}
+    methods: dict[str, dict[int, float]] = {}
+    for r in runs:
+        if r["method"] != reference:
+            methods.setdefault(r["method"], {})[r["seed"]] = test_top1(r)
+    methods["oracle"] = {r["seed"]: test_top1(r) for r in oracle_runs(runs)}
+    result = []
+    for name, by_seed in methods.items():
+        diffs = [by_seed[s] - ref[s] for s in sorted(by_seed) if s in ref]
+        if diffs:
+            low, high = bootstrap_interval(diffs)
+            result.append({"method": name, "vs": reference, "seeds": len(diffs), "diffs": diffs,
+                           "mean": _mean(diffs), "low": low, "high": high})
+    return result
+
+
+def paired_table(pairs: list[dict]) -> str:
+    lines = ["| method | seeds | mean difference vs " + (pairs[0]["vs"] if pairs else "reference") +
+             " (points) | 95% bootstrap interval | per seed |", "|---|---|---|---|---|"]
+    for p in pairs:
+        lines.append(f"| {p['method']} | {p['seeds']} | {p['mean']:+.2f} | [{p['low']:+.2f}, {p['high']:+.2f}] "
+                     f"| {' '.join(f'{d:+.2f}' for d in p['diffs'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown_table(rows: list[dict]) -> str:
+    def ratio(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}x"
+
+    lines = ["| method | prune epoch | top-1 (%) | FLOPs (M) | params (M) | train cost (TFLOPs) | vs dense "
+             "| wall-clock (s) | vs dense |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        spread = f" ± {r['top1_std']:.2f}" if r["seeds"] > 1 else ""
+        epoch = "-" if r["prune_epoch"] is None else r["prune_epoch"]
+        if r.get("fallbacks"):
+            epoch = f"{epoch} ({r['fallbacks']} fallback{'s' if r['fallbacks'] > 1 else ''})"
+        seconds = "-" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}"
+        lines.append(f"| {r['method']} | {epoch} | {r['top1_mean']:.2f}{spread} | {r['flops'] / 1e6:.2f} "
+                     f"| {r['params'] / 1e6:.3f} | {r['train_flops'] / 1e12:.2f} | {ratio(r['train_flops_vs_dense'])} "
+                     f"| {seconds} | {ratio(r['train_seconds_vs_dense'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def _metrics(run_dir: str) -> list[EpochRow]:
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def write_comparison(out: Path, runs: list[dict], config: dict, log: Callable[[str], None] = print) -> list[dict]:
+    """Aggregate finished runs into compare.md, compare.json and the four plots in `out`; return the rows."""
+    rows = aggregate(runs)
+    pairs = paired_differences(runs)
+    reported = "test split (chosen on the held-out validation split)" if any("final_test_top1" in r for r in runs) \
+        else "validation split (also used to choose the oracle)"
+    table = markdown_table(rows) + f"\ntop-1: final accuracy on the {reported}\n"
+    if pairs:
+        table += "\n" + paired_table(pairs)
+    atomic_write_text(out / "compare.md", table)
+    atomic_write_text(out / "compare.json", json.dumps({"config": config, "rows": rows, "paired": pairs,
+                                                        "runs": runs}, indent=1, default=str))
+    plot_accuracy_vs_cost([r for r in rows if r["family"] != "oracle"], out / "accuracy_vs_cost.png")
+    epi_runs = [r for r in runs if r["method"] == "epi-taylor"]
+    epi_epoch = epi_runs[0]["prune_epoch"] if epi_runs else None
+    grid = sorted((r["prune_epoch"], r["top1_mean"], r["top1_std"]) for r in rows if r["family"] == "fixed")
+    if grid:
+        plot_grid(grid, [r["prune_epoch"] for r in epi_runs], out / "accuracy_vs_prune_epoch.png")
+    dense_runs = [r for r in runs if r["method"] == "dense"]
+    if dense_runs:
+        dense_metrics = _metrics(dense_runs[0]["run_dir"])
+        threshold = epi_runs[0]["epi_threshold"] if epi_runs else dense_runs[0]["epi_threshold"]
+        plot_epi_curve(dense_metrics, threshold, epi_epoch, out / "epi_curve.png")
+        plot_width_heatmap(dense_metrics, dense_runs[0]["dense_widths"], out / "widths_heatmap.png")
+    log(table)
+    return rows
