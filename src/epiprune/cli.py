@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import MISSING, fields
 
 from epiprune.errors import DistributedError, EpipruneError
+from epiprune.evidence.runs import SHARED_SETTINGS, CompareConfig
 from epiprune.models import MODELS, is_import_path
-from epiprune.models.user import parse_layer_names, parse_model_kwargs
-from epiprune.policy.indicator import DEFAULT_WINDOW
+from epiprune.models.user import parse_model_kwargs
 from epiprune.run.config import TrainConfig, add_config_options, config_values, int_list, read_config_file
-from epiprune.run.data import DATASETS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,32 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="run every pruning method (dense, prune-at-init, train-prune-fine-tune, "
                        "fixed-epoch grid = oracle, Early-Bird, EPI) and tabulate accuracy and training cost",
                        formatter_class=_Help)
-    _add_model_options(c)
-    c.add_argument("--data", default="builtin", help=f"dataset: {', '.join(DATASETS)}")
-    c.add_argument("--data-dir", default=None, help="folder of the dataset's files, as for train (default: none)")
-    c.add_argument("--train-subset", type=int, default=None,
-                   help="at most this many training images in every run (default: all)")
-    c.add_argument("--val-subset", type=int, default=None,
-                   help="at most this many validation images in every run (default: all)")
-    c.add_argument("--epochs", type=int, default=12, help="epochs of every run's schedule (at least --epi-window + 2)")
-    c.add_argument("--batch-size", type=int, default=128, help="images per step of every run")
-    c.add_argument("--lr", type=float, default=0.1, help="peak learning rate of every run (cosine schedule)")
-    c.add_argument("--warmup-epochs", type=float, default=0.0, help="linear LR warm-up of every run")
-    c.add_argument("--budget", default="flops:0.5", help="what every pruned run keeps: flops:F, params:F or latency:F "
-                   "(of the dense model's measured training step), 0 < F < 1")
-    c.add_argument("--epi-window", type=int, default=DEFAULT_WINDOW,
-                   help="r of the EPI and Early-Bird runs (their fallback epoch is train's default)")
+    # the settings every run shares: train's options (help, type, choices), compare's defaults
+    add_config_options(c, SHARED_SETTINGS, defaults={f.name: f.default for f in fields(CompareConfig)
+                                                     if f.name in SHARED_SETTINGS and f.default is not MISSING})
     c.add_argument("--grid", default=None, help="fixed prune epochs, e.g. 1,2,3 or 1-6 (default: 1..epochs/2)")
     c.add_argument("--finetune-epochs", type=int, default=None, help="fine-tune epochs of train-prune-fine-tune "
                    "(default: epochs/4)")
     c.add_argument("--seeds", default="0", help="comma-separated seeds; mean and spread are reported")
     c.add_argument("--methods", default="dense,plain,init,tpf,fixed,earlybird,epi",
                    help="which method families to run, comma-separated")
-    c.add_argument("--holdout", type=int, default=0, help="training images held out as the validation split "
-                   "that chooses the oracle; the dataset's validation split is then a test split that chooses nothing "
-                   "and is what the table reports (--val-subset sizes it) (0: off, one split does both)")
-    c.add_argument("--data-seed", type=int, default=None, help="one data subset for every seed (the seed then varies "
-                   "initialisation and order only) (default: each seed draws its own)")
     c.add_argument("--no-branch", action="store_true", help="train every fixed-epoch, train-prune-fine-tune and "
                    "EPI run from scratch instead of branching it from its seed's dense run (the same results, more "
                    "compute)")
@@ -159,18 +142,12 @@ def _given_options(argv: list[str], command: str) -> list[str]:
 
 def _compare(args: argparse.Namespace) -> None:
     from epiprune.evidence.compare import compare
-    from epiprune.evidence.runs import CompareConfig
 
-    cfg = CompareConfig(model=args.model, model_kwargs=parse_model_kwargs(args.model_kwargs),
-                        ignore_layers=parse_layer_names(args.ignore_layers), data=args.data, data_dir=args.data_dir,
-                        train_subset=args.train_subset,
-                        val_subset=args.val_subset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                        warmup_epochs=args.warmup_epochs, budget=args.budget, epi_window=args.epi_window,
-                        grid=int_list(args.grid, "grid") if args.grid else None,
+    given = {name: value for name, value in vars(args).items() if name in SHARED_SETTINGS and value is not None}
+    cfg = CompareConfig(**config_values(given), grid=int_list(args.grid, "grid") if args.grid else None,
                         finetune_epochs=args.finetune_epochs, seeds=int_list(args.seeds, "seeds"),
                         families=[m.strip() for m in args.methods.split(",")], jobs=args.jobs, out=args.out,
-                        force=args.force, holdout=args.holdout, data_seed=args.data_seed,
-                        branch=not args.no_branch)
+                        force=args.force, branch=not args.no_branch)
     compare(cfg)
     print(f"table and plots in {args.out}/: compare.md compare.json accuracy_vs_cost.png "
           "accuracy_vs_prune_epoch.png epi_curve.png widths_heatmap.png")

@@ -5,7 +5,7 @@ compare folder. Reads and writes no training state: `epiprune report` uses it wi
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +17,16 @@ from epiprune.run.network import build_network
 from epiprune.run.records import CompareRun
 
 FAMILIES = ("dense", "plain", "init", "tpf", "fixed", "earlybird", "epi")
-
-
 DENSE = "{dense}"  # in a method's overrides: the folder of the same seed's dense run
-
-
 CONFIG_FILE = "config.json"  # in a run folder: its TrainConfig, which `epiprune train --config` runs
+# the TrainConfig fields that are also CompareConfig fields, shared by every run of a comparison: `compare`'s
+# command-line options for them are generated from TrainConfig's (cli.py), with CompareConfig's defaults
+SHARED_SETTINGS = ("model", "model_kwargs", "ignore_layers", "data", "data_dir", "train_subset", "val_subset", "epochs",
+                   "batch_size", "lr", "warmup_epochs", "budget", "epi_window", "holdout", "data_seed")
+# how a run was made, not what it computes: a finished run is reused whatever these recorded (paths, devices,
+# progress, what the dense run records for its branches; the method's own fields are the recipe's, see METHOD_FIELDS)
+NOT_COMPARED = ("out", "progress", "data_dir", "latency_table", "device", "dist_timeout", "record_scores",
+                "probe_every", "keep_checkpoints", "branch_from")
 
 
 @dataclass
@@ -137,12 +141,8 @@ class CompareConfig:
 
     def shared_settings(self) -> dict[str, Any]:
         """The TrainConfig fields every run of the comparison shares (its extra_args included)."""
-        values: dict[str, Any] = dict(
-            model=self.model, model_kwargs=self.model_kwargs, ignore_layers=self.ignore_layers, data=self.data,
-            data_dir=self.data_dir, train_subset=self.train_subset, val_subset=self.val_subset, epochs=self.epochs,
-            batch_size=self.batch_size, lr=self.lr, warmup_epochs=self.warmup_epochs, budget=self.budget,
-            epi_window=self.epi_window, max_dense_epochs=self.max_dense, holdout=self.holdout,
-            data_seed=self.data_seed, progress=False)
+        values: dict[str, Any] = {name: getattr(self, name) for name in SHARED_SETTINGS}
+        values.update(max_dense_epochs=self.max_dense, progress=False)
         return {**values, **parse_options(self.extra_args)}
 
     def run_config(self, method: Method, seed: int) -> TrainConfig:
@@ -158,15 +158,14 @@ class CompareConfig:
 
 def settings_mismatch(cfg: CompareConfig, method: str, seed: int, made_with: dict) -> str | None:
     """How a run's recorded settings differ from what this comparison runs with ("key=found, not expected"), or
-    None when its numbers are comparable. One dense trajectory serves every budget, so dense runs skip the budget."""
-    expected = {"model": cfg.model, "model_kwargs": cfg.model_kwargs, "ignore_layers": cfg.ignore_layers,
-                "data": cfg.data, "train_subset": cfg.train_subset,
-                "val_subset": cfg.val_subset, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
-                "warmup_epochs": cfg.warmup_epochs, "budget": cfg.budget, "epi_window": cfg.epi_window, "seed": seed,
-                "holdout": cfg.holdout, "data_seed": cfg.data_seed}
-    if method == "dense":
-        expected.pop("budget")
+    None when its numbers are comparable. Every TrainConfig field is compared (the shared settings, extra_args and
+    the fallback epoch included) except how the run was made (NOT_COMPARED) and what its method sets
+    (METHOD_FIELDS); one dense trajectory serves every budget, so dense runs skip the budget."""
+    expected = asdict(TrainConfig(**cfg.shared_settings(), seed=seed))
+    skipped = {*NOT_COMPARED, *METHOD_FIELDS, *(("budget",) if method == "dense" else ())}
     for key, value in expected.items():
+        if key in skipped:
+            continue
         found = recorded_setting(made_with, key)
         if found != value:
             return f"{key}={found!r}, not {value!r}"

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ from torch import nn
 from epiprune import distributed
 from epiprune.costs.latency import LatencyCostModel, LatencySettings, load_or_build
 from epiprune.errors import EpipruneError
+from epiprune.policy.config import PolicyConfig
 from epiprune.policy.importance import (
     IMPORTANCES,
     BatchNormScaleImportance,
@@ -31,12 +32,10 @@ from epiprune.policy.importance import (
     make_importance,
 )
 from epiprune.policy.indicator import (
-    DEFAULT_WINDOW,
-    EARLYBIRD_QUEUE,
     EPI_AVERAGES,
     INDICATORS,
+    Indicator,
     TriggerRule,
-    default_threshold,
     early_pruning_indicator,
     earlybird_stability,
 )
@@ -83,31 +82,44 @@ class EarlyPruningPolicy:
     """
 
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor, budget: Budget | None = None,
-                 importance: str = "taylor", window: int = DEFAULT_WINDOW, threshold: float | None = None,
-                 min_dense_epochs: int | None = None, max_dense_epochs: int | None = None,
-                 prune_at: int | None = None, require_peak: bool = False, min_channels: int = 1,
-                 ignored_layers: Sequence[nn.Module] = (), indicator: str = "epi", seed: int = 0,
-                 channel_multiple: int = 1, latency: LatencySettings | None = None,
-                 latency_table: str | Path | None = None, log: Callable[[str], None] = print,
-                 progress: bool = True, epi_average: str = "layer", peak: int = 0, smooth: int = 2,
-                 earlybird_queue: int = EARLYBIRD_QUEUE) -> None:
-        if importance not in IMPORTANCES:
-            raise EpipruneError(f"unknown importance {importance!r} (accepted: {', '.join(IMPORTANCES)})")
-        if indicator not in INDICATORS:
-            raise EpipruneError(f"unknown indicator {indicator!r} (accepted: {', '.join(INDICATORS)})")
+                 importance: str | Importance = PolicyConfig.importance, window: int = PolicyConfig.window,
+                 threshold: float | None = None, min_dense_epochs: int | None = None,
+                 max_dense_epochs: int | None = None, prune_at: int | None = None,
+                 require_peak: bool = PolicyConfig.require_peak, min_channels: int = PolicyConfig.min_channels,
+                 ignored_layers: Sequence[nn.Module] = (), indicator: str | Indicator = PolicyConfig.indicator,
+                 seed: int = PolicyConfig.seed, channel_multiple: int = PolicyConfig.channel_multiple,
+                 latency: LatencySettings | None = None, latency_table: str | Path | None = None,
+                 log: Callable[[str], None] = print, progress: bool = True,
+                 epi_average: str = PolicyConfig.epi_average, peak: int = PolicyConfig.peak,
+                 smooth: int = PolicyConfig.smooth, earlybird_queue: int = PolicyConfig.earlybird_queue) -> None:
+        settings = dict(locals())  # the keyword arguments, recorded as a PolicyConfig below (names are its fields)
+        kind = INDICATORS.get(indicator) if isinstance(indicator, str) else indicator
+        if not isinstance(kind, Indicator):
+            raise EpipruneError(f"indicator {indicator!r} is neither a registered name nor an Indicator (accepted: "
+                                f"{', '.join(INDICATORS)}, or an epiprune.policy.indicator.Indicator)")
+        importance_type = IMPORTANCES.get(importance) if isinstance(importance, str) else importance
+        if not isinstance(importance, str) and not isinstance(importance, Importance):
+            raise EpipruneError(f"importance {importance!r} is neither a registered name nor an Importance (accepted: "
+                                f"{', '.join(IMPORTANCES)}, or an object with the methods of "
+                                "epiprune.policy.importance.Importance)")
         if epi_average not in EPI_AVERAGES:
             raise EpipruneError(f"unknown EPI average {epi_average!r} (accepted: {', '.join(EPI_AVERAGES)})")
         if earlybird_queue < 1:
             raise EpipruneError(f"Early-Bird queue {earlybird_queue} is too small (accepted: an integer >= 1)")
-        self.indicator = indicator
+        self.indicator_kind = kind
+        self.indicator = kind.name
         self.epi_average = epi_average
         self.earlybird_queue = earlybird_queue
         if threshold is None:
-            threshold = default_threshold(indicator, importance)
+            threshold = kind.default_threshold(importance_type)
         self.model = model
         self.budget = budget or Budget()
-        self.importance_kind = importance
-        signal_window = earlybird_queue if indicator == "earlybird" else window
+        self.importance_kind = importance_type.name if isinstance(importance, str) else \
+            (getattr(importance, "name", "") or type(importance).__name__)
+        self.config = PolicyConfig(**{f.name: settings[f.name] for f in fields(PolicyConfig)})
+        self.config.budget, self.config.importance, self.config.indicator = \
+            str(self.budget), self.importance_kind, kind.name
+        signal_window = earlybird_queue if kind.bn_masks else window
         if min_dense_epochs is None:  # EPI (Early-Bird's test) is defined from epoch r + 1
             min_dense_epochs = 0 if prune_at is not None else signal_window + 1
             if max_dense_epochs is not None:  # a short schedule: the fallback comes first
@@ -116,8 +128,7 @@ class EarlyPruningPolicy:
                                 threshold=threshold, min_dense_epochs=min_dense_epochs,
                                 max_dense_epochs=None if prune_at is not None else max_dense_epochs,
                                 prune_at=prune_at, require_peak=require_peak, peak=peak,
-                                smooth=smooth if indicator == "epi" else 1,
-                                strict=indicator == "earlybird")
+                                smooth=smooth if kind.smoothed else 1, strict=kind.strict)
         self.min_channels = min_channels
         self.channel_multiple = channel_multiple
         self.graph = PrunableGraph(model, example_inputs, ignored_layers)
@@ -137,7 +148,11 @@ class EarlyPruningPolicy:
         check_budget(self.cost, self.target, min_channels, channel_multiple, budget=str(self.budget),
                      blocks=[g.blocks for g in self.graph.groups])
         self.graph.self_check()
-        self.importance: Importance = make_importance(importance, self.graph, seed)
+        if isinstance(importance, str):
+            self.importance: Importance = make_importance(importance, self.graph, seed)
+        else:
+            importance.bind(self.graph)
+            self.importance = importance
         self.layer_weights = [g.layers for g in self.graph.groups]
         self.history: list[EpochRecord] = []
         self.masks: list[np.ndarray] = []  # concatenated keep-masks per dense epoch (for Early-Bird)
@@ -146,6 +161,17 @@ class EarlyPruningPolicy:
         self.prune_epoch: int | None = None
         self.trigger: str | None = None
         self.kept: dict[str, list[int]] | None = None  # kept channel indices per group, once pruned
+
+    @classmethod
+    def from_config(cls, model: nn.Module, example_inputs: torch.Tensor, config: PolicyConfig, *,
+                    ignored_layers: Sequence[nn.Module] = (), log: Callable[[str], None] = print,
+                    progress: bool = True) -> EarlyPruningPolicy:
+        """The policy a PolicyConfig describes (what `epiprune train` builds from its TrainConfig); the arguments
+        after `config` are how it runs, not what it decides."""
+        settings = {f.name: getattr(config, f.name) for f in fields(config)}
+        if isinstance(config.budget, str):
+            settings["budget"] = Budget.parse(config.budget)
+        return cls(model, example_inputs, **settings, ignored_layers=ignored_layers, log=log, progress=progress)
 
     @property
     def pruned(self) -> bool:
@@ -226,16 +252,14 @@ class EarlyPruningPolicy:
         epi_layer = early_pruning_indicator(history, self.rule.window, self.layer_weights)
         epi_group = early_pruning_indicator(history, self.rule.window)
         epi = epi_layer if self.epi_average == "layer" else epi_group
-        self.masks.append(self.earlybird_mask() if self.indicator == "earlybird" else np.concatenate(masks))
-        eb = earlybird_stability(self.masks, self.earlybird_queue if self.indicator == "earlybird"
-                                 else self.rule.window)
-        if self.indicator == "none":
-            decision = None
-        elif self.indicator.startswith("earlybird"):
-            decision = self.rule.decide(self.epoch, [*(r.earlybird for r in self.history), eb])
-            decision = "earlybird" if decision == "epi" else decision
-        else:
-            decision = self.rule.decide(self.epoch, [*self.epi_history, epi])
+        kind = self.indicator_kind
+        self.masks.append(self.earlybird_mask() if kind.bn_masks else np.concatenate(masks))
+        eb = earlybird_stability(self.masks, self.earlybird_queue if kind.bn_masks else self.rule.window)
+        decision = None
+        if kind.prunes:
+            signal = {"epi": epi, "earlybird": eb}[kind.signal]
+            decision = self.rule.decide(self.epoch, [*(getattr(r, kind.signal) for r in self.history), signal])
+            decision = kind.trigger if decision == "epi" else decision
         decision = distributed.agree_with_rank0(decision, "pruning decision")
         self.history.append(EpochRecord(self.epoch, epi, widths, decision, eb, epi_layer, epi_group))
         self.importance.reset()

@@ -14,28 +14,44 @@ ranking), computed on demand; a group without BN is ranked by its L2 weight norm
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
-import torch_pruning as tp
 from torch import nn
 
-from epiprune.surgery import PrunableGraph
+from epiprune.registry import Registry
 
-IMPORTANCES = ("taylor", "magnitude", "bn", "random")
+if TYPE_CHECKING:  # the graph is passed in; importing surgery here would load torch-pruning with the config
+    from epiprune.surgery import PrunableGraph
+
+# name -> Importance class; `--importance` lists these, TrainConfig validates against them
+IMPORTANCES: Registry[type] = Registry("importance")
+# the paper's published thresholds (section 4): tau for Taylor importance and for magnitude importance
+TAYLOR_TAU = 0.944
+MAGNITUDE_TAU = 0.983
 
 
+@runtime_checkable
 class Importance(Protocol):
     """What the policy needs of an importance: per-channel scores of every group, accumulated over an epoch.
 
+    name: how summaries and checkpoints call it. default_threshold: EPI's tau when the user gives none (the paper
+    calibrated one per importance: 0.944 for Taylor, 0.983 for magnitude).
+    bind(graph): called once by the policy with the PrunableGraph whose groups are to be scored (a user's own
+    importance is created without the graph, which only the policy builds).
     needs_gradients: scores come from step() (the policy falls back to weight magnitudes while steps == 0).
-    scores() only looks: calling it twice in an epoch gives the same scores and changes no state.
+    scores() only looks: calling it twice in an epoch gives the same scores and changes no state; one float64
+    array per channel group, shape (group size,).
     state_dict() / load_state_dict(): plain data (and tensors) to resume mid-training.
     """
 
+    name: str
+    default_threshold: float
     needs_gradients: bool
     steps: int
+
+    def bind(self, graph: PrunableGraph) -> None: ...
 
     def step(self, grad_scale: float = 1.0) -> None: ...
 
@@ -64,15 +80,36 @@ def _channel_taylor(module: nn.Module) -> torch.Tensor | None:
     return total
 
 
-class TaylorAccumulator:
+class GraphImportance:
+    """Base of the built-in importances: bound to a graph at construction, or later by the policy (bind)."""
+
+    name = ""
+    default_threshold = TAYLOR_TAU
+
+    def __init__(self, graph: PrunableGraph | None = None) -> None:
+        if graph is not None:
+            self.bind(graph)
+
+    def bind(self, graph: PrunableGraph) -> None:
+        self.graph = graph
+        self.reset()
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def create(cls, graph: PrunableGraph, seed: int = 0) -> Importance:
+        """The registry's constructor: every importance is made from the graph and the run's seed."""
+        return cls(graph)
+
+
+@IMPORTANCES.register("taylor")
+class TaylorAccumulator(GraphImportance):
     """Accumulates first-order Taylor importance per channel group. Call `step()` after each backward
     (before the optimizer zeroes the gradients); read `scores()` at the end of the epoch; `reset()`."""
 
+    name = "taylor"
     needs_gradients = True
-
-    def __init__(self, graph: PrunableGraph) -> None:
-        self.graph = graph
-        self.reset()
 
     def reset(self) -> None:
         # accumulate on the parameters' device: no host synchronisation per step on a GPU
@@ -112,11 +149,12 @@ class TaylorAccumulator:
             mine.copy_(saved)
 
 
-class _StepCounter:
+class _StepCounter(GraphImportance):
     """Importances that need no gradients: step() only counts, there is nothing to accumulate or all-reduce."""
 
     needs_gradients = False
     steps = 0
+    default_threshold = MAGNITUDE_TAU
 
     def reset(self) -> None:
         self.steps = 0
@@ -134,11 +172,16 @@ class _StepCounter:
         self.steps = state["steps"]
 
 
+@IMPORTANCES.register("magnitude")
 class MagnitudeImportance(_StepCounter):
     """Group L2 weight norm per channel (no accumulation: weights are read when scores are asked for)."""
 
-    def __init__(self, graph: PrunableGraph) -> None:
-        self.graph = graph
+    name = "magnitude"
+
+    def bind(self, graph: PrunableGraph) -> None:
+        import torch_pruning as tp  # here, not at the top: the config imports this registry, not torch-pruning
+
+        super().bind(graph)
         self.criterion = tp.importance.GroupMagnitudeImportance(p=2, group_reduction="mean", normalizer=None)
 
     @torch.no_grad()
@@ -151,12 +194,12 @@ class MagnitudeImportance(_StepCounter):
         return result
 
 
+@IMPORTANCES.register("bn")
 class BatchNormScaleImportance(_StepCounter):
     """Sum of |gamma| over the BatchNorm layers of each group (no accumulation: read when scores are asked for);
     groups without a BN fall back to their L2 weight norm."""
 
-    def __init__(self, graph: PrunableGraph) -> None:
-        self.graph = graph
+    name = "bn"
 
     @torch.no_grad()
     def scores(self) -> list[np.ndarray]:
@@ -174,13 +217,25 @@ class BatchNormScaleImportance(_StepCounter):
         return result
 
 
+@IMPORTANCES.register("random")
 class RandomImportance(_StepCounter):
     """Uniform random scores (the random structured-pruning baseline), reproducible from `seed`: one draw per
     epoch, so scores() gives the same scores however often it is called until reset() starts the next epoch."""
 
-    def __init__(self, graph: PrunableGraph, seed: int = 0) -> None:
-        self.graph, self.seed = graph, seed
+    name = "random"
+    default_threshold = TAYLOR_TAU
+
+    def __init__(self, graph: PrunableGraph | None = None, seed: int = 0) -> None:
+        self.seed = seed
+        super().__init__(graph)
+
+    def bind(self, graph: PrunableGraph) -> None:
+        self.graph = graph
         self.replay(0)
+
+    @classmethod
+    def create(cls, graph: PrunableGraph, seed: int = 0) -> Importance:
+        return cls(graph, seed)
 
     def reset(self) -> None:
         super().reset()
@@ -210,12 +265,5 @@ class RandomImportance(_StepCounter):
 
 
 def make_importance(kind: str, graph: PrunableGraph, seed: int = 0) -> Importance:
-    if kind == "taylor":
-        return TaylorAccumulator(graph)
-    if kind == "magnitude":
-        return MagnitudeImportance(graph)
-    if kind == "bn":
-        return BatchNormScaleImportance(graph)
-    if kind == "random":
-        return RandomImportance(graph, seed)
-    raise ValueError(f"unknown importance {kind!r} (accepted: {', '.join(IMPORTANCES)})")
+    """The registered importance `kind` bound to `graph` (EpipruneError naming the accepted kinds otherwise)."""
+    return IMPORTANCES.get(kind).create(graph, seed)

@@ -11,24 +11,65 @@ from dataclasses import dataclass
 import numpy as np
 
 from epiprune.errors import EpipruneError
+from epiprune.policy.importance import IMPORTANCES, TAYLOR_TAU, Importance
+from epiprune.registry import Registry
 
-# Published thresholds (paper, section 4): tau for Taylor importance and for magnitude importance.
-DEFAULT_THRESHOLDS = {"taylor": 0.944, "magnitude": 0.983, "bn": 0.983, "random": 0.944}
 DEFAULT_WINDOW = 3
 # Early-Bird tickets (You et al., ICLR 2020): prune once the last 5 distances between successive channel masks
 # (BN |gamma|, a fixed channel ratio) are all below epsilon = 0.1. 'earlybird-budget' is this project's earlier
 # variant: masks of the budget's dominant sub-network under the run's importance, over the EPI window, <= epsilon.
 EARLYBIRD_EPSILON = 0.1
 EARLYBIRD_QUEUE = 5
-INDICATORS = ("epi", "earlybird", "earlybird-budget", "none")
 # EPI averages layer distances over layers (the paper's formula: a group that couples k layers counts k times) or,
 # as epiprune did before, over channel groups (each group once).
 EPI_AVERAGES = ("layer", "group")
 
 
+@dataclass(frozen=True)
+class Indicator:
+    """When to prune, as data the policy reads: which recorded similarity the trigger rule compares with the
+    threshold, how, and what the trigger is called when it fires. Register a new one in INDICATORS (or pass an
+    instance to EarlyPruningPolicy).
+
+    signal: 'epi' (EPI of the dominant sub-networks' widths) or 'earlybird' (1 - the largest recent distance
+    between successive channel masks). prunes: False tracks the signals and never prunes (the dense reference).
+    strict: '>' instead of '>=' (Early-Bird's distance < epsilon). smoothed: the rule's moving mean applies.
+    bn_masks: masks of BN |gamma| over a queue of --earlybird-queue distances (Early-Bird as published) instead of
+    the budget's sub-network over the EPI window. threshold: fixed default threshold; None: the importance's own.
+    trigger: the name a decision of this indicator records ('fixed' and 'fallback' are the rule's own)."""
+
+    name: str
+    signal: str = "epi"
+    prunes: bool = True
+    strict: bool = False
+    smoothed: bool = True
+    bn_masks: bool = False
+    threshold: float | None = None
+    trigger: str = "epi"
+
+    def __post_init__(self) -> None:
+        if self.signal not in ("epi", "earlybird"):
+            raise EpipruneError(f"indicator {self.name!r}: unknown signal {self.signal!r} (accepted: epi, earlybird)")
+
+    def default_threshold(self, importance: Importance | type) -> float:
+        """The threshold when none is given: the indicator's own, else the importance's (the paper's tau)."""
+        return self.threshold if self.threshold is not None else float(importance.default_threshold)
+
+
+INDICATORS: Registry[Indicator] = Registry("indicator")
+for _indicator in (Indicator("epi"),
+                   Indicator("earlybird", signal="earlybird", strict=True, smoothed=False, bn_masks=True,
+                             threshold=1.0 - EARLYBIRD_EPSILON, trigger="earlybird"),
+                   Indicator("earlybird-budget", signal="earlybird", smoothed=False, threshold=1.0 - EARLYBIRD_EPSILON,
+                             trigger="earlybird"),
+                   Indicator("none", prunes=False)):
+    INDICATORS.register(_indicator.name, _indicator)
+
+
 def default_threshold(indicator: str, importance: str) -> float:
-    """The trigger threshold when none is given: 1 - epsilon for Early-Bird, else the paper's tau for the importance."""
-    return 1.0 - EARLYBIRD_EPSILON if indicator.startswith("earlybird") else DEFAULT_THRESHOLDS[importance]
+    """The trigger threshold when none is given, by registered names: 1 - epsilon for Early-Bird, else the paper's
+    tau for the importance."""
+    return INDICATORS.get(indicator).default_threshold(IMPORTANCES.get(importance))
 
 
 def layer_distances(a: Sequence[int], b: Sequence[int]) -> np.ndarray:
@@ -94,7 +135,7 @@ class TriggerRule:
     """
 
     window: int = DEFAULT_WINDOW
-    threshold: float = DEFAULT_THRESHOLDS["taylor"]
+    threshold: float = TAYLOR_TAU
     min_dense_epochs: int = 1
     max_dense_epochs: int | None = None
     prune_at: int | None = None

@@ -21,8 +21,9 @@ from epiprune.errors import EpipruneError
 from epiprune.files import atomic_write_text
 from epiprune.models import MODELS, check_model_name, is_import_path
 from epiprune.models.user import factory_arguments, import_factory, parse_layer_names, parse_model_kwargs
-from epiprune.policy.importance import IMPORTANCES
-from epiprune.policy.indicator import DEFAULT_THRESHOLDS, DEFAULT_WINDOW, EARLYBIRD_QUEUE, EPI_AVERAGES, INDICATORS
+from epiprune.policy.config import PolicyConfig
+from epiprune.policy.importance import IMPORTANCES, MAGNITUDE_TAU, TAYLOR_TAU
+from epiprune.policy.indicator import EPI_AVERAGES, INDICATORS
 from epiprune.policy.subnetwork import Budget
 from epiprune.run.data import DATASETS
 
@@ -50,11 +51,12 @@ def int_list(text: str, what: str) -> list[int]:
 
 def option(default: Any = MISSING, *, help: str, choices: tuple[str, ...] | None = None,  # noqa: A002
            metavar: str | None = None, parse: Callable[[str], Any] | None = None,
-           default_factory: Callable[[], Any] | Any = MISSING) -> Any:
+           default_factory: Callable[[], Any] | Any = MISSING, policy: str | None = None) -> Any:
     """A TrainConfig field and its command-line option `--<name-with-dashes>`: help text (the default is appended
     unless it says "(default ..."), choices, metavar, and `parse` for text that is not a plain int/float/str (the
-    option then takes the text and parse makes the field's value). A bool field is a switch (default off)."""
-    metadata = {"help": help, "choices": choices, "metavar": metavar, "parse": parse, "cli": True}
+    option then takes the text and parse makes the field's value). A bool field is a switch (default off).
+    policy: the PolicyConfig field this setting feeds (TrainConfig.policy_config builds it from these)."""
+    metadata = {"help": help, "choices": choices, "metavar": metavar, "parse": parse, "cli": True, "policy": policy}
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -107,34 +109,44 @@ class TrainConfig:
     optimizer: str = option("sgd", choices=OPTIMIZERS, help="SGD with Nesterov momentum, or AdamW (ConvNeXt-style "
                             "networks need it: e.g. --optimizer adamw --lr 1e-3 --weight-decay 0.05); its state is "
                             "carried through the prune either way")
-    budget: str = option("flops:0.5", help="what to keep: flops:F, params:F or latency:F (of the dense model's step "
+    budget: str = option(PolicyConfig.budget, policy="budget",
+                         help="what to keep: flops:F, params:F or latency:F (of the dense model's step "
                          "time measured on this device), 0 < F < 1")
-    importance: str = option("taylor", choices=IMPORTANCES, help="channel importance: first-order Taylor "
+    importance: str = option(PolicyConfig.importance, choices=IMPORTANCES, policy="importance",
+                             help="channel importance: first-order Taylor "
                              "(gradients), group L2 weight magnitude, BN |gamma| (network slimming), or random")
-    indicator: str = option("epi", choices=INDICATORS, help="when to prune: EPI; earlybird (You et al. 2020 as "
+    indicator: str = option(PolicyConfig.indicator, choices=INDICATORS, policy="indicator",
+                            help="when to prune: EPI; earlybird (You et al. 2020 as "
                             "published: BN |gamma| channel masks, a queue of --earlybird-queue distances all < "
                             "epsilon = 1 - threshold, default 0.1; use it with --importance bn --bn-l1 1e-4); "
                             "earlybird-budget (masks of the budget's sub-network over the EPI window, distances <= "
                             "epsilon); none (dense training, EPI still tracked)")
-    epi_window: int = option(DEFAULT_WINDOW, help="r: earlier epochs EPI compares with")
-    epi_threshold: float | None = option(None, help=f"tau: prune when EPI >= tau (default "
-                                         f"{DEFAULT_THRESHOLDS['taylor']} for taylor, "
-                                         f"{DEFAULT_THRESHOLDS['magnitude']} for magnitude, the paper's values)")
-    epi_average: str = option("layer", choices=EPI_AVERAGES, help="EPI's mean of layer distances: over layers (the "
+    epi_window: int = option(PolicyConfig.window, policy="window", help="r: earlier epochs EPI compares with")
+    epi_threshold: float | None = option(None, policy="threshold", help=f"tau: prune when EPI >= tau (default "
+                                         f"{TAYLOR_TAU} for taylor, {MAGNITUDE_TAU} for magnitude, the paper's "
+                                         "values)")
+    epi_average: str = option(PolicyConfig.epi_average, choices=EPI_AVERAGES, policy="epi_average",
+                              help="EPI's mean of layer distances: over layers (the "
                               "paper: a channel group spanning k conv/linear layers counts k times) or over channel "
                               "groups (each once; epiprune before 2026-11-28)")
-    epi_peak: int = option(0, help="also require EPI to exceed each of its last N values (the paper's peak "
+    epi_peak: int = option(PolicyConfig.peak, policy="peak",
+                           help="also require EPI to exceed each of its last N values (the paper's peak "
                            "condition; 0: off)")
-    epi_smooth: int = option(2, help="compare the mean of the last N EPI values with tau (1: EPI itself; 2, the "
+    epi_smooth: int = option(PolicyConfig.smooth, policy="smooth",
+                             help="compare the mean of the last N EPI values with tau (1: EPI itself; 2, the "
                              "default, moved the prune epoch least under perturbations: docs/RESULTS.md)")
-    earlybird_queue: int = option(EARLYBIRD_QUEUE, help="--indicator earlybird: successive mask distances that must "
+    earlybird_queue: int = option(PolicyConfig.earlybird_queue, policy="earlybird_queue",
+                                  help="--indicator earlybird: successive mask distances that must "
                                   "all be below epsilon")
-    min_dense_epochs: int | None = option(None, help="never prune earlier (default: window+1)")
+    min_dense_epochs: int | None = option(None, policy="min_dense_epochs",
+                                          help="never prune earlier (default: window+1)")
     max_dense_epochs: int | None = option(None, help="prune at this epoch anyway if EPI has not triggered (default: "
                                           "half the epochs)")
-    prune_at: int | None = option(None, help="ignore EPI: prune after exactly this many dense epochs (0: at "
+    prune_at: int | None = option(None, policy="prune_at",
+                                  help="ignore EPI: prune after exactly this many dense epochs (0: at "
                                   "initialisation) (default: none, --indicator decides)")
-    channel_multiple: int = option(1, help="keep a multiple of this many channels per layer (8: faster CPU/GPU "
+    channel_multiple: int = option(PolicyConfig.channel_multiple, policy="channel_multiple",
+                                   help="keep a multiple of this many channels per layer (8: faster CPU/GPU "
                                    "kernels, coarser budget)")
     finetune_epochs: int = option(0, help="extra epochs after --epochs at 0.1x the LR (train-prune-fine-tune with "
                                   "--prune-at EPOCHS)")
@@ -165,12 +177,13 @@ class TrainConfig:
     channels_last: bool = option(False, help="channels-last memory format for training and for the latency table")
     amp: str = option("none", choices=tuple(AMP_DTYPES), help="autocast dtype of the forward pass (fp16 adds loss "
                       "scaling); the latency table matches it")
-    latency_table: str | None = option(None, metavar="PATH", help="latency budget: the table file to reuse or build "
+    latency_table: str | None = option(None, metavar="PATH", policy="latency_table",
+                                       help="latency budget: the table file to reuse or build "
                                        "(default: a cache file per model, device and settings under $EPIPRUNE_CACHE, "
                                        "else ~/.cache/epiprune)")
     compile: bool = option(False, help="torch.compile the model (compiled again after the prune; latency tables stay "
                            "eager)")
-    seed: int = option(0, help="seeds initialisation, data order and augmentation (runs on the CPU are "
+    seed: int = option(0, policy="seed", help="seeds initialisation, data order and augmentation (runs on the CPU are "
                        "bit-identical for one seed)")
     device: str = option("auto", choices=("auto", "cpu", "cuda"), help="auto: this rank's GPU if CUDA is "
                          "available, else the CPU")
@@ -203,14 +216,12 @@ class TrainConfig:
         self._validate_model()
         if self.data not in DATASETS:
             raise EpipruneError(f"unknown dataset {self.data!r} (accepted: {', '.join(DATASETS)})")
-        if self.indicator not in INDICATORS:
-            raise EpipruneError(f"unknown indicator {self.indicator!r} (accepted: {', '.join(INDICATORS)})")
+        INDICATORS.get(self.indicator)  # an unknown name is one line naming the registered ones
         if self.finetune_epochs < 0:
             raise EpipruneError(f"fine-tune epochs {self.finetune_epochs} is negative (accepted: >= 0)")
         if not 0 <= self.warmup_epochs < self.epochs:
             raise EpipruneError(f"warm-up epochs {self.warmup_epochs} is outside [0, {self.epochs})")
-        if self.importance not in IMPORTANCES:
-            raise EpipruneError(f"unknown importance {self.importance!r} (accepted: {', '.join(IMPORTANCES)})")
+        IMPORTANCES.get(self.importance)
         Budget.parse(self.budget)
         if self.latency_target not in TARGETS:
             raise EpipruneError(f"unknown latency target {self.latency_target!r} (accepted: {', '.join(TARGETS)})")
@@ -276,6 +287,12 @@ class TrainConfig:
         check_model_name(self.model, self.model_kwargs)
         if is_import_path(self.model):
             factory_arguments(import_factory(self.model), self.model, self.model_kwargs, 3, 10)
+
+    def policy_config(self) -> PolicyConfig:
+        """The policy's settings: each field that declares `policy=` feeds that PolicyConfig field; two are
+        derived: max_dense_epochs (the fallback, resolved from the schedule) and latency (what the table times)."""
+        values = {f.metadata["policy"]: getattr(self, f.name) for f in fields(self) if f.metadata.get("policy")}
+        return PolicyConfig(**values, max_dense_epochs=self.resolved_max_dense_epochs, latency=self.latency_settings())
 
     def latency_settings(self) -> LatencySettings:
         """What a latency table for this run times: its target, batch, memory format and autocast dtype."""
@@ -384,10 +401,12 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return values
 
 
-def add_config_options(p: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
+def add_config_options(p: argparse.ArgumentParser, names: tuple[str, ...] | None = None,
+                       defaults: dict[str, Any] | None = None) -> None:
     """The command-line options of TrainConfig's fields (all, or those named), generated from each field's type,
     default and metadata (help, choices, metavar, parse): the one place a train option is described. A field with
-    `parse` takes text (default: none given), which `config_values` turns into the field's value."""
+    `parse` takes text (default: none given), which `config_values` turns into the field's value. `defaults`
+    replaces TrainConfig's default of a plain field (compare runs 12 epochs, not 15)."""
     for f in TrainConfig.options():
         if names is not None and f.name not in names:
             continue
@@ -402,7 +421,7 @@ def add_config_options(p: argparse.ArgumentParser, names: tuple[str, ...] | None
         elif meta["parse"] is not None:
             kwargs["default"] = None
         else:
-            kwargs.update(type=scalar_type(f.name), default=f.default)
+            kwargs.update(type=scalar_type(f.name), default=(defaults or {}).get(f.name, f.default))
         p.add_argument("--" + f.name.replace("_", "-"), **kwargs)
 
 

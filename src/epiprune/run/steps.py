@@ -113,7 +113,7 @@ def prune_at_initialisation(model: nn.Module, policy: EarlyPruningPolicy, loader
     at initialisation (SNIP-style, no weight update); magnitude and random need no data.
     Returns the training FLOPs spent on those batches."""
     flops = 0.0
-    if policy.importance_kind == "taylor":
+    if policy.importance.needs_gradients:
         model.train()
         dense_flops = policy.dense_flops
         device = next(model.parameters()).device

@@ -12,7 +12,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -115,14 +115,8 @@ def _make_policy(cfg: TrainConfig, model: nn.Module, example: torch.Tensor, budg
         table = str(out / LATENCY_TABLE_FILE)
 
     def make() -> EarlyPruningPolicy:
-        return EarlyPruningPolicy(model, example, budget, importance=cfg.importance, window=cfg.epi_window,
-                                  threshold=cfg.epi_threshold, min_dense_epochs=cfg.min_dense_epochs,
-                                  max_dense_epochs=cfg.resolved_max_dense_epochs, prune_at=cfg.prune_at,
-                                  ignored_layers=ignored, indicator=cfg.indicator, seed=cfg.seed,
-                                  channel_multiple=cfg.channel_multiple,
-                                  latency=cfg.latency_settings(), latency_table=table, log=log,
-                                  progress=cfg.progress, epi_average=cfg.epi_average, peak=cfg.epi_peak,
-                                  smooth=cfg.epi_smooth, earlybird_queue=cfg.earlybird_queue)
+        return EarlyPruningPolicy.from_config(model, example, replace(cfg.policy_config(), latency_table=table),
+                                              ignored_layers=ignored, log=log, progress=cfg.progress)
 
     if budget.kind != "latency":
         return make()
