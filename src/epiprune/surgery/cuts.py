@@ -29,7 +29,6 @@ refuses an untested torch-pruning when a graph is built or pruned (not at import
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -137,7 +136,8 @@ def _recording_pruner(pruner: BasePruningFunc, cuts: list[ParameterCut]) -> Base
     """A copy of torch-pruning's (shared, module-level) `pruner` whose _prune_parameter_and_grad(weight, keep_idxs,
     dim) -- the one place every pruner replaces a parameter -- also appends the cut to `cuts`. Only this copy is
     changed: the pruner, its class and every other graph are left as they are."""
-    twin = copy.copy(pruner)
+    twin = type(pruner).__new__(type(pruner))  # not copy.copy: that caches __slotnames__ on the class
+    twin.__dict__.update(vars(pruner))
     replace = type(pruner)._prune_parameter_and_grad.__get__(twin)
 
     def recording(weight: nn.Parameter, keep_idxs: Sequence[int], pruning_dim: int) -> nn.Parameter:
