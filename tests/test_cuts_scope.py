@@ -18,6 +18,8 @@ from torch_pruning.pruner.function import BasePruningFunc
 from epiprune.models import build_model
 from epiprune.surgery import PrunableGraph, SurgeryError, cuts
 
+ROUNDS = 4  # prunes per model in the thread test: more chances for the two threads' prunes to overlap
+
 # torch-pruning's classes the surgery goes through, and its module-level (shared) pruners
 TP_CLASSES = (BasePruningFunc, Dependency, tp.Group, tp.DependencyGraph,
               *{type(p) for p in function.PrunerBox.values()})
@@ -73,7 +75,7 @@ def _expected(name: str) -> tuple[torch.nn.Module, torch.optim.Optimizer, Prunab
     model, opt, x = _trained(name)
     ref_model, ref_opt = copy.deepcopy((model, opt))
     ref_graph = PrunableGraph(ref_model, x[:1])
-    for _ in range(2):
+    for _ in range(ROUNDS):
         ref_graph.prune(ref_graph.one_less(), ref_opt)
     params = [p for g in ref_opt.param_groups for p in g["params"]]
     expected = {"weights": ref_model.state_dict(), "momentum": [ref_opt.state[p]["momentum_buffer"] for p in params]}
@@ -92,7 +94,7 @@ def _check(model: torch.nn.Module, opt: torch.optim.Optimizer, expected: dict) -
 
 
 def test_two_threads_pruning_two_models_get_their_own_cuts():
-    """resnext20_4x8d (grouped convs) and mobilenetv2_small (depthwise convs) pruned twice each, at the same time
+    """resnext20_4x8d (grouped convs) and mobilenetv2_small (depthwise convs) pruned ROUNDS times each, at the same time
     in two threads (thread switches forced every microsecond): each optimizer gets exactly the remap that pruning
     its model alone gives, and torch-pruning is left as it was."""
     jobs = [_expected("resnext20_4x8d"), _expected("mobilenetv2_small")]
@@ -102,7 +104,7 @@ def test_two_threads_pruning_two_models_get_their_own_cuts():
     def prune(graph: PrunableGraph, opt: torch.optim.Optimizer) -> None:
         try:
             start.wait()
-            for _ in range(2):
+            for _ in range(ROUNDS):
                 graph.prune(graph.one_less(), opt)
         except Exception as e:  # reported in the main thread
             errors.append(e)
