@@ -3,14 +3,14 @@ optimizer-state remap (cuts.py). This module keeps `from epiprune.surgery import
 
 from epiprune.surgery.cuts import (
     ParameterCut,
+    check_torch_pruning_version,
     cut_tensor,
-    grouped_conv_inputs,
+    prune_group,
     prune_grouped_conv_inputs,
-    record_parameter_cuts,
     remap_optimizer_state,
 )
 from epiprune.surgery.graph import ChannelGroup, PrunableGraph, SurgeryError, is_depthwise, is_grouped, output_layers
 
-__all__ = ["ChannelGroup", "ParameterCut", "PrunableGraph", "SurgeryError", "cut_tensor", "grouped_conv_inputs",
-           "is_depthwise", "is_grouped", "output_layers", "prune_grouped_conv_inputs", "record_parameter_cuts",
+__all__ = ["ChannelGroup", "ParameterCut", "PrunableGraph", "SurgeryError", "check_torch_pruning_version",
+           "cut_tensor", "is_depthwise", "is_grouped", "output_layers", "prune_group", "prune_grouped_conv_inputs",
            "remap_optimizer_state"]

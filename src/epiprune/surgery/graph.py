@@ -26,10 +26,11 @@ from torch.overrides import TorchFunctionMode
 
 from epiprune.policy.subnetwork import CostModel
 from epiprune.surgery.cuts import (
+    ParameterCut,
     SurgeryError,
-    grouped_conv_inputs,
+    check_torch_pruning_version,
     is_grouped,
-    record_parameter_cuts,
+    prune_group,
     remap_optimizer_state,
 )
 
@@ -140,6 +141,7 @@ class PrunableGraph:
 
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor,
                  ignored_layers: Sequence[nn.Module] = ()) -> None:
+        check_torch_pruning_version()
         if torch.is_tensor(example_inputs) and (example_inputs.dim() < 2 or example_inputs.shape[0] != 1):
             # torch-pruning's counter gives the total per sample but each layer's count per batch: with a batch,
             # the cost model's constant (total minus the layers) goes negative and every prediction is wrong
@@ -476,6 +478,7 @@ class PrunableGraph:
         whose channels feed or leave grouped convolutions must keep the same number in each block (partition).
         Every tensor that touches a removed channel shrinks; the optimizer's per-parameter state (momentum,
         Adam moments) is sliced to the survivors and re-attached to the new parameters."""
+        check_torch_pruning_version()
         if len(keep) != len(self.groups):
             raise SurgeryError(f"{len(keep)} keep lists for {len(self.groups)} channel groups")
         plans = []
@@ -492,11 +495,11 @@ class PrunableGraph:
                                        f"blocks must keep the same number of channels (kept {per_block.tolist()})")
             drop = sorted(set(range(g.size)) - {int(i) for i in kept_idx})
             plans.append((g, drop))
-        with record_parameter_cuts() as cuts, grouped_conv_inputs(self.dg, cuts):
-            for g, drop in plans:
-                if drop:
-                    pruner = self.dg.get_pruner_of_module(g.root)
-                    self.dg.get_pruning_group(g.root, pruner.prune_out_channels, drop).prune()
+        cuts: list[ParameterCut] = []
+        for g, drop in plans:
+            if drop:
+                pruner = self.dg.get_pruner_of_module(g.root)
+                cuts += prune_group(self.dg, self.dg.get_pruning_group(g.root, pruner.prune_out_channels, drop))
         if optimizer is not None:
             remap_optimizer_state(optimizer, cuts)
         for g, drop in plans:
