@@ -5,13 +5,15 @@ import matplotlib.pyplot as plt
 import pytest
 
 import epiprune.evidence.plots as report
+import epiprune.run.plots as run_plots
 
 
 @pytest.fixture
 def figures(monkeypatch):
     """The figures the plot functions would save, kept open for inspection."""
     kept = []
-    monkeypatch.setattr(report, "_save", lambda fig, path: kept.append(fig))
+    for module in (report, run_plots):  # compare's plots save through their own name and through run.plots' _finish
+        monkeypatch.setattr(module, "_save", lambda fig, path: kept.append(fig))
     yield kept
     for fig in kept:
         plt.close(fig)
@@ -28,7 +30,7 @@ def visible_epoch_ticks(ax):
 
 
 def test_epi_plot_of_a_run_that_prunes_at_the_first_epi(figures, tmp_path):
-    report.plot_epi(short_run(), tmp_path / "epi.png", 0.944, 2, "epi")
+    run_plots.plot_epi(short_run(), tmp_path / "epi.png", 0.944, 2, "epi")
     ax = figures[0].axes[0]
     low, high = ax.get_ylim()
     assert 0 <= low < 0.944 and high == 1.0

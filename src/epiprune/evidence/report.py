@@ -8,12 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from epiprune.errors import EpipruneError
-from epiprune.evidence.plots import plot_epi
 from epiprune.evidence.runs import finished_runs
 from epiprune.evidence.table import write_comparison
 from epiprune.files import CHECKPOINT_FILE
 from epiprune.policy.indicator import default_threshold
 from epiprune.run.checkpoint import load_checkpoint
+from epiprune.run.plots import plot_epi
 from epiprune.run.records import EpochRow
 
 

@@ -22,7 +22,6 @@ from tqdm import tqdm
 from epiprune import distributed
 from epiprune.costs.latency import autocast, in_memory_format
 from epiprune.errors import DistributedError, EpipruneError
-from epiprune.evidence.plots import plot_epi
 from epiprune.files import CHECKPOINT_FILE, atomic_write_text
 from epiprune.io.preprocessing import from_loader_stats
 from epiprune.io.serialization import architecture_spec, save_pruned
@@ -35,6 +34,7 @@ from epiprune.run.data import Dataset, TensorLoader, load_dataset
 from epiprune.run.folder import RunFolder
 from epiprune.run.latency_check import check_latency
 from epiprune.run.network import build_network, resolve_device, to_input, trainable
+from epiprune.run.plots import plot_epi
 from epiprune.run.records import EpochRow, RunSummary
 from epiprune.run.steps import (
     TRAIN_FLOPS_PER_FORWARD,
