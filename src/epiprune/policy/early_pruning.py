@@ -98,7 +98,7 @@ class EarlyPruningPolicy:
             raise EpipruneError(f"indicator {indicator!r} is neither a registered name nor an Indicator (accepted: "
                                 f"{', '.join(INDICATORS)}, or an epiprune.policy.indicator.Indicator)")
         importance_type = IMPORTANCES.get(importance) if isinstance(importance, str) else importance
-        if not isinstance(importance, str) and not isinstance(importance, Importance):
+        if not isinstance(importance, str) and (isinstance(importance, type) or not isinstance(importance, Importance)):
             raise EpipruneError(f"importance {importance!r} is neither a registered name nor an Importance (accepted: "
                                 f"{', '.join(IMPORTANCES)}, or an object with the methods of "
                                 "epiprune.policy.importance.Importance)")
@@ -195,7 +195,17 @@ class EarlyPruningPolicy:
         return self.importance.scores()
 
     def select(self, scores: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Boolean keep-mask per group of the sub-network that `scores` rank first under the budget."""
+        """Boolean keep-mask per group of the sub-network that `scores` rank first under the budget. Scores are
+        importances, >= 0 and finite (selection divides each group's by their mean: a negative scale would invert
+        the ranking), one array per group; anything else is refused in one line naming the importance."""
+        if len(scores) != len(self.group_names):
+            raise EpipruneError(f"importance {self.importance_kind!r} gave scores for {len(scores)} groups (accepted: "
+                                f"one array per channel group, {len(self.group_names)})")
+        for name, group_scores in zip(self.group_names, scores, strict=True):
+            values = np.asarray(group_scores, dtype=np.float64)
+            if values.size and not (np.all(np.isfinite(values)) and values.min() >= 0):
+                raise EpipruneError(f"importance {self.importance_kind!r} gave group {name} scores from "
+                                    f"{values.min():g} to {values.max():g} (accepted: finite scores >= 0)")
         return select_subnetwork(normalise_per_group(list(scores)), self.cost, self.target, self.min_channels,
                                  self.channel_multiple, self.partitions)
 

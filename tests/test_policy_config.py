@@ -1,0 +1,213 @@
+"""One list of settings (issue 22): PolicyConfig is the policy constructor's keywords, every policy option of
+TrainConfig reaches the policy the trainer builds, and a user's own importance and indicator plug in."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import MISSING, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from epiprune import Budget, EarlyPruningPolicy, EpipruneError
+from epiprune.policy.config import PolicyConfig
+from epiprune.policy.importance import IMPORTANCES, MagnitudeImportance
+from epiprune.policy.indicator import INDICATORS, Indicator
+from epiprune.registry import Registry
+from epiprune.run.config import TrainConfig
+from epiprune.run.trainer import _make_policy
+
+from .helpers import ConvBNNet
+
+# PolicyConfig fields no TrainConfig option feeds directly: derived by TrainConfig.policy_config, or library-only
+DERIVED = {"max_dense_epochs", "latency"}
+LIBRARY_ONLY = {"min_channels", "require_peak"}
+
+# TrainConfig policy option -> (a non-default value, other settings it needs, what the built policy shows)
+NON_DEFAULT: dict[str, tuple[Any, dict, Any]] = {
+    "budget": ("params:0.4", {}, lambda p: str(p.budget)),
+    "importance": ("magnitude", {}, lambda p: (p.importance_kind, type(p.importance).__name__)),
+    "indicator": ("earlybird-budget", {}, lambda p: (p.indicator, p.rule.smooth)),
+    "epi_window": (2, {}, lambda p: p.rule.window),
+    "epi_threshold": (0.9, {}, lambda p: p.rule.threshold),
+    "epi_average": ("group", {}, lambda p: p.epi_average),
+    "epi_peak": (2, {}, lambda p: p.rule.peak),
+    "epi_smooth": (3, {}, lambda p: p.rule.smooth),
+    "earlybird_queue": (4, {"indicator": "earlybird"}, lambda p: (p.earlybird_queue, p.rule.min_dense_epochs)),
+    "min_dense_epochs": (5, {}, lambda p: p.rule.min_dense_epochs),
+    "max_dense_epochs": (6, {}, lambda p: p.rule.max_dense_epochs),
+    "prune_at": (3, {}, lambda p: p.rule.prune_at),
+    "channel_multiple": (2, {}, lambda p: p.channel_multiple),
+    "seed": (7, {"importance": "random"}, lambda p: p.importance.seed),
+    "latency_table": ("somewhere.json", {}, lambda p: p.config.latency_table),
+}
+EXPECTED = {"importance": ("magnitude", "MagnitudeImportance"), "indicator": ("earlybird-budget", 1),
+            "earlybird_queue": (4, 5)}
+
+
+def trainers_policy(cfg: TrainConfig, tmp_path: Path) -> EarlyPruningPolicy:
+    """The policy `epiprune train` builds for cfg (the trainer's own path, not from_config called by hand)."""
+    return _make_policy(cfg, ConvBNNet(), torch.zeros(1, 1, 8, 8), Budget.parse(cfg.budget), tmp_path, False,
+                        lambda _: None, [])
+
+
+def test_policy_config_is_the_constructors_keywords_with_its_defaults():
+    params = inspect.signature(EarlyPruningPolicy.__init__).parameters
+    for f in fields(PolicyConfig):
+        assert f.name in params, f"PolicyConfig.{f.name} is no keyword of EarlyPruningPolicy"
+        if params[f.name].default is not None:
+            assert params[f.name].default == f.default, f.name
+    assert str(Budget()) == PolicyConfig.budget
+
+
+def test_every_policy_field_is_fed_once():
+    fed = [f.metadata["policy"] for f in fields(TrainConfig) if f.metadata.get("policy")]
+    assert len(fed) == len(set(fed))
+    assert set(fed) | DERIVED | LIBRARY_ONLY == {f.name for f in fields(PolicyConfig)}
+    policy_options = {f.name for f in fields(TrainConfig) if f.metadata.get("policy")} | {"max_dense_epochs"}
+    assert policy_options == set(NON_DEFAULT), "each policy option needs a case below"
+
+
+@pytest.mark.parametrize("name", sorted(NON_DEFAULT))
+def test_a_non_default_policy_setting_reaches_the_trainers_policy(name, tmp_path):
+    value, needs, shown = NON_DEFAULT[name]
+    default = next(f.default for f in fields(TrainConfig) if f.name == name)
+    assert value != default
+    cfg = TrainConfig(**{**needs, name: value}, out=str(tmp_path))
+    cfg.validate()
+    assert shown(trainers_policy(cfg, tmp_path)) == EXPECTED.get(name, value)
+    plain = trainers_policy(TrainConfig(**needs, out=str(tmp_path)), tmp_path)
+    assert shown(plain) != EXPECTED.get(name, value)  # the value shown is the setting's, not the default's
+
+
+def test_derived_latency_settings_reach_the_policy(tmp_path):
+    cfg = TrainConfig(latency_target="infer", latency_batch=4, channels_last=True)
+    assert cfg.policy_config().latency == cfg.latency_settings()
+    assert trainers_policy(cfg, tmp_path).config.latency == cfg.latency_settings()
+
+
+def test_from_config_builds_what_the_keywords_build():
+    config = PolicyConfig(budget="params:0.4", window=2, peak=1, smooth=1, channel_multiple=2, epi_average="group")
+    a = EarlyPruningPolicy.from_config(ConvBNNet(), torch.zeros(1, 1, 8, 8), config, log=lambda _: None)
+    b = EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8), Budget(params=0.4), window=2, peak=1, smooth=1,
+                           channel_multiple=2, epi_average="group", log=lambda _: None)
+    assert a.rule == b.rule and a.config == b.config == replace(config, budget="params:0.4")
+    assert (a.budget, a.channel_multiple, a.epi_average) == (b.budget, 2, "group")
+
+
+def test_unknown_names_are_one_line_naming_the_registered_ones():
+    with pytest.raises(EpipruneError, match=r"^unknown importance 'taylr' \(accepted: taylor, magnitude, bn, "
+                       r"random\)$"):
+        EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8), importance="taylr")
+    with pytest.raises(EpipruneError, match=r"^unknown indicator 'epl' \(accepted: epi, earlybird, earlybird-budget, "
+                       r"none\)$"):
+        EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8), indicator="epl")
+    with pytest.raises(EpipruneError, match="is neither a registered name nor an Importance"):
+        EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8), importance=MagnitudeImportance)  # a class
+
+
+def test_registry_registers_once_and_lists_in_order():
+    things: Registry[int] = Registry("thing")
+    things.register("b", 2)
+
+    @things.register("a")
+    def a() -> int:
+        return 1
+
+    assert list(things) == ["b", "a"] and things.get("a") is a and "b" in things and len(things) == 2
+    with pytest.raises(EpipruneError, match=r"^thing 'a' is registered already"):
+        things.register("a", 3)
+    with pytest.raises(EpipruneError, match=r"^unknown thing 'c' \(accepted: b, a\)$"):
+        things.get("c")
+
+
+def test_importances_carry_their_default_threshold():
+    assert {name: IMPORTANCES.get(name).default_threshold for name in IMPORTANCES} == \
+        {"taylor": 0.944, "magnitude": 0.983, "bn": 0.983, "random": 0.944}
+    for name in IMPORTANCES:
+        policy = EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8), importance=name)
+        assert policy.rule.threshold == IMPORTANCES.get(name).default_threshold
+    early_bird = EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8), indicator="earlybird", importance="bn")
+    assert early_bird.rule.threshold == pytest.approx(0.9) and INDICATORS.get("earlybird").threshold == 0.9
+
+
+class SmallestWeights:
+    """A user's own importance (the README example): ranks channels by the inverse of their weight norm, so the
+    policy keeps the channels with the smallest weights."""
+
+    name = "smallest-weights"
+    default_threshold = 0.95
+    needs_gradients = False
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def bind(self, graph) -> None:  # noqa: ANN001 (a PrunableGraph)
+        self.graph = graph
+
+    def step(self, grad_scale: float = 1.0) -> None:
+        self.steps += 1
+
+    def scores(self) -> list[np.ndarray]:
+        return [1 / g.root.weight.detach().flatten(1).norm(dim=1).double().numpy() for g in self.graph.groups]
+
+    def reset(self) -> None:
+        self.steps = 0
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        return []
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = state["steps"]
+
+
+def test_a_users_importance_decides_what_is_kept():
+    model = ConvBNNet()
+    policy = EarlyPruningPolicy(model, torch.zeros(1, 1, 8, 8), Budget(flops=0.5), importance=SmallestWeights())
+    assert (policy.importance_kind, policy.rule.threshold) == ("smallest-weights", 0.95)
+    norms = [g.root.weight.detach().flatten(1).norm(dim=1).numpy() for g in policy.graph.groups]
+    policy.prune_now()
+    for name, norm in zip(policy.group_names, norms, strict=True):
+        kept = policy.kept[name]
+        assert sorted(kept) == sorted(np.argsort(norm, kind="stable")[:len(kept)].tolist()), name
+    assert policy.summary()["importance"] == "smallest-weights"
+
+
+def test_negative_scores_are_refused_in_one_line():
+    class Negative(SmallestWeights):
+        name = "negative"
+
+        def scores(self) -> list[np.ndarray]:
+            return [-s for s in super().scores()]
+
+    policy = EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8), importance=Negative())
+    with pytest.raises(EpipruneError, match=r"^importance 'negative' gave group conv1 scores from -[0-9.]+ to "
+                       r"-[0-9.]+ \(accepted: finite scores >= 0\)$"):
+        policy.prune_now()
+    assert not policy.pruned
+
+
+def test_a_users_indicator_object_decides_when():
+    eager = Indicator("eager", threshold=0.01)  # any defined EPI is "stable"
+    policy = EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8), indicator=eager, window=1, smooth=1,
+                                max_dense_epochs=5)
+    assert (policy.indicator, policy.rule.threshold) == ("eager", 0.01)
+    fired = [e for e in range(1, 6) if policy.end_epoch()]
+    assert fired == [2] and policy.trigger == "epi"  # EPI exists from epoch window + 1
+    never = EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8), indicator=Indicator("watch", prunes=False),
+                               window=1, max_dense_epochs=3)
+    assert not any(never.end_epoch() for _ in range(6))
+
+
+def test_policy_config_defaults_are_trainconfigs():
+    train_defaults = {f.metadata["policy"]: f.default for f in fields(TrainConfig)
+                      if f.metadata.get("policy") and f.default is not MISSING}
+    for f in fields(PolicyConfig):
+        if f.name in train_defaults:
+            assert train_defaults[f.name] == f.default, f.name
