@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from epiprune.cli import _int_list
+from epiprune.costs.budget import Budget
 from epiprune.evidence.compare import (
     CompareConfig,
     bootstrap_interval,
@@ -45,7 +46,6 @@ from epiprune.evidence.compare import (
 from epiprune.io.serialization import atomic_write, atomic_write_text
 from epiprune.models import build_model
 from epiprune.policy.early_pruning import EarlyPruningPolicy
-from epiprune.policy.subnetwork import Budget
 from epiprune.run.trajectory import read_scores
 
 ROOT = Path(__file__).resolve().parents[1]

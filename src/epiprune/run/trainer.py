@@ -23,15 +23,16 @@ from torch import nn
 from tqdm import tqdm
 
 from epiprune import distributed
-from epiprune.costs.latency import LatencySettings, autocast, in_memory_format, time_model_step
+from epiprune.costs.budget import Budget
+from epiprune.costs.timing import LatencySettings, time_model_step
 from epiprune.errors import DistributedError, EpipruneError
 from epiprune.evidence.plots import plot_epi
 from epiprune.io.preprocessing import from_loader_stats
 from epiprune.io.serialization import architecture_spec, atomic_write_text, save_pruned
 from epiprune.models import is_import_path, make_model
 from epiprune.models.user import resolve_layers
+from epiprune.numerics import autocast, in_memory_format
 from epiprune.policy.early_pruning import EarlyPruningPolicy
-from epiprune.policy.subnetwork import Budget
 from epiprune.run.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from epiprune.run.config import TrainConfig
 from epiprune.run.data import Dataset, TensorLoader, load_dataset
