@@ -33,13 +33,13 @@ import numpy as np
 import torch
 
 from epiprune.cli import _int_list
+from epiprune.costs.budget import Budget
 from epiprune.evidence.compare import compare
 from epiprune.evidence.runs import CompareConfig, finished_runs
 from epiprune.evidence.table import bootstrap_interval, oracle_runs, test_top1, write_comparison
 from epiprune.files import atomic_write, atomic_write_text
 from epiprune.models import build_model
 from epiprune.policy.early_pruning import EarlyPruningPolicy
-from epiprune.policy.subnetwork import Budget
 from epiprune.run.trajectory import read_scores
 
 ROOT = Path(__file__).resolve().parents[1]

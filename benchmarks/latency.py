@@ -36,10 +36,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from epiprune.costs.latency import LatencySettings, device_name, load_or_build, median_ms, time_model_step
+from epiprune.costs.latency_build import load_or_build
+from epiprune.costs.timing import LatencySettings, device_name, median_ms, time_model_step
 from epiprune.files import atomic_write_text
 from epiprune.io.serialization import load_pruned
 from epiprune.models import build_model
+from epiprune.policy.subnetwork import select_subnetwork
 from epiprune.run.config import TrainConfig
 from epiprune.run.network import resolve_device
 from epiprune.run.trainer import train
@@ -65,7 +67,8 @@ def run_model(name: str, args: argparse.Namespace, device: torch.device, out: Pa
     if not args.tables:
         table_path.unlink(missing_ok=True)  # measure the build time afresh
     start = time.perf_counter()
-    cost, _ = load_or_build(graph, settings, table_path, progress=False, log=lambda m: print(m, file=sys.stderr))
+    cost, _ = load_or_build(graph, settings, table_path, progress=False, log=lambda m: print(m, file=sys.stderr),
+                            select=select_subnetwork)
     build_seconds = time.perf_counter() - start
     runs, final_models = {}, {"dense": build_model(name, 1, 10).to(device)}
     kinds = args.kinds.split(",")

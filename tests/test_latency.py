@@ -10,20 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from epiprune import Budget, EarlyPruningPolicy
-from epiprune.costs.latency import (
-    LatencyCostModel,
-    LatencySettings,
-    LatencyTable,
-    LatencyTableError,
-    _axes,
-    _monotone,
-    fit_calibration,
-    grid,
-    interpolate,
-    load_or_build,
-    table_key,
-    timed_layers,
-)
+from epiprune.costs.calibration import fit_calibration
+from epiprune.costs.latency_build import load_or_build
+from epiprune.costs.latency_model import LatencyCostModel, interpolate, monotone
+from epiprune.costs.latency_table import LatencyTable, LatencyTableError, grid, table_axes, table_key, timed_layers
+from epiprune.costs.timing import LatencySettings
 from epiprune.errors import EpipruneError
 from epiprune.policy.subnetwork import select_subnetwork
 from epiprune.surgery import PrunableGraph
@@ -60,7 +51,7 @@ def test_interpolation_is_monotone_and_exact_on_the_grid(values, n_in, n_out, a,
     """A measured table made monotone is non-decreasing along each axis everywhere between grid points, equals
     the table at grid points, and stays positive (never zero for a point the grid lacks)."""
     axes = [sorted({1, *range(3, 3 * n_in, 3)})[:n_in], sorted({1, *range(4, 4 * n_out, 4)})[:n_out]]
-    ms = _monotone(np.asarray(values[: len(axes[0]) * len(axes[1])]).reshape(len(axes[0]), len(axes[1])))
+    ms = monotone(np.asarray(values[: len(axes[0]) * len(axes[1])]).reshape(len(axes[0]), len(axes[1])))
     for i, x in enumerate(axes[0]):
         for j, y in enumerate(axes[1]):
             assert interpolate(axes, ms, [[x, y]])[0] == pytest.approx(ms[i, j])
@@ -72,7 +63,7 @@ def test_interpolation_is_monotone_and_exact_on_the_grid(values, n_in, n_out, a,
 
 def test_monotone_repairs_a_noisy_measurement():
     noisy = np.array([[1.0, 3.0, 2.0], [0.5, 4.0, 5.0]])  # 3.0 and 1.0: slowed by noise
-    fixed = _monotone(noisy)
+    fixed = monotone(noisy)
     assert (np.diff(fixed, axis=0) >= 0).all() and (np.diff(fixed, axis=1) >= 0).all()
     assert fixed.tolist() == [[0.5, 2.0, 2.0], [0.5, 4.0, 5.0]]  # the lower envelope: one outlier spreads nowhere
 
@@ -90,7 +81,7 @@ def test_calibration_recovers_known_coefficients_and_stays_non_negative():
 def built(tmp_path_factory):
     path = tmp_path_factory.mktemp("lat") / "table.json"
     _, graph = tiny_graph()
-    cost, written = load_or_build(graph, TINY, path, progress=False, log=lambda _: None)
+    cost, written = load_or_build(graph, TINY, path, progress=False, log=lambda _: None, select=select_subnetwork)
     return graph, cost, written
 
 
@@ -122,7 +113,7 @@ def synthetic_table(graph, path):
     layers, _ = timed_layers(graph)
     entries = {}
     for layer in {layer.signature: layer for layer in layers}.values():
-        axes = _axes(layer, TINY.grid_points)
+        axes = table_axes(layer, TINY.grid_points)
         grids = np.meshgrid(*[np.asarray(a, dtype=float) for a in axes], indexing="ij")
         entries[layer.signature] = {"axes": axes, "ms": np.prod(grids, axis=0).tolist()}
     LatencyTable(table_key(graph, layers, TINY), entries,
@@ -133,7 +124,7 @@ def synthetic_table(graph, path):
 def test_selection_meets_a_latency_target_from_below(tmp_path):
     _, graph = tiny_graph()
     cost, _ = load_or_build(graph, TINY, synthetic_table(graph, tmp_path / "t.json"), progress=False,
-                            log=lambda _: None)
+                            log=lambda _: None, select=select_subnetwork)
     scores = [np.linspace(1, 2, g.size) for g in graph.groups]
     masks = select_subnetwork(scores, cost, 0.5 * cost.dense)
     kept = cost(np.array([m.sum() for m in masks]))
@@ -148,11 +139,11 @@ def test_matching_key_is_reused_and_other_settings_rebuild(built, tmp_path):
     copy.write_bytes(path.read_bytes())
     before = copy.stat().st_mtime_ns
     messages = []
-    load_or_build(graph, TINY, copy, progress=False, log=messages.append)
+    load_or_build(graph, TINY, copy, progress=False, log=messages.append, select=select_subnetwork)
     assert copy.stat().st_mtime_ns == before and "reusing" in messages[0]
     messages.clear()
     other = LatencySettings(batch_size=2, repeats=1, warmup=1, grid_points=3)
-    cost, _ = load_or_build(graph, other, copy, progress=False, log=messages.append)
+    cost, _ = load_or_build(graph, other, copy, progress=False, log=messages.append, select=select_subnetwork)
     assert "other settings (batch_size)" in messages[0]
     assert LatencyTable.load(copy).key["batch_size"] == 2 and isinstance(cost, LatencyCostModel)
 
@@ -175,7 +166,7 @@ def test_corrupt_or_foreign_table_is_refused_and_left_alone(built, tmp_path, dam
         bad.write_text(json.dumps({"hello": 1}))
     before = bad.read_bytes()
     with pytest.raises(LatencyTableError, match=str(bad)):
-        load_or_build(graph, TINY, bad, progress=False, log=lambda _: None)
+        load_or_build(graph, TINY, bad, progress=False, log=lambda _: None, select=select_subnetwork)
     assert bad.read_bytes() == before
 
 
@@ -197,7 +188,7 @@ def test_policy_api_takes_a_latency_budget_and_reports_predictions(tmp_path):
 def test_default_table_path_follows_the_cache_variable(built, tmp_path, monkeypatch):
     graph, _, path = built
     monkeypatch.setenv("EPIPRUNE_CACHE", str(tmp_path / "cache"))
-    from epiprune.costs.latency import default_table_path
+    from epiprune.costs.latency_table import default_table_path
 
     layers, _ = timed_layers(graph)
     target = default_table_path(table_key(graph, layers, TINY))
@@ -236,7 +227,8 @@ def test_an_inference_table_times_forward_passes_only(tmp_path):
     model, graph = tiny_graph()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     settings = LatencySettings(target="infer", batch_size=1, repeats=2, warmup=1, grid_points=3)
-    cost, path = load_or_build(graph, settings, tmp_path / "infer.json", progress=False, log=lambda _: None)
+    cost, path = load_or_build(graph, settings, tmp_path / "infer.json", progress=False, log=lambda _: None,
+                               select=select_subnetwork)
     table = LatencyTable.load(path)
     assert table.key["target"] == "infer" and table.key["batch_size"] == 1 and cost.dense > 0
     assert [p["network"] for p in table.calibration["points"]][:3] == ["uniform 1", "uniform 0.6", "uniform 0.3"]

@@ -109,7 +109,8 @@ def test_a_prediction_off_by_more_than_20_percent_is_warned_about(tmp_path, caps
     import numpy as np
     import torch
 
-    from epiprune.costs.latency import LatencySettings, LatencyTable, _axes, table_key, timed_layers
+    from epiprune.costs.latency_table import LatencyTable, table_axes, table_key, timed_layers
+    from epiprune.costs.timing import LatencySettings
     from epiprune.models import build_model
     from epiprune.surgery import PrunableGraph
 
@@ -118,7 +119,7 @@ def test_a_prediction_off_by_more_than_20_percent_is_warned_about(tmp_path, caps
     layers, _ = timed_layers(graph)
     entries = {}
     for layer in {layer.signature: layer for layer in layers}.values():
-        axes = _axes(layer, settings.grid_points)
+        axes = table_axes(layer, settings.grid_points)
         grids = np.meshgrid(*[np.asarray(a, dtype=float) for a in axes], indexing="ij")
         entries[layer.signature] = {"axes": axes, "ms": (1e-6 * np.prod(grids, axis=0)).tolist()}
     path = tmp_path / "made-up.json"

@@ -8,8 +8,9 @@ import torch
 
 import epiprune
 from epiprune import Budget, EarlyPruningPolicy, EpipruneError
+from epiprune.costs.budget import BudgetError
 from epiprune.models import build_model
-from epiprune.policy.subnetwork import BudgetError, floor_widths
+from epiprune.policy.subnetwork import floor_widths
 
 from .helpers import ConvBNNet
 from .test_decision import PEAKED_0, PEAKED_1, ScriptedImportance
@@ -335,16 +336,18 @@ def test_constructor_defaults_and_refusals(monkeypatch):
         policy_of(ConvBNNet(), indicator="tea")
     calls = []
 
-    def fake_load_or_build(graph: object, settings: object, path: object, progress: bool, log: object) -> None:
-        calls.append((settings, path, progress, log))
+    def fake_load_or_build(graph: object, settings: object, path: object, progress: bool, log: object, *,
+                           select: object) -> None:
+        calls.append((settings, path, progress, log, select))
         raise EpipruneError("stop here")
 
     monkeypatch.setattr(policy_module, "load_or_build", fake_load_or_build)
     with pytest.raises(EpipruneError, match="stop here"):
         EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8), Budget(latency=0.5))
-    from epiprune.costs.latency import LatencySettings
+    from epiprune.costs.timing import LatencySettings
+    from epiprune.policy.subnetwork import select_subnetwork
 
-    assert calls == [(LatencySettings(), None, True, print)]
+    assert calls == [(LatencySettings(), None, True, print, select_subnetwork)]
 
 
 def test_budget_constructor_messages():

@@ -14,8 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from epiprune import Budget, EarlyPruningPolicy, EpipruneError
+from epiprune.costs.model import CostModel
 from epiprune.models import build_model
-from epiprune.policy.subnetwork import CostModel, check_budget, floor_widths, normalise_per_group, select_subnetwork
+from epiprune.policy.subnetwork import check_budget, floor_widths, normalise_per_group, select_subnetwork
 
 
 def random_chain_cost(widths: list[int], rng: np.random.Generator) -> CostModel:
@@ -263,7 +264,7 @@ TWO_GROUPS = CostModel(np.array([8, 8]), coef=np.array([80.0, 20.0]), out_group=
 ])
 def test_a_budget_below_the_floor_is_refused_with_what_is_kept_and_what_is_accepted(cost, min_channels, multiple,
                                                                                    budget, blocks, message):
-    from epiprune.policy.subnetwork import BudgetError
+    from epiprune.costs.budget import BudgetError
 
     with pytest.raises(BudgetError) as refused:
         check_budget(cost, 1.0, min_channels, multiple, budget, blocks)
@@ -275,7 +276,7 @@ def test_a_budget_below_the_floor_is_refused_with_what_is_kept_and_what_is_accep
 def test_floor_and_budget_check_defaults_are_one_channel_and_no_multiple():
     """Called without min_channels / channel_multiple / budget name, the floor is one channel per group and the
     refusal names no budget."""
-    from epiprune.policy.subnetwork import BudgetError
+    from epiprune.costs.budget import BudgetError
 
     assert floor_widths([4, 8, 1]).tolist() == [1, 1, 1]
     check_budget(ONE_GROUP, ONE_GROUP([1]))  # one channel fits exactly: a floor of 2 channels would not

@@ -3,8 +3,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from epiprune.costs.budget import Budget
+from epiprune.costs.model import CostModel
 from epiprune.errors import EpipruneError
-from epiprune.policy.subnetwork import Budget, CostModel, select_subnetwork
+from epiprune.policy.subnetwork import select_subnetwork
 
 
 def chain_cost(widths):

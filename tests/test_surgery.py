@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from epiprune.costs.counting import counting_cost_models
 from epiprune.models import MODELS, build_model
 from epiprune.policy.subnetwork import normalise_per_group, select_subnetwork
 from epiprune.surgery import PrunableGraph, SurgeryError
@@ -50,7 +51,7 @@ def test_zeroed_channels_give_same_outputs_after_surgery(name):
 def test_pruned_cost_is_within_two_percent_of_budget(name, kind, fraction):
     model = build_model(name, 1, 10)
     graph = PrunableGraph(model, torch.zeros(1, 1, 28, 28))
-    cost = graph.cost_models()[kind]
+    cost = counting_cost_models(graph)[kind]
     dense = graph.count()
     rng = np.random.default_rng(0)
     scores = normalise_per_group([rng.random(w) for w in graph.widths()])
@@ -136,7 +137,7 @@ def check_cost_models_against_the_counter(graph: PrunableGraph, fraction: float,
     """Assert that the graph's cost models give torch-pruning's count of FLOPs and parameters for the dense model
     and, after surgery, for a random sub-network keeping about `fraction` per group. Returns (cost models, dense
     (FLOPs, params) as counted, kept widths)."""
-    costs = graph.cost_models()
+    costs = counting_cost_models(graph)
     dense_flops, dense_params = graph.count()
     assert costs["flops"].dense == pytest.approx(dense_flops) and costs["params"].dense == pytest.approx(dense_params)
     masks = random_keep(graph, fraction, seed=seed)

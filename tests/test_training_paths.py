@@ -55,7 +55,7 @@ def test_surgery_keeps_channels_last_weights_channels_last():
 
 
 def test_in_memory_format_converts_modules_and_4d_tensors_only_when_asked():
-    from epiprune.costs.latency import in_memory_format
+    from epiprune.numerics import in_memory_format
 
     x, flat = torch.randn(2, 3, 4, 4), torch.randn(2, 3)
     assert in_memory_format(x, True).is_contiguous(memory_format=torch.channels_last)

@@ -15,9 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from epiprune.costs.budget import Budget
+from epiprune.costs.counting import counting_cost_models
 from epiprune.errors import EpipruneError
 from epiprune.policy.early_pruning import EarlyPruningPolicy
-from epiprune.policy.subnetwork import Budget, normalise_per_group, select_subnetwork
+from epiprune.policy.subnetwork import normalise_per_group, select_subnetwork
 from epiprune.run.checkpoint import load_checkpoint, save_checkpoint
 from epiprune.surgery import PrunableGraph, SurgeryError
 
@@ -254,7 +256,7 @@ def test_grouped_conv_keeps_the_same_count_per_group_chosen_by_importance_within
     assert graph.groups[names.index("grouped")].blocks == 4  # outputs of groups=4, inputs of groups=2: 4 blocks
     scores = [np.ones(w) for w in graph.widths()]
     scores[g] = np.array([9.0, 8.5, 1.0, 2.0, 7.0, 1.0, 1.0, 3.0])
-    cost = graph.cost_models()["flops"]
+    cost = counting_cost_models(graph)["flops"]
     dense = graph.widths()
     # a budget tight enough to cut 'reduce' to 4 channels: at most its floor plus a bit of everything else
     floor = cost(np.array([4 if i == g else w for i, w in enumerate(dense)]))
@@ -301,7 +303,7 @@ def test_concat_into_a_projection_meets_the_flops_budget():
     for first, second in (("branch1", "branch3"), ("branch3", "branch1")):
         model = ConcatNet()
         graph = PrunableGraph(model, example_inputs())
-        cost = graph.cost_models()["flops"]
+        cost = counting_cost_models(graph)["flops"]
         dense = graph.count()[0]
         rng = np.random.default_rng(0)
         scores = [rng.random(w) + 1 for w in graph.widths()]
@@ -319,7 +321,7 @@ def test_concat_into_a_projection_meets_the_flops_budget():
 def test_the_budget_holds_after_surgery_for_every_zoo_model(name, kind, fraction, seed, multiple):
     model = build(name)
     graph = PrunableGraph(model, example_inputs())
-    cost = graph.cost_models()[kind]
+    cost = counting_cost_models(graph)[kind]
     dense = graph.count()[0 if kind == "flops" else 1]
     rng = np.random.default_rng(seed)
     scores = normalise_per_group([rng.random(w) for w in graph.widths()])
@@ -355,7 +357,7 @@ def test_zoo_models_are_tiny_and_shaped_as_documented():
 
 def test_latency_budget_refuses_a_layer_fed_by_a_concatenation():
     """Latency tables time each layer as a function of one input group: a concatenation is refused by name."""
-    from epiprune.costs.latency import timed_layers
+    from epiprune.costs.latency_table import timed_layers
 
     with pytest.raises(EpipruneError, match="layer 'project'.*several channel groups"):
         timed_layers(PrunableGraph(ConcatNet(), example_inputs()))

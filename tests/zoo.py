@@ -253,9 +253,9 @@ def example_inputs() -> torch.Tensor:
 def outcome(name: str) -> tuple[str, str]:
     """What epiprune does with the zoo model now: ('pruned', '') if a policy (flops:0.5) builds on it, else
     ('refused', the one-line message)."""
+    from epiprune.costs.budget import Budget
     from epiprune.errors import EpipruneError
     from epiprune.policy.early_pruning import EarlyPruningPolicy
-    from epiprune.policy.subnetwork import Budget
 
     torch.manual_seed(0)
     try:

@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _EXPORTS = {
-    "Budget": "epiprune.policy.subnetwork",
+    "Budget": "epiprune.costs.budget",
     "EarlyPruningPolicy": "epiprune.policy.early_pruning",
     "EpipruneError": "epiprune.errors",
     "TriggerRule": "epiprune.policy.indicator",
@@ -31,12 +31,12 @@ __all__ = ["Budget", "EarlyPruningPolicy", "EpipruneError", "TriggerRule", "buil
            "structural_similarity"]  # = sorted(_EXPORTS), tested
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports on first use
+    from epiprune.costs.budget import Budget
     from epiprune.errors import EpipruneError
     from epiprune.io.serialization import load_preprocessing, load_pruned, save_pruned
     from epiprune.models import build_model
     from epiprune.policy.early_pruning import EarlyPruningPolicy
     from epiprune.policy.indicator import TriggerRule, early_pruning_indicator, structural_similarity
-    from epiprune.policy.subnetwork import Budget
     from epiprune.run.checkpoint import load_checkpoint, save_checkpoint
 
 

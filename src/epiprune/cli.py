@@ -232,8 +232,11 @@ def _train(args: argparse.Namespace, argv: list[str]) -> None:
 def _latency_table(args: argparse.Namespace) -> None:
     import torch
 
-    from epiprune.costs.latency import LatencySettings, in_memory_format, load_or_build
+    from epiprune.costs.latency_build import load_or_build
+    from epiprune.costs.timing import LatencySettings
     from epiprune.models import build_model
+    from epiprune.numerics import in_memory_format
+    from epiprune.policy.subnetwork import select_subnetwork
     from epiprune.run.network import resolve_device
     from epiprune.surgery import PrunableGraph
 
@@ -254,7 +257,7 @@ def _latency_table(args: argparse.Namespace) -> None:
         raise EpipruneError(str(e)) from None
     model = in_memory_format(model, settings.channels_last)
     graph = PrunableGraph(model, torch.zeros(1, *shape, device=device))
-    cost, path = load_or_build(graph, settings, args.out, progress=not args.no_progress)
+    cost, path = load_or_build(graph, settings, args.out, progress=not args.no_progress, select=select_subnetwork)
     print(f"{path}: dense {settings.target} step at batch {settings.batch_size} = {cost.dense:.1f} ms predicted")
 
 

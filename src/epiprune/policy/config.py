@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from epiprune.costs.latency import LatencySettings
+from epiprune.costs.timing import LatencySettings
 from epiprune.policy.indicator import DEFAULT_WINDOW, EARLYBIRD_QUEUE
 
 DEFAULT_SMOOTH = 2  # issue 13's study: the mean of two EPI values moved the prune epoch least (docs/RESULTS.md)

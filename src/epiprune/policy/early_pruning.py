@@ -21,7 +21,12 @@ import torch
 from torch import nn
 
 from epiprune import distributed
-from epiprune.costs.latency import LatencyCostModel, LatencySettings, load_or_build
+from epiprune.costs.budget import Budget
+from epiprune.costs.counting import counting_cost_models
+from epiprune.costs.latency_build import load_or_build
+from epiprune.costs.latency_model import LatencyCostModel
+from epiprune.costs.model import Cost
+from epiprune.costs.timing import LatencySettings
 from epiprune.errors import EpipruneError
 from epiprune.policy.config import PolicyConfig
 from epiprune.policy.importance import (
@@ -39,7 +44,7 @@ from epiprune.policy.indicator import (
     early_pruning_indicator,
     earlybird_stability,
 )
-from epiprune.policy.subnetwork import Budget, Cost, check_budget, normalise_per_group, select_subnetwork, widths_of
+from epiprune.policy.subnetwork import check_budget, normalise_per_group, select_subnetwork, widths_of
 from epiprune.surgery import PrunableGraph
 
 
@@ -140,9 +145,9 @@ class EarlyPruningPolicy:
         self.cost: Cost
         if self.budget.kind == "latency":
             self.cost, self.latency_table_path = load_or_build(self.graph, latency or LatencySettings(), latency_table,
-                                                               progress, log)
+                                                               progress, log, select=select_subnetwork)
         else:
-            self.cost = self.graph.cost_models()[self.budget.kind]
+            self.cost = counting_cost_models(self.graph)[self.budget.kind]
         self.target = self.budget.fraction * self.cost.dense
         # the same floor as every later selection, channel_multiple included: refuse now, not after an epoch
         check_budget(self.cost, self.target, min_channels, channel_multiple, budget=str(self.budget),

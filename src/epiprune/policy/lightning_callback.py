@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from epiprune.costs.budget import Budget
 from epiprune.policy.early_pruning import EarlyPruningPolicy
-from epiprune.policy.subnetwork import Budget
 
 
 class EarlyPruningCallback(Callback):

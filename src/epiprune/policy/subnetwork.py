@@ -1,108 +1,22 @@
 """Dominant sub-network: the channels that would be kept if the network were pruned now to a budget.
 
-Widths are per channel group (one group = channels that are kept or removed together, see surgery.py).
-The cost of a width vector comes from a cost model (the `Cost` protocol): for FLOPs and parameters a CostModel,
-per-layer dense costs scaled by the fraction of input and output channels kept, which is exact for
-convolutions, linear layers and batch norms; for latency the measured tables of latency.py. Selection only
-needs cost(widths) to be monotone in every width.
+Widths are per channel group (one group = channels that are kept or removed together, see surgery/graph.py).
+The cost of a width vector comes from a cost model (the `Cost` protocol of costs/model.py): for FLOPs and
+parameters a CostModel (costs/counting.py), per-layer dense costs scaled by the fraction of input and output
+channels kept, which is exact for convolutions, linear layers and batch norms; for latency the measured tables of
+costs/latency_model.py. Selection only needs cost(widths) to be monotone in every width. Budget, BudgetError,
+BUDGET_KINDS, Cost and CostModel live in the costs package (costs/budget.py, costs/model.py).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
-from epiprune.errors import EpipruneError
-
-BUDGET_KINDS = ("flops", "params", "latency")
-
-
-class BudgetError(EpipruneError):
-    """A budget that cannot be parsed or met; the message is one line for the user."""
-
-
-@dataclass(frozen=True, init=False)
-class Budget:
-    """Fraction of the dense model's FLOPs, parameters or measured latency to keep, in (0, 1).
-
-    Budget("flops", 0.5), or with a keyword: Budget(flops=0.5), Budget(params=0.4), Budget(latency=0.5)
-    (latency: the time of a training step, or of inference, measured on the device; see latency.py)."""
-
-    kind: str
-    fraction: float
-
-    def __init__(self, kind: str | None = None, fraction: float | None = None, *, flops: float | None = None,
-                 params: float | None = None, latency: float | None = None) -> None:
-        named = {k: v for k, v in (("flops", flops), ("params", params), ("latency", latency)) if v is not None}
-        if named and (kind is not None or fraction is not None or len(named) > 1):
-            raise BudgetError(f"give one budget, e.g. Budget(flops=0.5) or Budget('flops', 0.5) (got kind={kind!r}, "
-                              f"fraction={fraction!r}, {', '.join(f'{k}={v!r}' for k, v in named.items())})")
-        if named:
-            kind, fraction = next(iter(named.items()))
-        kind = "flops" if kind is None else kind
-        fraction = 0.5 if fraction is None else fraction
-        if kind not in BUDGET_KINDS:
-            raise BudgetError(f"unknown budget kind {kind!r} (accepted: {', '.join(BUDGET_KINDS)})")
-        try:
-            value = float(fraction)
-        except (TypeError, ValueError):
-            raise BudgetError(f"budget fraction {fraction!r} is not a number (accepted: 0 < F < 1)") from None
-        if not 0.0 < value < 1.0:
-            raise BudgetError(f"budget fraction {fraction} is outside (0, 1) (e.g. {kind}:0.5 keeps half)")
-        object.__setattr__(self, "kind", kind)
-        object.__setattr__(self, "fraction", value)
-
-    @classmethod
-    def parse(cls, text: str) -> Budget:
-        """Parse 'flops:0.5', 'params:0.4' or 'latency:0.5'."""
-        kind, sep, value = text.partition(":")
-        try:
-            fraction = float(value)
-        except ValueError:
-            fraction = float("nan")
-        if not sep or fraction != fraction:
-            raise BudgetError(f"bad budget {text!r} (accepted: flops:F, params:F or latency:F with 0 < F < 1)")
-        return cls(kind.strip(), fraction)
-
-    def __str__(self) -> str:
-        return f"{self.kind}:{self.fraction:g}"
-
-
-class Cost(Protocol):
-    """What sub-network selection needs of a cost model: cost(widths) monotone in every width, the dense widths
-    (G,) and the dense model's cost (any unit: FLOPs, parameters, milliseconds)."""
-
-    dense_widths: np.ndarray
-
-    def __call__(self, widths: np.ndarray) -> float: ...
-
-    @property
-    def dense(self) -> float: ...
-
-
-@dataclass
-class CostModel:
-    """cost(widths) = constant + sum_m coef[m] * r(out_group[m]) * r(in_group[m]), with r(g) = widths[g] /
-    dense_widths[g] and r(-1) = 1 (a dimension no group controls, e.g. image channels or class logits).
-    Units: FLOPs (multiply-accumulates plus elementwise ops, per sample) or parameter counts."""
-
-    dense_widths: np.ndarray  # (G,) int
-    coef: np.ndarray  # (M,) float
-    out_group: np.ndarray  # (M,) int, -1 for none
-    in_group: np.ndarray  # (M,) int, -1 for none
-    constant: float
-
-    def __call__(self, widths: np.ndarray) -> float:
-        ratio = np.append(np.asarray(widths, dtype=np.float64) / self.dense_widths, 1.0)  # index -1 -> 1.0
-        return float(self.constant + np.sum(self.coef * ratio[self.out_group] * ratio[self.in_group]))
-
-    @property
-    def dense(self) -> float:
-        return self(self.dense_widths)
+from epiprune.costs.budget import BudgetError
+from epiprune.costs.model import Cost
 
 
 def normalise_per_group(scores: list[np.ndarray]) -> list[np.ndarray]:

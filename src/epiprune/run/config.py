@@ -16,15 +16,16 @@ from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from epiprune.costs.latency import AMP_DTYPES, TARGETS, LatencySettings
+from epiprune.costs.budget import Budget
+from epiprune.costs.timing import TARGETS, LatencySettings
 from epiprune.errors import EpipruneError
 from epiprune.files import atomic_write_text
 from epiprune.models import MODELS, check_model_name, is_import_path
 from epiprune.models.user import factory_arguments, import_factory, parse_layer_names, parse_model_kwargs
+from epiprune.numerics import AMP_DTYPES
 from epiprune.policy.config import PolicyConfig
 from epiprune.policy.importance import IMPORTANCES, MAGNITUDE_TAU, TAYLOR_TAU
 from epiprune.policy.indicator import EPI_AVERAGES, INDICATORS
-from epiprune.policy.subnetwork import Budget
 from epiprune.run.data import DATASETS
 
 OPTIMIZERS = ("sgd", "adamw")

@@ -8,7 +8,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from epiprune.costs.latency import LatencySettings, in_memory_format, time_model_step
+from epiprune.costs.timing import LatencySettings, time_model_step
+from epiprune.numerics import in_memory_format
 from epiprune.policy.early_pruning import EarlyPruningPolicy
 from epiprune.run.config import TrainConfig
 from epiprune.run.data import Dataset

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from epiprune import distributed
-from epiprune.costs.latency import in_memory_format
 from epiprune.errors import EpipruneError
 from epiprune.models import make_model
 from epiprune.models.user import resolve_layers
+from epiprune.numerics import in_memory_format
 from epiprune.run.config import TrainConfig
 
 

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from epiprune import distributed
-from epiprune.costs.latency import autocast
 from epiprune.errors import EpipruneError
+from epiprune.numerics import autocast
 from epiprune.policy.early_pruning import EarlyPruningPolicy
 from epiprune.run.config import TrainConfig
 from epiprune.run.data import Dataset, TensorLoader

@@ -20,14 +20,14 @@ from torch import nn
 from tqdm import tqdm
 
 from epiprune import distributed
-from epiprune.costs.latency import autocast, in_memory_format
+from epiprune.costs.budget import Budget
 from epiprune.errors import DistributedError, EpipruneError
 from epiprune.files import CHECKPOINT_FILE, atomic_write_text
 from epiprune.io.preprocessing import from_loader_stats
 from epiprune.io.serialization import architecture_spec, save_pruned
 from epiprune.models import is_import_path
+from epiprune.numerics import autocast, in_memory_format
 from epiprune.policy.early_pruning import EarlyPruningPolicy
-from epiprune.policy.subnetwork import Budget
 from epiprune.run.checkpoint import load_checkpoint, save_checkpoint
 from epiprune.run.config import TrainConfig
 from epiprune.run.data import Dataset, TensorLoader, load_dataset

@@ -1,4 +1,4 @@
-"""Structural surgery: the dependency graph, its channel groups and costs (graph.py), and the cuts with the
+"""Structural surgery: the dependency graph and its channel groups (graph.py), and the cuts with the
 optimizer-state remap (cuts.py). This module keeps `from epiprune.surgery import ...` working for both."""
 
 from epiprune.surgery.cuts import (

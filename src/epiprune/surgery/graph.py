@@ -1,4 +1,4 @@
-"""Channel groups and their costs: a thin layer over torch-pruning's DependencyGraph (the graph part of the surgery;
+"""Channel groups: a thin layer over torch-pruning's DependencyGraph (the graph part of the surgery;
 the cuts themselves and the optimizer-state remap are in cuts.py, and `epiprune.surgery` exports both).
 
 torch-pruning traces the model and couples every layer whose channels must be removed together (a residual
@@ -6,15 +6,15 @@ add ties the convs that feed it; a depthwise conv ties its input to its output; 
 what sits on top: naming groups stably (by the root layer's module name) so that a pruned architecture can be
 stored as data; grouped convolutions (each of a convolution's groups keeps the same number of channels, which
 torch-pruning cannot cut on the input side unless every group drops the same positions); refusing, at
-construction and with the layer named, what cannot be pruned correctly (a channel shuffle); an exact cost model
-of the widths; and carrying the optimizer state of every surviving weight slice across the surgery
-(torch-pruning replaces parameters and tells its users to rebuild the optimizer).
+construction and with the layer named, what cannot be pruned correctly (a channel shuffle); the channel
+segments of every layer (from which costs/counting.py builds the exact FLOPs and parameter cost models); and
+carrying the optimizer state of every surviving weight slice across the surgery (torch-pruning replaces parameters
+and tells its users to rebuild the optimizer).
 """
 
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -24,7 +24,6 @@ import torch_pruning as tp
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from epiprune.policy.subnetwork import CostModel
 from epiprune.surgery.cuts import (
     ParameterCut,
     SurgeryError,
@@ -131,7 +130,7 @@ class _TraceWatcher(TorchFunctionMode):
 
 
 class PrunableGraph:
-    """Dependency graph of `model`, its channel groups and their cost model.
+    """Dependency graph of `model` and its channel groups (cost models: costs.counting).
 
     example_inputs: a tensor (1, C, H, W) shaped like one sample; FLOPs are per sample of that shape.
     ignored_layers: layers whose output channels must not be pruned; the layers producing the model output
@@ -349,75 +348,6 @@ class PrunableGraph:
                 table.setdefault(id(owner), {})[key] = (gi, len(item.idxs))
         return ({k: list(v.values()) for k, v in out_segs.items()}, {k: list(v.values()) for k, v in in_segs.items()},
                 objects)
-
-    def cost_models(self) -> dict[str, CostModel]:
-        """Cost models {'flops': ..., 'params': ...} over this graph's group widths (see CostModel), exact for the
-        layers torch-pruning's counter counts: a conv's or linear layer's weight costs out x in channels (each
-        summed over the groups that set them: a layer fed by a concatenation is costed per input group), its
-        bias out channels only; norms, depthwise convs, activations, pools and unwrapped parameters scale with
-        their one channel dimension. What no group controls is a constant."""
-        flops, params, layer_flops, _ = tp.utils.count_ops_and_params(self.model, self.example_inputs,
-                                                                         layer_wise=True)
-        out_segs, in_segs, _ = self.channel_segments()
-        terms: dict[str, list[tuple[float, list[tuple[int, int]], list[tuple[int, int]]]]] = {"flops": [],
-                                                                                               "params": []}
-
-        def segments(key: int, table: dict, total: int | None) -> list[tuple[int, int]]:
-            segs = list(table.get(key, []))
-            covered = sum(n for _, n in segs)
-            if total is None:
-                return segs
-            if covered > total:  # a module used twice, or channels reached twice: not a plain layer
-                return [(-1, total)]
-            return segs + ([(-1, total - covered)] if total > covered else [])
-
-        for module in self.model.modules():
-            if list(module.children()):
-                for p in module.parameters(recurse=False):  # a container's own: unwrapped (layer scales) or constant
-                    terms["params"].append((float(p.numel()), segments(id(p), out_segs, None) or [(-1, 1)], []))
-                continue
-            key = id(module)
-            value = float(layer_flops.get(module) or 0.0)
-            if isinstance(module, (nn.Conv2d, nn.Linear)) and not is_depthwise(module):
-                n_out = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
-                n_in = module.in_channels if isinstance(module, nn.Conv2d) else module.in_features
-                outs, ins = segments(key, out_segs, n_out), segments(key, in_segs, n_in)
-                if isinstance(module, nn.Conv2d):
-                    per_position = math.prod(module.kernel_size) * n_in * n_out // module.groups
-                    bias_share = n_out if module.bias is not None else 0
-                    positions = value / (per_position + bias_share) if value else 0.0
-                    weight_flops, bias_flops = per_position * positions, bias_share * positions
-                else:
-                    bias_flops = float(n_out) if module.bias is not None else 0.0
-                    weight_flops = value - bias_flops if value else 0.0
-                    bias_flops = bias_flops if value else 0.0
-                terms["flops"] += [(weight_flops, outs, ins), (bias_flops, outs, [])]
-                terms["params"].append((float(module.weight.numel()), outs, ins))
-                if module.bias is not None:
-                    terms["params"].append((float(module.bias.numel()), outs, []))
-                continue
-            segs = segments(key, out_segs, None)
-            terms["flops"].append((value, segs or [(-1, 1)], []))
-            for p in module.parameters(recurse=False):
-                psegs = segments(id(p), out_segs, None) or segs
-                terms["params"].append((float(p.numel()), psegs or [(-1, 1)], []))
-        result = {}
-        for kind, total in (("flops", flops), ("params", params)):
-            coef, outs_idx, ins_idx = [], [], []
-            for value, outs, ins in terms[kind]:
-                if value == 0.0:
-                    continue
-                n_out = sum(n for _, n in outs)
-                n_in = sum(n for _, n in ins) if ins else 1
-                for go, no in outs:
-                    for gi, ni in ins or [(-1, 1)]:
-                        coef.append(value * no / n_out * ni / n_in)
-                        outs_idx.append(go)
-                        ins_idx.append(gi)
-            result[kind] = CostModel(np.asarray(self.widths(), dtype=np.int64), np.asarray(coef, dtype=np.float64),
-                                     np.asarray(outs_idx, dtype=np.int64), np.asarray(ins_idx, dtype=np.int64),
-                                     float(total) - float(np.sum(coef)))
-        return result
 
     def one_less(self) -> list[np.ndarray]:
         """Keep lists that remove the least a prune can: one channel per group (one per block of a group whose

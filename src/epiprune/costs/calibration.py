@@ -1,0 +1,97 @@
+"""Calibration of the latency tables: the sub-networks whose whole-model steps are timed, and the non-negative fit
+of constant + layer_scale * (layer sum) + tail * V(w) onto those timings (see costs.latency_model).
+
+Two of the calibration networks are the kind sub-network selection picks, so this module needs a selection
+function. Selection lives in the policy package, above costs in the import layering (policy -> costs), so it is
+injected: callers pass `select` (the policy and the CLI pass policy.subnetwork.select_subnetwork) instead of
+costs importing policy.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from torch import nn
+from tqdm import tqdm
+
+from epiprune.costs.latency_model import LatencyCostModel
+from epiprune.costs.model import Cost
+from epiprune.costs.timing import LatencySettings, time_model_step
+from epiprune.surgery import PrunableGraph
+
+# select(scores, cost, target) -> keep masks: scores one (size,) array per group, target in the units of cost; the
+# channels selection keeps (policy.subnetwork.select_subnetwork)
+Select = Callable[[list[np.ndarray], Cost, float], list[np.ndarray]]
+
+CALIBRATION_NETWORKS = 5  # see calibration_networks
+CALIBRATION_ROUNDS = 2
+
+
+def pruned_copy(graph: PrunableGraph, keep: Sequence[np.ndarray]) -> nn.Module:
+    """A copy of graph's model with group g cut to the channels keep[g] (the original is untouched)."""
+    clone = copy.deepcopy(graph.model)
+    names = {n for n, m in graph.model.named_modules() if any(m is x for x in graph.ignored)}
+    cut = PrunableGraph(clone, graph.example_inputs, [m for n, m in clone.named_modules() if n in names])
+    cut.prune(keep)
+    return clone
+
+
+def calibration_networks(graph: PrunableGraph, raw: LatencyCostModel, select: Select
+                         ) -> list[tuple[str, list[np.ndarray]]]:
+    """The sub-networks whose measured steps calibrate the tables: dense, every group cut uniformly to 60% and
+    30% (off the block edges), and two that `select` would pick under a latency target of 60% and 35% of the raw
+    tables' dense time, for seeded random channel scores with random per-group scales (uneven widths, as
+    importance-driven pruning produces them). Returns (name, kept channel indices per group) pairs."""
+    sizes = graph.widths()
+    networks = [(f"uniform {f:g}", [np.arange(max(1, math.ceil(f * n))) for n in sizes]) for f in (1.0, 0.6, 0.3)]
+    rng = np.random.default_rng(0)
+    floor = raw(np.ones(len(sizes)))  # a tiny network may not get down to 35%: stop at one channel per group
+    for fraction in (0.6, 0.35):
+        scores = [rng.random(n) * rng.uniform(0.2, 5.0) for n in sizes]
+        masks = select(scores, raw, max(fraction * raw.dense, floor))
+        networks.append((f"selected {fraction:g}", [np.flatnonzero(m) for m in masks]))
+    return networks
+
+
+def measure_calibration(graph: PrunableGraph, raw: LatencyCostModel, settings: LatencySettings, select: Select,
+                        bar: tqdm) -> list[dict]:
+    """Time the calibration networks' steps (milliseconds; CALIBRATION_ROUNDS rounds, the fastest kept) and
+    return one point per network: its widths, measured_ms, rounds_ms, the raw tables' layer_sum_ms and volume V."""
+    shape = tuple(graph.example_inputs.shape[1:])
+    networks = [(name, keep, pruned_copy(graph, keep)) for name, keep in calibration_networks(graph, raw, select)]
+    # round robin, and the fastest round per network: another process slowing one measurement down (noise only
+    # ever adds time) must not bend the fit, which five points and three coefficients leave little room for
+    timings: list[list[float]] = [[] for _ in networks]
+    for _ in range(CALIBRATION_ROUNDS):
+        for times, (_, _, model) in zip(timings, networks, strict=True):
+            times.append(time_model_step(model, shape, settings, repeats=5, warmup=2))
+            bar.update()
+    points = []
+    for (name, keep, _), times in zip(networks, timings, strict=True):
+        widths = [len(k) for k in keep]
+        points.append({"network": name, "widths": widths, "measured_ms": min(times), "rounds_ms": times,
+                       "layer_sum_ms": raw(widths), "volume": raw.volume_fraction(widths)})
+    return points
+
+
+def fit_calibration(layer_sums: Sequence[float], volumes: Sequence[float], measured: Sequence[float]
+                    ) -> tuple[float, float, float]:
+    """(constant, layer_scale, tail) >= 0 minimising the squared error of constant + layer_scale * S + tail * V
+    against the measured whole-model times (least squares over every subset of the three terms; the best fit
+    whose coefficients are all non-negative wins, so the model stays monotone)."""
+    design = np.column_stack([np.ones(len(measured)), layer_sums, volumes])
+    target = np.asarray(measured, dtype=np.float64)
+    best, best_error = (max(0.0, float(np.mean(target))), 0.0, 0.0), float("inf")
+    for subset in ((0, 1, 2), (1, 2), (0, 1), (0, 2), (1,), (2,), (0,)):
+        coef, *_ = np.linalg.lstsq(design[:, subset], target, rcond=None)
+        if np.any(coef < 0):
+            continue
+        full = np.zeros(3)
+        full[list(subset)] = coef
+        error = float(np.sum((design @ full - target) ** 2))
+        if error < best_error - 1e-9:
+            best, best_error = (float(full[0]), float(full[1]), float(full[2])), error
+    return best

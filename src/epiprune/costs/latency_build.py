@@ -1,0 +1,124 @@
+"""Building and reusing latency tables: time every layer on its grid, calibrate against whole-model steps
+(costs.calibration), write the table; or reuse the stored table whose key matches.
+
+`load_or_build` reuses a file whose key matches, rebuilds one whose key differs, and refuses a corrupt file or one
+measured on another device. Both functions take `select` (keyword-only, required), the sub-network selection the
+calibration networks are picked with (policy.subnetwork.select_subnetwork): injected, because costs sits below
+policy in the import layering (see costs.calibration).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from epiprune.costs.calibration import (
+    CALIBRATION_NETWORKS,
+    CALIBRATION_ROUNDS,
+    Select,
+    fit_calibration,
+    measure_calibration,
+)
+from epiprune.costs.latency_model import LatencyCostModel
+from epiprune.costs.latency_table import (
+    LatencyTable,
+    LatencyTableError,
+    TimedLayer,
+    default_table_path,
+    table_axes,
+    table_key,
+    time_layer,
+    timed_layers,
+)
+from epiprune.costs.timing import LatencySettings
+from epiprune.surgery import PrunableGraph
+
+
+def _measure_layers(layers: Sequence[TimedLayer], settings: LatencySettings, device: torch.device, bar: tqdm
+                    ) -> dict[str, dict]:
+    """{signature: {"axes": channel counts per axis, "ms": milliseconds on that grid}} for every distinct layer
+    signature (layers of one signature share a table)."""
+    entries: dict[str, dict] = {}
+    for sig, layer in {layer.signature: layer for layer in layers}.items():
+        axes = table_axes(layer, settings.grid_points)
+        points = [(c,) for c in axes[0]] if layer.single_axis else [(a, b) for a in axes[0] for b in axes[1]]
+        values = []
+        for point in points:
+            c_in, c_out = (point[0], point[0]) if layer.single_axis else point
+            values.append(time_layer(layer, int(c_in), int(c_out), settings, device))
+            bar.update()
+        entries[sig] = {"axes": axes, "ms": np.asarray(values).reshape([len(a) for a in axes]).tolist()}
+    return entries
+
+
+def _grid_points(layers: Sequence[TimedLayer], settings: LatencySettings) -> int:
+    """How many (layer signature, channel counts) points _measure_layers times."""
+    unique = {layer.signature: layer for layer in layers}.values()
+    return sum(math.prod(len(a) for a in table_axes(layer, settings.grid_points)) for layer in unique)
+
+
+def build_table(graph: PrunableGraph, settings: LatencySettings, progress: bool = True,
+                log: Callable[[str], None] = print, *, select: Select) -> LatencyTable:
+    """Time every layer of graph.model on its grid and calibrate against whole-model steps (see
+    costs.latency_model), the uneven calibration networks picked by `select`. Runs on the device of
+    graph.example_inputs, with the current torch thread count."""
+    start = time.perf_counter()
+    layers, volume = timed_layers(graph)
+    total = _grid_points(layers, settings)
+    with tqdm(total=total + CALIBRATION_NETWORKS * CALIBRATION_ROUNDS, desc="latency table", unit="point",
+              disable=not progress, leave=False, dynamic_ncols=True) as bar:
+        entries = _measure_layers(layers, settings, graph.example_inputs.device, bar)
+        table = LatencyTable(table_key(graph, layers, settings), entries,
+                             {"constant_ms": 0.0, "layer_scale": 1.0, "tail_ms": 0.0})
+        raw = LatencyCostModel(layers, table, graph.widths(), volume)
+        points = measure_calibration(graph, raw, settings, select, bar)
+    constant, scale, tail = fit_calibration([p["layer_sum_ms"] for p in points], [p["volume"] for p in points],
+                                            [p["measured_ms"] for p in points])
+    table.calibration = {"constant_ms": constant, "layer_scale": scale, "tail_ms": tail, "points": points}
+    table.build_seconds = time.perf_counter() - start
+    calibrated = LatencyCostModel(layers, table, graph.widths(), volume)
+    for p in points:
+        p["predicted_ms"] = calibrated(p["widths"])
+    dense = points[0]
+    log(f"latency table: {len(entries)} layer shapes, {total} points, built in {table.build_seconds:.0f} s; "
+        f"dense step {dense['measured_ms']:.1f} ms; calibration: constant {constant:.1f} ms + {scale:.2f} x layers "
+        f"+ {tail:.1f} ms x activation volume; " + ", ".join(
+            f"{p['network']}: {p['measured_ms']:.1f} ms measured / {p['predicted_ms']:.1f} predicted"
+            for p in points))
+    return table
+
+
+def load_or_build(graph: PrunableGraph, settings: LatencySettings, path: str | Path | None = None,
+                  progress: bool = True, log: Callable[[str], None] = print, *, select: Select
+                  ) -> tuple[LatencyCostModel, Path]:
+    """The latency cost model of graph's model: the table at `path` (default: the cache path of its key) when
+    its key matches; rebuilt (and written there) when the file is missing or its key differs in anything but the
+    device. A corrupt file, or one measured on another device, is refused (LatencyTableError), never overwritten.
+    select: the sub-network selection a rebuild calibrates with (see build_table)."""
+    layers, volume = timed_layers(graph)
+    key = table_key(graph, layers, settings)
+    path = Path(path) if path is not None else default_table_path(key)
+    if path.exists():
+        table = LatencyTable.load(path)
+        if table.key == key:
+            log(f"latency table: reusing {path}")
+            return LatencyCostModel(layers, table, graph.widths(), volume), path
+        if table.key.get("device") != key["device"] or table.key.get("device_type") != key["device_type"]:
+            raise LatencyTableError(f"latency table {path} was measured on {table.key.get('device')!r}, this run is "
+                                    f"on {key['device']!r} (accepted: a table measured on this device; pass another "
+                                    "--latency-table path to build one)")
+        changed = sorted(k for k in key if table.key.get(k) != key[k])
+        log(f"latency table {path} was built for other settings ({', '.join(changed)}): rebuilding")
+    else:
+        log(f"latency table: building {path} (once per model, device and settings)")
+    # the table's random inputs must not move the run's RNG
+    with torch.random.fork_rng(devices=[graph.example_inputs.device] if graph.example_inputs.is_cuda else []):
+        table = build_table(graph, settings, progress, log, select=select)
+    table.save(path)
+    return LatencyCostModel(layers, table, graph.widths(), volume), path

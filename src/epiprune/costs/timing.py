@@ -1,0 +1,112 @@
+"""Timing on the device: what a latency table times (LatencySettings), the median of repeated runs, and one
+whole-model step. 'train' = forward + backward of a training batch (whole model: plus the loss and an SGD step),
+since EPI's point is a cheaper training run; 'infer' = forward only, eval mode, no grad. Every timing: warm-up
+runs, then the median of `repeats`; on a GPU after torch.cuda.synchronize(). Times are in milliseconds."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from epiprune.errors import EpipruneError
+from epiprune.numerics import AMP_DTYPES, autocast, in_memory_format
+
+TARGETS = ("train", "infer")
+
+
+@dataclass(frozen=True)
+class LatencySettings:
+    """What a latency table times, and how.
+
+    target: 'train' (forward + backward at batch_size) or 'infer' (forward only). batch_size: samples per timed
+    batch. channels_last / amp: the memory format and autocast dtype ('none', 'bf16', 'fp16') of the run the
+    table must match. repeats / warmup: timed and untimed runs per point (the median is kept). grid_points:
+    about this many measured channel counts per wide axis (every channel up to it)."""
+
+    target: str = "train"
+    batch_size: int = 128
+    channels_last: bool = False
+    amp: str = "none"
+    repeats: int = 3
+    warmup: int = 1
+    grid_points: int = 12
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise EpipruneError(f"unknown latency target {self.target!r} (accepted: {', '.join(TARGETS)})")
+        if self.amp not in AMP_DTYPES:
+            raise EpipruneError(f"unknown amp dtype {self.amp!r} (accepted: {', '.join(AMP_DTYPES)})")
+        for name, value, low in (("latency batch", self.batch_size, 1), ("latency repeats", self.repeats, 1),
+                                 ("latency warm-up", self.warmup, 0), ("latency grid points", self.grid_points, 2)):
+            if not isinstance(value, int) or value < low:
+                raise EpipruneError(f"{name} {value!r} is too small (accepted: an integer >= {low})")
+
+
+def device_name(device: torch.device) -> str:
+    """A human-readable name of the processor that runs the timings (the GPU's, or the CPU model)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_ms(run: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
+    """Median wall time of run() in milliseconds, after `warmup` untimed calls (GPU: timed after a sync)."""
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(repeats):
+        _synchronize(device)
+        start = time.perf_counter()
+        run()
+        _synchronize(device)
+        times.append(time.perf_counter() - start)
+    return 1000.0 * statistics.median(times)
+
+
+def time_model_step(model: nn.Module, input_shape: Sequence[int], settings: LatencySettings,
+                    repeats: int = 10, warmup: int = 3) -> float:
+    """Milliseconds of one step of `model` as `settings` describe it, timed on a deep copy (the caller's weights,
+    BN statistics and gradients are untouched). train: forward, cross-entropy, backward, SGD step with momentum;
+    infer: eval-mode forward without autograd. input_shape: one sample's (C, H, W)."""
+    device = next(model.parameters()).device
+    clone = copy.deepcopy(model)
+    clone = in_memory_format(clone, settings.channels_last)
+    x = in_memory_format(torch.randn(settings.batch_size, *input_shape, device=device), settings.channels_last)
+    if settings.target == "infer":
+        clone.eval()
+
+        def run() -> None:
+            with torch.no_grad(), autocast(device, settings.amp):
+                clone(x)
+    else:
+        clone.train()
+        optimizer = torch.optim.SGD(clone.parameters(), lr=1e-6, momentum=0.9)
+        with torch.no_grad():
+            classes = clone(x[:2]).shape[1]
+        y = torch.randint(0, classes, (settings.batch_size,), device=device)
+
+        def run() -> None:
+            with autocast(device, settings.amp):
+                loss = nn.functional.cross_entropy(clone(x), y)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    return median_ms(run, device, warmup, repeats)
