@@ -101,7 +101,8 @@ def test_a_dense_run_recorded_before_an_option_existed_counts_as_its_default(tmp
     from dataclasses import asdict
 
     from epiprune.errors import EpipruneError
-    from epiprune.run.config import TrainConfig, recorded_setting
+    from epiprune.run.config import TrainConfig
+    from epiprune.run.options import recorded_setting
     from epiprune.run.trajectory import TRAJECTORY_SETTINGS, _check_same_trajectory
 
     mine = asdict(TrainConfig())

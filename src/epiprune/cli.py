@@ -10,7 +10,8 @@ from epiprune.errors import DistributedError, EpipruneError
 from epiprune.evidence.runs import SHARED_SETTINGS, CompareConfig
 from epiprune.models import MODELS, is_import_path
 from epiprune.models.user import parse_model_kwargs
-from epiprune.run.config import TrainConfig, add_config_options, config_values, int_list, read_config_file
+from epiprune.run.config import TrainConfig, int_list, read_config_file
+from epiprune.run.options import add_config_options, config_values
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,6 +34,8 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser. Long on purpose: a flat listing of each subcommand's own options (train's and
+    compare's shared ones are generated from TrainConfig), read top to bottom like --help."""
     parser = _Parser(prog="epiprune", description="Prune CNNs structurally during training, at the epoch the "
                      "Early Pruning Indicator picks (Shen et al., CVPR 2022).")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)

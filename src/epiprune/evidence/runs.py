@@ -11,9 +11,10 @@ from typing import Any
 
 from epiprune.errors import EpipruneError
 from epiprune.models import is_import_path
-from epiprune.run.config import TrainConfig, parse_options, read_config_file, recorded_setting
+from epiprune.run.config import TrainConfig, read_config_file
 from epiprune.run.data import load_dataset
 from epiprune.run.network import build_network
+from epiprune.run.options import parse_options, recorded_setting
 from epiprune.run.records import CompareRun
 
 FAMILIES = ("dense", "plain", "init", "tpf", "fixed", "earlybird", "epi")

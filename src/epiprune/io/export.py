@@ -37,7 +37,10 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, mod
     """Export the model saved in run_dir (by `epiprune train`) to `fmt`; returns the written file.
 
     model: for a run of the user's own network, its dense network built by the caller (see load_pruned); the run's
-    surgery and weights are applied to it in place."""
+    surgery and weights are applied to it in place.
+
+    Long on purpose: one straight path per format (each with its own import guard and its own one-line refusal),
+    checked before anything is written."""
     if fmt not in FORMATS:
         raise EpipruneError(f"unknown export format {fmt!r} (accepted: {', '.join(FORMATS)})")
     run_dir = Path(run_dir)

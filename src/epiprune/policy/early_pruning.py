@@ -48,6 +48,26 @@ from epiprune.policy.subnetwork import check_budget, normalise_per_group, select
 from epiprune.surgery import PrunableGraph
 
 
+def _resolve_variants(importance: str | Importance, indicator: str | Indicator, epi_average: str,
+                      earlybird_queue: int) -> tuple[Importance | type, Indicator]:
+    """(the importance's class or instance, the indicator) that registered names or user objects stand for; a
+    bad name, object or setting is one EpipruneError line."""
+    kind = INDICATORS.get(indicator) if isinstance(indicator, str) else indicator
+    if not isinstance(kind, Indicator):
+        raise EpipruneError(f"indicator {indicator!r} is neither a registered name nor an Indicator (accepted: "
+                            f"{', '.join(INDICATORS)}, or an epiprune.policy.indicator.Indicator)")
+    importance_type = IMPORTANCES.get(importance) if isinstance(importance, str) else importance
+    if not isinstance(importance, str) and (isinstance(importance, type) or not isinstance(importance, Importance)):
+        raise EpipruneError(f"importance {importance!r} is neither a registered name nor an Importance (accepted: "
+                            f"{', '.join(IMPORTANCES)}, or an object with the methods of "
+                            "epiprune.policy.importance.Importance)")
+    if epi_average not in EPI_AVERAGES:
+        raise EpipruneError(f"unknown EPI average {epi_average!r} (accepted: {', '.join(EPI_AVERAGES)})")
+    if earlybird_queue < 1:
+        raise EpipruneError(f"Early-Bird queue {earlybird_queue} is too small (accepted: an integer >= 1)")
+    return importance_type, kind
+
+
 @dataclass
 class EpochRecord:
     """What the policy saw at the end of one dense epoch."""
@@ -97,20 +117,10 @@ class EarlyPruningPolicy:
                  log: Callable[[str], None] = print, progress: bool = True,
                  epi_average: str = PolicyConfig.epi_average, peak: int = PolicyConfig.peak,
                  smooth: int = PolicyConfig.smooth, earlybird_queue: int = PolicyConfig.earlybird_queue) -> None:
+        # Long on purpose: the set-up steps in their order (variants, rule, graph, cost model, budget check,
+        # importance), each refusing bad input before the next, more expensive one runs.
         settings = dict(locals())  # the keyword arguments, recorded as a PolicyConfig below (names are its fields)
-        kind = INDICATORS.get(indicator) if isinstance(indicator, str) else indicator
-        if not isinstance(kind, Indicator):
-            raise EpipruneError(f"indicator {indicator!r} is neither a registered name nor an Indicator (accepted: "
-                                f"{', '.join(INDICATORS)}, or an epiprune.policy.indicator.Indicator)")
-        importance_type = IMPORTANCES.get(importance) if isinstance(importance, str) else importance
-        if not isinstance(importance, str) and (isinstance(importance, type) or not isinstance(importance, Importance)):
-            raise EpipruneError(f"importance {importance!r} is neither a registered name nor an Importance (accepted: "
-                                f"{', '.join(IMPORTANCES)}, or an object with the methods of "
-                                "epiprune.policy.importance.Importance)")
-        if epi_average not in EPI_AVERAGES:
-            raise EpipruneError(f"unknown EPI average {epi_average!r} (accepted: {', '.join(EPI_AVERAGES)})")
-        if earlybird_queue < 1:
-            raise EpipruneError(f"Early-Bird queue {earlybird_queue} is too small (accepted: an integer >= 1)")
+        importance_type, kind = _resolve_variants(importance, indicator, epi_average, earlybird_queue)
         self.indicator_kind = kind
         self.indicator = kind.name
         self.epi_average = epi_average

@@ -68,6 +68,9 @@ def select_subnetwork(scores: list[np.ndarray], cost: Cost, target: float, min_c
                       ) -> list[np.ndarray]:
     """Keep the globally most important channels whose cost fits `target` (same units as `cost`).
 
+    Long on purpose: one algorithm (blocks ranked, dropped by a binary search over the ranking, then regrown)
+    whose steps share the ranking and the floor; mutation testing covers it as one unit (docs/DEVELOPMENT.md).
+
     scores: one 1-D array per group (already normalised), lengths = cost.dense_widths.
     channel_multiple: kept channels per group are a multiple of this (or the whole group); channels then move in
     blocks of that many (a group's channels sorted by score, cut from the top), ranked by their mean score. Use

@@ -5,7 +5,6 @@ JSON file of its fields, and `compare` writes one such file per run. Adding a ru
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import math
@@ -346,12 +345,6 @@ def _base_types(annotation: Any) -> tuple[tuple[type, ...], bool]:
     return plain, type(None) in args
 
 
-def scalar_type(name: str) -> type | None:
-    """int, float or str: the argparse type of a field's option; None for bool (a switch) and containers."""
-    plain, _ = _base_types(TrainConfig.field_types()[name])
-    return plain[0] if plain[0] in (int, float, str) else None
-
-
 def _fits(value: Any, annotation: Any) -> bool:
     plain, optional = _base_types(annotation)
     if value is None:
@@ -365,18 +358,6 @@ def _fits(value: Any, annotation: Any) -> bool:
         item = typing.get_args(next(a for a in members if typing.get_origin(a) is list))
         return all(isinstance(v, item[0]) and not isinstance(v, bool) for v in value) if item else True
     return isinstance(value, plain)
-
-
-def recorded_setting(recorded: dict[str, Any], key: str) -> Any:
-    """The value of TrainConfig field `key` in a run's recorded settings (summary.json's or a checkpoint's config,
-    config.json). A run made before the option existed has no entry: it ran as the field's default does today, so
-    that default is returned (None for a name that is not a field)."""
-    if key in recorded:
-        return recorded[key]
-    for f in fields(TrainConfig):
-        if f.name == key:
-            return f.default_factory() if f.default_factory is not MISSING else f.default
-    return None
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -402,57 +383,3 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return values
 
 
-def add_config_options(p: argparse.ArgumentParser, names: tuple[str, ...] | None = None,
-                       defaults: dict[str, Any] | None = None) -> None:
-    """The command-line options of TrainConfig's fields (all, or those named), generated from each field's type,
-    default and metadata (help, choices, metavar, parse): the one place a train option is described. A field with
-    `parse` takes text (default: none given), which `config_values` turns into the field's value. `defaults`
-    replaces TrainConfig's default of a plain field (compare runs 12 epochs, not 15)."""
-    for f in TrainConfig.options():
-        if names is not None and f.name not in names:
-            continue
-        meta = f.metadata
-        kwargs: dict = {"help": meta["help"]}
-        if meta["choices"] is not None:
-            kwargs["choices"] = meta["choices"]
-        if meta["metavar"] is not None:
-            kwargs["metavar"] = meta["metavar"]
-        if TrainConfig.field_types()[f.name] is bool:
-            kwargs["action"] = "store_true"
-        elif meta["parse"] is not None:
-            kwargs["default"] = None
-        else:
-            kwargs.update(type=scalar_type(f.name), default=(defaults or {}).get(f.name, f.default))
-        p.add_argument("--" + f.name.replace("_", "-"), **kwargs)
-
-
-def config_values(given: dict) -> dict:
-    """TrainConfig field values of explicitly given train options (their text parsed where a field says how)."""
-    values = {}
-    for f in TrainConfig.options():
-        if f.name in given:
-            value, parse = given[f.name], f.metadata["parse"]
-            values[f.name] = parse(value) if parse is not None and value is not None else value
-    return values
-
-
-class _OptionParser(argparse.ArgumentParser):
-    def error(self, message: str) -> typing.NoReturn:
-        raise EpipruneError(message)
-
-
-def parse_options(argv: list[str]) -> dict[str, Any]:
-    """TrainConfig field values of `epiprune train` options in argv, e.g. ['--channels-last'] -> {'channels_last':
-    True} (what compare's extra_args add to every run); an option that is not a TrainConfig field is an error."""
-    parser = _OptionParser(prog="train", add_help=False, argument_default=argparse.SUPPRESS)
-    add_config_options(parser)
-    for action in parser._actions:
-        action.default = argparse.SUPPRESS
-    try:
-        given, rest = parser.parse_known_args(argv)
-    except argparse.ArgumentError as e:
-        raise EpipruneError(f"bad train option in {argv} ({e})") from None
-    if rest:
-        raise EpipruneError(f"{rest} are not train settings (accepted: options of TrainConfig's fields, e.g. "
-                            "--channels-last)")
-    return config_values(vars(given))

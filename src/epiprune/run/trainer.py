@@ -251,11 +251,9 @@ def _restore(run: _Run, checkpoint: dict | None) -> None:
         run.scaler.load_state_dict(checkpoint["extra"]["scaler"])
 
 
-def _train_epoch(run: _Run, epoch: int, on_checkpoint: Callable[[], None]) -> EpochRow:
-    """One epoch: the steps (the policy sees every one), validation, the policy's decision (it may prune), the
-    checkpoint, the metrics row."""
+def _train_steps(run: _Run, epoch: int) -> tuple[float, int, int]:
+    """The epoch's optimizer steps (the policy sees every one): (summed loss, correct, samples) over all ranks."""
     cfg, device, policy, optimizer, scaler = run.cfg, run.device, run.policy, run.optimizer, run.scaler
-    t0 = time.perf_counter()
     run.net.train()
     # running sums stay on the device: no host synchronisation per step, so on a GPU the next step's
     # kernels are queued while this one runs; they are read once at the end of the epoch
@@ -290,6 +288,14 @@ def _train_epoch(run: _Run, epoch: int, on_checkpoint: Callable[[], None]) -> Ep
     if not math.isfinite(loss_sum):
         raise TrainingError(f"loss became {loss_sum / seen} in epoch {epoch}; stopped, the last good checkpoint "
                             f"is in {run.out} (accepted: a smaller --lr)")
+    return loss_sum, correct, seen
+
+
+def _train_epoch(run: _Run, epoch: int, on_checkpoint: Callable[[], None]) -> EpochRow:
+    """One epoch: the steps, validation, the policy's decision (it may prune), the checkpoint, the metrics row."""
+    cfg, device, policy, optimizer = run.cfg, run.device, run.policy, run.optimizer
+    t0 = time.perf_counter()
+    loss_sum, correct, seen = _train_steps(run, epoch)
     run.train_flops_total += TRAIN_FLOPS_PER_FORWARD * run.flops * seen
     _, val_top1 = evaluate(run.net, run.val_loader, device, cfg.channels_last, cfg.amp)
     recorder = run.recorder
@@ -314,25 +320,33 @@ def _train_epoch(run: _Run, epoch: int, on_checkpoint: Callable[[], None]) -> Ep
     if run.test_loader is not None and epoch == cfg.total_epochs:
         row["test_top1"] = evaluate(run.net, run.test_loader, device, cfg.channels_last, cfg.amp)[1]
     run.metrics.append(row)
-    rng = distributed.gather_to_all((run.train_loader.rng_state(), torch.get_rng_state()))  # per rank
-    if run.main:
-        out = run.out
-        # checkpoint first: a crash between the two writes leaves a checkpoint that resume trusts
-        save_checkpoint(out / CHECKPOINT_FILE, run.model, optimizer, run.scheduler, policy, config=asdict(cfg),
-                        metrics=run.metrics, train_flops_total=run.train_flops_total, seconds=run.train_seconds,
-                        rng=rng, scaler=scaler.state_dict(), scores=recorder.state_dict() if recorder else {})
-        if epoch in (cfg.keep_checkpoints or []):
-            keep_copy(out / CHECKPOINT_FILE, out / KEPT_CHECKPOINTS / f"epoch{epoch}.pt")
-        if recorder is not None:
-            recorder.write(out / SCORES_FILE)
-        on_checkpoint()
-        with open(run.metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+    _save_epoch(run, epoch, row, on_checkpoint)
     epi_text = "  -  " if row["epi"] is None else f"{row['epi']:.3f}"
     mark = f"  << pruned ({policy.trigger})" if pruned_now else ""
     run.log(f"epoch {epoch:3d}/{cfg.total_epochs}  loss {row['train_loss']:.4f}  val top-1 {100 * val_top1:5.2f}%  "
             f"EPI {epi_text}  FLOPs {run.flops / 1e6:7.2f}M  {epoch_seconds:5.1f}s{mark}")
     return row
+
+
+def _save_epoch(run: _Run, epoch: int, row: EpochRow, on_checkpoint: Callable[[], None]) -> None:
+    """Rank 0 writes the epoch's checkpoint (the data order and random state of every rank in it), the kept copy,
+    the recorded scores, then the metrics row; every rank takes part in gathering the random states."""
+    cfg, recorder = run.cfg, run.recorder
+    rng = distributed.gather_to_all((run.train_loader.rng_state(), torch.get_rng_state()))  # per rank
+    if not run.main:
+        return
+    out = run.out
+    # checkpoint first: a crash between the two writes leaves a checkpoint that resume trusts
+    save_checkpoint(out / CHECKPOINT_FILE, run.model, run.optimizer, run.scheduler, run.policy, config=asdict(cfg),
+                    metrics=run.metrics, train_flops_total=run.train_flops_total, seconds=run.train_seconds,
+                    rng=rng, scaler=run.scaler.state_dict(), scores=recorder.state_dict() if recorder else {})
+    if epoch in (cfg.keep_checkpoints or []):
+        keep_copy(out / CHECKPOINT_FILE, out / KEPT_CHECKPOINTS / f"epoch{epoch}.pt")
+    if recorder is not None:
+        recorder.write(out / SCORES_FILE)
+    on_checkpoint()
+    with open(run.metrics_path, "a") as f:
+        f.write(json.dumps(row) + "\n")
 
 
 def _finish(run: _Run) -> RunResult:

@@ -24,7 +24,7 @@ from epiprune.files import atomic_write, atomic_write_text
 from epiprune.policy.early_pruning import EarlyPruningPolicy
 from epiprune.policy.importance import BatchNormScaleImportance, MagnitudeImportance
 from epiprune.run.checkpoint import load_checkpoint
-from epiprune.run.config import recorded_setting
+from epiprune.run.options import recorded_setting
 
 SCORES_FILE = "scores.jsonl"
 KEPT_CHECKPOINTS = "checkpoints"

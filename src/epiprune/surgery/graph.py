@@ -14,7 +14,6 @@ and tells its users to rebuild the optimizer).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -24,6 +23,7 @@ import torch_pruning as tp
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from epiprune.surgery.checks import one_less, self_check
 from epiprune.surgery.cuts import (
     ParameterCut,
     SurgeryError,
@@ -81,10 +81,6 @@ def output_layers(model: nn.Module, example_inputs: torch.Tensor) -> list[nn.Mod
     return [produced[id(o)] for o in outs if id(o) in produced]
 
 
-def _same_modules(original: nn.Module, clone: nn.Module, modules: Sequence[nn.Module]) -> list[nn.Module]:
-    """The clone's counterparts of `modules` of the original (matched by module name)."""
-    wanted = {n for n, m in original.named_modules() if any(m is x for x in modules)}
-    return [m for n, m in clone.named_modules() if n in wanted]
 
 
 def is_depthwise(module: nn.Module) -> bool:
@@ -350,57 +346,13 @@ class PrunableGraph:
                 objects)
 
     def one_less(self) -> list[np.ndarray]:
-        """Keep lists that remove the least a prune can: one channel per group (one per block of a group whose
-        channels are spread over the blocks of grouped convolutions); a group that cannot lose one keeps all."""
-        keep = []
-        for g in self.groups:
-            if g.partition is None:
-                keep.append(np.arange(max(1, g.size - 1)))
-                continue
-            mask = np.ones(g.size, dtype=bool)
-            if g.size > g.blocks:
-                for b in range(g.blocks):
-                    mask[np.flatnonzero(g.partition == b)[-1]] = False
-            keep.append(np.flatnonzero(mask))
-        return keep
-
-    def _pruned_copy_fails(self, only: int | None = None) -> tuple[str, str] | None:
-        """Prune a copy by one_less() (only group `only`, if given) and run it: (layer, error) if it fails."""
-        clone = copy.deepcopy(self.model).eval()
-        graph = PrunableGraph(clone, self.example_inputs, [m for m in _same_modules(self.model, clone, self.ignored)])
-        keep = graph.one_less()
-        if only is not None:
-            keep = [k if i == only else np.arange(g.size) for i, (k, g) in enumerate(zip(keep, graph.groups,
-                                                                                         strict=True))]
-        entered: list[str] = []
-        names = {m: n for n, m in clone.named_modules()}
-        handles = [m.register_forward_pre_hook(lambda mod, _i: entered.append(names[mod]))
-                   for m in clone.modules() if not list(m.children())]
-        try:
-            graph.prune(keep)
-            with torch.no_grad():
-                clone(self.example_inputs)
-        except Exception as e:  # whatever broke, report the layer and torch's reason in one line
-            return (entered[-1] if entered else "?"), (str(e).splitlines() or [type(e).__name__])[0][:200]
-        finally:
-            for h in handles:
-                h.remove()
-        return None
+        """Keep lists that remove the least a prune can (see checks.one_less)."""
+        return one_less(self)
 
     def self_check(self) -> None:
-        """Prune a copy of the model by one channel per group and run it: a model whose coupling torch-pruning
-        misreads fails here, at set-up, with the layer named, instead of after hours of training. The message
-        names the root layer of every group that fails on its own: passing those in ignored_layers is accepted."""
-        failure = self._pruned_copy_fails()
-        if failure is None:
-            return
-        layer, reason = failure
-        bad = [g.name for i, g in enumerate(self.groups) if self._pruned_copy_fails(i) is not None]
-        advice = ("pass ignored_layers=[" + ", ".join(f"model.{n}" for n in bad) + "]") if bad else \
-            "pass the layers that feed it in ignored_layers"
-        raise SurgeryError(f"the dependency graph cannot handle layer {layer!r} of {self.model_name}: after "
-                           f"removing channels it fails with: {reason} (accepted: layers torch-pruning couples; or "
-                           f"{advice})")
+        """Prune a copy by one channel per group and run it; SurgeryError naming the layer if it fails (see
+        checks.self_check)."""
+        self_check(self)
 
     def prune(self, keep: Sequence[Sequence[int] | np.ndarray], optimizer: torch.optim.Optimizer | None = None
               ) -> None:
