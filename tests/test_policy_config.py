@@ -4,6 +4,7 @@ TrainConfig reaches the policy the trainer builds, and a user's own importance a
 from __future__ import annotations
 
 import inspect
+import re
 from dataclasses import MISSING, fields, replace
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,20 @@ def test_from_config_builds_what_the_keywords_build():
     assert (a.budget, a.channel_multiple, a.epi_average) == (b.budget, 2, "group")
 
 
+class Incomplete:
+    name, default_threshold, needs_gradients = "incomplete", 0.9, False
+
+    def step(self, grad_scale: float = 1.0) -> None: ...
+
+    def reset(self) -> None: ...
+
+    def state_tensors(self) -> list: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
 def test_unknown_names_are_one_line_naming_the_registered_ones():
     with pytest.raises(EpipruneError, match=r"^unknown importance 'taylr' \(accepted: taylor, magnitude, bn, "
                        r"random\)$"):
@@ -105,8 +120,10 @@ def test_unknown_names_are_one_line_naming_the_registered_ones():
     with pytest.raises(EpipruneError, match=r"^unknown indicator 'epl' \(accepted: epi, earlybird, earlybird-budget, "
                        r"none\)$"):
         EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8), indicator="epl")
-    with pytest.raises(EpipruneError, match="is neither a registered name nor an Importance"):
-        EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8), importance=MagnitudeImportance)  # a class
+    with pytest.raises(EpipruneError, match="is neither a registered name nor an Importance: a class, not an "):
+        EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8), importance=MagnitudeImportance)
+    with pytest.raises(EpipruneError, match=r"nor an Importance: lacks bind, scores \(accepted: taylor, magnitude"):
+        EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8), importance=Incomplete())
 
 
 def test_registry_registers_once_and_lists_in_order():
@@ -211,3 +228,15 @@ def test_policy_config_defaults_are_trainconfigs():
     for f in fields(PolicyConfig):
         if f.name in train_defaults:
             assert train_defaults[f.name] == f.default, f.name
+
+
+def test_readme_own_importance_example_runs(capsys):
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"<!-- example:own-importance -->\s*```python\n(.*?)```", text, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    policy = namespace["policy"]
+    # unchanged weights: the same sub-network every epoch, EPI 1 at epoch 2 > tau 0.98 (strict), so it prunes there
+    assert (policy.importance_kind, policy.indicator, policy.rule.threshold) == ("weight-norm", "strict-epi", 0.98)
+    assert (policy.prune_epoch, policy.trigger) == (2, "epi") and policy.rule.strict
+    assert capsys.readouterr().out.split() == ["weight-norm", "0.98", "2", "epi"]

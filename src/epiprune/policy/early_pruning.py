@@ -30,6 +30,7 @@ from epiprune.costs.timing import LatencySettings
 from epiprune.errors import EpipruneError
 from epiprune.policy.config import PolicyConfig
 from epiprune.policy.importance import (
+    IMPORTANCE_MEMBERS,
     IMPORTANCES,
     BatchNormScaleImportance,
     Importance,
@@ -57,10 +58,13 @@ def _resolve_variants(importance: str | Importance, indicator: str | Indicator, 
         raise EpipruneError(f"indicator {indicator!r} is neither a registered name nor an Indicator (accepted: "
                             f"{', '.join(INDICATORS)}, or an epiprune.policy.indicator.Indicator)")
     importance_type = IMPORTANCES.get(importance) if isinstance(importance, str) else importance
-    if not isinstance(importance, str) and (isinstance(importance, type) or not isinstance(importance, Importance)):
-        raise EpipruneError(f"importance {importance!r} is neither a registered name nor an Importance (accepted: "
-                            f"{', '.join(IMPORTANCES)}, or an object with the methods of "
-                            "epiprune.policy.importance.Importance)")
+    if not isinstance(importance, str):
+        missing = [a for a in IMPORTANCE_MEMBERS if not hasattr(importance, a)]  # `steps` may come with bind()
+        if isinstance(importance, type) or missing:
+            what = "a class, not an instance" if isinstance(importance, type) else f"lacks {', '.join(missing)}"
+            raise EpipruneError(f"importance {importance!r} is neither a registered name nor an Importance: {what} "
+                                f"(accepted: {', '.join(IMPORTANCES)}, or an object with the members of "
+                                "epiprune.policy.importance.Importance)")
     if epi_average not in EPI_AVERAGES:
         raise EpipruneError(f"unknown EPI average {epi_average!r} (accepted: {', '.join(EPI_AVERAGES)})")
     if earlybird_queue < 1:

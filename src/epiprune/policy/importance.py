@@ -66,6 +66,11 @@ class Importance(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+# what the policy checks a user's importance object for before binding it (`steps` is read only after bind())
+IMPORTANCE_MEMBERS = ("name", "default_threshold", "needs_gradients", "bind", "step", "scores", "reset",
+                      "state_tensors", "state_dict", "load_state_dict")
+
+
 def _channel_taylor(module: nn.Module) -> torch.Tensor | None:
     """sum over the output-channel slice of theta * dL/dtheta, shape (C_out,); None without gradients."""
     total = None
