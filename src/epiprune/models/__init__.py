@@ -10,6 +10,7 @@ from collections.abc import Callable
 from torch import nn
 
 from epiprune.errors import EpipruneError
+from epiprune.registry import Registry
 
 from .convnext import convnext_mini
 from .mobilenetv2 import mobilenetv2, mobilenetv2_small
@@ -18,15 +19,13 @@ from .resnext import resnext20_4x8d
 from .user import build_user_model, check_output, is_import_path
 from .vgg import vgg11_bn
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "resnet20": resnet20,
-    "resnet56": resnet56,
-    "vgg11_bn": vgg11_bn,
-    "mobilenetv2": mobilenetv2,
-    "mobilenetv2_small": mobilenetv2_small,
-    "resnext20_4x8d": resnext20_4x8d,
-    "convnext_mini": convnext_mini,
-}
+# name -> factory(in_channels=..., num_classes=...): `list(MODELS)` lists them, build_model creates one by name;
+# a new architecture is added with MODELS.register("name", factory)
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+for _name, _factory in (("resnet20", resnet20), ("resnet56", resnet56), ("vgg11_bn", vgg11_bn),
+                        ("mobilenetv2", mobilenetv2), ("mobilenetv2_small", mobilenetv2_small),
+                        ("resnext20_4x8d", resnext20_4x8d), ("convnext_mini", convnext_mini)):
+    MODELS.register(_name, _factory)
 
 
 def build_model(name: str, in_channels: int = 3, num_classes: int = 10) -> nn.Module:
@@ -35,7 +34,7 @@ def build_model(name: str, in_channels: int = 3, num_classes: int = 10) -> nn.Mo
         raise ValueError(f"unknown model {name!r} (accepted: {', '.join(MODELS)})")
     if in_channels not in (1, 3):
         raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
-    return MODELS[name](in_channels=in_channels, num_classes=num_classes)
+    return MODELS.get(name)(in_channels=in_channels, num_classes=num_classes)
 
 
 def check_model_name(name: str, model_kwargs: dict | None = None) -> None:
