@@ -35,7 +35,7 @@ def test_masks_are_read_as_booleans():
 def test_vectors_of_different_lengths_are_refused_with_both_shapes():
     with pytest.raises(ValueError, match=r"^width vectors differ in length: \(2,\) vs \(3,\)$"):
         layer_distances([1, 2], [1, 2, 3])
-    with pytest.raises(ValueError, match=r"^window must be >= 1, got 0$"):
+    with pytest.raises(ValueError, match=r"^EPI window 0 is too small \(accepted: an integer >= 1\)$"):
         early_pruning_indicator([[1], [1]], 0)
     with pytest.raises(ValueError, match=r"^masks differ in length: \(1,\) vs \(2,\)$"):
         mask_distance(np.ones(1), np.ones(2))
@@ -71,12 +71,12 @@ def test_require_peak_compares_the_window_and_not_older_epochs():
 def test_trigger_rule_messages_name_the_setting():
     from epiprune.errors import EpipruneError
 
-    for kwargs, message in [({"window": 0}, "EPI window 0 must be >= 1"),
+    for kwargs, message in [({"window": 0}, "EPI window 0 is too small (accepted: an integer >= 1)"),
                             ({"threshold": 1.5}, "EPI threshold 1.5 is outside (0, 1]"),
-                            ({"min_dense_epochs": -1}, "min dense epochs -1 must be >= 0"),
+                            ({"min_dense_epochs": -1}, "min dense epochs -1 is too small (accepted: an integer >= 0)"),
                             ({"min_dense_epochs": 3, "max_dense_epochs": 2},
                              "max dense epochs 2 must be >= min dense epochs 3 and >= 1"),
-                            ({"prune_at": -1}, "prune-at epoch -1 must be >= 0")]:
+                            ({"prune_at": -1}, "prune-at epoch -1 is too small (accepted: an integer >= 0)")]:
         with pytest.raises(EpipruneError) as err:
             TriggerRule(**kwargs)
         assert str(err.value) == message
@@ -100,7 +100,7 @@ def test_epi_passes_its_weights_to_every_similarity():
 
 
 @pytest.mark.parametrize(("field", "value", "message"), [
-    ("peak", -1, "EPI peak -1 is negative (accepted: an integer >= 0; 0 turns it off)"),
+    ("peak", -1, "EPI peak -1 is too small (accepted: an integer >= 0; 0 turns it off)"),
     ("smooth", 0, "EPI smoothing 0 is too small (accepted: an integer >= 1; 1 is none)"),
 ])
 def test_trigger_rule_refuses_a_negative_peak_and_no_smoothing_by_name(field, value, message):

@@ -158,8 +158,8 @@ def test_floor_widths_round_min_channels_up_to_the_multiple():
     assert floor_widths([16, 32, 5, 64], 1, 16).tolist() == [16, 16, 5, 16]
     assert floor_widths([16, 32, 5, 64], 17, 16).tolist() == [16, 32, 5, 32]
     assert floor_widths([16, 3], 2, 1).tolist() == [2, 2]
-    for bad in ({"min_channels": 0}, {"channel_multiple": 0}):
-        with pytest.raises(EpipruneError, match="must be >= 1"):
+    for bad, name in (({"min_channels": 0}, "min channels"), ({"channel_multiple": 0}, "channel multiple")):
+        with pytest.raises(EpipruneError, match=f"^{name} 0 is too small \\(accepted: an integer >= 1\\)$"):
             floor_widths([4], **bad)
 
 

@@ -28,6 +28,7 @@ from epiprune.costs.latency_model import LatencyCostModel
 from epiprune.costs.model import Cost
 from epiprune.costs.timing import LatencySettings
 from epiprune.errors import EpipruneError
+from epiprune.policy.bounds import check_at_least, check_epi_average
 from epiprune.policy.config import PolicyConfig
 from epiprune.policy.importance import (
     IMPORTANCE_MEMBERS,
@@ -38,7 +39,6 @@ from epiprune.policy.importance import (
     make_importance,
 )
 from epiprune.policy.indicator import (
-    EPI_AVERAGES,
     INDICATORS,
     Indicator,
     TriggerRule,
@@ -65,10 +65,8 @@ def _resolve_variants(importance: str | Importance, indicator: str | Indicator, 
             raise EpipruneError(f"importance {importance!r} is neither a registered name nor an Importance: {what} "
                                 f"(accepted: {', '.join(IMPORTANCES)}, or an object with the members of "
                                 "epiprune.policy.importance.Importance)")
-    if epi_average not in EPI_AVERAGES:
-        raise EpipruneError(f"unknown EPI average {epi_average!r} (accepted: {', '.join(EPI_AVERAGES)})")
-    if earlybird_queue < 1:
-        raise EpipruneError(f"Early-Bird queue {earlybird_queue} is too small (accepted: an integer >= 1)")
+    check_epi_average(epi_average)
+    check_at_least("earlybird_queue", earlybird_queue)
     return importance_type, kind
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from epiprune.errors import EpipruneError
+from epiprune.policy.bounds import check_at_least, check_threshold
 from epiprune.policy.importance import IMPORTANCES, TAYLOR_TAU, Importance
 from epiprune.registry import Registry
 
@@ -20,9 +21,6 @@ DEFAULT_WINDOW = 3
 # variant: masks of the budget's dominant sub-network under the run's importance, over the EPI window, <= epsilon.
 EARLYBIRD_EPSILON = 0.1
 EARLYBIRD_QUEUE = 5
-# EPI averages layer distances over layers (the paper's formula: a group that couples k layers counts k times) or,
-# as epiprune did before, over channel groups (each group once).
-EPI_AVERAGES = ("layer", "group")
 
 
 @dataclass(frozen=True)
@@ -97,8 +95,7 @@ def early_pruning_indicator(history: Sequence[Sequence[int]], window: int,
                             weights: Sequence[float] | None = None) -> float | None:
     """EPI_t = (1/r) sum_{j=1..r} Psi(N_t, N_{t-j}) for the last entry N_t of `history`; None until r
     earlier width vectors exist. `weights`: see structural_similarity (None: every entry counts once)."""
-    if window < 1:
-        raise ValueError(f"window must be >= 1, got {window}")
+    check_at_least("window", window)
     if len(history) < window + 1:
         return None
     current = history[-1]
@@ -145,21 +142,12 @@ class TriggerRule:
     strict: bool = False
 
     def __post_init__(self) -> None:
-        if self.window < 1:
-            raise EpipruneError(f"EPI window {self.window} must be >= 1")
-        if not 0.0 < self.threshold <= 1.0:
-            raise EpipruneError(f"EPI threshold {self.threshold} is outside (0, 1]")
-        if self.min_dense_epochs < 0:
-            raise EpipruneError(f"min dense epochs {self.min_dense_epochs} must be >= 0")
+        for setting in ("window", "min_dense_epochs", "prune_at", "peak", "smooth"):
+            check_at_least(setting, getattr(self, setting))
+        check_threshold(self.threshold)
         if self.max_dense_epochs is not None and self.max_dense_epochs < max(1, self.min_dense_epochs):
             raise EpipruneError(f"max dense epochs {self.max_dense_epochs} must be >= min dense epochs "
                              f"{self.min_dense_epochs} and >= 1")
-        if self.prune_at is not None and self.prune_at < 0:
-            raise EpipruneError(f"prune-at epoch {self.prune_at} must be >= 0")
-        if self.peak < 0:
-            raise EpipruneError(f"EPI peak {self.peak} is negative (accepted: an integer >= 0; 0 turns it off)")
-        if self.smooth < 1:
-            raise EpipruneError(f"EPI smoothing {self.smooth} is too small (accepted: an integer >= 1; 1 is none)")
 
     def decide(self, epoch: int, epi_history: Sequence[float | None]) -> str | None:
         """epoch: dense epochs completed (1-based); epi_history: EPI after each of them (None where undefined).

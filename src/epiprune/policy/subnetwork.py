@@ -17,6 +17,7 @@ import numpy as np
 
 from epiprune.costs.budget import BudgetError
 from epiprune.costs.model import Cost
+from epiprune.policy.bounds import check_at_least
 
 
 def normalise_per_group(scores: list[np.ndarray]) -> list[np.ndarray]:
@@ -30,8 +31,8 @@ def floor_widths(dense_widths: np.ndarray | list[int], min_channels: int = 1, ch
     `channel_multiple` (and of the group's block count, blocks[g]: a group spread over the B groups of grouped
     convolutions keeps a multiple of B), or the whole group where it is narrower than that (selection keeps those
     channels always)."""
-    if channel_multiple < 1 or min_channels < 1:
-        raise BudgetError(f"channel multiple {channel_multiple} and min channels {min_channels} must be >= 1")
+    check_at_least("channel_multiple", channel_multiple)
+    check_at_least("min_channels", min_channels)
     dense = np.asarray(dense_widths, dtype=np.int64)
     units = np.asarray([math.lcm(channel_multiple, int(b)) for b in blocks] if blocks is not None else
                        [channel_multiple] * len(dense), dtype=np.int64)

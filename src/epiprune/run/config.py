@@ -22,9 +22,10 @@ from epiprune.files import atomic_write_text
 from epiprune.models import MODELS, check_model_name, is_import_path
 from epiprune.models.user import factory_arguments, import_factory, parse_layer_names, parse_model_kwargs
 from epiprune.numerics import AMP_DTYPES
+from epiprune.policy.bounds import EPI_AVERAGES, check_at_least, check_epi_average, check_threshold
 from epiprune.policy.config import PolicyConfig
 from epiprune.policy.importance import IMPORTANCES, MAGNITUDE_TAU, TAYLOR_TAU
-from epiprune.policy.indicator import EPI_AVERAGES, INDICATORS
+from epiprune.policy.indicator import INDICATORS
 from epiprune.run.data import DATASETS
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -229,14 +230,17 @@ class TrainConfig:
             raise EpipruneError(f"unknown amp dtype {self.amp!r} (accepted: {', '.join(AMP_DTYPES)})")
         if self.latency_batch is not None and self.latency_batch < 1:
             raise EpipruneError(f"latency batch {self.latency_batch} is too small (accepted: an integer >= 1)")
-        # integer options with a lower bound, named as the message names them (some by their flag)
+        # integer options with a lower bound, named as the message names them (some by their flag); the policy's
+        # own settings are checked where the policy checks them (policy/bounds.py), named by their flag here
         for name, value, low in (("epochs", self.epochs, 1), ("batch size", self.batch_size, 1),
-                                 ("EPI window", self.epi_window, 1), ("image size", self.image_size, 8),
-                                 ("channel multiple", self.channel_multiple, 1), ("--epi-peak", self.epi_peak, 0),
-                                 ("--epi-smooth", self.epi_smooth, 1), ("--earlybird-queue", self.earlybird_queue, 1),
-                                 ("--holdout", self.holdout, 0), ("--probe-every", self.probe_every, 0)):
+                                 ("image size", self.image_size, 8), ("--holdout", self.holdout, 0),
+                                 ("--probe-every", self.probe_every, 0)):
             if value < low:
                 raise EpipruneError(f"{name} {value} is too small (accepted: an integer >= {low})")
+        for field_name, setting in (("epi_window", "window"), ("channel_multiple", "channel_multiple"),
+                                    ("epi_peak", "peak"), ("epi_smooth", "smooth"),
+                                    ("earlybird_queue", "earlybird_queue")):
+            check_at_least(setting, getattr(self, field_name), "--" + field_name.replace("_", "-"))
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise EpipruneError(f"learning rate {self.lr} is not a positive number")
         if self.optimizer not in OPTIMIZERS:
@@ -248,12 +252,10 @@ class TrainConfig:
                                 f"window <= epochs - 2: EPI needs window + 1 dense epochs, then pruned training)")
         if self.prune_at is not None and not 0 <= self.prune_at < self.total_epochs:
             raise EpipruneError(f"prune-at epoch {self.prune_at} is outside 0..{self.total_epochs - 1}")
-        if self.epi_threshold is not None and not 0 < self.epi_threshold <= 1:
-            raise EpipruneError(f"EPI threshold {self.epi_threshold} is outside (0, 1]")
+        check_threshold(self.epi_threshold, "--epi-threshold")
         if self.max_dense_epochs is not None and not 1 <= self.max_dense_epochs < self.epochs:
             raise EpipruneError(f"max dense epochs {self.max_dense_epochs} is outside 1..{self.epochs - 1}")
-        if self.epi_average not in EPI_AVERAGES:
-            raise EpipruneError(f"unknown EPI average {self.epi_average!r} (accepted: {', '.join(EPI_AVERAGES)})")
+        check_epi_average(self.epi_average)
         if not (self.bn_l1 >= 0 and math.isfinite(self.bn_l1)):
             raise EpipruneError(f"--bn-l1 {self.bn_l1} is not a number >= 0 (accepted: e.g. 1e-4, or 0 for none)")
         if self.data_seed is not None and not 0 <= self.data_seed < 2**32:
@@ -320,8 +322,7 @@ class TrainConfig:
             raise EpipruneError(f"--seed {self.seed} is outside 0..{2**32 - 1}")
         if self.init_batches < 1:
             raise EpipruneError(f"--init-batches {self.init_batches} is too small (accepted: an integer >= 1)")
-        if self.min_dense_epochs is not None and self.min_dense_epochs < 0:
-            raise EpipruneError(f"--min-dense-epochs {self.min_dense_epochs} is negative (accepted: an integer >= 0)")
+        check_at_least("min_dense_epochs", self.min_dense_epochs, "--min-dense-epochs")
         if not (self.dist_timeout > 0 and math.isfinite(self.dist_timeout)):
             raise EpipruneError(f"--dist-timeout {self.dist_timeout} is not a positive number of seconds")
 
