@@ -65,7 +65,7 @@ class TimedLayer:
     @property
     def single_axis(self) -> bool:
         """Whether the layer's table has one axis (its output channels, = its input channels); see LayerKind."""
-        return LAYER_KINDS[self.kind].single_axis
+        return LAYER_KINDS.get(self.kind).single_axis
 
 
 def grid(dense: int, points: int) -> list[int]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from epiprune.registry import Registry
 from epiprune.surgery import is_depthwise
 
 Build = Callable[[int, int], nn.Module]  # (input channels, output channels) -> a fresh layer of that shape
@@ -48,20 +49,17 @@ class LayerKind:
     refuse: Callable[[nn.Module, str], str | None] = _no_refusal
 
 
-LAYER_KINDS: dict[str, LayerKind] = {}
+LAYER_KINDS: Registry[LayerKind] = Registry("latency layer kind")
 
 
 def register(kind: LayerKind) -> LayerKind:
     """Add a layer kind to the registry (after the existing ones); a second kind of the same name is an error."""
-    if kind.name in LAYER_KINDS:
-        raise ValueError(f"layer kind {kind.name!r} is already registered")
-    LAYER_KINDS[kind.name] = kind
-    return kind
+    return LAYER_KINDS.register(kind.name, kind)
 
 
 def kind_of(module: nn.Module) -> LayerKind | None:
     """The first registered kind that matches `module`, or None (a layer the tables do not time)."""
-    return next((kind for kind in LAYER_KINDS.values() if kind.matches(module)), None)
+    return next((LAYER_KINDS.get(name) for name in LAYER_KINDS if LAYER_KINDS.get(name).matches(module)), None)
 
 
 def _conv_detail(conv: nn.Conv2d) -> str:
