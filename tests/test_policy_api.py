@@ -303,7 +303,7 @@ def test_bad_budget_text_is_named(text):
 
 
 def test_constructor_defaults_and_refusals(monkeypatch):
-    from epiprune import policy as policy_module
+    from epiprune.policy import early_pruning as policy_module
     from epiprune.policy.indicator import TriggerRule
 
     model = ConvBNNet()
