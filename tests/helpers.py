@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import torch
+from hypothesis import settings
 from torch import nn
 
 from epiprune.surgery import PrunableGraph
@@ -95,3 +96,11 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str, 
         assert fragment in err, (fragment, err)
     return err
 
+
+def max_examples(n: int) -> int:
+    """For `@settings(max_examples=max_examples(n))`: n, except under the "mutation" hypothesis profile
+    (tests/conftest.py), whose smaller count then applies. An explicit max_examples would otherwise win over every
+    profile. Only that profile lowers it: the "ci" profile hypothesis may load by itself leaves n alone."""
+    if settings.get_current_profile_name().startswith("mutation"):  # also "mutation-with-verbose-verbosity"
+        return min(n, settings.default.max_examples)
+    return n
