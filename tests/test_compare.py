@@ -222,7 +222,7 @@ def test_latency_budget_runs_the_first_job_alone_so_the_table_is_built_once(monk
     import threading
     import time
 
-    from epiprune import compare as compare_module
+    from epiprune.evidence import compare as compare_module
 
     active, overlaps, order = [0], [], []
     lock = threading.Lock()
