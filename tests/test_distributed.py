@@ -178,8 +178,9 @@ def test_more_ranks_than_gpus_is_a_one_line_error(monkeypatch):
 def test_under_torchrun_only_a_failed_collective_is_reported_as_one(monkeypatch, tmp_path, error, rewritten):
     """A shape bug or an out-of-memory error on one rank keeps its own message; a dead peer or a timeout becomes
     DistributedError (exit 1, 'a collective failed')."""
-    from epiprune import distributed, trainer
+    from epiprune import distributed
     from epiprune.errors import DistributedError
+    from epiprune.run import trainer
 
     def fail(*args, **kwargs):
         raise error
