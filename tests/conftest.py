@@ -7,8 +7,19 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from hypothesis import settings  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+# Hypothesis profiles (docs/DEVELOPMENT.md, "Mutation testing"). "mutation" runs few examples, always the same ones
+# (derandomized, no example database), so a surviving mutant costs seconds, not minutes, and verdicts repeat.
+# Loaded by `--hypothesis-profile=mutation` (what [tool.mutmut] in pyproject.toml passes to every pytest run) or by
+# EPIPRUNE_TEST_PROFILE=mutation. Tests that set max_examples themselves take it through helpers.max_examples, which
+# lets this profile lower it: hypothesis gives an explicit @settings argument precedence over any profile.
+MUTATION_EXAMPLES = 10
+settings.register_profile("mutation", max_examples=MUTATION_EXAMPLES, deadline=None, derandomize=True, database=None)
+if os.environ.get("EPIPRUNE_TEST_PROFILE"):
+    settings.load_profile(os.environ["EPIPRUNE_TEST_PROFILE"])
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,11 @@
-"""Shared helpers for tests: tiny networks and channel zeroing."""
+"""Shared helpers for tests: tiny networks, channel zeroing, and running the command line."""
+
+import subprocess
+import sys
 
 import numpy as np
 import torch
+from hypothesis import settings
 from torch import nn
 
 from epiprune.surgery import PrunableGraph
@@ -55,3 +59,48 @@ def zero_dropped_channels(graph: PrunableGraph, masks: list[np.ndarray]) -> None
                 m.weight[drop] = 0
                 if m.bias is not None:
                     m.bias[drop] = 0
+
+
+def run_cli(*args, cwd=None, env=None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m epiprune *args` in a child process, its stdout and stderr captured as text. The exit code is
+    not checked here: the caller asserts it (with the stderr as the failure message)."""
+    return subprocess.run([sys.executable, "-m", "epiprune", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def call_main(argv, capsys, *, argparse_exit: bool = False) -> subprocess.CompletedProcess:
+    """`epiprune.cli.main(argv)` in this process, with what it printed (pytest's capsys) as a CompletedProcess,
+    so the same assertions fit it and run_cli. A SystemExit (argparse's errors) propagates unless argparse_exit,
+    when its code becomes the returncode: only tests that accept either way of exiting pass it."""
+    from epiprune.cli import main  # here, not at the top: the unit tests that import this module stay light
+
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:
+        if not argparse_exit:
+            raise
+        code = e.code
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(argv, code, captured.out, captured.err)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str, code: int = 2,
+                          starts: str = "") -> str:
+    """The command line's contract for bad input: exit `code` (2) and exactly one line on stderr, `error: ...`
+    (starting "error: " + starts), no traceback, and every fragment in it. Returns that line."""
+    err = result.stderr
+    assert result.returncode == code, (result.returncode, err)
+    assert err.count("\n") == 1 and err.endswith("\n") and err.startswith("error: " + starts), err
+    assert "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+    return err
+
+
+def max_examples(n: int) -> int:
+    """For `@settings(max_examples=max_examples(n))`: n, except under the "mutation" hypothesis profile
+    (tests/conftest.py), whose smaller count then applies. An explicit max_examples would otherwise win over every
+    profile. Only that profile lowers it: the "ci" profile hypothesis may load by itself leaves n alone."""
+    if settings.get_current_profile_name().startswith("mutation"):  # also "mutation-with-verbose-verbosity"
+        return min(n, settings.default.max_examples)
+    return n

@@ -13,6 +13,8 @@ from safetensors.torch import load_file
 from epiprune.cli import main
 from epiprune.run.trajectory import read_scores
 
+from .helpers import assert_one_line_error, call_main
+
 BASE = ["--train-subset", "192", "--val-subset", "64", "--epochs", "5", "--batch-size", "64", "--no-progress",
         "--holdout", "128", "--data-seed", "3", "--seed", "1"]
 
@@ -76,23 +78,18 @@ def test_the_recorded_scores_cover_every_dense_epoch_and_the_probes_add_up(dense
 ])
 def test_a_branch_from_another_trajectory_is_refused_in_one_line(dense, tmp_path, capsys, extra, message):
     out = tmp_path / "bad"
-    assert main(["train", *BASE, *extra, "--branch-from", str(dense), "--out", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and message in err, err
+    assert_one_line_error(call_main(["train", *BASE, *extra, "--branch-from", dense, "--out", out], capsys), message)
     assert not (out / "summary.json").exists()
 
 
 def test_a_missing_checkpoint_or_score_file_is_refused_in_one_line(dense, tmp_path, capsys):
     partial = tmp_path / "partial"
     train(partial, "--indicator", "none", "--record-scores", "--keep-checkpoints", "1")
-    assert main(["train", *BASE, "--prune-at", "2", "--branch-from", str(partial), "--out",
-                 str(tmp_path / "a")]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "kept no checkpoint of epoch 2" in err, err
-    assert main(["train", *BASE, "--prune-at", "2", "--branch-from", str(tmp_path / "nowhere"), "--out",
-                 str(tmp_path / "b")]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "has no scores.jsonl" in err, err
+    result = call_main(["train", *BASE, "--prune-at", "2", "--branch-from", partial, "--out", tmp_path / "a"], capsys)
+    assert_one_line_error(result, "kept no checkpoint of epoch 2")
+    result = call_main(["train", *BASE, "--prune-at", "2", "--branch-from", tmp_path / "nowhere", "--out",
+                        tmp_path / "b"], capsys)
+    assert_one_line_error(result, "has no scores.jsonl")
 
 
 def test_a_dense_run_recorded_before_an_option_existed_counts_as_its_default(tmp_path):

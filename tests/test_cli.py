@@ -1,16 +1,8 @@
 import json
-import subprocess
-import sys
 
 import pytest
 
-from epiprune.cli import main
-
-
-def run_cli(args, capsys):
-    code = main(args)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from .helpers import assert_one_line_error, call_main, run_cli
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -26,44 +18,42 @@ def run_cli(args, capsys):
     (["--lr", "-1"], "learning rate -1.0"),
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, args, needle):
-    code, out, err = run_cli(["train", "--out", str(tmp_path / "o"), *args], capsys)
-    assert code == 2
-    assert err.count("\n") == 1 and err.startswith("error: ") and needle in err, err
+    assert_one_line_error(call_main(["train", "--out", tmp_path / "o", *args], capsys), needle)
 
 
 def test_budget_that_cannot_be_met_exits_2(tmp_path, capsys):
-    code, _, err = run_cli(["train", "--budget", "flops:0.0001", "--out", str(tmp_path / "o")], capsys)
-    assert code == 2 and "cannot be met" in err and err.count("\n") == 1
+    assert_one_line_error(call_main(["train", "--budget", "flops:0.0001", "--out", tmp_path / "o"], capsys),
+                          "cannot be met")
 
 
 def test_image_folder_without_images_exits_2(tmp_path, capsys):
     (tmp_path / "data" / "cat").mkdir(parents=True)
     (tmp_path / "data" / "cat" / "readme.txt").write_text("no images here")
-    code, _, err = run_cli(["train", "--data", "imagefolder", "--data-dir", str(tmp_path / "data"),
-                            "--out", str(tmp_path / "o")], capsys)
-    assert code == 2 and err.startswith("error: no images in") and err.count("\n") == 1
+    result = call_main(["train", "--data", "imagefolder", "--data-dir", tmp_path / "data", "--out", tmp_path / "o"],
+                       capsys)
+    assert_one_line_error(result, starts="no images in")
 
 
 def test_unwritable_output_folder(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    code, _, err = run_cli(["train", "--out", str(blocker / "run")], capsys)
-    assert code == 2 and err.startswith("error: output folder") and err.count("\n") == 1
+    assert_one_line_error(call_main(["train", "--out", blocker / "run"], capsys), starts="output folder")
 
 
 def test_unknown_importance_is_an_argparse_error_with_exit_2(capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["train", "--importance", "psychic"])
+    with pytest.raises(SystemExit) as exc:  # argparse's own exit, not main's return
+        call_main(["train", "--importance", "psychic"], capsys)
     assert exc.value.code == 2
-    assert "invalid choice" in capsys.readouterr().err
+    capsys.readouterr()
+    assert_one_line_error(call_main(["train", "--importance", "psychic"], capsys, argparse_exit=True),
+                          "invalid choice")
 
 
 def test_end_to_end_run_prunes_and_writes_outputs(tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "epiprune", "train", "--train-subset", "256", "--val-subset", "128",
-           "--epochs", "4", "--epi-window", "1", "--min-dense-epochs", "2", "--max-dense-epochs", "2",
-           "--batch-size", "64", "--budget", "flops:0.5", "--out", str(out), "--no-progress"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    proc = run_cli("train", "--train-subset", "256", "--val-subset", "128", "--epochs", "4", "--epi-window", "1",
+                   "--min-dense-epochs", "2", "--max-dense-epochs", "2", "--batch-size", "64", "--budget", "flops:0.5",
+                   "--out", out, "--no-progress", timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "pruned after epoch 2" in proc.stdout and "outputs in" in proc.stdout
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

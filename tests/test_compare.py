@@ -11,6 +11,8 @@ from epiprune.policy.indicator import earlybird_stability, mask_distance
 from epiprune.run.config import TrainConfig
 from epiprune.run.steps import lr_schedule
 
+from .helpers import assert_one_line_error, call_main
+
 TINY = ["--train-subset", "64", "--val-subset", "32", "--epochs", "4", "--epi-window", "1", "--batch-size", "64",
         "--grid", "1,2"]
 
@@ -90,19 +92,16 @@ def check_report_rebuilds_the_comparison_without_training(out, result, capsys):
     (run / "summary.json").unlink()
     assert main(["report", str(run)]) == 0 and (run / "epi.png").is_file()
     # anything else: one line naming the folder
-    assert main(["report", str(out / "runs")]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "holds neither an `epiprune compare` output" in err
+    assert_one_line_error(call_main(["report", out / "runs"], capsys), "holds neither an `epiprune compare` output")
 
 
 def test_unknown_method_family_is_an_error(tmp_path, capsys):
-    assert main(["compare", "--methods", "dense,lottery", "--out", str(tmp_path)]) == 2
-    assert "unknown methods ['lottery']" in capsys.readouterr().err
+    assert_one_line_error(call_main(["compare", "--methods", "dense,lottery", "--out", tmp_path], capsys),
+                          "unknown methods ['lottery']")
 
 
 def test_bad_grid_is_an_error(tmp_path, capsys):
-    assert main(["compare", "--grid", "1-x", "--out", str(tmp_path)]) == 2
-    assert "bad --grid" in capsys.readouterr().err
+    assert_one_line_error(call_main(["compare", "--grid", "1-x", "--out", tmp_path], capsys), "bad --grid")
     with pytest.raises(EpipruneError, match="grid epochs"):
         CompareConfig(epochs=4, grid=[5]).methods()
 
@@ -164,8 +163,8 @@ def test_warmup_ramps_the_lr_then_follows_the_cosine():
 
 
 def test_bad_warmup_is_an_error(tmp_path, capsys):
-    assert main(["train", "--epochs", "3", "--warmup-epochs", "3", "--out", str(tmp_path)]) == 2
-    assert "warm-up epochs 3.0 is outside [0, 3)" in capsys.readouterr().err
+    assert_one_line_error(call_main(["train", "--epochs", "3", "--warmup-epochs", "3", "--out", tmp_path], capsys),
+                          "warm-up epochs 3.0 is outside [0, 3)")
 
 
 def test_reusing_a_run_made_with_other_settings_is_an_error(tmp_path, capsys):
@@ -174,9 +173,8 @@ def test_reusing_a_run_made_with_other_settings_is_an_error(tmp_path, capsys):
             "--epi-window", "1", "--methods", "dense", "--out", str(out)]
     assert main(args) == 0
     capsys.readouterr()
-    assert main([*args, "--warmup-epochs", "1"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "made with warmup_epochs=0.0, not 1.0" in err and "--force" in err
+    assert_one_line_error(call_main([*args, "--warmup-epochs", "1"], capsys), "made with warmup_epochs=0.0, not 1.0",
+                          "--force")
     assert main([*args, "--warmup-epochs", "1", "--force"]) == 0
     made_with = json.loads((out / "runs" / "dense" / "seed0" / "summary.json").read_text())["config"]
     assert made_with["warmup_epochs"] == 1.0

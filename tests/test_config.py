@@ -11,6 +11,8 @@ from epiprune.cli import build_parser, main, train_config
 from epiprune.errors import EpipruneError
 from epiprune.run.config import TrainConfig, read_config_file
 
+from .helpers import assert_one_line_error, call_main
+
 # train options that are not run settings: where the settings come from, and how the command behaves
 NOT_FIELDS = {"config", "resume", "force", "no_progress"}
 
@@ -79,9 +81,7 @@ def test_bad_config_file_is_one_line(tmp_path, capsys, content, message):
     path.write_text(content)
     with pytest.raises(EpipruneError, match=message.replace("[", r"\[").replace("]", r"\]")):
         read_config_file(path)
-    assert main(["train", "--config", str(path), "--out", str(tmp_path / "run")]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and message in err
+    assert_one_line_error(call_main(["train", "--config", path, "--out", tmp_path / "run"], capsys), message)
 
 
 def test_config_file_accepts_what_write_wrote(tmp_path):

@@ -7,8 +7,6 @@ and Early-Bird's mask distance, change in a known way, and each trigger must fir
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from typing import Any
 
 import numpy as np
@@ -18,7 +16,7 @@ import torch
 from epiprune import Budget, EarlyPruningPolicy, EpipruneError
 from epiprune.policy.indicator import TriggerRule, early_pruning_indicator, earlybird_stability, structural_similarity
 
-from .helpers import ConvBNNet
+from .helpers import ConvBNNet, run_cli
 
 # ConvBNNet has two channel groups, 4 and 6 channels wide. One channel far above the rest makes a group's
 # normalised scores "peaked": its best channel ranks first, the others last; a flat group ranks in between.
@@ -168,11 +166,9 @@ def test_normalisation_puts_groups_of_different_scale_on_one_ranking():
 def test_cli_run_prunes_when_epi_fires_before_the_fallback(tmp_path):
     """epiprune train on the built-in data, with a window and threshold that let EPI (not the fallback) fire."""
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "epiprune", "train", "--train-subset", "256", "--val-subset", "128",
-           "--epochs", "4", "--batch-size", "64", "--epi-window", "1", "--epi-threshold", "0.5",
-           "--max-dense-epochs", "3", "--epi-smooth", "1", "--budget", "flops:0.5", "--out", str(out),
-           "--no-progress"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    proc = run_cli("train", "--train-subset", "256", "--val-subset", "128", "--epochs", "4", "--batch-size", "64",
+                   "--epi-window", "1", "--epi-threshold", "0.5", "--max-dense-epochs", "3", "--epi-smooth", "1",
+                   "--budget", "flops:0.5", "--out", out, "--no-progress", timeout=600)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     # EPI is defined from epoch 2 (window 1) and the widths of two sub-networks at one budget are far more

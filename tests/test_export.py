@@ -11,6 +11,8 @@ from epiprune.cli import main
 from epiprune.io.export import SUFFIX
 from epiprune.run.trainer import TrainConfig, train
 
+from .helpers import assert_one_line_error, call_main, run_cli
+
 NO_EPIPRUNE = "import sys; sys.modules['epiprune'] = None\n"
 
 
@@ -82,8 +84,7 @@ def test_safetensors_export_rebuilds_with_load_pruned(run_dir, tmp_path):
 
 
 def test_export_of_missing_run_is_a_clear_error(tmp_path, capsys):
-    assert main(["export", str(tmp_path / "nope")]) == 2
-    assert "no saved model" in capsys.readouterr().err
+    assert_one_line_error(call_main(["export", tmp_path / "nope"], capsys), "no saved model")
 
 
 @pytest.mark.parametrize("fmt", ["export", "onnx"])
@@ -92,8 +93,7 @@ def test_export_prints_nothing_but_its_result(run_dir, tmp_path, fmt):
     subprocess: torch's own log handler writes to the real stderr, which pytest's capture does not see."""
     if fmt == "onnx":
         pytest.importorskip("onnxscript")
-    proc = subprocess.run([sys.executable, "-m", "epiprune", "export", str(run_dir), "--format", fmt, "--out",
-                           str(tmp_path / f"m.{fmt}")], capture_output=True, text=True, timeout=300)
+    proc = run_cli("export", run_dir, "--format", fmt, "--out", tmp_path / f"m.{fmt}", timeout=300)
     assert proc.returncode == 0 and proc.stderr == "" and proc.stdout.startswith("wrote "), proc.stderr
 
 
@@ -142,9 +142,7 @@ def test_predict_prints_the_same_top_classes_from_the_run_and_every_export(run_d
     (lambda d: (d / "bad.png").write_text("not an image") and d / "bad.png", "unreadable image"),
 ])
 def test_predict_bad_image_is_a_one_line_error(run_dir, tmp_path, capsys, make, needle):
-    assert main(["predict", str(run_dir), str(make(tmp_path))]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and needle in err
+    assert_one_line_error(call_main(["predict", run_dir, make(tmp_path)], capsys), needle)
 
 
 def test_predict_bad_model_is_a_one_line_error(tmp_path, capsys):
@@ -152,6 +150,4 @@ def test_predict_bad_model_is_a_one_line_error(tmp_path, capsys):
     (tmp_path / "x.png").write_bytes(b"")
     for model, needle in ((tmp_path / "m.pt2", "cannot read"), (tmp_path / "nope", "model not found"),
                           (tmp_path / "x.png", "unknown model file")):
-        assert main(["predict", str(model), str(tmp_path / "x.png")]) == 2
-        err = capsys.readouterr().err
-        assert err.count("\n") == 1 and needle in err, err
+        assert_one_line_error(call_main(["predict", model, tmp_path / "x.png"], capsys), needle)

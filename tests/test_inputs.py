@@ -12,6 +12,8 @@ import epiprune.run.trainer as trainer
 from epiprune.cli import main
 from epiprune.run.folder import ASIDE, recover
 
+from .helpers import assert_one_line_error, call_main
+
 # a tiny image folder: 2 classes x 10 images of 16x16, so a run takes about a second
 TINY = ["--data", "imagefolder", "--image-size", "16", "--epochs", "3", "--epi-window", "1", "--batch-size", "8",
         "--no-progress"]
@@ -38,12 +40,6 @@ def snapshot(folder):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
-def one_line_error(capsys, needle):
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: ") and needle in err, err
-    return err
-
-
 @pytest.mark.parametrize("args,needle", [
     (["--train-subset", "0"], "--train-subset 0 is too small"),
     (["--train-subset", "-5"], "--train-subset -5 is too small"),
@@ -65,17 +61,17 @@ def one_line_error(capsys, needle):
 ])
 def test_bad_train_input_names_its_option_and_leaves_no_folder(tmp_path, capsys, args, needle):
     out = tmp_path / "new" / "run"
-    assert main(["train", "--out", str(out), *args]) == 2
-    one_line_error(capsys, needle)
+    result = call_main(["train", "--out", str(out), *args], capsys)
+    assert_one_line_error(result, needle)
     assert not (tmp_path / "new").exists()
 
 
 def test_late_failure_removes_the_folders_it_created(tmp_path, capsys):
     """The budget is checked only once the model is built: the folder made before that is removed again."""
     out = tmp_path / "new" / "run"
-    assert main(["train", "--budget", "flops:0.0001", "--train-subset", "64", "--val-subset", "32",
-                 "--out", str(out)]) == 2
-    one_line_error(capsys, "cannot be met")
+    result = call_main(["train", "--budget", "flops:0.0001", "--train-subset", "64", "--val-subset", "32",
+                        "--out", str(out)], capsys)
+    assert_one_line_error(result, "cannot be met")
     assert not (tmp_path / "new").exists()
 
 
@@ -92,8 +88,8 @@ def test_late_failure_removes_the_folders_it_created(tmp_path, capsys):
 ])
 def test_bad_compare_input_is_refused_before_any_folder_or_run(tmp_path, capsys, args, needle):
     out = tmp_path / "cmp"
-    assert main(["compare", "--out", str(out), *args]) == 2
-    one_line_error(capsys, needle)
+    result = call_main(["compare", "--out", str(out), *args], capsys)
+    assert_one_line_error(result, needle)
     assert not out.exists()
 
 
@@ -101,15 +97,15 @@ def test_resume_refuses_options_it_would_ignore(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     (run / "checkpoint.pt").write_bytes(b"untouched")
-    assert main(["train", "--resume", str(run), "--epochs", "30", "--budget", "flops:0.2", "--out", "x"]) == 2
-    one_line_error(capsys, "--epochs, --budget, --out cannot be changed with --resume")
+    result = call_main(["train", "--resume", str(run), "--epochs", "30", "--budget", "flops:0.2", "--out", "x"], capsys)
+    assert_one_line_error(result, "--epochs, --budget, --out cannot be changed with --resume")
     assert (run / "checkpoint.pt").read_bytes() == b"untouched" and not (tmp_path / "x").exists()
 
 
 def test_empty_checkpoint_is_a_one_line_error(tmp_path, capsys):
     (tmp_path / "checkpoint.pt").write_bytes(b"")
-    assert main(["train", "--resume", str(tmp_path), "--no-progress"]) == 2
-    one_line_error(capsys, "corrupt or unsafe checkpoint")
+    result = call_main(["train", "--resume", str(tmp_path), "--no-progress"], capsys)
+    assert_one_line_error(result, "corrupt or unsafe checkpoint")
     assert (tmp_path / "checkpoint.pt").read_bytes() == b""
 
 
@@ -131,12 +127,12 @@ def test_report_leaves_out_a_truncated_last_line(tmp_path, capsys):
 def test_report_on_a_corrupt_file_is_a_one_line_error(tmp_path, capsys):
     write_run(tmp_path / "run", last_line="")
     (tmp_path / "run" / "metrics.jsonl").write_text("garbage\n" + (tmp_path / "run" / "metrics.jsonl").read_text())
-    assert main(["report", str(tmp_path / "run")]) == 2
-    one_line_error(capsys, "line 1 is not a metrics row")
+    result = call_main(["report", str(tmp_path / "run")], capsys)
+    assert_one_line_error(result, "line 1 is not a metrics row")
     write_run(tmp_path / "run2", last_line="")
     (tmp_path / "run2" / "summary.json").write_text("{trunc")
-    assert main(["report", str(tmp_path / "run2")]) == 2
-    one_line_error(capsys, "summary.json is not readable JSON")
+    result = call_main(["report", str(tmp_path / "run2")], capsys)
+    assert_one_line_error(result, "summary.json is not readable JSON")
 
 
 def test_one_class_image_folder_trains_with_a_warning(tmp_path, capsys):
@@ -155,8 +151,9 @@ def finished_run(tmp_path, images, capsys):
 
 def test_a_finished_run_is_not_replaced_without_force(finished_run, images, capsys):
     before = snapshot(finished_run)
-    assert main(["train", *TINY, "--data-dir", str(images), "--budget", "flops:0.3", "--out", str(finished_run)]) == 2
-    one_line_error(capsys, f"output folder {finished_run} already holds a run (accepted: --resume {finished_run}")
+    result = call_main(["train", *TINY, "--data-dir", images, "--budget", "flops:0.3", "--out", finished_run], capsys)
+    refusal = f"output folder {finished_run} already holds a run (accepted: --resume {finished_run}"
+    assert_one_line_error(result, refusal)
     assert snapshot(finished_run) == before
 
 
@@ -164,8 +161,8 @@ def test_force_keeps_the_old_run_until_the_new_one_has_a_checkpoint(finished_run
     before = snapshot(finished_run)
     args = ["train", *TINY, "--data-dir", str(images), "--out", str(finished_run), "--force"]
     # bad input found late (after the old files were moved aside): they are put back
-    assert main([*args, "--budget", "flops:0.0001"]) == 2
-    one_line_error(capsys, "cannot be met")
+    result = call_main([*args, "--budget", "flops:0.0001"], capsys)
+    assert_one_line_error(result, "cannot be met")
     assert snapshot(finished_run) == before and not (finished_run / ASIDE).exists()
     # Ctrl-C during the first epoch: nothing of the new run is saved, the old run is intact, and the message
     # does not promise a checkpoint
@@ -194,8 +191,8 @@ def test_old_run_comes_back_after_a_hard_kill_while_replacing(finished_run, imag
     aside.mkdir()
     for name in before:
         os.replace(finished_run / name, aside / name)
-    assert main(["train", *TINY, "--data-dir", str(images), "--out", str(finished_run)]) == 2
-    one_line_error(capsys, "already holds a run")
+    result = call_main(["train", *TINY, "--data-dir", str(images), "--out", str(finished_run)], capsys)
+    assert_one_line_error(result, "already holds a run")
     assert snapshot(finished_run) == before and not aside.exists()
     assert recover(finished_run) is False
 
@@ -214,21 +211,20 @@ def test_compare_interrupt_names_no_resume_flag(tmp_path, capsys, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(epiprune.evidence.compare, "compare", interrupt)
-    assert main(["compare", "--out", str(tmp_path / "cmp")]) == 130
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "run the same command again" in err and "--resume" not in err
+    err = assert_one_line_error(call_main(["compare", "--out", tmp_path / "cmp"], capsys), "run the same command again",
+                                code=130)
+    assert "--resume" not in err
 
 
 def test_report_on_a_compare_folder_with_a_damaged_summary(tmp_path, capsys):
     run = tmp_path / "cmp" / "runs" / "dense" / "seed0"
     run.mkdir(parents=True)
     (run / "summary.json").write_text('{"model": "resn')  # cut off while being copied, say
-    assert main(["report", str(tmp_path / "cmp")]) == 2
-    one_line_error(capsys, "no finished run under")
+    result = call_main(["report", str(tmp_path / "cmp")], capsys)
+    assert_one_line_error(result, "no finished run under")
 
 
 def test_a_file_system_refusal_is_one_line_not_a_traceback(finished_run, capsys):
     """/proc takes no new files, even from root: the export's temp file cannot be made there."""
-    assert main(["export", str(finished_run), "--out", "/proc/model.pt"]) == 1
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: No such file or directory (/proc/"), err
+    result = call_main(["export", finished_run, "--out", "/proc/model.pt"], capsys)
+    assert_one_line_error(result, code=1, starts="No such file or directory (/proc/")

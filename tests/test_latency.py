@@ -19,7 +19,7 @@ from epiprune.errors import EpipruneError
 from epiprune.policy.subnetwork import select_subnetwork
 from epiprune.surgery import PrunableGraph
 
-from .helpers import ConvBNNet
+from .helpers import ConvBNNet, max_examples
 
 TINY = LatencySettings(batch_size=16, repeats=2, warmup=1, grid_points=3)
 
@@ -44,7 +44,7 @@ def test_grid_is_every_channel_when_narrow_and_spans_wide_axes():
     assert all(c % 8 == 0 for c in wide[3:-1])
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=max_examples(60), deadline=None)
 @given(st.lists(st.floats(0.01, 10.0), min_size=20, max_size=20), st.integers(2, 5), st.integers(1, 4),
        st.floats(0.0, 30.0), st.floats(0.0, 30.0), st.floats(0.0, 3.0))
 def test_interpolation_is_monotone_and_exact_on_the_grid(values, n_in, n_out, a, b, step):
@@ -97,7 +97,7 @@ def test_table_covers_every_layer_and_predicts_the_dense_step(built):
     assert dense_measured > 0
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=max_examples(40), deadline=None)
 @given(st.integers(1, 4), st.integers(1, 6), st.integers(0, 1))
 def test_latency_cost_model_is_monotone_in_every_width(built, w0, w1, which):
     _, cost, _ = built

@@ -9,6 +9,8 @@ import torch
 from epiprune.cli import main
 from epiprune.run.checkpoint import load_checkpoint
 
+from .helpers import assert_one_line_error, call_main
+
 
 def test_adamw_trains_prunes_and_carries_its_moments(tmp_path, capsys):
     out = tmp_path / "run"
@@ -27,7 +29,10 @@ def test_adamw_trains_prunes_and_carries_its_moments(tmp_path, capsys):
     assert tuple(weights["conv1.weight"].shape) in shapes and weights["conv1.weight"].shape[0] < 16
     assert torch.isfinite(torch.tensor(summary["final_val_top1"]))
     capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:  # argparse's choices: one usage line and one error line, exit 2
-        main(["train", "--optimizer", "adam", "--out", str(tmp_path / "bad")])
-    assert exc.value.code == 2 and "invalid choice: 'adam'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # argparse's choices: its own exit, with our one-line error
+        call_main(["train", "--optimizer", "adam", "--out", tmp_path / "bad"], capsys)
+    assert exc.value.code == 2
+    capsys.readouterr()
+    assert_one_line_error(call_main(["train", "--optimizer", "adam", "--out", tmp_path / "bad"], capsys,
+                                    argparse_exit=True), "invalid choice: 'adam'")
     assert not (tmp_path / "bad").exists()

@@ -7,9 +7,10 @@ import time
 import pytest
 
 import epiprune
-import epiprune.cli  # used as epiprune.cli.main below; not imported by the package itself
 from epiprune.errors import EpipruneError
 from epiprune.run.trainer import TrainConfig, train
+
+from .helpers import assert_one_line_error, call_main, run_cli
 
 # on the CPU: the test demands bit-identical metrics, which cuDNN's nondeterministic kernels rule out on a GPU
 ARGS = ["--device", "cpu", "--train-subset", "512", "--val-subset", "128", "--epochs", "5", "--epi-window", "1",
@@ -29,7 +30,8 @@ def metrics(folder):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("full")
-    subprocess.run(train_cmd("--out", str(out)), check=True, capture_output=True, timeout=900)
+    proc = run_cli("train", *ARGS, "--out", out, timeout=900)
+    assert proc.returncode == 0, proc.stderr
     return out
 
 
@@ -46,8 +48,7 @@ def test_killed_run_resumes_to_identical_result(tmp_path, uninterrupted, kill_af
         time.sleep(0.02)
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    resumed = subprocess.run([sys.executable, "-m", "epiprune", "train", "--resume", str(out), "--no-progress"],
-                             capture_output=True, text=True, timeout=900)
+    resumed = run_cli("train", "--resume", out, "--no-progress", timeout=900)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed" in resumed.stdout
     assert metrics(out) == metrics(uninterrupted)
@@ -62,9 +63,8 @@ def test_corrupt_checkpoint_is_reported_and_left_alone(tmp_path, uninterrupted, 
     out.mkdir()
     data = (uninterrupted / "checkpoint.pt").read_bytes()
     (out / "checkpoint.pt").write_bytes(data[: len(data) // 3])
-    code = epiprune.cli.main(["train", "--resume", str(out), "--no-progress"])
-    err = capsys.readouterr().err
-    assert code == 2 and err.startswith("error: corrupt or unsafe checkpoint") and err.count("\n") == 1
+    assert_one_line_error(call_main(["train", "--resume", out, "--no-progress"], capsys),
+                          starts="corrupt or unsafe checkpoint")
     assert (out / "checkpoint.pt").read_bytes() == data[: len(data) // 3]
 
 
@@ -106,5 +106,4 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path, mon
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path, capsys):
-    assert epiprune.cli.main(["train", "--resume", str(tmp_path)]) == 2
-    assert "no checkpoint at" in capsys.readouterr().err
+    assert_one_line_error(call_main(["train", "--resume", tmp_path], capsys), "no checkpoint at")

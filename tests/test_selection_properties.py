@@ -18,6 +18,8 @@ from epiprune.costs.model import CostModel
 from epiprune.models import build_model
 from epiprune.policy.subnetwork import check_budget, floor_widths, normalise_per_group, select_subnetwork
 
+from .helpers import max_examples
+
 
 def random_chain_cost(widths: list[int], rng: np.random.Generator) -> CostModel:
     """A chain of len(widths) layers plus a classifier, with random per-layer costs and one BN-like term per group."""
@@ -32,7 +34,7 @@ selections = st.tuples(st.lists(st.integers(1, 40), min_size=2, max_size=6), st.
                        st.integers(0, 10_000), st.sampled_from([1, 1, 2, 4, 8]), st.sampled_from([1, 1, 2, 3]))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=max_examples(150), deadline=None)
 @given(selections)
 def test_kept_set_is_maximal_and_meets_the_budget_from_below(case):
     """No dropped channel block still fits: growing any group that is not whole by its next block (the best of its
@@ -63,7 +65,7 @@ grouped_selections = st.tuples(st.lists(st.tuples(st.integers(1, 6), st.sampled_
                                st.sampled_from([1, 2, 3]))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=max_examples(150), deadline=None)
 @given(grouped_selections)
 def test_groups_spread_over_grouped_convs_keep_equal_counts_per_block_above_the_floor(case):
     """A group whose channels belong to the B groups of grouped convolutions (partitions: each channel's block id)
@@ -134,7 +136,7 @@ def test_normalisation_changes_the_ranking_when_group_scales_differ():
     assert normalise_per_group([np.array([])])[0].size == 0
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=max_examples(100), deadline=None)
 @given(selections)
 def test_budget_check_refuses_exactly_what_selection_refuses(case):
     widths, fraction, seed, multiple, min_channels = case

@@ -8,6 +8,8 @@ from epiprune.costs.model import CostModel
 from epiprune.errors import EpipruneError
 from epiprune.policy.subnetwork import select_subnetwork
 
+from .helpers import max_examples
+
 
 def chain_cost(widths):
     """A 3-layer chain: conv(3->w0), conv(w0->w1), linear(w1->10), with one BN on w0."""
@@ -56,7 +58,7 @@ def test_budget_that_cannot_be_met_is_an_error():
         select_subnetwork([np.ones(8), np.ones(4)], cost, 0.01 * cost.dense)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=max_examples(60), deadline=None)
 @given(st.lists(st.integers(1, 24), min_size=2, max_size=5), st.floats(0.2, 0.95), st.integers(0, 10_000))
 def test_selection_properties(widths, fraction, seed):
     rng = np.random.default_rng(seed)
@@ -77,7 +79,7 @@ def test_selection_properties(widths, fraction, seed):
         assert m[np.argmax(s)]  # a group's best channel is never dropped
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=max_examples(60), deadline=None)
 @given(st.lists(st.integers(1, 40), min_size=2, max_size=5), st.floats(0.2, 0.95), st.integers(0, 10_000),
        st.sampled_from([2, 4, 8]))
 def test_channel_multiple_keeps_whole_blocks_of_the_best_channels(widths, fraction, seed, multiple):

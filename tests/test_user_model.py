@@ -5,7 +5,6 @@ import json
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,18 +19,13 @@ from epiprune.run.checkpoint import load_checkpoint
 from epiprune.run.trainer import TrainConfig
 
 from . import byo_factories
+from .helpers import assert_one_line_error, call_main, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = (REPO / "docs" / "MODELS.md").read_text()
 TINY = ["--train-subset", "32", "--val-subset", "16", "--batch-size", "16", "--epochs", "3", "--epi-window", "1",
         "--no-progress"]
 FACTORY = "tests.byo_factories:tiny"
-
-
-def one_line_error(capsys, needle):
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: ") and needle in err, err
-    return err
 
 
 def section(title):
@@ -74,8 +68,7 @@ def test_documented_example_trains_prunes_and_loads_without_pickle(tmp_path):
     assert argv[:2] == ["epiprune", "train"]
     tiny = ["--train-subset", "64", "--val-subset", "32", "--batch-size", "32", "--epochs", "3", "--epi-window",
             "1", "--no-progress"]
-    proc = subprocess.run([sys.executable, "-m", "epiprune", *argv[1:], *tiny], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300)
+    proc = run_cli(*argv[1:], *tiny, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "runs" / "mine"
     spec = json.loads((out / "architecture.json").read_text())
@@ -180,16 +173,16 @@ def test_loading_a_saved_user_model_never_imports_its_module(planted, capsys):
     folder, marker = planted
     with pytest.raises(EpipruneError, match=r"does not import .* load_pruned\(path, model="):
         epiprune.load_pruned(folder)
-    assert main(["export", str(folder)]) == 2
-    one_line_error(capsys, "--model planted_mod:make")
+    result = call_main(["export", str(folder)], capsys)
+    assert_one_line_error(result, "--model planted_mod:make")
     from PIL import Image
 
     Image.new("L", (28, 28)).save(folder.parent / "image.png")
-    assert main(["predict", str(folder), str(folder.parent / "image.png")]) == 2
-    one_line_error(capsys, "does not import from a saved file")
+    result = call_main(["predict", str(folder), str(folder.parent / "image.png")], capsys)
+    assert_one_line_error(result, "does not import from a saved file")
     (folder / "summary.json").unlink()  # an unfinished run: resumable
-    assert main(["train", "--resume", str(folder), "--no-progress"]) == 2
-    one_line_error(capsys, f"--resume {folder} --model planted_mod:make")
+    result = call_main(["train", "--resume", str(folder), "--no-progress"], capsys)
+    assert_one_line_error(result, f"--resume {folder} --model planted_mod:make")
     assert not marker.exists() and "planted_mod" not in sys.modules
 
 
@@ -231,8 +224,8 @@ def test_export_and_resume_import_the_factory_the_user_names(planted, capsys):
 ])
 def test_bad_user_model_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, args, needle):
     out = tmp_path / "new" / "run"
-    assert main(["train", *args, *TINY, "--out", str(out)]) == 2
-    one_line_error(capsys, needle)
+    result = call_main(["train", *args, *TINY, "--out", str(out)], capsys)
+    assert_one_line_error(result, needle)
     assert not (tmp_path / "new").exists()
 
 
@@ -240,8 +233,8 @@ def test_bad_user_model_in_an_existing_folder_leaves_it_as_it_was(tmp_path, caps
     out = tmp_path / "run"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    assert main(["train", "--model", "tests.byo_factories:five_classes", *TINY, "--out", str(out)]) == 2
-    one_line_error(capsys, "not (2, 10)")
+    result = call_main(["train", "--model", "tests.byo_factories:five_classes", *TINY, "--out", str(out)], capsys)
+    assert_one_line_error(result, "not (2, 10)")
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
 
@@ -253,8 +246,8 @@ def test_bad_user_model_in_an_existing_folder_leaves_it_as_it_was(tmp_path, caps
 ])
 def test_bad_user_model_for_compare_is_refused_before_any_run(tmp_path, capsys, args, needle):
     out = tmp_path / "cmp"
-    assert main(["compare", *args, "--epochs", "3", "--epi-window", "1", "--out", str(out)]) == 2
-    one_line_error(capsys, needle)
+    result = call_main(["compare", *args, "--epochs", "3", "--epi-window", "1", "--out", str(out)], capsys)
+    assert_one_line_error(result, needle)
     assert not out.exists()
 
 
@@ -268,8 +261,8 @@ def test_model_kwargs_of_the_api_must_be_json_data(kwargs, needle):
 
 
 def test_export_model_kwargs_without_model_is_refused(run, capsys):
-    assert main(["export", str(run), "--model-kwargs", '{"width": 6}']) == 2
-    one_line_error(capsys, "--model-kwargs is given without --model")
+    result = call_main(["export", str(run), "--model-kwargs", '{"width": 6}'], capsys)
+    assert_one_line_error(result, "--model-kwargs is given without --model")
 
 
 def test_compare_passes_the_factory_kwargs_and_ignored_layers_to_every_run(tmp_path, capsys, monkeypatch):
@@ -294,7 +287,7 @@ def test_compare_passes_the_factory_kwargs_and_ignored_layers_to_every_run(tmp_p
     assert "resume dense seed 0" in capsys.readouterr().out
     assert (out / "runs" / "dense" / "seed0" / "summary.json").is_file()
     # the finished runs are reused only with the same kwargs
-    assert main(["compare", "--model", FACTORY, "--model-kwargs", '{"width": 5}', "--ignore-layers", "conv1",
-                 "--methods", "dense", "--epochs", "3", "--epi-window", "1", "--train-subset", "32",
-                 "--val-subset", "16", "--batch-size", "16", "--out", str(out)]) == 2
-    assert "model_kwargs={'width': 6}, not {'width': 5}" in capsys.readouterr().err
+    result = call_main(["compare", "--model", FACTORY, "--model-kwargs", '{"width": 5}', "--ignore-layers", "conv1",
+                        "--methods", "dense", "--epochs", "3", "--epi-window", "1", "--train-subset", "32",
+                        "--val-subset", "16", "--batch-size", "16", "--out", out], capsys)
+    assert_one_line_error(result, "model_kwargs={'width': 6}, not {'width': 5}")
