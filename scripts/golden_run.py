@@ -41,10 +41,13 @@ def _without_timing(value: object) -> object:
     return value
 
 
-def _run_record(folder: Path) -> dict:
-    metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    summary = json.loads((folder / "summary.json").read_text())
-    return {"metrics": _without_timing(metrics), "summary": _without_timing(summary)}
+def _run_record(folder: Path, work: Path) -> dict:
+    """A run's metrics and summary without wall-clock keys; paths inside the temporary folder start with <work>."""
+    def read(name: str) -> str:
+        return (folder / name).read_text().replace(str(work), "<work>")
+
+    metrics = [json.loads(line) for line in read("metrics.jsonl").splitlines()]
+    return {"metrics": _without_timing(metrics), "summary": _without_timing(json.loads(read("summary.json")))}
 
 
 def golden_record(work: Path) -> dict:
@@ -53,9 +56,9 @@ def golden_record(work: Path) -> dict:
     _epiprune([*COMPARE, "--out", str(work / "compare")])
     table = json.loads((work / "compare" / "compare.json").read_text())
     runs = sorted(p.parent for p in (work / "compare").glob("runs/*/seed*/summary.json"))
-    return {"train": _run_record(work / "train"),
+    return {"train": _run_record(work / "train", work),
             "compare": {"table": _without_timing(table.get("rows", table)),
-                        "runs": {str(r.relative_to(work / "compare")): _run_record(r) for r in runs}}}
+                        "runs": {str(r.relative_to(work / "compare")): _run_record(r, work) for r in runs}}}
 
 
 def first_difference(a: object, b: object, where: str = "") -> str | None:
