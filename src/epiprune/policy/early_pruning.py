@@ -91,9 +91,11 @@ class EarlyPruningPolicy:
     latency, latency_table: for a latency budget, what to time (LatencySettings: target 'train' or 'infer', batch
     size, memory format, autocast dtype) and where the table lives (default: a cache file named by its key);
     a missing or outdated table is measured now, on the device of example_inputs (minutes on a CPU).
-    importance: 'taylor' (gradients, accumulated by step()), 'magnitude' (weights, read at epoch end), 'bn'
-    (BN |gamma|, network slimming) or 'random' (a baseline).
-    indicator: 'epi' (default); 'earlybird' (You et al. 2020 as published: masks keep the fraction
+    importance: a registered name, 'taylor' (gradients, accumulated by step()), 'magnitude' (weights, read at epoch
+    end), 'bn' (BN |gamma|, network slimming) or 'random' (a baseline); or your own Importance object (bound to the
+    policy's graph with bind(graph); its default_threshold is tau when threshold is None).
+    indicator: a registered name or an Indicator object (policy.indicator.Indicator); 'epi' (default);
+    'earlybird' (You et al. 2020 as published: masks keep the fraction
     sqrt(budget) of all channels with the largest BN |gamma|, prune once the last `earlybird_queue` distances
     between successive masks are all below epsilon = 1 - threshold, default 0.1); 'earlybird-budget' (the
     earlier variant: masks of the budget's dominant sub-network, over the EPI window, distances <= epsilon); or
