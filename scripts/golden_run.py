@@ -22,7 +22,9 @@ import tempfile
 from pathlib import Path
 
 GOLDEN = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "golden_run.json"
-TIMING_KEYS = {"config", "device", "table"}  # and every key with "seconds" in it
+# left out: wall-clock keys (every key with "seconds" in it), the run's own config (its --out is a temporary
+# folder), the device, and the latency table's path
+TIMING_KEYS = {"config", "device", "table"}
 TRAIN = ["train", "--epochs", "4", "--epi-window", "2", "--seed", "0", "--no-progress"]
 COMPARE = ["compare", "--methods", "dense,epi", "--epochs", "4", "--epi-window", "1", "--seeds", "0",
            "--train-subset", "512", "--val-subset", "256"]
@@ -57,30 +59,36 @@ def golden_record(work: Path) -> dict:
     table = json.loads((work / "compare" / "compare.json").read_text())
     runs = sorted(p.parent for p in (work / "compare").glob("runs/*/seed*/summary.json"))
     return {"train": _run_record(work / "train", work),
-            "compare": {"table": _without_timing(table.get("rows", table)),
+            "compare": {"rows": _without_timing(table["rows"]), "paired": _without_timing(table["paired"]),
                         "runs": {str(r.relative_to(work / "compare")): _run_record(r, work) for r in runs}}}
 
 
-def first_difference(a: object, b: object, where: str = "") -> str | None:
-    if type(a) is not type(b):
-        return f"{where or '/'}: {a!r} vs {b!r}"
-    if isinstance(a, dict):
-        for key in sorted(set(a) | set(b)):
-            if key not in a or key not in b:
-                return f"{where}/{key}: only in {'golden' if key in a else 'this run'}"
-            found = first_difference(a[key], b[key], f"{where}/{key}")
-            if found:
-                return found
-        return None
-    if isinstance(a, list):
-        if len(a) != len(b):
-            return f"{where}: {len(a)} vs {len(b)} entries"
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            found = first_difference(x, y, f"{where}[{i}]")
-            if found:
-                return found
-        return None
-    return None if a == b else f"{where}: golden {a!r}, this run {b!r}"
+def differences(a: object, b: object, where: str = "", limit: int = 10) -> list[str]:
+    """Where `a` (golden) and `b` (this run) differ, up to `limit` places, as 'path: golden ..., this run ...'."""
+    found: list[str] = []
+
+    def walk(x: object, y: object, at: str) -> None:
+        if len(found) >= limit:
+            return
+        if type(x) is not type(y):
+            found.append(f"{at or '/'}: golden {x!r}, this run {y!r}")
+        elif isinstance(x, dict):
+            for key in sorted(set(x) | set(y)):
+                if key not in x or key not in y:
+                    found.append(f"{at}/{key}: only in {'golden' if key in x else 'this run'}")
+                else:
+                    walk(x[key], y[key], f"{at}/{key}")
+        elif isinstance(x, list):
+            if len(x) != len(y):
+                found.append(f"{at}: {len(x)} vs {len(y)} entries")
+            else:
+                for i, (u, v) in enumerate(zip(x, y, strict=True)):
+                    walk(u, v, f"{at}[{i}]")
+        elif x != y:
+            found.append(f"{at}: golden {x!r}, this run {y!r}")
+
+    walk(a, b, where)
+    return found[:limit]
 
 
 def main() -> int:
@@ -94,9 +102,9 @@ def main() -> int:
         GOLDEN.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
         print(f"wrote {GOLDEN}")
         return 0
-    difference = first_difference(json.loads(GOLDEN.read_text()), record)
-    print("golden run: identical" if difference is None else f"golden run differs: {difference}")
-    return 0 if difference is None else 1
+    found = differences(json.loads(GOLDEN.read_text()), record)
+    print("golden run: identical" if not found else "golden run differs:\n  " + "\n  ".join(found))
+    return 1 if found else 0
 
 
 if __name__ == "__main__":

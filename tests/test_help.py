@@ -38,3 +38,15 @@ def test_every_option_is_in_the_readme(name, parser):
     missing = [a.option_strings[0] for a in options(parser) if a.option_strings and
                a.option_strings[0] not in documented]
     assert not missing, f"README lacks {name} options {missing}"
+
+
+def test_bare_epiprune_prints_its_commands_and_version_prints_the_version(capsys):
+    from epiprune import __version__
+    from epiprune.cli import main
+
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: epiprune") and "{train,compare,export,latency-table,report,predict}" in out
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out == f"epiprune {__version__}\n"

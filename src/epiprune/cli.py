@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare's shared ones are generated from TrainConfig), read top to bottom like --help."""
     parser = _Parser(prog="epiprune", description="Prune CNNs structurally during training, at the epoch the "
                      "Early Pruning Indicator picks (Shen et al., CVPR 2022).")
+    from epiprune import __version__
+
+    parser.add_argument("--version", action="version", version=f"epiprune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     t = sub.add_parser("train", help="train, prune when EPI triggers, train the pruned network to the end",
                        formatter_class=_Help)
@@ -280,6 +283,9 @@ def _interrupt_message(args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `epiprune` command; returns the exit code (0, 1 runtime failure, 2 bad input, 130)."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:  # a bare `epiprune`: what it can do, not only "the following arguments are required: command"
+        build_parser().print_help()
+        return 0
     args = build_parser().parse_args(argv)
     try:
         if args.command == "train":
