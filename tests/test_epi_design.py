@@ -192,3 +192,14 @@ def test_the_oracle_is_chosen_on_validation_and_reported_on_test_and_differences
     assert pairs["oracle"]["diffs"] == [pytest.approx(80 - 81), pytest.approx(72 - 75)]
     assert pairs["dense"]["diffs"] == [pytest.approx(90 - 75)] and pairs["dense"]["seeds"] == 1
     assert pairs["fixed-2"]["mean"] == pytest.approx(((88 - 81) + (72 - 75)) / 2)
+
+
+def test_one_seed_shows_no_interval_in_the_paired_table():
+    """compare with one seed printed '95% interval [+3.60, +3.60]' (issue 23): no spread, so no interval."""
+    from epiprune.evidence.table import paired_table
+
+    one = {"method": "dense", "vs": "epi-taylor", "seeds": 1, "diffs": [3.6], "mean": 3.6, "low": 3.6, "high": 3.6}
+    two = {**one, "seeds": 2, "diffs": [3.0, 4.2], "low": 3.0, "high": 4.2}
+    rows = paired_table([one, two]).splitlines()[2:]
+    assert rows == ["| dense | 1 | +3.60 | - (one seed) | +3.60 |",
+                    "| dense | 2 | +3.60 | [+3.00, +4.20] | +3.00 +4.20 |"]

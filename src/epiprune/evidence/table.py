@@ -133,7 +133,9 @@ def paired_table(pairs: list[dict]) -> str:
     lines = ["| method | seeds | mean difference vs " + (pairs[0]["vs"] if pairs else "reference") +
              " (points) | 95% bootstrap interval | per seed |", "|---|---|---|---|---|"]
     for p in pairs:
-        lines.append(f"| {p['method']} | {p['seeds']} | {p['mean']:+.2f} | [{p['low']:+.2f}, {p['high']:+.2f}] "
+        # one seed has no spread to resample: an interval [x, x] would read as certainty
+        interval = f"[{p['low']:+.2f}, {p['high']:+.2f}]" if p["seeds"] > 1 else "- (one seed)"
+        lines.append(f"| {p['method']} | {p['seeds']} | {p['mean']:+.2f} | {interval} "
                      f"| {' '.join(f'{d:+.2f}' for d in p['diffs'])} |")
     return "\n".join(lines) + "\n"
 
