@@ -107,3 +107,46 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path, mon
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert_one_line_error(call_main(["train", "--resume", tmp_path], capsys), "no checkpoint at")
+
+
+def _copy_with_config(source, target, edit, fmt=None):
+    """A copy of the run in `source` whose checkpoint's recorded settings are edited (and format, if given)."""
+    import shutil
+
+    import torch
+
+    shutil.copytree(source, target)
+    state = torch.load(target / "checkpoint.pt", weights_only=True)
+    edit(state["extra"]["config"])
+    if fmt is not None:
+        state["format"] = fmt
+    torch.save(state, target / "checkpoint.pt")
+    return (target / "checkpoint.pt").read_bytes()
+
+
+def test_resume_of_a_run_with_an_unknown_setting_is_one_line_and_keeps_the_checkpoint(tmp_path, uninterrupted,
+                                                                                        capsys):
+    """Was a TypeError traceback from TrainConfig(**config) (issue 23)."""
+    out = tmp_path / "run"
+    before = _copy_with_config(uninterrupted, out, lambda config: config.update(future_setting=1))
+    assert_one_line_error(call_main(["train", "--resume", out, "--no-progress"], capsys),
+                          "records settings this epiprune does not know: future_setting",
+                          "(accepted: resume it with the epiprune version that made it)")
+    assert (out / "checkpoint.pt").read_bytes() == before
+
+
+def test_resume_of_a_run_missing_a_setting_says_which_default_it_takes(tmp_path, uninterrupted, capsys):
+    out = tmp_path / "run"
+    _copy_with_config(uninterrupted, out, lambda config: config.pop("epi_smooth"))
+    (out / "summary.json").unlink()  # killed after its last checkpoint: resuming writes the summary
+    result = call_main(["train", "--resume", out, "--no-progress"], capsys)
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stdout.splitlines() if line.startswith("note:")]
+    assert notes == [f"note: the run in {out} records no epi_smooth: resumed with today's defaults (epi_smooth=2)"]
+
+
+def test_a_checkpoint_of_another_format_version_is_named_as_such(tmp_path, uninterrupted, capsys):
+    out = tmp_path / "run"
+    _copy_with_config(uninterrupted, out, lambda config: None, fmt="epiprune-checkpoint/2")
+    assert_one_line_error(call_main(["train", "--resume", out, "--no-progress"], capsys),
+                          "is an epiprune checkpoint of format epiprune-checkpoint/2, which this version does not read")

@@ -38,6 +38,9 @@ def load_checkpoint(path: str | Path) -> dict:
     except Exception as e:  # torch raises RuntimeError, pickle.UnpicklingError, EOFError, zipfile errors
         reason = (str(e).splitlines() or [type(e).__name__])[0][:200]  # a 0-byte file's error has no text
         raise EpipruneError(f"corrupt or unsafe checkpoint {path}: {reason}") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if not isinstance(state, dict) or not str(state.get("format", "")).startswith("epiprune-checkpoint/"):
         raise EpipruneError(f"{path} is not an epiprune checkpoint (format {FORMAT})")
+    if state["format"] != FORMAT:
+        raise EpipruneError(f"{path} is an epiprune checkpoint of format {state['format']}, which this version does "
+                            f"not read (accepted: format {FORMAT}; resume it with the epiprune that wrote it)")
     return state

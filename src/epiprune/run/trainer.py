@@ -12,7 +12,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -65,6 +65,23 @@ class RunResult:
     out: Path
 
 
+def _saved_settings(saved: dict, out: str, log: Callable[[str], None]) -> dict:
+    """The settings a checkpoint recorded, as this version's TrainConfig fields: a setting this version does not
+    know is refused in one line (another version made the run); one the run did not record takes today's default,
+    said in one line."""
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(saved) - known)
+    if unknown:
+        raise EpipruneError(f"the run in {out} records settings this epiprune does not know: {', '.join(unknown)} "
+                            "(accepted: resume it with the epiprune version that made it)")
+    missing = [f for f in fields(TrainConfig) if f.name not in saved and f.name not in ("out", "progress")]
+    if missing:
+        defaults = ", ".join(f"{f.name}={getattr(TrainConfig(), f.name)!r}" for f in missing)
+        log(f"note: the run in {out} records no {', '.join(f.name for f in missing)}: resumed with today's defaults "
+            f"({defaults})")
+    return saved
+
+
 def train(cfg: TrainConfig, dataset: Dataset | None = None, log: Callable[[str], None] = print,
           resume: bool = False, force: bool = False, folder: RunFolder | None = None) -> RunResult:
     """Run the schedule described by cfg; write metrics.jsonl, summary.json, the model and epi.png into cfg.out,
@@ -83,7 +100,8 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None, log: Callable[[str],
                                 f"{cfg.out} --model {saved_model})" if is_import_path(saved_model) else
                                 f"the run in {cfg.out} trains {saved_model!r}, not {cfg.model!r} (accepted: "
                                 f"--resume {cfg.out} without --model)")
-        cfg = TrainConfig(**{**checkpoint["extra"]["config"], "out": cfg.out, "progress": cfg.progress})
+        cfg = TrainConfig(**{**_saved_settings(checkpoint["extra"]["config"], cfg.out, log), "out": cfg.out,
+                             "progress": cfg.progress})
     # the backend follows the device actually trained on: nccl for GPU tensors, gloo for `--device cpu` on a GPU box
     device = resolve_device(cfg.device)
     distributed.init_from_environment(cfg.dist_timeout, backend="nccl" if device.type == "cuda" else "gloo")
