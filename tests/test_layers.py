@@ -45,8 +45,9 @@ def epiprune_imports(path: Path) -> list[tuple[int, str]]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module.startswith("epiprune"):
             found += [(node.lineno, node.module)]
-            if node.module == "epiprune":  # `from epiprune import distributed`
-                found += [(node.lineno, f"epiprune.{a.name}") for a in node.names]
+            if node.module == "epiprune":  # `from epiprune import distributed` (a module), not `__version__`
+                found += [(node.lineno, f"epiprune.{a.name}") for a in node.names
+                          if (SRC / f"{a.name}.py").exists() or (SRC / a.name).is_dir()]
         elif isinstance(node, ast.ImportFrom) and node.level > 0:
             found.append((node.lineno, "relative import"))
         elif isinstance(node, ast.Import):

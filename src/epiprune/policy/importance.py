@@ -14,7 +14,7 @@ ranking), computed on demand; a group without BN is ranked by its L2 weight norm
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -32,7 +32,6 @@ TAYLOR_TAU = 0.944
 MAGNITUDE_TAU = 0.983
 
 
-@runtime_checkable
 class Importance(Protocol):
     """What the policy needs of an importance: per-channel scores of every group, accumulated over an epoch.
 
@@ -66,9 +65,10 @@ class Importance(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-# what the policy checks a user's importance object for before binding it (`steps` is read only after bind())
-IMPORTANCE_MEMBERS = ("name", "default_threshold", "needs_gradients", "bind", "step", "scores", "reset",
-                      "state_tensors", "state_dict", "load_state_dict")
+# what the policy checks a user's importance object for before binding it: the protocol's members, but `steps`,
+# which is read only after bind()
+IMPORTANCE_MEMBERS = tuple(name for name in (*Importance.__annotations__, *vars(Importance))
+                           if not name.startswith("_") and name != "steps")
 
 
 def _channel_taylor(module: nn.Module) -> torch.Tensor | None:
