@@ -133,8 +133,7 @@ class EarlyPruningPolicy:
             threshold = kind.default_threshold(importance_type)
         self.model = model
         self.budget = budget or Budget()
-        self.importance_kind = importance_type.name if isinstance(importance, str) else \
-            (getattr(importance, "name", "") or type(importance).__name__)
+        self.importance_kind = importance_type.name or type(importance).__name__  # `name` is a checked member
         self.config = PolicyConfig(**{f.name: settings[f.name] for f in fields(PolicyConfig)})
         self.config.budget, self.config.importance, self.config.indicator = \
             str(self.budget), self.importance_kind, kind.name
