@@ -80,7 +80,8 @@ def test_torchrun_cli_matches_single_process_on_the_same_global_batch(tmp_path):
 
 def test_torchrun_run_killed_after_pruning_resumes_identically(tmp_path):
     full, out = tmp_path / "full", tmp_path / "run"
-    assert torchrun("-m", "epiprune", "train", *TINY, "--out", str(full)).returncode == 0
+    proc = torchrun("-m", "epiprune", "train", *TINY, "--out", str(full))
+    assert proc.returncode == 0, proc.stderr[-2000:]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), "-m", "epiprune", "train", *TINY, "--out", str(out)]
     proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,

@@ -223,7 +223,9 @@ def _train(args: argparse.Namespace, argv: list[str]) -> None:
     result = train(cfg, resume=args.resume is not None, folder=args.run_folder)
     from epiprune import distributed
 
-    if not distributed.is_main():
+    main_rank = distributed.is_main()
+    distributed.shutdown()  # every rank leaves the group before exiting (see shutdown)
+    if not main_rank:
         return
     s = result.summary
     when = "never" if s["prune_epoch"] is None else f"after epoch {s['prune_epoch']} ({s['trigger']})"

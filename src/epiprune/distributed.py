@@ -37,11 +37,26 @@ def init_from_environment(timeout_seconds: float, backend: str) -> bool:
     backend: "nccl" for GPU tensors, "gloo" for CPU tensors (the caller knows which device it trains on)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
+    global _created_here
     if not dist.is_initialized():
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_seconds))
+        _created_here = True
     return True
+
+
+_created_here = False
+
+
+def shutdown() -> None:
+    """Destroy the process group if init_from_environment created it (a caller's own group is left alone).
+    A rank that exits with its group alive can be aborted (SIGABRT) by gloo's threads when its peer's connection
+    closes first: seen once in CI under load, at the end of a run that had finished its work."""
+    global _created_here
+    if _created_here and dist.is_initialized():
+        dist.destroy_process_group()
+    _created_here = False
 
 
 def all_reduce_mean_(tensors: list[torch.Tensor]) -> None:
