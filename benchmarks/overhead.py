@@ -10,6 +10,7 @@ Prints a table and writes JSON (default benchmarks/results/overhead.json). Ratio
 machine is shared and noisy, so absolute seconds vary between runs.
 
     python benchmarks/overhead.py [--models resnet20,resnet56] [--steps 40] [--repeats 3] [--device cuda]
+    python benchmarks/overhead.py --epi-every 12     # the step clock: a probe (with its noise floor) every 12 steps
 
 On a GPU every timer is read after torch.cuda.synchronize(), so the times are of the work, not of its launch.
 """
@@ -81,7 +82,7 @@ def step_times(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: 
 
 
 def bench_model(name: str, batches: list, steps: int, repeats: int, channel_multiple: int = 1,
-                flops_budget: float = 0.5) -> dict:
+                flops_budget: float = 0.5, epi_every: int = 0) -> dict:
     device = batches[0][0].device
     example = torch.zeros(1, *batches[0][0].shape[1:], device=device)
     torch.manual_seed(0)
@@ -89,7 +90,8 @@ def bench_model(name: str, batches: list, steps: int, repeats: int, channel_mult
     torch.manual_seed(0)
     tracked = build_model(name, 1, 10).to(device)
     # prune_at far away: the policy does all its per-epoch work but never prunes during this measurement
-    policy = EarlyPruningPolicy(tracked, example, Budget("flops", 0.5), importance="taylor", prune_at=10**6)
+    clock = {} if not epi_every else {"epi_every": epi_every, "steps_per_epoch": len(batches), "threshold": "auto"}
+    policy = EarlyPruningPolicy(tracked, example, Budget("flops", 0.5), importance="taylor", prune_at=10**6, **clock)
     run_epoch(plain, batches[:3], None)  # warm-up
     run_epoch(tracked, batches[:3], policy)
     dense_epoch, policy_epoch, end_of_epoch = [], [], []
@@ -115,7 +117,8 @@ def bench_model(name: str, batches: list, steps: int, repeats: int, channel_mult
     flops, params = prune_policy.count()
     med = statistics.median
     return {
-        "model": name, "batches_per_epoch": len(batches), "batch_size": len(y),
+        "model": name, "batches_per_epoch": len(batches), "batch_size": len(y), "epi_every": epi_every,
+        "probes_per_epoch": len(batches) // epi_every if epi_every else 1,
         "dense_epoch_s": med(dense_epoch), "policy_epoch_s": med(policy_epoch),
         "policy_overhead": med(policy_epoch) / med(dense_epoch) - 1.0,
         # the same split in two: policy.step() at every step, and end_epoch() (ranking, sub-network, EPI) once
@@ -139,6 +142,8 @@ def main() -> None:
     parser.add_argument("--channel-multiple", type=int, default=1, help="kept channels per layer: multiple of this")
     parser.add_argument("--flops-budget", type=float, default=0.5, help="FLOPs fraction of the pruned model")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--epi-every", type=int, default=0, help="0: probe at the epoch's end; N: the step clock, a "
+                        "probe every N steps with the auto threshold's two extra selections")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "overhead.json"))
     args = parser.parse_args()
     data = load_builtin()
@@ -148,7 +153,7 @@ def main() -> None:
     rows = []
     for name in args.models.split(","):
         rows.append(bench_model(name.strip(), batches, args.steps, args.repeats, args.channel_multiple,
-                                args.flops_budget))
+                                args.flops_budget, args.epi_every))
         r = rows[-1]
         print(f"{r['model']:>18}: policy overhead {100 * r['policy_overhead']:+.1f}%  "
               f"pruned speed-up {r['pruned_speedup']:.2f}x", file=sys.stderr)
@@ -164,7 +169,8 @@ def main() -> None:
             "threads": torch.get_num_threads(), "device": device.type,
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
             "flops_budget": args.flops_budget, "batches": args.batches, "batch_size": args.batch_size,
-            "steps": args.steps, "repeats": args.repeats, "channel_multiple": args.channel_multiple}
+            "steps": args.steps, "repeats": args.repeats, "channel_multiple": args.channel_multiple,
+            "epi_every": args.epi_every}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps({"meta": meta, "results": rows}, indent=1))

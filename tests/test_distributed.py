@@ -198,3 +198,38 @@ def test_under_torchrun_only_a_failed_collective_is_reported_as_one(monkeypatch,
     else:
         assert "a collective failed" in str(caught.value)
     assert trainer.DistributedError is DistributedError  # still importable from the trainer
+
+
+# 8 steps per epoch, a probe every 4: the fallback at 1.5 epochs is step 12, inside epoch 2
+STEP_CLOCK = ["--epi-every", "4", "--min-dense-epochs", "0", "--max-dense-epochs", "1.5", "--epi-threshold", "1.0"]
+
+
+def test_ranks_prune_at_the_same_step_inside_an_epoch_and_resume_there_identically(tmp_path):
+    """Two ranks on the step clock prune at one step (rank 0's decision is checked against each rank's own); a
+    run killed right after that mid-epoch prune resumes with every rank's own sums and data position."""
+    full, out = tmp_path / "full", tmp_path / "run"
+    proc = torchrun("-m", "epiprune", "train", *TINY, *STEP_CLOCK, "--out", str(full))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((full / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["prune_step"] == 12 and summary["prune_epoch"] == 2
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), "-m", "epiprune", "train", *TINY, *STEP_CLOCK, "--out", str(out)]
+    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    for line in proc.stdout:
+        if "pruned at step" in line:  # printed once the prune step's checkpoint is written
+            for pid in child_pids(proc.pid):
+                os.kill(pid, signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    resumed = torchrun("-m", "epiprune", "train", "--resume", str(out), "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "after step 4 of epoch 2" in resumed.stdout
+
+    def rows(folder):
+        return [{k: v for k, v in json.loads(line).items() if k != "epoch_seconds"}
+                for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+    assert rows(out) == rows(full)

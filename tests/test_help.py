@@ -50,3 +50,42 @@ def test_bare_epiprune_prints_its_commands_and_version_prints_the_version(capsys
     with pytest.raises(SystemExit) as done:
         main(["--version"])
     assert done.value.code == 0 and capsys.readouterr().out == f"epiprune {__version__}\n"
+
+
+def _readme_defaults() -> list[tuple[list[str], list[str]]]:
+    """README's train table rows whose meaning starts with one default per flag ('0, 2: ...'): (flags, defaults)."""
+    table = README.split("## `epiprune train`", 1)[1].split("\n\n", 2)[2].split("\n\n", 1)[0]
+    rows = []
+    for line in table.splitlines():
+        cells = line.split(" | ")
+        if len(cells) < 2 or not cells[0].startswith("| `--"):
+            continue
+        flags = re.findall(r"`(--[a-z0-9-]+)", cells[0])
+        head = cells[1].split(":", 1)[0]
+        values = [v.strip() for v in head.split(",")]
+        if ":" in cells[1] and len(values) == len(flags) > 0 and all(len(v.split()) == 1 and v.count("`") != 1
+                                                                     for v in values):
+            rows.append((flags, values))
+    return rows
+
+
+def _same(readme: str, default: object) -> bool:
+    if readme in ("none", "all") or (readme == "off" and default is False):
+        return default in (None, False)
+    try:
+        return float(readme) == float(default)
+    except (TypeError, ValueError):
+        return readme.strip("`") == str(default)
+
+
+def test_the_readme_table_states_the_defaults_train_help_states():
+    """Issue 20: README said --epi-smooth defaults to 1 while --help said 2. Each row of defaults is checked."""
+    from epiprune.run.config import TrainConfig
+
+    defaults = {"--" + f.name.replace("_", "-"): f.default for f in TrainConfig.options()}
+    rows = _readme_defaults()
+    assert len(rows) >= 8 and any("--epi-smooth" in flags for flags, _ in rows)
+    for flags, values in rows:
+        for flag, value in zip(flags, values, strict=True):
+            if flag in defaults:
+                assert _same(value, defaults[flag]), f"README says {flag} defaults to {value}, --help {defaults[flag]}"

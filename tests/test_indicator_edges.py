@@ -75,7 +75,7 @@ def test_trigger_rule_messages_name_the_setting():
                             ({"threshold": 1.5}, "EPI threshold 1.5 is outside (0, 1]"),
                             ({"min_dense_epochs": -1}, "min dense epochs -1 is too small (accepted: an integer >= 0)"),
                             ({"min_dense_epochs": 3, "max_dense_epochs": 2},
-                             "max dense epochs 2 must be >= min dense epochs 3 and >= 1"),
+                             "max dense epochs 2 must be >= min dense epochs 3 and > 0"),
                             ({"prune_at": -1}, "prune-at epoch -1 is too small (accepted: an integer >= 0)")]:
         with pytest.raises(EpipruneError) as err:
             TriggerRule(**kwargs)

@@ -37,6 +37,17 @@ def test_readme_policy_example_runs_and_prunes(tmp_path, capsys):
     assert state["policy"]["kept"] == policy.kept
 
 
+def test_readme_step_clock_example_runs_and_prunes_inside_an_epoch(capsys):
+    text = README.read_text()
+    block = re.search(r"<!-- example:step-clock -->\s*```python\n(.*?)```", text, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    policy = namespace["policy"]
+    assert policy.pruned and policy.clock is not None and policy.prune_step <= 12  # the fallback at 1.5 epochs
+    assert policy.history[-1].threshold is not None  # the auto threshold was measured
+    assert f"pruned at step {policy.prune_step}" in capsys.readouterr().out
+
+
 def loop(model, policy, optimizer, epochs, amp=False, channels_last=False, scheduler=None):
     torch.manual_seed(0)
     batches = [(torch.randn(16, 1, 16, 16), torch.randint(0, 10, (16,))) for _ in range(3)]
@@ -280,11 +291,13 @@ def test_summary_describes_the_run():
     summary = policy.summary()
     assert summary == {"budget": "flops:0.5", "importance": "taylor", "indicator": "epi", "window": 1,
                        "epi_average": "layer", "peak": 0, "smooth": 1, "threshold": 0.95, "prune_epoch": 2,
-                       "trigger": "epi",
+                       "trigger": "epi", "epi_every": 0, "prune_step": None,
                        "history": [{"epoch": 1, "epi": None, "widths": [1, 6], "decision": None, "earlybird": None,
-                                    "epi_layer": None, "epi_group": None},
+                                    "epi_layer": None, "epi_group": None, "step": None, "noise": None,
+                                    "threshold": 0.95, "compared": None, "compared_with": 0.95},
                                    {"epoch": 2, "epi": 1.0, "widths": [1, 6], "decision": "epi",
-                                    "earlybird": 1.0, "epi_layer": 1.0, "epi_group": 1.0}]}
+                                    "earlybird": 1.0, "epi_layer": 1.0, "epi_group": 1.0, "step": None,
+                                    "noise": None, "threshold": 0.95, "compared": 1.0, "compared_with": 0.95}]}
 
 
 def test_predicted_latency_of_given_widths(tmp_path):

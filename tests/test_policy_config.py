@@ -24,7 +24,7 @@ from epiprune.run.trainer import _make_policy
 from .helpers import ConvBNNet
 
 # PolicyConfig fields no TrainConfig option feeds directly: derived by TrainConfig.policy_config, or library-only
-DERIVED = {"max_dense_epochs", "latency"}
+DERIVED = {"max_dense_epochs", "latency", "epi_every", "steps_per_epoch"}
 LIBRARY_ONLY = {"min_channels", "require_peak"}
 
 # TrainConfig policy option -> (a non-default value, other settings it needs, what the built policy shows)
@@ -88,6 +88,17 @@ def test_derived_latency_settings_reach_the_policy(tmp_path):
     cfg = TrainConfig(latency_target="infer", latency_batch=4, channels_last=True)
     assert cfg.policy_config().latency == cfg.latency_settings()
     assert trainers_policy(cfg, tmp_path).config.latency == cfg.latency_settings()
+
+
+def test_the_derived_step_clock_reaches_the_trainers_policy(tmp_path):
+    """--epi-every and the loader's length become the policy's clock (and the epoch clock stays without one)."""
+    cfg = TrainConfig(epi_every="6", epi_threshold="auto", out=str(tmp_path))
+    cfg.validate()
+    policy = _make_policy(cfg, ConvBNNet(), torch.zeros(1, 1, 8, 8), Budget.parse(cfg.budget), tmp_path, False,
+                          lambda _: None, [], steps_per_epoch=10)
+    assert (policy.clock.every, policy.clock.steps_per_epoch, policy.auto_threshold) == (6, 10, True)
+    assert policy.rule.max_dense_epochs == cfg.epochs / 2  # the fallback at half the schedule, in epochs
+    assert trainers_policy(TrainConfig(out=str(tmp_path)), tmp_path).clock is None
 
 
 def test_from_config_builds_what_the_keywords_build():

@@ -83,17 +83,22 @@ def _report_run(out: Path, log: Callable[[str], None]) -> Path:
     if summary_path.is_file():
         summary = _read_json(summary_path)
         threshold, prune_epoch, trigger = summary["epi_threshold"], summary["prune_epoch"], summary["trigger"]
+        steps_per_epoch = summary.get("steps_per_epoch") if summary.get("epi_every") else None  # step clock
+        prune_step = summary.get("prune_step")
     else:  # still running or interrupted: the settings are in the checkpoint
         state = load_checkpoint(out / CHECKPOINT_FILE)
         config, policy = state["extra"]["config"], state["policy"]
         threshold = config.get("epi_threshold") or default_threshold(config.get("indicator", "epi"),
                                                                      config.get("importance", "taylor"))
-        prune_epoch, trigger = policy["prune_epoch"], policy["trigger"]
+        prune_epoch, trigger, prune_step = policy["prune_epoch"], policy["trigger"], policy.get("prune_step")
+        steps_per_epoch = (policy.get("clock") or {}).get("steps_per_epoch")
+    if threshold == "auto":
+        threshold = None  # per probe, in the metrics
     log("epoch  train loss  val top-1    EPI   MFLOPs  pruned")
     for m in metrics:
         epi = "    -" if m.get("epi") is None else f"{m['epi']:.3f}"
         log(f"{m['epoch']:5d}  {m['train_loss']:10.4f}  {100 * m['val_top1']:8.2f}%  {epi}  {m['flops'] / 1e6:7.2f}"
             f"  {'yes' if m['pruned'] else 'no'}")
-    plot_epi(metrics, out / "epi.png", threshold, prune_epoch, trigger)
+    plot_epi(metrics, out / "epi.png", threshold, prune_epoch, trigger, steps_per_epoch, prune_step)
     log(f"wrote {out / 'epi.png'}")
     return out

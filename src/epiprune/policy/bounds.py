@@ -23,7 +23,8 @@ def check_at_least(setting: str, value: int | None, name: str | None = None) -> 
     """Refuse an integer setting below its bound (None: not set, accepted)."""
     low = LOWER_BOUNDS[setting]
     if value is not None and value < low:
-        raise EpipruneError(f"{name or NAMES[setting]} {value} is too small (accepted: an integer >= {low}"
+        shown = f"{value:g}" if isinstance(value, float) else value  # --min-dense-epochs -1 parses as -1.0
+        raise EpipruneError(f"{name or NAMES[setting]} {shown} is too small (accepted: an integer >= {low}"
                             f"{NOTES.get(setting, '')})")
 
 

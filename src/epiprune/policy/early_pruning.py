@@ -1,13 +1,17 @@
-"""EarlyPruningPolicy: what a training loop calls to prune at the epoch the Early Pruning Indicator picks.
+"""EarlyPruningPolicy: what a training loop calls to prune at the moment the Early Pruning Indicator picks.
 
-    policy = EarlyPruningPolicy(model, example_inputs, budget=Budget("flops", 0.5))
+On the step clock (epi_every=N) the policy probes every N optimizer steps and prunes inside step():
+
+    policy = EarlyPruningPolicy(model, example_inputs, Budget("flops", 0.5), epi_every=24,
+                                steps_per_epoch=len(loader), threshold="auto")
     for epoch in range(epochs):
         for x, y in loader:
             loss_fn(model(x), y).backward()
-            policy.step()                     # after backward, before the gradients are zeroed
+            policy.step(optimizer=optimizer)  # after backward; True at the step it prunes (grads cut too)
             optimizer.step(); optimizer.zero_grad()
-        if policy.end_epoch(optimizer):       # True in the epoch it prunes: model and optimizer are updated
-            ...
+
+On the epoch clock (epi_every=0) it probes once per epoch: call policy.step() every step and
+`policy.end_epoch(optimizer)` after each epoch (True in the epoch it prunes).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from epiprune.costs.model import Cost
 from epiprune.costs.timing import LatencySettings
 from epiprune.errors import EpipruneError
 from epiprune.policy.bounds import check_at_least, check_epi_average
+from epiprune.policy.clock import AUTO, StepClock
 from epiprune.policy.config import PolicyConfig
 from epiprune.policy.importance import (
     IMPORTANCE_MEMBERS,
@@ -44,6 +49,7 @@ from epiprune.policy.indicator import (
     TriggerRule,
     early_pruning_indicator,
     earlybird_stability,
+    structural_similarity,
 )
 from epiprune.policy.subnetwork import check_budget, normalise_per_group, select_subnetwork, widths_of
 from epiprune.surgery import PrunableGraph
@@ -70,17 +76,35 @@ def _resolve_variants(importance: str | Importance, indicator: str | Indicator, 
     return importance_type, kind
 
 
-@dataclass
-class EpochRecord:
-    """What the policy saw at the end of one dense epoch."""
+def _make_clock(epi_every: int, steps_per_epoch: int | None) -> StepClock | None:
+    """The step clock epi_every asks for (None: the epoch clock); it needs the epoch's length in steps."""
+    if epi_every == 0:
+        return None
+    if steps_per_epoch is None:
+        raise EpipruneError(f"epi_every {epi_every} needs steps_per_epoch (accepted: the optimizer steps of one "
+                            "epoch, e.g. len(loader): the dense span and the fallback are counted in epochs)")
+    return StepClock(epi_every, steps_per_epoch)
 
-    epoch: int
+
+@dataclass
+class ProbeRecord:
+    """What the policy saw at one probe (the end of a dense epoch on the epoch clock)."""
+
+    epoch: int  # the (1-based) epoch the probe fell in
     epi: float | None  # the EPI the rule used (per layer or per group, as the policy averages)
     widths: list[int]  # kept channels per group of the dominant sub-network
     decision: str | None  # 'epi', 'earlybird', 'fixed', 'fallback' or None
     earlybird: float | None = None  # 1 - max recent mask distance (Early-Bird's test as a similarity)
     epi_layer: float | None = None  # EPI averaged over layers (the paper's formula)
     epi_group: float | None = None  # EPI averaged over channel groups (each group once)
+    step: int | None = None  # optimizer steps seen at the probe (step clock)
+    noise: float | None = None  # similarity of the sub-networks of the probe interval's two halves (step clock)
+    threshold: float | None = None  # the threshold of this probe (fixed tau, or the auto threshold's running mean)
+    compared: float | None = None  # the (smoothed) signal the rule compared ...
+    compared_with: float | None = None  # ... with this (smoothed) threshold
+
+
+EpochRecord = ProbeRecord  # the name before the step clock
 
 
 class EarlyPruningPolicy:
@@ -107,6 +131,11 @@ class EarlyPruningPolicy:
     loss of accuracy (docs/RESULTS.md, issue 13's study); it also means EPI fires at epoch r + 2 at the earliest.
     min_dense_epochs / max_dense_epochs: earliest EPI trigger / latest epoch (then prune anyway, 'fallback').
     prune_at: prune after exactly this many dense epochs instead of asking EPI.
+    epi_every, steps_per_epoch: the step clock (policy.clock): probe every `epi_every` optimizer steps from step(),
+    the epochs above being fractional (steps / steps_per_epoch) and met at the first probe at or after them;
+    0 (default): the epoch clock, end_epoch() probes. threshold 'auto' (step clock, Taylor importance): the running
+    mean of the similarity of the sub-networks selected from each probe interval's two halves (the noise floor;
+    see policy/clock.py), compared with EPI under the same smoothing.
     channel_multiple: keep a multiple of this many channels per group (e.g. 8: faster kernels, coarser budget).
     """
 
@@ -120,7 +149,8 @@ class EarlyPruningPolicy:
                  latency: LatencySettings | None = None, latency_table: str | Path | None = None,
                  log: Callable[[str], None] = print, progress: bool = True,
                  epi_average: str = PolicyConfig.epi_average, peak: int = PolicyConfig.peak,
-                 smooth: int = PolicyConfig.smooth, earlybird_queue: int = PolicyConfig.earlybird_queue) -> None:
+                 smooth: int = PolicyConfig.smooth, earlybird_queue: int = PolicyConfig.earlybird_queue,
+                 epi_every: int = PolicyConfig.epi_every, steps_per_epoch: int | None = None) -> None:
         # Long on purpose: the set-up steps in their order (variants, rule, graph, cost model, budget check,
         # importance), each refusing bad input before the next, more expensive one runs.
         settings = dict(locals())  # the keyword arguments, recorded as a PolicyConfig below (names are its fields)
@@ -129,6 +159,11 @@ class EarlyPruningPolicy:
         self.indicator = kind.name
         self.epi_average = epi_average
         self.earlybird_queue = earlybird_queue
+        self.clock = _make_clock(epi_every, steps_per_epoch)
+        self.auto_threshold = threshold == AUTO
+        if self.auto_threshold and (self.clock is None or not importance_type.needs_gradients):
+            raise EpipruneError(f"threshold {AUTO!r} needs the step clock and a gradient importance (accepted: "
+                                f"epi_every >= 2 with importance taylor, or a number in (0, 1])")
         if threshold is None:
             threshold = kind.default_threshold(importance_type)
         self.model = model
@@ -138,12 +173,19 @@ class EarlyPruningPolicy:
         self.config.budget, self.config.importance, self.config.indicator = \
             str(self.budget), self.importance_kind, kind.name
         signal_window = earlybird_queue if kind.bn_masks else window
-        if min_dense_epochs is None:  # EPI (Early-Bird's test) is defined from epoch r + 1
-            min_dense_epochs = 0 if prune_at is not None else signal_window + 1
+        if self.clock is None:
+            for name, value in (("min dense epochs", min_dense_epochs), ("max dense epochs", max_dense_epochs),
+                                ("prune-at epoch", prune_at)):
+                if value is not None and value != int(value):
+                    raise EpipruneError(f"{name} {value:g} is not a whole number of epochs (accepted: fractions "
+                                        "of an epoch on the step clock, epi_every >= 2)")
+        if min_dense_epochs is None:  # EPI (Early-Bird's test) is defined from epoch r + 1 (probe r + 1)
+            min_dense_epochs = 0 if prune_at is not None or self.clock is not None else signal_window + 1
             if max_dense_epochs is not None:  # a short schedule: the fallback comes first
                 min_dense_epochs = min(min_dense_epochs, max_dense_epochs)
         self.rule = TriggerRule(window=window,
-                                threshold=threshold, min_dense_epochs=min_dense_epochs,
+                                threshold=None if self.auto_threshold else threshold,
+                                min_dense_epochs=min_dense_epochs,
                                 max_dense_epochs=None if prune_at is not None else max_dense_epochs,
                                 prune_at=prune_at, require_peak=require_peak, peak=peak,
                                 smooth=smooth if kind.smoothed else 1, strict=kind.strict)
@@ -172,11 +214,12 @@ class EarlyPruningPolicy:
             importance.bind(self.graph)
             self.importance = importance
         self.layer_weights = [g.layers for g in self.graph.groups]
-        self.history: list[EpochRecord] = []
+        self.history: list[ProbeRecord] = []
         self.masks: list[np.ndarray] = []  # concatenated keep-masks per dense epoch (for Early-Bird)
         self.last_scores: list[np.ndarray] | None = None  # the scores of the latest dominant sub-network
         self.epoch = 0
         self.prune_epoch: int | None = None
+        self.prune_step: int | None = None  # the optimizer step it pruned at (step clock)
         self.trigger: str | None = None
         self.kept: dict[str, list[int]] | None = None  # kept channel indices per group, once pruned
 
@@ -199,12 +242,30 @@ class EarlyPruningPolicy:
     def epi_history(self) -> list[float | None]:
         return [r.epi for r in self.history]
 
-    def step(self, grad_scale: float = 1.0) -> None:
-        """Accumulate importance from the current gradients (call after backward, before zero_grad).
-        Under DistributedDataParallel the gradients are already averaged across ranks after backward.
-        grad_scale: the loss scale when gradients are still scaled (AMP GradScaler.get_scale()); 1 otherwise."""
-        if not self.pruned:
-            self.importance.step(grad_scale)
+    def step(self, grad_scale: float = 1.0, optimizer: torch.optim.Optimizer | None = None) -> bool:
+        """Accumulate importance from the current gradients (call after backward, before the optimizer steps and
+        zeroes them). Under DistributedDataParallel the gradients are already averaged across ranks after backward.
+        grad_scale: the loss scale when gradients are still scaled (AMP GradScaler.get_scale()); 1 otherwise.
+        On the step clock every `epi_every`-th call is a probe and may prune: then it returns True, the model is
+        smaller, its gradients are cut with it (the optimizer's step that follows updates the kept weights) and
+        `optimizer`, if given, points at the new tensors with its state carried (without it, make a new one)."""
+        if self.pruned:
+            return False
+        self.importance.step(grad_scale)
+        clock = self.clock
+        if clock is None:
+            return False
+        clock.tick()
+        if clock.at_half and self.importance.needs_gradients:
+            distributed.all_reduce_mean_(self.importance.state_tensors())
+            clock.half = self.importance.scores()
+        if not clock.at_probe:
+            return False
+        decision, masks = self._observe(None)
+        if decision is None:
+            return False
+        self._prune(masks, optimizer, decision)
+        return True
 
     def current_scores(self) -> list[np.ndarray]:
         """Per-channel importance of every group seen so far this epoch (weights if no gradients were seen)."""
@@ -247,9 +308,10 @@ class EarlyPruningPolicy:
                   scores: Sequence[np.ndarray] | None = None) -> bool:
         """Close a training epoch: extract the dominant sub-network, update EPI, prune if the rule says so.
         scores: importance recorded earlier (one array per group) to use instead of what step() accumulated.
-        Returns True in the epoch it prunes (the model is smaller and the optimizer points at the new tensors)."""
+        Returns True in the epoch it prunes (the model is smaller and the optimizer points at the new tensors).
+        On the step clock it only counts the epoch (step() probes)."""
         self.epoch += 1
-        if self.pruned:
+        if self.pruned or (self.clock is not None and scores is None):
             return False
         decision, masks = self._observe(scores)
         if decision is None:
@@ -264,6 +326,8 @@ class EarlyPruningPolicy:
         the surgery, before_prune(epoch) must put that epoch's weights into the model and return the optimizer to
         carry (or None). This branches a pruned run from a dense one without training the dense epochs again.
         Returns the prune epoch, or None if the rule never fires within the recorded epochs."""
+        if self.clock is not None:
+            raise EpipruneError("replay decides on the epoch clock (accepted: a policy with epi_every=0)")
         for scores in recorded:
             self.epoch += 1
             decision, masks = self._observe(scores)
@@ -273,7 +337,8 @@ class EarlyPruningPolicy:
         return None
 
     def _observe(self, scores: Sequence[np.ndarray] | None) -> tuple[str | None, list[np.ndarray]]:
-        """This epoch's dominant sub-network, EPI and Early-Bird signal, recorded in history; the rule's decision."""
+        """This probe's dominant sub-network, EPI, Early-Bird signal and (step clock) noise floor, recorded in
+        history; the rule's decision."""
         masks = self._synchronised_subnetwork(scores)
         widths = widths_of(masks)
         history = [r.widths for r in self.history] + [widths]
@@ -283,15 +348,57 @@ class EarlyPruningPolicy:
         kind = self.indicator_kind
         self.masks.append(self.earlybird_mask() if kind.bn_masks else np.concatenate(masks))
         eb = earlybird_stability(self.masks, self.earlybird_queue if kind.bn_masks else self.rule.window)
+        clock = self.clock
+        noise = self._noise_similarity(widths) if clock is not None else None
+        if clock is not None and noise is not None:
+            clock.noise.append(noise)
+        threshold = clock.threshold() if self.auto_threshold else self.rule.threshold
+        signals = [*(getattr(r, kind.signal) for r in self.history), {"epi": epi, "earlybird": eb}[kind.signal]]
+        thresholds = [*(r.threshold for r in self.history), threshold]
+        compared, compared_with = self.rule.compared(signals, thresholds)
         decision = None
         if kind.prunes:
-            signal = {"epi": epi, "earlybird": eb}[kind.signal]
-            decision = self.rule.decide(self.epoch, [*(getattr(r, kind.signal) for r in self.history), signal])
+            decision = self.rule.decide(self.epoch if clock is None else clock.epochs, signals, thresholds)
             decision = kind.trigger if decision == "epi" else decision
         decision = distributed.agree_with_rank0(decision, "pruning decision")
-        self.history.append(EpochRecord(self.epoch, epi, widths, decision, eb, epi_layer, epi_group))
+        epoch = self.epoch if clock is None else clock.epoch
+        self.history.append(ProbeRecord(epoch, epi, widths, decision, eb, epi_layer, epi_group,
+                                        None if clock is None else clock.step, noise, threshold, compared,
+                                        compared_with))
         self.importance.reset()
+        if clock is not None:
+            clock.half = None
         return decision, masks
+
+    def epi_cannot_fire_before_fallback(self) -> str | None:
+        """One line saying why the indicator cannot fire before the fallback under these settings, or None. EPI
+        needs window + smooth probes (the first window + 1 to be defined, then smooth values to average)."""
+        rule = self.rule
+        if not self.indicator_kind.prunes or rule.prune_at is not None or rule.max_dense_epochs is None:
+            return None
+        probes = rule.window + rule.smooth if not self.indicator_kind.bn_masks else self.earlybird_queue + 1
+        clock = self.clock
+        earliest = float(probes) if clock is None else probes * clock.every / clock.steps_per_epoch
+        earliest = max(earliest, rule.min_dense_epochs)
+        if earliest <= rule.max_dense_epochs:
+            return None
+        unit = "epochs" if clock is None else f"probes of {clock.every} steps"
+        when = "" if clock is None else f", until epoch {earliest:.2f}"
+        return (f"{self.indicator} cannot fire before the fallback at epoch {rule.max_dense_epochs:g}: it needs "
+                f"{probes} {unit} (window + smoothing){when}; the run will prune by fallback (accepted: --epi-every "
+                "auto or a smaller --epi-window / --epi-smooth, or a later --max-dense-epochs)")
+
+    def _noise_similarity(self, widths: list[int]) -> float | None:
+        """Similarity (as EPI averages it) of the sub-networks selected from the two halves of the probe interval
+        that ends now; None without a snapshot at the half (no gradient importance, or the first interval of a
+        resumed run that started after its half)."""
+        half = self.clock.half
+        if half is None or not self.importance.needs_gradients:
+            return None
+        second = [np.maximum(full - first, 0.0) for full, first in zip(self.last_scores, half, strict=True)]
+        a, b = widths_of(self.select(half)), widths_of(self.select(second))
+        weights = self.layer_weights if self.epi_average == "layer" else None
+        return structural_similarity(a, b, weights)
 
     def prune_now(self, optimizer: torch.optim.Optimizer | None = None, trigger: str = "fixed") -> None:
         """Prune immediately to the budget from the importance seen so far (weights if none)."""
@@ -314,7 +421,8 @@ class EarlyPruningPolicy:
         self.graph.prune(masks, optimizer)
         self.importance.reset()  # accumulators now have the pruned widths (and are no longer used)
         self.kept = {name: np.flatnonzero(m).tolist() for name, m in zip(self.group_names, masks, strict=True)}
-        self.prune_epoch, self.trigger = self.epoch, trigger
+        self.prune_epoch, self.trigger = self.epoch if self.clock is None else self.clock.epoch, trigger
+        self.prune_step = None if self.clock is None else self.clock.step
 
     def predicted_latency_ms(self, widths: Sequence[int] | None = None) -> float | None:
         """The latency cost model's milliseconds for `widths` (default: the model's current widths); None without a
@@ -336,7 +444,8 @@ class EarlyPruningPolicy:
         return {"budget": str(self.budget), "importance": self.importance_kind, "group_names": self.group_names,
                 "indicator": self.indicator, "masks": [torch.as_tensor(m) for m in self.masks],
                 "epoch": self.epoch, "history": [asdict(r) for r in self.history], "prune_epoch": self.prune_epoch,
-                "trigger": self.trigger, "kept": self.kept,
+                "trigger": self.trigger, "kept": self.kept, "prune_step": self.prune_step,
+                "clock": None if self.clock is None else self.clock.state_dict(),
                 **{f"importance_{key}": value for key, value in self.importance.state_dict().items()}}
 
     def load_state_dict(self, state: dict) -> None:
@@ -352,7 +461,13 @@ class EarlyPruningPolicy:
             self.graph.prune([state["kept"][name] for name in self.group_names])
         self.kept = state["kept"]
         self.epoch, self.prune_epoch, self.trigger = state["epoch"], state["prune_epoch"], state["trigger"]
-        self.history = [EpochRecord(**r) for r in state["history"]]
+        self.prune_step = state.get("prune_step")
+        if (state.get("clock") is None) != (self.clock is None):
+            raise EpipruneError("policy state does not match: one clock probes per epoch, the other every N steps "
+                                "(accepted: the same epi_every)")
+        if self.clock is not None:
+            self.clock.load_state_dict(state["clock"])
+        self.history = [ProbeRecord(**r) for r in state["history"]]
         self.masks = [m.numpy() for m in state.get("masks", [])]
         self.importance.reset()
         if not self.pruned:  # importance_steps, importance_totals (taylor), importance_draws (random)
@@ -362,6 +477,7 @@ class EarlyPruningPolicy:
     def summary(self) -> dict:
         return {"budget": str(self.budget), "importance": self.importance_kind, "indicator": self.indicator,
                 "window": self.rule.window, "epi_average": self.epi_average, "peak": self.rule.peak,
-                "smooth": self.rule.smooth,
-                "threshold": self.rule.threshold, "prune_epoch": self.prune_epoch, "trigger": self.trigger,
+                "smooth": self.rule.smooth, "epi_every": 0 if self.clock is None else self.clock.every,
+                "threshold": AUTO if self.auto_threshold else self.rule.threshold, "prune_epoch": self.prune_epoch,
+                "prune_step": self.prune_step, "trigger": self.trigger,
                 "history": [asdict(r) for r in self.history]}

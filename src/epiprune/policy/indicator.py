@@ -120,22 +120,25 @@ def earlybird_stability(masks: Sequence[np.ndarray], window: int) -> float | Non
 
 @dataclass
 class TriggerRule:
-    """Decide at the end of each dense epoch whether to prune now.
+    """Decide at each probe (the end of a dense epoch on the epoch clock, every N steps on the step clock) whether
+    to prune now. Times are in epochs: whole on the epoch clock, fractional (steps / steps per epoch) on the step
+    clock.
 
-    threshold: tau; prune at the first epoch with EPI >= tau (and, with require_peak, EPI also the highest of
-    the window so far). peak: also require EPI_t > EPI_{t-j} for j = 1..peak (the paper's peak condition, where
-    those are defined). smooth: compare the mean of the last `smooth` EPI values with tau instead of EPI_t alone.
-    strict: '>' instead of '>=' (Early-Bird's distance < epsilon).
-    min_dense_epochs: never before this many dense epochs. max_dense_epochs: prune at this
-    epoch anyway (trigger 'fallback') if EPI has not fired; None means no limit. prune_at: ignore EPI and prune
-    after exactly this many dense epochs (trigger 'fixed').
+    threshold: tau; prune at the first probe with EPI >= tau (and, with require_peak, EPI also the highest of
+    the window so far); None: the threshold is given per probe (decide's `thresholds`, the auto threshold).
+    peak: also require EPI_t > EPI_{t-j} for j = 1..peak (the paper's peak condition, where those are defined).
+    smooth: compare the mean of the last `smooth` EPI values with tau (with per-probe thresholds: with the mean of
+    the last `smooth` thresholds) instead of EPI_t alone. strict: '>' instead of '>=' (Early-Bird's distance <
+    epsilon). min_dense_epochs: never before this time. max_dense_epochs: prune at this time anyway (trigger
+    'fallback') if EPI has not fired; None means no limit. prune_at: ignore EPI and prune at the first probe at or
+    after this time (trigger 'fixed').
     """
 
     window: int = DEFAULT_WINDOW
-    threshold: float = TAYLOR_TAU
-    min_dense_epochs: int = 1
-    max_dense_epochs: int | None = None
-    prune_at: int | None = None
+    threshold: float | None = TAYLOR_TAU
+    min_dense_epochs: float = 1
+    max_dense_epochs: float | None = None
+    prune_at: float | None = None
     require_peak: bool = False
     peak: int = 0
     smooth: int = 1
@@ -145,21 +148,21 @@ class TriggerRule:
         for setting in ("window", "min_dense_epochs", "prune_at", "peak", "smooth"):
             check_at_least(setting, getattr(self, setting))
         check_threshold(self.threshold)
-        if self.max_dense_epochs is not None and self.max_dense_epochs < max(1, self.min_dense_epochs):
-            raise EpipruneError(f"max dense epochs {self.max_dense_epochs} must be >= min dense epochs "
-                             f"{self.min_dense_epochs} and >= 1")
+        if self.max_dense_epochs is not None and (self.max_dense_epochs < self.min_dense_epochs
+                                                  or self.max_dense_epochs <= 0):
+            raise EpipruneError(f"max dense epochs {self.max_dense_epochs:g} must be >= min dense epochs "
+                                f"{self.min_dense_epochs:g} and > 0")
 
-    def decide(self, epoch: int, epi_history: Sequence[float | None]) -> str | None:
-        """epoch: dense epochs completed (1-based); epi_history: EPI after each of them (None where undefined).
-        Returns 'fixed', 'epi' or 'fallback' to prune now, else None."""
+    def decide(self, epoch: float, epi_history: Sequence[float | None],
+               thresholds: Sequence[float | None] | None = None) -> str | None:
+        """epoch: dense epochs completed (fractional on the step clock); epi_history: EPI at each probe so far
+        (None where undefined); thresholds: the threshold of each probe (needed when the rule has none of its own;
+        None entries: not yet known). Returns 'fixed', 'epi' or 'fallback' to prune now, else None."""
         if self.prune_at is not None:
             return "fixed" if epoch >= self.prune_at else None
-        epi = epi_history[-1] if epi_history else None
-        if epi is not None and self.smooth > 1:
-            last = epi_history[-self.smooth:]
-            epi = None if len(last) < self.smooth or None in last else float(np.mean(last))
-        if epoch >= self.min_dense_epochs and epi is not None and (
-                epi > self.threshold if self.strict else epi >= self.threshold):
+        epi, tau = self.compared(epi_history, thresholds)
+        if epoch >= self.min_dense_epochs and epi is not None and tau is not None and (
+                epi > tau if self.strict else epi >= tau):
             recent = [e for e in epi_history[-self.window - 1:] if e is not None]
             earlier = [e for e in epi_history[-self.peak - 1:-1] if e is not None] if self.peak else []
             if (not self.require_peak or epi_history[-1] >= max(recent)) and all(epi_history[-1] > e for e in earlier):
@@ -167,3 +170,17 @@ class TriggerRule:
         if self.max_dense_epochs is not None and epoch >= self.max_dense_epochs:
             return "fallback"
         return None
+
+    def compared(self, epi_history: Sequence[float | None],
+                 thresholds: Sequence[float | None] | None = None) -> tuple[float | None, float | None]:
+        """(the value the rule compares, the threshold it compares it with) after the last probe of epi_history:
+        both smoothed alike; None where not yet defined."""
+        tau = self.threshold if self.threshold is not None else self._smoothed(thresholds or [])
+        return self._smoothed(epi_history), tau
+
+    def _smoothed(self, values: Sequence[float | None]) -> float | None:
+        """The mean of the last `smooth` values; None while one of them is undefined."""
+        last = values[-self.smooth:]
+        if len(last) < self.smooth or not last or None in last:
+            return None
+        return float(np.mean(last))

@@ -23,12 +23,27 @@ from epiprune.models import MODELS, check_model_name, is_import_path
 from epiprune.models.user import factory_arguments, import_factory, parse_layer_names, parse_model_kwargs
 from epiprune.numerics import AMP_DTYPES
 from epiprune.policy.bounds import EPI_AVERAGES, check_at_least, check_epi_average, check_threshold
+from epiprune.policy.clock import AUTO
 from epiprune.policy.config import PolicyConfig
 from epiprune.policy.importance import IMPORTANCES, MAGNITUDE_TAU, TAYLOR_TAU
 from epiprune.policy.indicator import INDICATORS
 from epiprune.run.data import DATASETS
 
 OPTIMIZERS = ("sgd", "adamw")
+DEFAULT_EPI_EVERY = "epoch"
+# --epi-every auto: probes over the whole schedule (24 steps at 12 epochs of 47 steps: issue 20's offline look)
+PROBES_PER_SCHEDULE = 24
+
+
+def parse_threshold(text: str) -> float | str:
+    """--epi-threshold: a number, or 'auto'."""
+    if text == AUTO:
+        return AUTO
+    try:
+        return float(text)
+    except ValueError:
+        raise EpipruneError(f"--epi-threshold {text!r} is not a number (accepted: a threshold in (0, 1], or "
+                            "auto)") from None
 
 
 def int_list(text: str, what: str) -> list[int]:
@@ -123,9 +138,16 @@ class TrainConfig:
                             "earlybird-budget (masks of the budget's sub-network over the EPI window, distances <= "
                             "epsilon); none (dense training, EPI still tracked)")
     epi_window: int = option(PolicyConfig.window, policy="window", help="r: earlier epochs EPI compares with")
-    epi_threshold: float | None = option(None, policy="threshold", help=f"tau: prune when EPI >= tau (default "
-                                         f"{TAYLOR_TAU} for taylor, {MAGNITUDE_TAU} for magnitude, the paper's "
-                                         "values)")
+    epi_threshold: float | str | None = option(None, policy="threshold", metavar="TAU", parse=parse_threshold,
+                                               help=f"tau: prune when EPI >= tau (default {TAYLOR_TAU} for taylor, "
+                                               f"{MAGNITUDE_TAU} for magnitude, the paper's values); 'auto' (step "
+                                               "clock, taylor): the run's noise floor, the running mean of the "
+                                               "similarity of sub-networks selected from the two halves of each "
+                                               "probe interval")
+    epi_every: str = option(DEFAULT_EPI_EVERY, metavar="STEPS", help="when EPI probes the dominant sub-network: "
+                            "'epoch' (once per epoch), N (every N optimizer steps, N >= 2: the step clock, which "
+                            "prunes inside an epoch), or 'auto' (the step clock with "
+                            f"{PROBES_PER_SCHEDULE} probes over the schedule, at least 2 steps apart)")
     epi_average: str = option(PolicyConfig.epi_average, choices=EPI_AVERAGES, policy="epi_average",
                               help="EPI's mean of layer distances: over layers (the "
                               "paper: a channel group spanning k conv/linear layers counts k times) or over channel "
@@ -139,10 +161,12 @@ class TrainConfig:
     earlybird_queue: int = option(PolicyConfig.earlybird_queue, policy="earlybird_queue",
                                   help="--indicator earlybird: successive mask distances that must "
                                   "all be below epsilon")
-    min_dense_epochs: int | None = option(None, policy="min_dense_epochs",
-                                          help="never prune earlier (default: window+1)")
-    max_dense_epochs: int | None = option(None, help="prune at this epoch anyway if EPI has not triggered (default: "
-                                          "half the epochs)")
+    min_dense_epochs: float | None = option(None, policy="min_dense_epochs",
+                                            help="never prune earlier (fractions of an epoch on the step clock) "
+                                            "(default: window+1 on the epoch clock, 0 on the step clock)")
+    max_dense_epochs: float | None = option(None, help="prune at this epoch anyway if EPI has not triggered "
+                                            "(fractions of an epoch on the step clock) (default: half the epochs, "
+                                            "rounded down on the epoch clock)")
     prune_at: int | None = option(None, policy="prune_at",
                                   help="ignore EPI: prune after exactly this many dense epochs (0: at "
                                   "initialisation) (default: none, --indicator decides)")
@@ -247,14 +271,18 @@ class TrainConfig:
             raise EpipruneError(f"unknown optimizer {self.optimizer!r} (accepted: {', '.join(OPTIMIZERS)})")
         if not 0 <= self.momentum < 1:
             raise EpipruneError(f"--momentum {self.momentum} is outside [0, 1)")
-        if self.epi_window + 2 > self.epochs and self.prune_at is None and self.indicator != "none":
+        self._validate_clock()
+        if self.epi_every == "epoch" and self.epi_window + 2 > self.epochs and self.prune_at is None and \
+                self.indicator != "none":
             raise EpipruneError(f"EPI window {self.epi_window} is too large for {self.epochs} epochs (accepted: a "
                                 f"window <= epochs - 2: EPI needs window + 1 dense epochs, then pruned training)")
         if self.prune_at is not None and not 0 <= self.prune_at < self.total_epochs:
             raise EpipruneError(f"prune-at epoch {self.prune_at} is outside 0..{self.total_epochs - 1}")
-        check_threshold(self.epi_threshold, "--epi-threshold")
-        if self.max_dense_epochs is not None and not 1 <= self.max_dense_epochs < self.epochs:
-            raise EpipruneError(f"max dense epochs {self.max_dense_epochs} is outside 1..{self.epochs - 1}")
+        if self.epi_threshold != AUTO:
+            check_threshold(self.epi_threshold, "--epi-threshold")
+        if self.max_dense_epochs is not None and not 0 < self.max_dense_epochs < self.epochs:
+            raise EpipruneError(f"max dense epochs {self.max_dense_epochs:g} is outside (0, {self.epochs}) (accepted: "
+                                f"1..{self.epochs - 1} on the epoch clock, fractions on the step clock)")
         check_epi_average(self.epi_average)
         if not (self.bn_l1 >= 0 and math.isfinite(self.bn_l1)):
             raise EpipruneError(f"--bn-l1 {self.bn_l1} is not a number >= 0 (accepted: e.g. 1e-4, or 0 for none)")
@@ -290,11 +318,47 @@ class TrainConfig:
         if is_import_path(self.model):
             factory_arguments(import_factory(self.model), self.model, self.model_kwargs, 3, 10)
 
-    def policy_config(self) -> PolicyConfig:
-        """The policy's settings: each field that declares `policy=` feeds that PolicyConfig field; two are
-        derived: max_dense_epochs (the fallback, resolved from the schedule) and latency (what the table times)."""
+    def policy_config(self, steps_per_epoch: int | None = None) -> PolicyConfig:
+        """The policy's settings: each field that declares `policy=` feeds that PolicyConfig field; the others are
+        derived: max_dense_epochs (the fallback, resolved from the schedule), latency (what the table times) and the
+        clock (epi_every and steps_per_epoch: the step clock needs the epoch's length, the run's batches per epoch)."""
         values = {f.metadata["policy"]: getattr(self, f.name) for f in fields(self) if f.metadata.get("policy")}
-        return PolicyConfig(**values, max_dense_epochs=self.resolved_max_dense_epochs, latency=self.latency_settings())
+        every = 0 if self.epi_every == "epoch" else self.resolved_epi_every(steps_per_epoch)
+        return PolicyConfig(**values, max_dense_epochs=self.resolved_max_dense_epochs, latency=self.latency_settings(),
+                            epi_every=every, steps_per_epoch=steps_per_epoch if every else None)
+
+    def resolved_epi_every(self, steps_per_epoch: int | None) -> int:
+        """Optimizer steps between probes (0: the epoch clock); 'auto' spreads PROBES_PER_SCHEDULE probes over the
+        schedule's steps (at least 2 steps apart: each probe's noise estimate needs two halves)."""
+        if self.epi_every == "epoch":
+            return 0
+        if self.epi_every != "auto":
+            return int(self.epi_every)
+        if steps_per_epoch is None:
+            raise EpipruneError("--epi-every auto needs the epoch's length in steps (accepted: a number of steps)")
+        return max(2, round(self.epochs * steps_per_epoch / PROBES_PER_SCHEDULE))
+
+    def _validate_clock(self) -> None:
+        """--epi-every's form, and the settings that mean something on one clock only."""
+        every = self.epi_every
+        if every not in ("epoch", "auto") and not (every.isdigit() and int(every) >= 2):
+            raise EpipruneError(f"--epi-every {every!r} is not a clock (accepted: epoch, auto, or a number of "
+                                "optimizer steps >= 2)")
+        if every == "epoch":
+            if self.epi_threshold == AUTO:
+                raise EpipruneError("--epi-threshold auto needs the step clock (accepted: --epi-every auto or a "
+                                    "number of steps, or a threshold in (0, 1])")
+            for flag, value in (("--min-dense-epochs", self.min_dense_epochs),
+                                ("--max-dense-epochs", self.max_dense_epochs)):
+                if value is not None and value != int(value):
+                    raise EpipruneError(f"{flag} {value:g} is not a whole number of epochs (accepted: fractions "
+                                        "on the step clock, --epi-every auto or a number of steps)")
+        elif self.record_scores or self.branch_from is not None:
+            raise EpipruneError("--record-scores and --branch-from work on the epoch clock only so far (accepted: "
+                                "--epi-every epoch with them)")
+        elif self.epi_threshold == AUTO and self.importance != "taylor":
+            raise EpipruneError(f"--epi-threshold auto needs gradient importance, not {self.importance!r} "
+                                "(accepted: --importance taylor, or a threshold in (0, 1])")
 
     def latency_settings(self) -> LatencySettings:
         """What a latency table for this run times: its target, batch, memory format and autocast dtype."""
@@ -332,10 +396,13 @@ class TrainConfig:
         return self.epochs + self.finetune_epochs
 
     @property
-    def resolved_max_dense_epochs(self) -> int:
-        """Default fallback: half the schedule (EPI's promise is to prune early), at least window + 1."""
+    def resolved_max_dense_epochs(self) -> float:
+        """Default fallback: half the schedule (EPI's promise is to prune early); on the epoch clock a whole
+        epoch, at least window + 1."""
         if self.max_dense_epochs is not None:
             return self.max_dense_epochs
+        if self.epi_every != "epoch":
+            return self.epochs / 2
         return min(self.epochs - 1, max(self.epi_window + 1, self.epochs // 2))
 
 

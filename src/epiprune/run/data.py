@@ -305,9 +305,15 @@ class TensorLoader:
         return x
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.batches()
+
+    def batches(self, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The epoch's batches from batch `start` on: the order is drawn for the whole epoch, the first `start`
+        batches are skipped without drawing their augmentation (a run resumed inside an epoch restores the
+        augmentation generator's state of that point)."""
         n = len(self.labels)
         order = torch.randperm(n, generator=self.order_generator) if self.train else torch.arange(n)
-        for i in range(len(self)):
+        for i in range(start, len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             if self.world > 1:
                 idx = idx.tensor_split(self.world)[self.rank]

@@ -22,23 +22,52 @@ def _integer_epochs(ax: plt.Axes) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def plot_epi(metrics: list[dict], path: Path, threshold: float, prune_epoch: int | None,
-             trigger: str | None) -> None:
-    """EPI and validation top-1 per epoch, the threshold, and the epoch the network was pruned."""
+def probe_points(metrics: list[dict], steps_per_epoch: int | None) -> list[dict]:
+    """The run's probes from its metrics rows, each {'x': time in epochs, 'epi', 'noise', 'compared',
+    'compared_with'}: one per epoch on the epoch clock, the rows' `probes` on the step clock."""
+    if steps_per_epoch is None:
+        return [{"x": m["epoch"], "epi": m.get("epi"), "noise": None, "compared": m.get("epi_compared", m.get("epi")),
+                 "compared_with": m.get("threshold")} for m in metrics]
+    return [{**p, "x": p["step"] / steps_per_epoch} for m in metrics for p in m.get("probes", [])]
+
+
+def plot_epi(metrics: list[dict], path: Path, threshold: float | None, prune_epoch: int | None,
+             trigger: str | None, steps_per_epoch: int | None = None, prune_step: int | None = None) -> None:
+    """EPI at every probe (the smoothed value the rule compared, and each probe's own), the threshold it was
+    compared with (fixed, or the auto threshold per probe), the step-clock noise floor, validation top-1 per
+    epoch, and when the network was pruned. steps_per_epoch: the step clock's epoch length (None: epoch clock)."""
     epochs = [m["epoch"] for m in metrics]
     fig, ax = plt.subplots(figsize=(7, 4))
-    epi_points = [(m["epoch"], m["epi"]) for m in metrics if m.get("epi") is not None]
-    if epi_points:  # a big marker, unclipped: a run that prunes at the first epoch EPI exists has one point
-        ax.plot(*zip(*epi_points, strict=True), "o-", color="tab:blue", ms=7, clip_on=False, zorder=3, label="EPI")
-    ax.axhline(threshold, color="tab:blue", ls=":", lw=1, label=f"threshold {threshold:g}")
-    _epi_axis(ax, [e for _, e in epi_points] + [threshold])
+    probes = [p for p in probe_points(metrics, steps_per_epoch) if p["epi"] is not None or p["noise"] is not None]
+    shown: list[float] = []
+    marker = "o-" if steps_per_epoch is None else ".-"
+    for key, style, color, label in (("epi", marker, "tab:blue", "EPI"),
+                                     ("compared", "-", "navy", "EPI as compared (smoothed)"),
+                                     ("noise", "x", "tab:gray", "noise floor (halves' similarity)"),
+                                     ("compared_with", "--", "tab:green", "threshold as compared")):
+        points = [(p["x"], p[key]) for p in probes if p.get(key) is not None]
+        if not points or (key == "compared" and all(p["compared"] == p["epi"] for p in probes)):
+            continue
+        if key == "compared_with" and threshold is not None:
+            continue  # a fixed threshold: the horizontal line below
+        # big markers, unclipped: a run that prunes at the first probe EPI exists has one point
+        ax.plot(*zip(*points, strict=True), style, color=color, ms=7 if style == "o-" else 5, clip_on=False,
+                zorder=3, label=label)
+        shown += [v for _, v in points]
+    if threshold is not None:
+        ax.axhline(threshold, color="tab:blue", ls=":", lw=1, label=f"threshold {threshold:g}")
+        shown.append(threshold)
+    _epi_axis(ax, shown)
     _integer_epochs(ax)
     ax.set_xlabel("epoch")
     ax.set_ylabel("EPI (structural similarity)", color="tab:blue")
     acc = ax.twinx()
     acc.plot(epochs, [100 * m["val_top1"] for m in metrics], "s-", color="tab:orange", label="val top-1")
     acc.set_ylabel("validation top-1 (%)", color="tab:orange")
-    if prune_epoch is not None:
+    if prune_step is not None and steps_per_epoch:
+        at = prune_step / steps_per_epoch
+        ax.axvline(at, color="tab:red", ls="--", label=f"pruned ({trigger}) at step {prune_step} ({at:.2f} epochs)")
+    elif prune_epoch is not None:
         ax.axvline(prune_epoch, color="tab:red", ls="--", label=f"pruned ({trigger}) after epoch {prune_epoch}")
     lines = ax.get_legend_handles_labels()
     lines2 = acc.get_legend_handles_labels()

@@ -25,7 +25,11 @@ class EpochRow(TypedDict):
     lr: float
     epoch_seconds: float
     train_flops_cumulative: float
+    epi_compared: float | None  # the (smoothed) value the trigger rule compared at the epoch's last probe ...
+    threshold: float | None  # ... with this (smoothed) threshold
     test_top1: NotRequired[float]  # the last epoch of a run with --holdout
+    probes: NotRequired[list[dict]]  # step clock: the epoch's probes (step, epi, noise, threshold, decision)
+    prune_step: NotRequired[int | None]  # step clock: the optimizer step it pruned at, in the epoch it did
 
 
 class LatencyCheck(TypedDict):
@@ -57,8 +61,11 @@ class RunSummary(TypedDict):
     epi_window: int
     world_size: int
     device: str
-    epi_threshold: float
+    epi_threshold: float | str  # 'auto': the noise-floor threshold (per probe in metrics.jsonl)
     prune_epoch: int | None
+    prune_step: int | None  # step clock: the optimizer step it pruned at (None: at an epoch's end)
+    epi_every: int  # optimizer steps between probes (0: once per epoch)
+    steps_per_epoch: int
     trigger: str | None
     final_val_top1: float
     best_val_top1: float

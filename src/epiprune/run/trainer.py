@@ -125,15 +125,18 @@ LATENCY_TABLE_FILE = "latency_table.json"
 
 
 def _make_policy(cfg: TrainConfig, model: nn.Module, example: torch.Tensor, budget: Budget, out: Path,
-                 resuming: bool, log: Callable[[str], None], ignored: list[nn.Module]) -> EarlyPruningPolicy:
-    """The run's policy. For a latency budget, rank 0 measures (or reuses) the table first and the other ranks
-    then read the same file; the run folder keeps a copy, which a resumed run uses."""
+                 resuming: bool, log: Callable[[str], None], ignored: list[nn.Module],
+                 steps_per_epoch: int | None = None) -> EarlyPruningPolicy:
+    """The run's policy (steps_per_epoch: the loader's batches, for the step clock). For a latency budget, rank 0
+    measures (or reuses) the table first and the other ranks then read the same file; the run folder keeps a copy,
+    which a resumed run uses."""
     table = cfg.latency_table
     if budget.kind == "latency" and resuming and table is None and (out / LATENCY_TABLE_FILE).exists():
         table = str(out / LATENCY_TABLE_FILE)
 
     def make() -> EarlyPruningPolicy:
-        return EarlyPruningPolicy.from_config(model, example, replace(cfg.policy_config(), latency_table=table),
+        return EarlyPruningPolicy.from_config(model, example, replace(cfg.policy_config(steps_per_epoch),
+                                                                      latency_table=table),
                                               ignored_layers=ignored, log=log, progress=cfg.progress)
 
     if budget.kind != "latency":
@@ -176,6 +179,7 @@ class _Run:
     params: float = 0.0
     net: nn.Module | None = None
     scaler: torch.amp.GradScaler | None = None
+    partial: dict | None = None  # a checkpoint's unfinished epoch (step clock: saved at a prune inside an epoch)
 
     @property
     def metrics_path(self) -> Path:
@@ -211,7 +215,8 @@ def _setup(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None]
     model = model.to(device)
     example = torch.zeros(1, dataset.in_channels, h, w, device=device)
     model = in_memory_format(model, cfg.channels_last)
-    policy = _make_policy(cfg, model, example, budget, out, checkpoint is not None, log, ignored)
+    policy = _make_policy(cfg, model, example, budget, out, checkpoint is not None, log, ignored,
+                          len(train_loader))
     if checkpoint is not None:
         policy.load_state_dict(checkpoint["policy"])  # re-applies the surgery if the run had pruned
         model.load_state_dict(checkpoint["model"])
@@ -240,9 +245,12 @@ def _restore(run: _Run, checkpoint: dict | None) -> None:
         run.metrics, run.train_flops_total, run.train_seconds = extra["metrics"], extra["train_flops_total"], \
             extra["seconds"]
         run.first_epoch = len(run.metrics) + 1
+        run.partial = extra["partial"][distributed.rank()] if extra.get("partial") else None
         if main:
             atomic_write_text(run.metrics_path, "".join(json.dumps(m) + "\n" for m in run.metrics))
-        run.log(f"resumed {run.out} after epoch {len(run.metrics)}" + (" (pruned)" if run.policy.pruned else ""))
+        where = f"step {run.partial['step']} of epoch {run.first_epoch}" if run.partial else \
+            f"epoch {len(run.metrics)}"
+        run.log(f"resumed {run.out} after {where}" + (" (pruned)" if run.policy.pruned else ""))
     else:
         if main:
             run.metrics_path.unlink(missing_ok=True)
@@ -252,6 +260,14 @@ def _restore(run: _Run, checkpoint: dict | None) -> None:
                 f"{d.in_channels}x{h}x{w}), budget {run.budget}, importance {cfg.importance}, {cfg.total_epochs} "
                 f"epochs, dense {policy.dense_flops / 1e6:.2f} MFLOPs {policy.dense_params / 1e6:.3f} M params, "
                 f"{run.device.type}" + (f", {world} ranks" if world > 1 else ""))
+        clock = policy.clock
+        run.log("EPI probes " + ("once per epoch" if clock is None else
+                                 f"every {clock.every} steps ({clock.every / clock.steps_per_epoch:.2f} epochs)") +
+                ", threshold " + ("auto (the run's noise floor)" if policy.auto_threshold else
+                                  f"{policy.rule.threshold:g}"))
+        late = policy.epi_cannot_fire_before_fallback()
+        if late and main:
+            sys.stderr.write(f"warning: {late}\n")
     run.recorder = ScoreRecorder(run.policy, cfg.probe_every) if cfg.record_scores else None
     if checkpoint is not None and run.recorder is not None:
         run.recorder.load_state_dict(checkpoint["extra"].get("scores", {}))
@@ -269,52 +285,75 @@ def _restore(run: _Run, checkpoint: dict | None) -> None:
         run.scaler.load_state_dict(checkpoint["extra"]["scaler"])
 
 
-def _train_steps(run: _Run, epoch: int) -> tuple[float, int, int]:
-    """The epoch's optimizer steps (the policy sees every one): (summed loss, correct, samples) over all ranks."""
-    cfg, device, policy, optimizer, scaler = run.cfg, run.device, run.policy, run.optimizer, run.scaler
+def _train_steps(run: _Run, epoch: int, on_checkpoint: Callable[[], None]) -> tuple[float, int, int, float, bool]:
+    """The epoch's optimizer steps (the policy sees every one; on the step clock it may prune at one, and the run
+    then checkpoints that step): (summed loss, correct, samples, summed forward FLOPs x samples, pruned in this
+    epoch), over all ranks. A run resumed inside this epoch starts after its saved step, with its sums."""
+    cfg, device, policy, scaler = run.cfg, run.device, run.policy, run.scaler
     run.net.train()
+    partial, run.partial = run.partial, None
     # running sums stay on the device: no host synchronisation per step, so on a GPU the next step's
     # kernels are queued while this one runs; they are read once at the end of the epoch
-    loss_total = torch.zeros((), dtype=torch.float64, device=device)
-    correct_total = torch.zeros((), dtype=torch.int64, device=device)
-    seen = 0
+    loss_total = torch.tensor(partial["loss"] if partial else 0.0, dtype=torch.float64, device=device)
+    correct_total = torch.tensor(partial["correct"] if partial else 0, dtype=torch.int64, device=device)
+    seen = partial["seen"] if partial else 0
+    flop_samples = partial["flop_samples"] if partial else 0.0  # forward FLOPs x samples (the model shrinks)
+    pruned_here = bool(partial and partial["pruned_here"])
+    start = partial["step"] if partial else 0
+    if partial:
+        run.train_loader.order_generator.set_state(partial["order_rng"])  # the epoch's order is drawn again
+    order_rng = run.train_loader.order_generator.get_state()
+    t0 = time.perf_counter() - (partial["seconds"] if partial else 0.0)
     show = cfg.progress and run.main
-    bar = tqdm(run.train_loader, desc=f"epoch {epoch}/{cfg.total_epochs}", leave=False, unit="batch",
-               disable=not show, dynamic_ncols=True)
-    for step, (x, y) in enumerate(bar):
+    bar = tqdm(run.train_loader.batches(start), desc=f"epoch {epoch}/{cfg.total_epochs}", leave=False,
+               unit="batch", disable=not show, dynamic_ncols=True, initial=start, total=len(run.train_loader))
+    for step, (x, y) in enumerate(bar, start):
         x, y = to_input(x, device, cfg.channels_last), y.to(device, non_blocking=True)
         with autocast(device, cfg.amp):
             logits = run.net(x)
             loss = cross_entropy(logits, y)
         scaler.scale(loss).backward()
-        policy.step(scaler.get_scale() if scaler.is_enabled() else 1.0)
+        flop_samples += run.flops * len(y)
+        pruned_now = policy.step(scaler.get_scale() if scaler.is_enabled() else 1.0, run.optimizer)
+        if pruned_now:  # the step clock pruned: gradients were cut with the weights, this step updates the kept ones
+            run.flops, run.params = policy.count()
+            run.net = trainable(run.model, device, cfg.compile)  # new tensors: new DDP buckets, a new compiled graph
+            pruned_here = True
         if cfg.bn_l1 and not policy.pruned:
             add_bn_l1_gradient(run.model, cfg.bn_l1 * (scaler.get_scale() if scaler.is_enabled() else 1.0))
         if run.recorder is not None:
             run.recorder.after_step(epoch)
-        scaler.step(optimizer)
+        scaler.step(run.optimizer)
         scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        run.optimizer.zero_grad(set_to_none=True)
         run.scheduler.step()
         loss_total += loss.detach() * len(y)
         correct_total += (logits.argmax(1) == y).sum()
         seen += len(y)
+        if pruned_now:  # checkpointed at the prune step: a run killed now resumes inside this epoch
+            _save_checkpoint(run, on_checkpoint, partial={
+                "epoch": epoch, "step": step + 1, "loss": loss_total.item(), "correct": int(correct_total.item()),
+                "seen": seen, "flop_samples": flop_samples, "pruned_here": True, "order_rng": order_rng,
+                "seconds": time.perf_counter() - t0})
+            run.log(f"pruned at step {policy.prune_step} ({policy.prune_step / len(run.train_loader):.2f} epochs, "
+                    f"{policy.trigger}); FLOPs {run.flops / 1e6:.2f}M; checkpoint saved")
         if show and step % PROGRESS_EVERY == 0:
             bar.set_postfix(loss=f"{loss_total.item() / seen:.3f}")
-    loss_sum, correct, seen = distributed.all_reduce_sum([loss_total.item(), correct_total.item(), seen], device)
+    loss_sum, correct, seen, flop_samples = distributed.all_reduce_sum(
+        [loss_total.item(), correct_total.item(), seen, flop_samples], device)
     # checked per epoch, before anything of this epoch is saved: the checkpoint on disk is the last good one
     if not math.isfinite(loss_sum):
         raise TrainingError(f"loss became {loss_sum / seen} in epoch {epoch}; stopped, the last good checkpoint "
                             f"is in {run.out} (accepted: a smaller --lr)")
-    return loss_sum, correct, seen
+    return loss_sum, int(correct), int(seen), flop_samples, pruned_here
 
 
 def _train_epoch(run: _Run, epoch: int, on_checkpoint: Callable[[], None]) -> EpochRow:
     """One epoch: the steps, validation, the policy's decision (it may prune), the checkpoint, the metrics row."""
     cfg, device, policy, optimizer = run.cfg, run.device, run.policy, run.optimizer
-    t0 = time.perf_counter()
-    loss_sum, correct, seen = _train_steps(run, epoch)
-    run.train_flops_total += TRAIN_FLOPS_PER_FORWARD * run.flops * seen
+    t0 = time.perf_counter() - (run.partial["seconds"] if run.partial else 0.0)
+    loss_sum, correct, seen, flop_samples, pruned_in_steps = _train_steps(run, epoch, on_checkpoint)
+    run.train_flops_total += TRAIN_FLOPS_PER_FORWARD * flop_samples
     _, val_top1 = evaluate(run.net, run.val_loader, device, cfg.channels_last, cfg.amp)
     recorder = run.recorder
     weight_scores = recorder.weight_scores() if recorder is not None and not policy.pruned else None
@@ -324,7 +363,9 @@ def _train_epoch(run: _Run, epoch: int, on_checkpoint: Callable[[], None]) -> Ep
     if pruned_now:
         run.flops, run.params = policy.count()
         run.net = trainable(run.model, device, cfg.compile)  # new tensors: new DDP buckets, a new compiled graph
-    record = policy.history[-1] if policy.history and policy.history[-1].epoch == epoch else None
+    pruned_now = pruned_now or pruned_in_steps
+    probes = [r for r in policy.history if r.epoch == epoch]
+    record = probes[-1] if probes else None
     epoch_seconds = time.perf_counter() - t0
     run.train_seconds += epoch_seconds
     row = EpochRow(epoch=epoch, train_loss=loss_sum / seen, train_top1=correct / seen, val_top1=val_top1,
@@ -334,35 +375,58 @@ def _train_epoch(run: _Run, epoch: int, on_checkpoint: Callable[[], None]) -> Ep
                    widths=record.widths if record is not None else policy.widths(),
                    pruned=policy.pruned, pruned_this_epoch=pruned_now,
                    flops=run.flops, params=run.params, lr=optimizer.param_groups[0]["lr"],
-                   epoch_seconds=epoch_seconds, train_flops_cumulative=run.train_flops_total)
+                   epoch_seconds=epoch_seconds, train_flops_cumulative=run.train_flops_total,
+                   epi_compared=None if record is None else record.compared,
+                   threshold=None if record is None else record.compared_with)
+    if policy.clock is not None:
+        row["probes"] = [{"step": r.step, "epi": r.epi, "noise": r.noise, "threshold": r.threshold,
+                          "compared": r.compared, "compared_with": r.compared_with, "decision": r.decision}
+                         for r in probes]
+        row["prune_step"] = policy.prune_step if pruned_now else None
     if run.test_loader is not None and epoch == cfg.total_epochs:
         row["test_top1"] = evaluate(run.net, run.test_loader, device, cfg.channels_last, cfg.amp)[1]
     run.metrics.append(row)
     _save_epoch(run, epoch, row, on_checkpoint)
-    epi_text = "  -  " if row["epi"] is None else f"{row['epi']:.3f}"
-    mark = f"  << pruned ({policy.trigger})" if pruned_now else ""
+    compared = row["epi_compared"]
+    epi_text = "  -  " if compared is None else f"{compared:.3f}"
+    if compared is not None and row["threshold"] is not None:
+        epi_text += f" vs {row['threshold']:.3f}"
+    mark = f"  << pruned ({policy.trigger}" + (f", step {policy.prune_step}" if policy.prune_step else "") + ")" \
+        if pruned_now else ""
     run.log(f"epoch {epoch:3d}/{cfg.total_epochs}  loss {row['train_loss']:.4f}  val top-1 {100 * val_top1:5.2f}%  "
             f"EPI {epi_text}  FLOPs {run.flops / 1e6:7.2f}M  {epoch_seconds:5.1f}s{mark}")
     return row
 
 
-def _save_epoch(run: _Run, epoch: int, row: EpochRow, on_checkpoint: Callable[[], None]) -> None:
-    """Rank 0 writes the epoch's checkpoint (the data order and random state of every rank in it), the kept copy,
-    the recorded scores, then the metrics row; every rank takes part in gathering the random states."""
-    cfg, recorder = run.cfg, run.recorder
+def _save_checkpoint(run: _Run, on_checkpoint: Callable[[], None], partial: dict | None = None) -> bool:
+    """Rank 0 writes the checkpoint (the data order and random state of every rank in it; `partial`: this rank's
+    sums and position in an unfinished epoch, gathered per rank); every rank takes part in the gathering. True on
+    rank 0."""
     rng = distributed.gather_to_all((run.train_loader.rng_state(), torch.get_rng_state()))  # per rank
+    if partial is not None:
+        partial = distributed.gather_to_all(partial)
     if not run.main:
+        return False
+    recorder = run.recorder
+    save_checkpoint(run.out / CHECKPOINT_FILE, run.model, run.optimizer, run.scheduler, run.policy,
+                    config=asdict(run.cfg), metrics=run.metrics, train_flops_total=run.train_flops_total,
+                    seconds=run.train_seconds, rng=rng, scaler=run.scaler.state_dict(),
+                    scores=recorder.state_dict() if recorder else {}, partial=partial)
+    on_checkpoint()
+    return True
+
+
+def _save_epoch(run: _Run, epoch: int, row: EpochRow, on_checkpoint: Callable[[], None]) -> None:
+    """The epoch's checkpoint, the kept copy, the recorded scores, then the metrics row (rank 0 writes)."""
+    cfg, recorder = run.cfg, run.recorder
+    # checkpoint first: a crash between the two writes leaves a checkpoint that resume trusts
+    if not _save_checkpoint(run, on_checkpoint):
         return
     out = run.out
-    # checkpoint first: a crash between the two writes leaves a checkpoint that resume trusts
-    save_checkpoint(out / CHECKPOINT_FILE, run.model, run.optimizer, run.scheduler, run.policy, config=asdict(cfg),
-                    metrics=run.metrics, train_flops_total=run.train_flops_total, seconds=run.train_seconds,
-                    rng=rng, scaler=run.scaler.state_dict(), scores=recorder.state_dict() if recorder else {})
     if epoch in (cfg.keep_checkpoints or []):
         keep_copy(out / CHECKPOINT_FILE, out / KEPT_CHECKPOINTS / f"epoch{epoch}.pt")
     if recorder is not None:
         recorder.write(out / SCORES_FILE)
-    on_checkpoint()
     with open(run.metrics_path, "a") as f:
         f.write(json.dumps(row) + "\n")
 
@@ -379,7 +443,9 @@ def _finish(run: _Run) -> RunResult:
         model=cfg.model, data=dataset.name, budget=str(run.budget), importance=cfg.importance,
         indicator=cfg.indicator, epochs=cfg.total_epochs, finetune_epochs=cfg.finetune_epochs,
         seed=cfg.seed, epi_window=cfg.epi_window, world_size=distributed.world_size(), device=run.device.type,
-        epi_threshold=policy.rule.threshold, prune_epoch=policy.prune_epoch, trigger=policy.trigger,
+        epi_threshold="auto" if policy.auto_threshold else policy.rule.threshold, prune_epoch=policy.prune_epoch,
+        prune_step=policy.prune_step, epi_every=0 if policy.clock is None else policy.clock.every,
+        steps_per_epoch=len(train_loader), trigger=policy.trigger,
         final_val_top1=metrics[-1]["val_top1"], best_val_top1=max(m["val_top1"] for m in metrics),
         dense_flops=policy.dense_flops, final_flops=flops, flops_ratio=flops / policy.dense_flops,
         dense_params=policy.dense_params, final_params=params, params_ratio=params / policy.dense_params,
@@ -404,7 +470,8 @@ def _finish(run: _Run) -> RunResult:
                                  ignore_layers=cfg.ignore_layers)
         save_pruned(run.model, spec, run.out)
         atomic_write_text(run.out / "summary.json", json.dumps(summary, indent=1))
-        plot_epi(metrics, run.out / "epi.png", policy.rule.threshold, policy.prune_epoch, policy.trigger)
+        plot_epi(metrics, run.out / "epi.png", policy.rule.threshold, policy.prune_epoch, policy.trigger,
+                 None if policy.clock is None else policy.clock.steps_per_epoch, policy.prune_step)
     distributed.barrier()
     return RunResult(summary, metrics, run.model, run.out)
 

@@ -161,7 +161,8 @@ def branch(source: str | Path, config: dict, policy: EarlyPruningPolicy, model: 
     for row in metrics:
         row.pop("test_top1", None)  # the source's own last epoch was evaluated on the test split: this one is not
     for row, record in zip(metrics, policy.history, strict=True):
-        row.update(epi=record.epi, epi_layer=record.epi_layer, epi_group=record.epi_group, widths=record.widths)
+        row.update(epi=record.epi, epi_layer=record.epi_layer, epi_group=record.epi_group, widths=record.widths,
+                   epi_compared=record.compared, threshold=record.compared_with)
     flops, params = policy.count()
     metrics[-1].update(pruned=True, pruned_this_epoch=True, flops=flops, params=params)
     log(f"branched from {source} at epoch {prune_epoch} ({policy.trigger})")

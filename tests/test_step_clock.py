@@ -1,0 +1,278 @@
+"""The step clock (issue 20): EPI probed every N optimizer steps from policy.step(), the noise-floor threshold,
+spans in fractions of an epoch, a prune inside an epoch in a foreign loop, in Lightning, and in `epiprune train`
+(killed right after it and resumed, bit for bit)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from epiprune import Budget, EarlyPruningPolicy, EpipruneError
+from epiprune.policy.indicator import structural_similarity
+from epiprune.policy.subnetwork import normalise_per_group, select_subnetwork, widths_of
+from epiprune.run.config import TrainConfig
+
+from .helpers import ConvBNNet, assert_one_line_error, call_main, run_cli
+from .test_decision import PEAKED_0, PEAKED_1, ScriptedImportance, alternating_then_stable
+
+
+def step_policy(importance: Any = None, **kwargs: Any) -> EarlyPruningPolicy:
+    kwargs.setdefault("smooth", 1)
+    kwargs.setdefault("epi_every", 2)
+    kwargs.setdefault("steps_per_epoch", 4)
+    policy = EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8), Budget("flops", 0.5), log=lambda _: None,
+                                **kwargs)
+    if importance is not None:
+        policy.importance = importance
+    return policy
+
+
+def pruning_steps(policy: EarlyPruningPolicy, steps: int) -> list[int]:
+    """Call step() `steps` times (no training: the scores are scripted); the steps at which it pruned."""
+    return [s + 1 for s in range(steps) if policy.step()]
+
+
+@pytest.mark.parametrize("window", [1, 2])
+def test_epi_fires_at_exactly_the_probe_whose_value_crosses_the_threshold(window):
+    # one script entry per probe: architectures alternate for 3 probes, then stay; EPI = 1 at probe 3 + window
+    policy = step_policy(ScriptedImportance(alternating_then_stable(3)), window=window, threshold=0.95,
+                         max_dense_epochs=20)
+    expected_probe = 3 + window
+    assert pruning_steps(policy, 40) == [2 * expected_probe]
+    assert policy.prune_step == 2 * expected_probe and policy.trigger == "epi"
+    assert policy.prune_epoch == -(-2 * expected_probe // 4)  # the epoch the step fell in
+    assert [r.step for r in policy.history] == [2 * (i + 1) for i in range(expected_probe)]
+    assert [r.decision for r in policy.history] == [None] * (expected_probe - 1) + ["epi"]
+    assert all(r.epi is None or r.epi < 0.95 for r in policy.history[:-1])
+
+
+def test_end_epoch_does_not_probe_on_the_step_clock():
+    policy = step_policy(ScriptedImportance([PEAKED_0]), window=1, threshold=0.95, max_dense_epochs=20)
+    assert not policy.end_epoch() and not policy.end_epoch()
+    assert policy.history == [] and policy.epoch == 2
+
+
+def test_the_fallback_and_the_dense_span_are_fractions_of_an_epoch():
+    # 4 steps per epoch, a probe every 2: the fallback at 1.5 epochs is step 6, the third probe
+    never = step_policy(ScriptedImportance(alternating_then_stable(20)), window=1, threshold=0.99, max_dense_epochs=1.5)
+    assert pruning_steps(never, 20) == [6] and never.trigger == "fallback"
+    # a stable architecture gives EPI 1 from the second probe (step 4), but not before 1.25 epochs (step 5)
+    late = step_policy(ScriptedImportance([PEAKED_0]), window=1, threshold=0.95, min_dense_epochs=1.25,
+                       max_dense_epochs=20)
+    assert pruning_steps(late, 20) == [6] and late.trigger == "epi"
+    fixed = step_policy(ScriptedImportance([PEAKED_0]), window=1, prune_at=1)
+    assert pruning_steps(fixed, 20) == [4] and fixed.trigger == "fixed"
+
+
+class HalvesImportance:
+    """A gradient importance whose per-step scores are given: step k adds per_step[k] (the last repeats)."""
+
+    name, default_threshold, needs_gradients = "scripted", 0.944, True
+
+    def __init__(self, per_step: list[list[np.ndarray]]) -> None:
+        self.per_step, self.k = per_step, 0
+        self.reset()
+
+    def bind(self, graph: Any) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.totals, self.steps = [np.zeros(4), np.zeros(6)], 0
+
+    def step(self, grad_scale: float = 1.0) -> None:
+        add = self.per_step[min(self.k, len(self.per_step) - 1)]
+        self.totals = [t + a for t, a in zip(self.totals, add, strict=True)]
+        self.k, self.steps = self.k + 1, self.steps + 1
+
+    def scores(self) -> list[np.ndarray]:
+        return [t.copy() for t in self.totals]
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        return []
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def test_the_auto_threshold_is_the_running_mean_of_the_halves_similarity():
+    # probes of 2 steps. Probe 1: its halves rank like PEAKED_0 and (ten times louder) PEAKED_1, so they disagree;
+    # later probes' halves agree. The probes' architectures go [4, 2], [1, 6], [4, 2], [4, 2]: EPI is 1 at probe 4
+    per_step = [PEAKED_0, [10 * a for a in PEAKED_1], PEAKED_0, PEAKED_0] + [PEAKED_1] * 30
+    policy = step_policy(HalvesImportance(per_step), window=1, threshold="auto", max_dense_epochs=20)
+    assert pruning_steps(policy, 30) == [8]
+    expected_noise = []
+    for record in policy.history:
+        halves = per_step[record.step - 2], per_step[record.step - 1]
+        a, b = (widths_of(select_subnetwork(normalise_per_group(h), policy.cost, policy.target, 1, 1,
+                                            policy.partitions)) for h in halves)
+        expected_noise.append(structural_similarity(a, b, policy.layer_weights))
+        assert record.noise == pytest.approx(expected_noise[-1])
+        assert record.threshold == pytest.approx(np.mean(expected_noise))  # the running mean, this probe included
+    assert expected_noise[0] < 0.9 and expected_noise[1:] == [1.0, 1.0, 1.0]
+    assert [r.widths for r in policy.history] == [[4, 2], [1, 6], [4, 2], [4, 2]]
+    # it fires at the first probe whose EPI reaches its threshold (smooth 1): EPI 1 at probe 4, threshold < 1
+    assert [r.decision for r in policy.history] == [None, None, None, "epi"]
+    assert all(r.epi is None or r.epi < r.compared_with for r in policy.history[:-1])
+
+
+def test_the_auto_threshold_follows_the_noise_it_measures():
+    """Halves that always agree give the threshold 1; halves that disagree give a lower one."""
+    calm = step_policy(HalvesImportance([PEAKED_0]), window=1, threshold="auto", max_dense_epochs=20)
+    pruning_steps(calm, 4)
+    noisy = step_policy(HalvesImportance([PEAKED_0, PEAKED_1]), window=1, threshold="auto", max_dense_epochs=20)
+    pruning_steps(noisy, 4)
+    assert calm.history[-1].threshold == 1.0 > noisy.history[-1].threshold
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"epi_every": 4}, "epi_every 4 needs steps_per_epoch"),
+    ({"epi_every": 1, "steps_per_epoch": 4}, "epi_every 1 is too small or not a whole number"),
+    ({"threshold": "auto"}, "threshold 'auto' needs the step clock and a gradient importance"),
+    ({"max_dense_epochs": 1.5}, "max dense epochs 1.5 is not a whole number of epochs"),
+    ({"epi_every": 2, "steps_per_epoch": 4, "threshold": "auto", "importance": "magnitude"},
+     "threshold 'auto' needs the step clock and a gradient importance"),
+])
+def test_bad_clock_settings_are_one_line(kwargs, message):
+    with pytest.raises(EpipruneError) as err:
+        EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8), Budget("flops", 0.5), log=lambda _: None, **kwargs)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--epi-every", "1"], "--epi-every '1' is not a clock"),
+    (["--epi-every", "often"], "--epi-every 'often' is not a clock"),
+    (["--epi-threshold", "auto"], "--epi-threshold auto needs the step clock"),
+    (["--epi-threshold", "high"], "--epi-threshold 'high' is not a number"),
+    (["--epi-every", "4", "--epi-threshold", "auto", "--importance", "bn"], "--epi-threshold auto needs gradient"),
+    (["--max-dense-epochs", "2.5"], "--max-dense-epochs 2.5 is not a whole number of epochs"),
+    (["--epi-every", "4", "--record-scores"], "--record-scores and --branch-from work on the epoch clock only"),
+])
+def test_bad_clock_options_are_one_line(tmp_path, capsys, args, message):
+    out = tmp_path / "run"
+    assert_one_line_error(call_main(["train", *args, "--out", str(out)], capsys), message)
+    assert not out.exists()
+
+
+def test_auto_spreads_probes_over_the_schedule():
+    from epiprune.run.config import PROBES_PER_SCHEDULE
+
+    assert TrainConfig(epochs=12, epi_every="auto").resolved_epi_every(47) == round(12 * 47 / PROBES_PER_SCHEDULE)
+    assert TrainConfig(epochs=2, epi_every="auto").resolved_epi_every(3) == 2  # at least 2 (two halves)
+    cfg = TrainConfig(epochs=12, epi_every="auto", epi_threshold="auto")
+    config = cfg.policy_config(47)
+    assert (config.epi_every, config.steps_per_epoch, config.threshold, config.max_dense_epochs) == (24, 47, "auto", 6)
+    assert TrainConfig().policy_config(47).epi_every == 0
+
+
+def test_a_foreign_loop_with_adamw_prunes_inside_an_epoch_and_keeps_training():
+    torch.manual_seed(0)
+    model = ConvBNNet()
+    x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 3, (64,))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    policy = EarlyPruningPolicy(model, torch.zeros(1, 1, 8, 8), Budget("flops", 0.5), epi_every=3,
+                                steps_per_epoch=8, max_dense_epochs=1.5, threshold=1.0, log=lambda _: None)
+    pruned_at, losses = [], []
+    for step in range(24):  # three epochs of 8 batches
+        batch = slice(8 * (step % 8), 8 * (step % 8) + 8)
+        loss = torch.nn.functional.cross_entropy(model(x[batch]), y[batch])
+        loss.backward()
+        if policy.step(optimizer=optimizer):
+            pruned_at.append(step + 1)
+            kept = model.conv1.weight.shape[0]
+            assert model.conv1.weight.grad.shape[0] == kept  # the step's gradients were cut with the weights
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert pruned_at == [12] and policy.prune_step == 12 and policy.trigger == "fallback"  # 1.5 epochs of 8 steps
+    assert policy.prune_epoch == 2
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            assert optimizer.state[p]["exp_avg"].shape == p.shape  # AdamW's state followed the surgery
+    assert all(np.isfinite(losses))
+
+
+def test_lightning_callback_prunes_on_the_step_clock(tmp_path):
+    pytest.importorskip("lightning")
+    import lightning
+
+    from epiprune.policy.lightning_callback import EarlyPruningCallback
+
+    from .test_lightning import Classifier
+
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 1, 16, 16), torch.randint(0, 10, (64,)))
+    loader = torch.utils.data.DataLoader(data, batch_size=16)  # 4 steps per epoch
+    callback = EarlyPruningCallback(torch.zeros(1, 1, 16, 16), Budget("flops", 0.5), window=1, epi_every=2,
+                                    max_dense_epochs=1.5, threshold=1.0)
+    trainer = lightning.Trainer(max_epochs=3, callbacks=[callback], accelerator="cpu", logger=False,
+                                enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                                default_root_dir=tmp_path)
+    module = Classifier()
+    trainer.fit(module, loader)
+    policy = callback.policy
+    assert policy.clock.steps_per_epoch == 4  # taken from the trainer
+    assert policy.pruned and policy.prune_step == 6 and policy.prune_epoch == 2
+    assert module.net.layers[0].conv1.weight.shape[0] < 16
+
+
+# 512 / 64 = 8 steps per epoch, a probe every 4 steps; EPI cannot pass tau 1.0 easily, the fallback at 1.5 epochs
+# (step 12) prunes inside epoch 2 unless EPI fires at step 4 or 8 before it
+ARGS = ["--device", "cpu", "--train-subset", "512", "--val-subset", "128", "--epochs", "4", "--epi-window", "1",
+        "--epi-every", "4", "--max-dense-epochs", "1.5", "--epi-threshold", "1.0", "--batch-size", "64",
+        "--no-progress"]
+
+
+def rows(folder):
+    return [{k: v for k, v in json.loads(line).items() if k != "epoch_seconds"}
+            for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_run_killed_right_after_a_prune_inside_an_epoch_resumes_bit_identically(tmp_path):
+    full, out = tmp_path / "full", tmp_path / "run"
+    proc = run_cli("train", *ARGS, "--out", full, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((full / "summary.json").read_text())
+    assert summary["prune_step"] == 12 and summary["prune_epoch"] == 2 and summary["epi_every"] == 4
+    assert summary["trigger"] == "fallback"
+    metrics = rows(full)
+    assert metrics[1]["prune_step"] == 12 and [p["step"] for p in metrics[1]["probes"]] == [12]
+    assert [p["step"] for p in metrics[0]["probes"]] == [4, 8] and "probes" in metrics[2]
+    # training cost: 12 dense steps, then pruned ones (the FLOPs of each step as it was taken)
+    dense, pruned = summary["dense_flops"], summary["final_flops"]
+    assert summary["train_flops_total"] == pytest.approx(3 * 64 * (12 * dense + 20 * pruned))
+
+    cmd = [sys.executable, "-m", "epiprune", "train", *ARGS, "--out", str(out)]
+    killer = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    deadline = time.time() + 600
+    for line in killer.stdout:
+        if "pruned at step" in line or time.time() > deadline:
+            killer.send_signal(signal.SIGKILL)  # right after the prune step's checkpoint
+            break
+    killer.wait(timeout=60)
+    assert killer.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert len(rows(out)) == 1  # killed inside epoch 2
+    resumed = run_cli("train", "--resume", out, "--no-progress", timeout=900)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed" in resumed.stdout and "after step 4 of epoch 2" in resumed.stdout
+    assert rows(out) == metrics
+    assert json.loads((out / "summary.json").read_text())["final_val_top1"] == summary["final_val_top1"]
+
+
+def test_a_schedule_where_epi_cannot_fire_before_the_fallback_is_warned_about(tmp_path):
+    proc = run_cli("train", "--device", "cpu", "--train-subset", "128", "--val-subset", "64", "--epochs", "6",
+                   "--batch-size", "64", "--no-progress", "--out", tmp_path / "run", timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning: epi cannot fire")]
+    assert len(warnings) == 1 and "fallback at epoch 4: it needs 5 epochs (window + smoothing)" in warnings[0]
+    assert "pruned after epoch 4 (fallback)" in proc.stdout
