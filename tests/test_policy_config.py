@@ -19,7 +19,7 @@ from epiprune.policy.importance import IMPORTANCES, MagnitudeImportance
 from epiprune.policy.indicator import INDICATORS, Indicator
 from epiprune.registry import Registry
 from epiprune.run.config import TrainConfig
-from epiprune.run.trainer import _make_policy
+from epiprune.run.policy_setup import make_run_policy
 
 from .helpers import ConvBNNet
 
@@ -51,7 +51,7 @@ EXPECTED = {"importance": ("magnitude", "MagnitudeImportance"), "indicator": ("e
 
 def trainers_policy(cfg: TrainConfig, tmp_path: Path) -> EarlyPruningPolicy:
     """The policy `epiprune train` builds for cfg (the trainer's own path, not from_config called by hand)."""
-    return _make_policy(cfg, ConvBNNet(), torch.zeros(1, 1, 8, 8), Budget.parse(cfg.budget), tmp_path, False,
+    return make_run_policy(cfg, ConvBNNet(), torch.zeros(1, 1, 8, 8), Budget.parse(cfg.budget), tmp_path, False,
                         lambda _: None, [])
 
 
@@ -94,7 +94,7 @@ def test_the_derived_step_clock_reaches_the_trainers_policy(tmp_path):
     """--epi-every and the loader's length become the policy's clock (and the epoch clock stays without one)."""
     cfg = TrainConfig(epi_every="6", epi_threshold="auto", out=str(tmp_path))
     cfg.validate()
-    policy = _make_policy(cfg, ConvBNNet(), torch.zeros(1, 1, 8, 8), Budget.parse(cfg.budget), tmp_path, False,
+    policy = make_run_policy(cfg, ConvBNNet(), torch.zeros(1, 1, 8, 8), Budget.parse(cfg.budget), tmp_path, False,
                           lambda _: None, [], steps_per_epoch=10)
     assert (policy.clock.every, policy.clock.steps_per_epoch, policy.auto_threshold) == (6, 10, True)
     assert policy.rule.max_dense_epochs == cfg.epochs / 2  # the fallback at half the schedule, in epochs

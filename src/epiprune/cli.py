@@ -10,7 +10,8 @@ from epiprune.errors import DistributedError, EpipruneError
 from epiprune.evidence.runs import SHARED_SETTINGS, CompareConfig
 from epiprune.models import MODELS, is_import_path
 from epiprune.models.user import parse_model_kwargs
-from epiprune.run.config import TrainConfig, int_list, read_config_file
+from epiprune.run.config import TrainConfig, read_config_file
+from epiprune.run.config_text import int_list
 from epiprune.run.options import add_config_options, config_values
 
 

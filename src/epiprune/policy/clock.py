@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from epiprune.errors import EpipruneError
+from epiprune.policy.indicator import TriggerRule
 
 AUTO = "auto"  # the threshold setting that asks for the noise-floor threshold
 
@@ -78,3 +79,19 @@ class StepClock:
                                     f"{getattr(self, key)} (accepted: the same step clock)")
         self.step, self.noise = state["step"], list(state["noise"])
         self.half = None if state["half"] is None else [np.asarray(h, dtype=np.float64) for h in state["half"]]
+
+
+def cannot_fire_before_fallback(indicator: str, rule: TriggerRule, clock: StepClock | None, probes: int) -> str | None:
+    """One line saying why `indicator` cannot fire before the rule's fallback, or None. probes: the probes it needs
+    before its first decision (EPI: window + smoothing, the first window + 1 to be defined, then smooth values)."""
+    if rule.prune_at is not None or rule.max_dense_epochs is None:
+        return None
+    earliest = float(probes) if clock is None else probes * clock.every / clock.steps_per_epoch
+    earliest = max(earliest, rule.min_dense_epochs)
+    if earliest <= rule.max_dense_epochs:
+        return None
+    unit = "epochs" if clock is None else f"probes of {clock.every} steps"
+    when = "" if clock is None else f", until epoch {earliest:.2f}"
+    return (f"{indicator} cannot fire before the fallback at epoch {rule.max_dense_epochs:g}: it needs {probes} "
+            f"{unit} (window + smoothing){when}; the run will prune by fallback (accepted: --epi-every auto or a "
+            "smaller --epi-window / --epi-smooth, or a later --max-dense-epochs)")

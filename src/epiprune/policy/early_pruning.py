@@ -17,7 +17,7 @@ On the epoch clock (epi_every=0) it probes once per epoch: call policy.step() ev
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -32,79 +32,20 @@ from epiprune.costs.latency_model import LatencyCostModel
 from epiprune.costs.model import Cost
 from epiprune.costs.timing import LatencySettings
 from epiprune.errors import EpipruneError
-from epiprune.policy.bounds import check_at_least, check_epi_average
-from epiprune.policy.clock import AUTO, StepClock
+from epiprune.policy.clock import AUTO, cannot_fire_before_fallback
 from epiprune.policy.config import PolicyConfig
-from epiprune.policy.importance import (
-    IMPORTANCE_MEMBERS,
-    IMPORTANCES,
-    BatchNormScaleImportance,
-    Importance,
-    MagnitudeImportance,
-    make_importance,
-)
+from epiprune.policy.importance import BatchNormScaleImportance, Importance, MagnitudeImportance, make_importance
 from epiprune.policy.indicator import (
-    INDICATORS,
     Indicator,
     TriggerRule,
     early_pruning_indicator,
     earlybird_stability,
     structural_similarity,
 )
+from epiprune.policy.records import ProbeRecord
 from epiprune.policy.subnetwork import check_budget, normalise_per_group, select_subnetwork, widths_of
+from epiprune.policy.variants import make_clock, resolve_variants
 from epiprune.surgery import PrunableGraph
-
-
-def _resolve_variants(importance: str | Importance, indicator: str | Indicator, epi_average: str,
-                      earlybird_queue: int) -> tuple[Importance | type, Indicator]:
-    """(the importance's class or instance, the indicator) that registered names or user objects stand for; a
-    bad name, object or setting is one EpipruneError line."""
-    kind = INDICATORS.get(indicator) if isinstance(indicator, str) else indicator
-    if not isinstance(kind, Indicator):
-        raise EpipruneError(f"indicator {indicator!r} is neither a registered name nor an Indicator (accepted: "
-                            f"{', '.join(INDICATORS)}, or an epiprune.policy.indicator.Indicator)")
-    importance_type = IMPORTANCES.get(importance) if isinstance(importance, str) else importance
-    if not isinstance(importance, str):
-        missing = [a for a in IMPORTANCE_MEMBERS if not hasattr(importance, a)]  # `steps` may come with bind()
-        if isinstance(importance, type) or missing:
-            what = "a class, not an instance" if isinstance(importance, type) else f"lacks {', '.join(missing)}"
-            raise EpipruneError(f"importance {importance!r} is neither a registered name nor an Importance: {what} "
-                                f"(accepted: {', '.join(IMPORTANCES)}, or an object with the members of "
-                                "epiprune.policy.importance.Importance)")
-    check_epi_average(epi_average)
-    check_at_least("earlybird_queue", earlybird_queue)
-    return importance_type, kind
-
-
-def _make_clock(epi_every: int, steps_per_epoch: int | None) -> StepClock | None:
-    """The step clock epi_every asks for (None: the epoch clock); it needs the epoch's length in steps."""
-    if epi_every == 0:
-        return None
-    if steps_per_epoch is None:
-        raise EpipruneError(f"epi_every {epi_every} needs steps_per_epoch (accepted: the optimizer steps of one "
-                            "epoch, e.g. len(loader): the dense span and the fallback are counted in epochs)")
-    return StepClock(epi_every, steps_per_epoch)
-
-
-@dataclass
-class ProbeRecord:
-    """What the policy saw at one probe (the end of a dense epoch on the epoch clock)."""
-
-    epoch: int  # the (1-based) epoch the probe fell in
-    epi: float | None  # the EPI the rule used (per layer or per group, as the policy averages)
-    widths: list[int]  # kept channels per group of the dominant sub-network
-    decision: str | None  # 'epi', 'earlybird', 'fixed', 'fallback' or None
-    earlybird: float | None = None  # 1 - max recent mask distance (Early-Bird's test as a similarity)
-    epi_layer: float | None = None  # EPI averaged over layers (the paper's formula)
-    epi_group: float | None = None  # EPI averaged over channel groups (each group once)
-    step: int | None = None  # optimizer steps seen at the probe (step clock)
-    noise: float | None = None  # similarity of the sub-networks of the probe interval's two halves (step clock)
-    threshold: float | None = None  # the threshold of this probe (fixed tau, or the auto threshold's running mean)
-    compared: float | None = None  # the (smoothed) signal the rule compared ...
-    compared_with: float | None = None  # ... with this (smoothed) threshold
-
-
-EpochRecord = ProbeRecord  # the name before the step clock
 
 
 class EarlyPruningPolicy:
@@ -154,12 +95,12 @@ class EarlyPruningPolicy:
         # Long on purpose: the set-up steps in their order (variants, rule, graph, cost model, budget check,
         # importance), each refusing bad input before the next, more expensive one runs.
         settings = dict(locals())  # the keyword arguments, recorded as a PolicyConfig below (names are its fields)
-        importance_type, kind = _resolve_variants(importance, indicator, epi_average, earlybird_queue)
+        importance_type, kind = resolve_variants(importance, indicator, epi_average, earlybird_queue)
         self.indicator_kind = kind
         self.indicator = kind.name
         self.epi_average = epi_average
         self.earlybird_queue = earlybird_queue
-        self.clock = _make_clock(epi_every, steps_per_epoch)
+        self.clock = make_clock(epi_every, steps_per_epoch)
         self.auto_threshold = threshold == AUTO
         if self.auto_threshold and (self.clock is None or not importance_type.needs_gradients):
             raise EpipruneError(f"threshold {AUTO!r} needs the step clock and a gradient importance (accepted: "
@@ -371,22 +312,11 @@ class EarlyPruningPolicy:
         return decision, masks
 
     def epi_cannot_fire_before_fallback(self) -> str | None:
-        """One line saying why the indicator cannot fire before the fallback under these settings, or None. EPI
-        needs window + smooth probes (the first window + 1 to be defined, then smooth values to average)."""
-        rule = self.rule
-        if not self.indicator_kind.prunes or rule.prune_at is not None or rule.max_dense_epochs is None:
+        """One line saying why the indicator cannot fire before the fallback under these settings, or None."""
+        if not self.indicator_kind.prunes:
             return None
-        probes = rule.window + rule.smooth if not self.indicator_kind.bn_masks else self.earlybird_queue + 1
-        clock = self.clock
-        earliest = float(probes) if clock is None else probes * clock.every / clock.steps_per_epoch
-        earliest = max(earliest, rule.min_dense_epochs)
-        if earliest <= rule.max_dense_epochs:
-            return None
-        unit = "epochs" if clock is None else f"probes of {clock.every} steps"
-        when = "" if clock is None else f", until epoch {earliest:.2f}"
-        return (f"{self.indicator} cannot fire before the fallback at epoch {rule.max_dense_epochs:g}: it needs "
-                f"{probes} {unit} (window + smoothing){when}; the run will prune by fallback (accepted: --epi-every "
-                "auto or a smaller --epi-window / --epi-smooth, or a later --max-dense-epochs)")
+        probes = self.rule.window + self.rule.smooth if not self.indicator_kind.bn_masks else self.earlybird_queue + 1
+        return cannot_fire_before_fallback(self.indicator, self.rule, self.clock, probes)
 
     def _noise_similarity(self, widths: list[int]) -> float | None:
         """Similarity (as EPI averages it) of the sub-networks selected from the two halves of the probe interval

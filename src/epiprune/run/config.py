@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import types
 import typing
 from collections.abc import Callable
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields
@@ -27,42 +26,13 @@ from epiprune.policy.clock import AUTO
 from epiprune.policy.config import PolicyConfig
 from epiprune.policy.importance import IMPORTANCES, MAGNITUDE_TAU, TAYLOR_TAU
 from epiprune.policy.indicator import INDICATORS
+from epiprune.run.config_text import fits, int_list, parse_threshold
 from epiprune.run.data import DATASETS
 
 OPTIMIZERS = ("sgd", "adamw")
 DEFAULT_EPI_EVERY = "epoch"
 # --epi-every auto: probes over the whole schedule (24 steps at 12 epochs of 47 steps: issue 20's offline look)
 PROBES_PER_SCHEDULE = 24
-
-
-def parse_threshold(text: str) -> float | str:
-    """--epi-threshold: a number, or 'auto'."""
-    if text == AUTO:
-        return AUTO
-    try:
-        return float(text)
-    except ValueError:
-        raise EpipruneError(f"--epi-threshold {text!r} is not a number (accepted: a threshold in (0, 1], or "
-                            "auto)") from None
-
-
-def int_list(text: str, what: str) -> list[int]:
-    """Parse `--seeds` / `--grid` / `--keep-checkpoints` text: comma-separated integers >= 0 and ranges lo-hi
-    (lo <= hi), each once."""
-    values: list[int] = []
-    accepted = "accepted: integers >= 0 like 1,2,5 or 1-6, each once"
-    for part in text.split(","):
-        lo, sep, hi = part.partition("-")
-        try:
-            first, last = (int(lo), int(hi)) if sep else (int(part), int(part))
-        except ValueError:
-            raise EpipruneError(f"bad --{what} {text!r} ({accepted})") from None
-        if last < first:
-            raise EpipruneError(f"bad --{what} {text!r}: {part} is an empty range ({accepted})")
-        values += range(first, last + 1)
-    if any(v < 0 for v in values) or len(set(values)) != len(values):
-        raise EpipruneError(f"bad --{what} {text!r} ({accepted})")
-    return values
 
 
 def option(default: Any = MISSING, *, help: str, choices: tuple[str, ...] | None = None,  # noqa: A002
@@ -406,28 +376,6 @@ class TrainConfig:
         return min(self.epochs - 1, max(self.epi_window + 1, self.epochs // 2))
 
 
-def _base_types(annotation: Any) -> tuple[tuple[type, ...], bool]:
-    """(the plain types a field's annotation allows, whether None is allowed)."""
-    args = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
-    plain = tuple(typing.get_origin(a) or a for a in args if a is not type(None))
-    return plain, type(None) in args
-
-
-def _fits(value: Any, annotation: Any) -> bool:
-    plain, optional = _base_types(annotation)
-    if value is None:
-        return optional
-    if isinstance(value, bool):
-        return bool in plain
-    if float in plain and isinstance(value, int):
-        return True
-    if list in plain and isinstance(value, list):
-        members = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
-        item = typing.get_args(next(a for a in members if typing.get_origin(a) is list))
-        return all(isinstance(v, item[0]) and not isinstance(v, bool) for v in value) if item else True
-    return isinstance(value, plain)
-
-
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The TrainConfig fields in a JSON file (`train --config`), each checked against its field's type."""
     try:
@@ -445,7 +393,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if unknown:
         raise EpipruneError(f"--config {path} names unknown settings {unknown} (accepted: {', '.join(hints)})")
     for name, value in values.items():
-        if not _fits(value, hints[name]):
+        if not fits(value, hints[name]):
             raise EpipruneError(f"--config {path}: {name} = {value!r} is not of type {hints[name]} (accepted: the "
                                 "type of train's --" + name.replace("_", "-") + ")")
     return values

@@ -10,12 +10,13 @@ from dataclasses import MISSING, fields
 from typing import Any
 
 from epiprune.errors import EpipruneError
-from epiprune.run.config import TrainConfig, _base_types
+from epiprune.run.config import TrainConfig
+from epiprune.run.config_text import base_types
 
 
 def scalar_type(name: str) -> type | None:
     """int, float or str: the argparse type of a field's option; None for bool (a switch) and containers."""
-    plain, _ = _base_types(TrainConfig.field_types()[name])
+    plain, _ = base_types(TrainConfig.field_types()[name])
     return plain[0] if plain[0] in (int, float, str) else None
 
 

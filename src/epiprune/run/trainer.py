@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -27,15 +26,16 @@ from epiprune.io.preprocessing import from_loader_stats
 from epiprune.io.serialization import architecture_spec, save_pruned
 from epiprune.models import is_import_path
 from epiprune.numerics import autocast, in_memory_format
-from epiprune.policy.early_pruning import EarlyPruningPolicy
-from epiprune.run.checkpoint import load_checkpoint, save_checkpoint
+from epiprune.run.checkpoint import load_checkpoint
 from epiprune.run.config import TrainConfig
 from epiprune.run.data import Dataset, TensorLoader, load_dataset
 from epiprune.run.folder import RunFolder
 from epiprune.run.latency_check import check_latency
 from epiprune.run.network import build_network, resolve_device, to_input, trainable
 from epiprune.run.plots import plot_epi
+from epiprune.run.policy_setup import make_run_policy
 from epiprune.run.records import EpochRow, RunSummary
+from epiprune.run.state import RunState, save_epoch, save_run_checkpoint
 from epiprune.run.steps import (
     TRAIN_FLOPS_PER_FORWARD,
     add_bn_l1_gradient,
@@ -48,7 +48,7 @@ from epiprune.run.steps import (
     seed_everything,
     split_data,
 )
-from epiprune.run.trajectory import KEPT_CHECKPOINTS, SCORES_FILE, ScoreRecorder, branch, keep_copy
+from epiprune.run.trajectory import ScoreRecorder, branch
 
 PROGRESS_EVERY = 20  # steps between progress-bar loss updates (each one waits for the device)
 
@@ -121,73 +121,8 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None, log: Callable[[str],
                                f"out after {cfg.dist_timeout:g}s): {str(e).splitlines()[0][:200]}") from None
 
 
-LATENCY_TABLE_FILE = "latency_table.json"
-
-
-def _make_policy(cfg: TrainConfig, model: nn.Module, example: torch.Tensor, budget: Budget, out: Path,
-                 resuming: bool, log: Callable[[str], None], ignored: list[nn.Module],
-                 steps_per_epoch: int | None = None) -> EarlyPruningPolicy:
-    """The run's policy (steps_per_epoch: the loader's batches, for the step clock). For a latency budget, rank 0
-    measures (or reuses) the table first and the other ranks then read the same file; the run folder keeps a copy,
-    which a resumed run uses."""
-    table = cfg.latency_table
-    if budget.kind == "latency" and resuming and table is None and (out / LATENCY_TABLE_FILE).exists():
-        table = str(out / LATENCY_TABLE_FILE)
-
-    def make() -> EarlyPruningPolicy:
-        return EarlyPruningPolicy.from_config(model, example, replace(cfg.policy_config(steps_per_epoch),
-                                                                      latency_table=table),
-                                              ignored_layers=ignored, log=log, progress=cfg.progress)
-
-    if budget.kind != "latency":
-        return make()
-    if not distributed.is_main():
-        distributed.barrier()  # rank 0 is building the table
-    policy = make()
-    if distributed.is_main():
-        distributed.barrier()
-        copy = out / LATENCY_TABLE_FILE
-        if policy.latency_table_path is not None and policy.latency_table_path.resolve() != copy.resolve():
-            shutil.copyfile(policy.latency_table_path, copy)
-    return policy
-
-
-@dataclass
-class _Run:
-    """The state of a run between its phases (setup, restore, epochs, finish)."""
-
-    cfg: TrainConfig
-    device: torch.device
-    log: Callable[[str], None]
-    main: bool
-    out: Path
-    budget: Budget
-    dataset: Dataset
-    train_loader: TensorLoader
-    val_loader: TensorLoader
-    test_loader: TensorLoader | None
-    model: nn.Module
-    policy: EarlyPruningPolicy
-    optimizer: torch.optim.Optimizer | None = None
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
-    metrics: list[EpochRow] = field(default_factory=list)
-    train_flops_total: float = 0.0
-    train_seconds: float = 0.0
-    first_epoch: int = 1
-    recorder: ScoreRecorder | None = None
-    flops: float = 0.0
-    params: float = 0.0
-    net: nn.Module | None = None
-    scaler: torch.amp.GradScaler | None = None
-    partial: dict | None = None  # a checkpoint's unfinished epoch (step clock: saved at a prune inside an epoch)
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.out / "metrics.jsonl"
-
-
 def _setup(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None], checkpoint: dict | None,
-           device: torch.device) -> _Run:
+           device: torch.device) -> RunState:
     """Data, loaders, the network and its policy (a checkpoint's pruned shapes and weights re-applied), the
     optimizer and the LR schedule (prune at initialisation first, when the run does)."""
     cfg.validate()
@@ -215,12 +150,12 @@ def _setup(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None]
     model = model.to(device)
     example = torch.zeros(1, dataset.in_channels, h, w, device=device)
     model = in_memory_format(model, cfg.channels_last)
-    policy = _make_policy(cfg, model, example, budget, out, checkpoint is not None, log, ignored,
+    policy = make_run_policy(cfg, model, example, budget, out, checkpoint is not None, log, ignored,
                           len(train_loader))
     if checkpoint is not None:
         policy.load_state_dict(checkpoint["policy"])  # re-applies the surgery if the run had pruned
         model.load_state_dict(checkpoint["model"])
-    run = _Run(cfg, device, log, main, out, budget, dataset, train_loader, val_loader, test_loader, model, policy)
+    run = RunState(cfg, device, log, main, out, budget, dataset, train_loader, val_loader, test_loader, model, policy)
     if checkpoint is None and cfg.prune_at == 0:
         run.train_flops_total = prune_at_initialisation(model, policy, train_loader, cfg.init_batches)
     run.optimizer = make_optimizer(model, cfg)
@@ -228,7 +163,7 @@ def _setup(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None]
     return run
 
 
-def _restore(run: _Run, checkpoint: dict | None) -> None:
+def _restore(run: RunState, checkpoint: dict | None) -> None:
     """Where the epochs start: a checkpoint's optimizer, schedule, random state and metrics (--resume), the dense
     run's epochs replayed (--branch-from), or nothing (a new run). Then the module the loop trains."""
     cfg, main, world = run.cfg, run.main, distributed.world_size()
@@ -285,7 +220,7 @@ def _restore(run: _Run, checkpoint: dict | None) -> None:
         run.scaler.load_state_dict(checkpoint["extra"]["scaler"])
 
 
-def _train_steps(run: _Run, epoch: int, on_checkpoint: Callable[[], None]) -> tuple[float, int, int, float, bool]:
+def _train_steps(run: RunState, epoch: int, on_checkpoint: Callable[[], None]) -> tuple[float, int, int, float, bool]:
     """The epoch's optimizer steps (the policy sees every one; on the step clock it may prune at one, and the run
     then checkpoints that step): (summed loss, correct, samples, summed forward FLOPs x samples, pruned in this
     epoch), over all ranks. A run resumed inside this epoch starts after its saved step, with its sums."""
@@ -331,7 +266,7 @@ def _train_steps(run: _Run, epoch: int, on_checkpoint: Callable[[], None]) -> tu
         correct_total += (logits.argmax(1) == y).sum()
         seen += len(y)
         if pruned_now:  # checkpointed at the prune step: a run killed now resumes inside this epoch
-            _save_checkpoint(run, on_checkpoint, partial={
+            save_run_checkpoint(run, on_checkpoint, partial={
                 "epoch": epoch, "step": step + 1, "loss": loss_total.item(), "correct": int(correct_total.item()),
                 "seen": seen, "flop_samples": flop_samples, "pruned_here": True, "order_rng": order_rng,
                 "seconds": time.perf_counter() - t0})
@@ -348,7 +283,7 @@ def _train_steps(run: _Run, epoch: int, on_checkpoint: Callable[[], None]) -> tu
     return loss_sum, int(correct), int(seen), flop_samples, pruned_here
 
 
-def _train_epoch(run: _Run, epoch: int, on_checkpoint: Callable[[], None]) -> EpochRow:
+def _train_epoch(run: RunState, epoch: int, on_checkpoint: Callable[[], None]) -> EpochRow:
     """One epoch: the steps, validation, the policy's decision (it may prune), the checkpoint, the metrics row."""
     cfg, device, policy, optimizer = run.cfg, run.device, run.policy, run.optimizer
     t0 = time.perf_counter() - (run.partial["seconds"] if run.partial else 0.0)
@@ -386,7 +321,7 @@ def _train_epoch(run: _Run, epoch: int, on_checkpoint: Callable[[], None]) -> Ep
     if run.test_loader is not None and epoch == cfg.total_epochs:
         row["test_top1"] = evaluate(run.net, run.test_loader, device, cfg.channels_last, cfg.amp)[1]
     run.metrics.append(row)
-    _save_epoch(run, epoch, row, on_checkpoint)
+    save_epoch(run, epoch, row, on_checkpoint)
     compared = row["epi_compared"]
     epi_text = "  -  " if compared is None else f"{compared:.3f}"
     if compared is not None and row["threshold"] is not None:
@@ -398,40 +333,7 @@ def _train_epoch(run: _Run, epoch: int, on_checkpoint: Callable[[], None]) -> Ep
     return row
 
 
-def _save_checkpoint(run: _Run, on_checkpoint: Callable[[], None], partial: dict | None = None) -> bool:
-    """Rank 0 writes the checkpoint (the data order and random state of every rank in it; `partial`: this rank's
-    sums and position in an unfinished epoch, gathered per rank); every rank takes part in the gathering. True on
-    rank 0."""
-    rng = distributed.gather_to_all((run.train_loader.rng_state(), torch.get_rng_state()))  # per rank
-    if partial is not None:
-        partial = distributed.gather_to_all(partial)
-    if not run.main:
-        return False
-    recorder = run.recorder
-    save_checkpoint(run.out / CHECKPOINT_FILE, run.model, run.optimizer, run.scheduler, run.policy,
-                    config=asdict(run.cfg), metrics=run.metrics, train_flops_total=run.train_flops_total,
-                    seconds=run.train_seconds, rng=rng, scaler=run.scaler.state_dict(),
-                    scores=recorder.state_dict() if recorder else {}, partial=partial)
-    on_checkpoint()
-    return True
-
-
-def _save_epoch(run: _Run, epoch: int, row: EpochRow, on_checkpoint: Callable[[], None]) -> None:
-    """The epoch's checkpoint, the kept copy, the recorded scores, then the metrics row (rank 0 writes)."""
-    cfg, recorder = run.cfg, run.recorder
-    # checkpoint first: a crash between the two writes leaves a checkpoint that resume trusts
-    if not _save_checkpoint(run, on_checkpoint):
-        return
-    out = run.out
-    if epoch in (cfg.keep_checkpoints or []):
-        keep_copy(out / CHECKPOINT_FILE, out / KEPT_CHECKPOINTS / f"epoch{epoch}.pt")
-    if recorder is not None:
-        recorder.write(out / SCORES_FILE)
-    with open(run.metrics_path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
-def _finish(run: _Run) -> RunResult:
+def _finish(run: RunState) -> RunResult:
     """The summary (training cost against dense training of the same data budget), the latency check, the saved
     model, summary.json and epi.png."""
     cfg, policy, metrics, dataset, flops, params = run.cfg, run.policy, run.metrics, run.dataset, run.flops, run.params
