@@ -8,7 +8,7 @@ import torch
 
 import epiprune
 from epiprune.cli import main
-from epiprune.io.export import SUFFIX
+from epiprune.io.export import LOAD_SUFFIX, SUFFIX
 from epiprune.run.trainer import TrainConfig, train
 
 from .helpers import assert_one_line_error, call_main, run_cli
@@ -93,7 +93,7 @@ def test_export_prints_nothing_but_its_result(run_dir, tmp_path, fmt):
     subprocess: torch's own log handler writes to the real stderr, which pytest's capture does not see."""
     if fmt == "onnx":
         pytest.importorskip("onnxscript")
-    proc = run_cli("export", run_dir, "--format", fmt, "--out", tmp_path / f"m.{fmt}", timeout=300)
+    proc = run_cli("export", run_dir, "--format", fmt, "--out", tmp_path / f"m{SUFFIX[fmt]}", timeout=300)
     assert proc.returncode == 0 and proc.stderr == "" and proc.stdout.startswith("wrote "), proc.stderr
 
 
@@ -151,3 +151,29 @@ def test_predict_bad_model_is_a_one_line_error(tmp_path, capsys):
     for model, needle in ((tmp_path / "m.pt2", "cannot read"), (tmp_path / "nope", "model not found"),
                           (tmp_path / "x.png", "unknown model file")):
         assert_one_line_error(call_main(["predict", model, tmp_path / "x.png"], capsys), needle)
+
+
+def test_export_refuses_to_replace_an_existing_file_unless_force(run_dir, tmp_path, capsys):
+    """Issue 23: `export --out` onto an existing file (a PNG) replaced it; now one line, exit 2, file untouched."""
+    target = tmp_path / "picture.pt"
+    target.write_bytes(b"a png, say")
+    result = call_main(["export", run_dir, "--format", "torchscript", "--out", target], capsys)
+    assert_one_line_error(result, f"--out {target} exists", "--force")
+    assert target.read_bytes() == b"a png, say"
+    default = run_dir / f"model_export{SUFFIX['export']}"  # the default target is no exception
+    default.write_bytes(b"an older export")
+    try:
+        assert_one_line_error(call_main(["export", run_dir, "--format", "export"], capsys), "exists", "--force")
+        assert default.read_bytes() == b"an older export"
+    finally:
+        default.unlink()
+    assert call_main(["export", run_dir, "--format", "torchscript", "--out", target, "--force"], capsys).returncode == 0
+    assert target.read_bytes() != b"a png, say"
+
+
+@pytest.mark.parametrize("fmt,name", [("onnx", "model.png"), ("torchscript", "model.onnx"), ("export", "model.pt"),
+                                      ("safetensors", "model"), ("torchscript", "model.pt2")])
+def test_export_refuses_a_suffix_that_is_not_its_formats(run_dir, tmp_path, capsys, fmt, name):
+    result = call_main(["export", run_dir, "--format", fmt, "--out", tmp_path / name, "--force"], capsys)
+    assert_one_line_error(result, f"does not end in {LOAD_SUFFIX[fmt]}", f"--format {fmt}")
+    assert not (tmp_path / name).exists()

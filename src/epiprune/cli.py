@@ -78,7 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--format", default="torchscript", choices=("torchscript", "export", "onnx", "safetensors"),
                    help="torchscript (torch.jit.load), export (torch.export .pt2: torch.export.load), onnx (needs "
                    "onnx + onnxscript), or safetensors with the architecture in its metadata (epiprune.load_pruned)")
-    e.add_argument("--out", default=None, help="file to write (default: RUN_DIR/model_export.<format suffix>)")
+    e.add_argument("--out", default=None, help="file to write, ending in the format's suffix (.pt, .pt2, .onnx, "
+                   ".safetensors); an existing file is refused unless --force (default: RUN_DIR/model_export.<format "
+                   "suffix>)")
+    e.add_argument("--force", action="store_true", help="replace the file at --out if it exists")
     e.add_argument("--model", default=None, metavar="MODULE:FACTORY",
                    help="for a run of your own network: its factory, imported to build the dense network that the "
                    "run's surgery and weights are applied to (epiprune never imports a module named in a saved "
@@ -182,7 +185,7 @@ def _export(args: argparse.Namespace) -> None:
         except (KeyError, TypeError) as e:
             raise EpipruneError(f"bad architecture spec in {args.run_dir} ({e})") from None
         dense = make_model(args.model, in_channels, num_classes, kwargs, size)
-    path = export_run(args.run_dir, args.format, args.out, model=dense)
+    path = export_run(args.run_dir, args.format, args.out, model=dense, force=args.force)
     print(f"wrote {path}")
 
 
