@@ -200,7 +200,11 @@ def train_config(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
     """The run `train` describes: its --config file, then the options given beside it; what neither sets keeps
     TrainConfig's default (which is also the option's default)."""
     values = read_config_file(args.config) if args.config is not None else {}
-    values.update(config_values(_explicit(argv, "train")))
+    given = config_values(_explicit(argv, "train"))
+    values.update(given)
+    if "momentum" in given and values.get("optimizer") == "adamw":  # the default value given explicitly, too
+        raise EpipruneError(f"--momentum {given['momentum']} is SGD's and AdamW does not use it (accepted: "
+                            "--momentum with --optimizer sgd, or AdamW without --momentum)")
     if args.no_progress:
         values["progress"] = False
     return TrainConfig(**values)
