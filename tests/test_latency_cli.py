@@ -147,3 +147,41 @@ def test_a_resumed_run_uses_the_table_kept_in_its_folder(tmp_path, monkeypatch, 
     printed = capsys.readouterr().out
     assert f"latency table: reusing {out / 'latency_table.json'}" in printed and "building" not in printed
     assert json.loads((out / "summary.json").read_text())["latency"]["table"] == str(out / "latency_table.json")
+
+
+@pytest.mark.parametrize("command", ["train", "latency-table"])
+def test_a_named_table_of_another_model_is_not_rebuilt_over_without_force(table, tmp_path, capsys, command):
+    """Issue 23: `--latency-table PATH` naming another model's table rebuilt it over the old one."""
+    theirs = tmp_path / "vgg-table.json"
+    theirs.write_bytes(table.read_bytes())  # ResNet-20's table, named by a run of another model
+    before = theirs.read_bytes()
+    if command == "train":
+        argv = ["train", "--model", "vgg11_bn", "--budget", "latency:0.5", "--latency-table", theirs,
+                "--out", tmp_path / "run", *TRAIN]
+    else:
+        argv = ["latency-table", "--model", "vgg11_bn", "--batch", "16", "--out", theirs, "--no-progress"]
+    assert_one_line_error(call_main(argv, capsys), f"latency table {theirs} was built for model CifarResNet",
+                          "--force")
+    assert theirs.read_bytes() == before
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "latency-table"])
+def test_force_rebuilds_a_named_table_of_another_model(table, tmp_path, capsys, monkeypatch, command):
+    """--force reaches load_or_build (through the policy for train): the rebuild starts. Stopped right there by a
+    stand-in for build_table, so that the test does not time a VGG."""
+    import epiprune.costs.latency_build as latency_build
+    from epiprune.errors import EpipruneError
+
+    def stand_in(*args, **kwargs):
+        raise EpipruneError("the rebuild started")
+
+    monkeypatch.setattr(latency_build, "build_table", stand_in)
+    theirs = tmp_path / "vgg-table.json"
+    theirs.write_bytes(table.read_bytes())
+    if command == "train":
+        argv = ["train", "--model", "vgg11_bn", "--budget", "latency:0.5", "--latency-table", theirs,
+                "--out", tmp_path / "run", "--force", *TRAIN]
+    else:
+        argv = ["latency-table", "--model", "vgg11_bn", "--batch", "16", "--out", theirs, "--no-progress", "--force"]
+    assert_one_line_error(call_main(argv, capsys), "the rebuild started")

@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run in DIR from its last checkpoint, with its own settings (only "
                    "--no-progress may be added) (default: none, a new run)")
     t.add_argument("--force", action="store_true",
-                   help="replace the run already in --out (its files are kept until the new run's first checkpoint)")
+                   help="replace the run already in --out (its files are kept until the new run's first checkpoint), "
+                   "and rebuild a --latency-table file made for another model or other settings over the old one")
     c = sub.add_parser("compare", help="run every pruning method (dense, prune-at-init, train-prune-fine-tune, "
                        "fixed-epoch grid = oracle, Early-Bird, EPI) and tabulate accuracy and training cost",
                        formatter_class=_Help)
@@ -101,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     lt.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to time")
     lt.add_argument("--out", default=None, metavar="PATH",
                     help="file to write (default: the cache file that train looks for with the same settings)")
+    lt.add_argument("--force", action="store_true",
+                    help="rebuild a table at --out that was made for another model or other settings over it")
     lt.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     r = sub.add_parser("report", help="tables and plots again from a train or compare folder, without training "
@@ -211,6 +214,7 @@ def train_config(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
 
 
 def _train(args: argparse.Namespace, argv: list[str]) -> None:
+    from epiprune.costs.latency_build import replacing_tables
     from epiprune.run.folder import RunFolder
     from epiprune.run.trainer import train
 
@@ -227,7 +231,9 @@ def _train(args: argparse.Namespace, argv: list[str]) -> None:
     if args.resume is not None:
         cfg.out = args.resume
     args.run_folder = RunFolder(cfg.out, resume=args.resume is not None, force=args.force)
-    result = train(cfg, resume=args.resume is not None, folder=args.run_folder)
+    # a table of other settings is rebuilt over the named file only when asked (a resumed run: its own copy)
+    with replacing_tables(args.force or args.resume is not None):
+        result = train(cfg, resume=args.resume is not None, folder=args.run_folder)
     from epiprune import distributed
 
     main_rank = distributed.is_main()
@@ -272,7 +278,8 @@ def _latency_table(args: argparse.Namespace) -> None:
         raise EpipruneError(str(e)) from None
     model = in_memory_format(model, settings.channels_last)
     graph = PrunableGraph(model, torch.zeros(1, *shape, device=device))
-    cost, path = load_or_build(graph, settings, args.out, progress=not args.no_progress, select=select_subnetwork)
+    cost, path = load_or_build(graph, settings, args.out, progress=not args.no_progress, select=select_subnetwork,
+                               replace=args.force)
     print(f"{path}: dense {settings.target} step at batch {settings.batch_size} = {cost.dense:.1f} ms predicted")
 
 
