@@ -6,10 +6,12 @@ import argparse
 import sys
 from dataclasses import MISSING, fields
 
+from epiprune.costs.timing import TARGETS
 from epiprune.errors import DistributedError, EpipruneError
 from epiprune.evidence.runs import SHARED_SETTINGS, CompareConfig
 from epiprune.models import MODELS, is_import_path
-from epiprune.models.user import parse_model_kwargs
+from epiprune.models.user import parse_layer_names, parse_model_kwargs
+from epiprune.numerics import AMP_DTYPES
 from epiprune.run.config import TrainConfig, int_list, read_config_file
 from epiprune.run.options import add_config_options, config_values
 
@@ -93,18 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     lt = sub.add_parser("latency-table", help="measure a model's per-layer latency table on this device (what "
                         "`train --budget latency:F` uses; train builds it itself when missing)",
                         formatter_class=_Help)
-    lt.add_argument("--model", default="resnet20", help=f"network: {', '.join(MODELS)}")
-    lt.add_argument("--input-shape", default="1,28,28", help="one sample's C,H,W (built-in data: 1,28,28)")
-    lt.add_argument("--num-classes", type=int, default=10, help="outputs of the classifier")
-    lt.add_argument("--batch", "--batch-size", dest="batch_size", type=int, default=128,
-                    help="samples per timed training batch (target train)")
-    _add_latency_options(lt)
-    lt.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to time")
-    lt.add_argument("--out", default=None, metavar="PATH",
-                    help="file to write (default: the cache file that train looks for with the same settings)")
-    lt.add_argument("--force", action="store_true",
-                    help="rebuild a table at --out that was made for another model or other settings over it")
-    lt.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_latency_table_options(lt)
 
     r = sub.add_parser("report", help="tables and plots again from a train or compare folder, without training "
                                       "(also while a compare grid is still running)", formatter_class=_Help)
@@ -118,18 +109,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-MODEL_FIELDS = ("model", "model_kwargs", "ignore_layers")
-LATENCY_FIELDS = ("latency_target", "latency_batch", "channels_last", "amp")
-
-
-def _add_model_options(p: argparse.ArgumentParser) -> None:
-    """The network: a registry name or the user's own factory, its arguments, and layers never to prune."""
-    add_config_options(p, MODEL_FIELDS)
-
-
-def _add_latency_options(p: argparse.ArgumentParser) -> None:
-    """What a latency table times: shared by `train` and `latency-table`, so a table built by one fits the other."""
-    add_config_options(p, LATENCY_FIELDS)
+def _add_latency_table_options(lt: argparse.ArgumentParser) -> None:
+    """`latency-table`'s options: what `train` would be given for the run the table is for (same names, so that
+    the table built here is the one train looks for), each described for this command."""
+    lt.add_argument("--model", default="resnet20", help=f"the network to time: {', '.join(MODELS)}, or your own as "
+                    "package.module:factory (as train's --model; called with num_classes and in_channels if it "
+                    "takes them)")
+    lt.add_argument("--model-kwargs", default=None, metavar="JSON", help="keyword arguments of your --model factory "
+                    "as a JSON object, the same as the run's (default: none)")
+    lt.add_argument("--ignore-layers", default=None, metavar="NAMES", help="the run's --ignore-layers: "
+                    "comma-separated module names never pruned (default: none)")
+    lt.add_argument("--input-shape", default="1,28,28", help="one sample's C,H,W as the run feeds it (built-in data "
+                    "and Fashion-MNIST: 1,28,28; CIFAR: 3,32,32; an image folder: 3,S,S for --image-size S)")
+    lt.add_argument("--num-classes", type=int, default=10, help="outputs of the classifier (>= 1)")
+    lt.add_argument("--batch", "--batch-size", dest="batch_size", type=int, default=128,
+                    help="the run's training batch size (train's --batch-size): a step is timed at this batch "
+                    "unless --latency-batch is given")
+    lt.add_argument("--latency-target", default="train", choices=TARGETS, help="train: time a training step "
+                    "(forward, backward, optimizer step); infer: a forward pass only")
+    lt.add_argument("--latency-batch", type=int, default=None, help="samples per timed step, when not --batch "
+                    "(e.g. 1 with --latency-target infer for one image's latency) (default: --batch)")
+    lt.add_argument("--channels-last", action="store_true", help="time in channels-last memory format (a table for "
+                    "a run with train --channels-last)")
+    lt.add_argument("--amp", default="none", choices=tuple(AMP_DTYPES), help="autocast dtype to time in (a table "
+                    "for a run with train --amp)")
+    lt.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to time: auto is a GPU "
+                    "when CUDA is available; a table is only valid on the device that measured it")
+    lt.add_argument("--out", default=None, metavar="PATH", help="file to write, or to reuse if it holds the table "
+                    "of these settings; one of another model or other settings is refused unless --force (default: "
+                    "the cache file train looks for, under $EPIPRUNE_CACHE or ~/.cache/epiprune)")
+    lt.add_argument("--force", action="store_true",
+                    help="rebuild a table at --out that was made for another model or other settings over it")
+    lt.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 _int_list = int_list  # benchmarks import it from here
@@ -251,36 +262,16 @@ def _train(args: argparse.Namespace, argv: list[str]) -> None:
 
 
 def _latency_table(args: argparse.Namespace) -> None:
-    import torch
+    from epiprune.run.latency_command import build, prepare
 
-    from epiprune.costs.latency_build import load_or_build
-    from epiprune.costs.timing import LatencySettings
-    from epiprune.models import build_model
-    from epiprune.numerics import in_memory_format
-    from epiprune.policy.subnetwork import select_subnetwork
-    from epiprune.run.network import resolve_device
-    from epiprune.surgery import PrunableGraph
-
-    try:
-        shape = tuple(int(v) for v in args.input_shape.split(","))
-    except ValueError:
-        shape = ()
-    if len(shape) != 3 or min(shape) < 1:
-        raise EpipruneError(f"bad input shape {args.input_shape!r} (accepted: C,H,W such as 1,28,28 or 3,32,32)")
-    if args.model not in MODELS:
-        raise EpipruneError(f"unknown model {args.model!r} (accepted: {', '.join(MODELS)})")
-    settings = LatencySettings(target=args.latency_target, batch_size=args.latency_batch or args.batch_size,
-                               channels_last=args.channels_last, amp=args.amp)
-    device = resolve_device(args.device)
-    try:
-        model = build_model(args.model, shape[0], args.num_classes).to(device)
-    except ValueError as e:
-        raise EpipruneError(str(e)) from None
-    model = in_memory_format(model, settings.channels_last)
-    graph = PrunableGraph(model, torch.zeros(1, *shape, device=device))
-    cost, path = load_or_build(graph, settings, args.out, progress=not args.no_progress, select=select_subnetwork,
-                               replace=args.force)
-    print(f"{path}: dense {settings.target} step at batch {settings.batch_size} = {cost.dense:.1f} ms predicted")
+    cfg = TrainConfig(model=args.model, model_kwargs=parse_model_kwargs(args.model_kwargs) if args.model_kwargs
+                      else {}, ignore_layers=parse_layer_names(args.ignore_layers) if args.ignore_layers else [],
+                      batch_size=args.batch_size, latency_target=args.latency_target, latency_batch=args.latency_batch,
+                      channels_last=args.channels_last, amp=args.amp, device=args.device)
+    job = prepare(cfg, args.input_shape, args.num_classes, args.out, args.force)  # every check before timing
+    cost = build(job, args.force, progress=not args.no_progress)
+    print(f"{job.path}: dense {job.settings.target} step at batch {job.settings.batch_size} = {cost.dense:.1f} ms "
+          "predicted")
 
 
 def _interrupt_message(args: argparse.Namespace) -> str:
