@@ -177,3 +177,39 @@ def test_export_refuses_a_suffix_that_is_not_its_formats(run_dir, tmp_path, caps
     result = call_main(["export", run_dir, "--format", fmt, "--out", tmp_path / name, "--force"], capsys)
     assert_one_line_error(result, f"does not end in {LOAD_SUFFIX[fmt]}", f"--format {fmt}")
     assert not (tmp_path / name).exists()
+
+
+def test_predict_takes_a_runs_model_safetensors_and_a_folder_of_images(run_dir, tmp_path, capsys):
+    """Issue 23: predict refused a run's model.safetensors and took no folder of images."""
+    from PIL import Image
+
+    from epiprune.run.data import load_builtin
+
+    folder = tmp_path / "images"
+    (folder / "more").mkdir(parents=True)
+    for i, pixels in enumerate(load_builtin().val_images[:3]):
+        Image.fromarray(pixels[..., 0]).save(folder / ("more" if i == 2 else ".") / f"img{i}.png")
+    (folder / "notes.txt").write_text("not an image")
+    files = [folder / "img0.png", folder / "img1.png", folder / "more" / "img2.png"]
+    assert main(["predict", str(run_dir), *map(str, files)]) == 0
+    expected = capsys.readouterr().out.splitlines()
+    assert main(["predict", str(run_dir / "model.safetensors"), str(folder)]) == 0
+    assert capsys.readouterr().out.splitlines() == expected
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(call_main(["predict", run_dir, tmp_path / "empty"], capsys), "no image files in")
+
+
+def test_predict_of_a_checkpoint_says_what_it_is_and_what_to_pass(run_dir, tmp_path, capsys):
+    """Issue 23: `predict runs/x/checkpoint.pt` said the file was corrupted."""
+    from PIL import Image
+
+    Image.new("L", (28, 28)).save(tmp_path / "x.png")
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"model": {"w": torch.zeros(2)}, "epoch": 3}, run / "checkpoint.pt")
+    assert_one_line_error(call_main(["predict", run / "checkpoint.pt", tmp_path / "x.png"], capsys),
+                          "is the training checkpoint of a run", f"the run folder {run}", "model.safetensors")
+    torch.save({"w": torch.zeros(2)}, tmp_path / "weights.pt")
+    result = call_main(["predict", tmp_path / "weights.pt", tmp_path / "x.png"], capsys)
+    assert_one_line_error(result, "is a torch.save file (pickled tensors), not a TorchScript archive")
+    assert "corrupt" not in result.stderr

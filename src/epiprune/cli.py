@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import MISSING, fields
+from typing import TYPE_CHECKING
 
 from epiprune.costs.timing import TARGETS
 from epiprune.errors import DistributedError, EpipruneError
@@ -14,6 +15,9 @@ from epiprune.models.user import parse_layer_names, parse_model_kwargs
 from epiprune.numerics import AMP_DTYPES
 from epiprune.run.config import TrainConfig, int_list, read_config_file
 from epiprune.run.options import add_config_options, config_values
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 class _Parser(argparse.ArgumentParser):
@@ -102,10 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("folder", help="output folder of `epiprune train` or `epiprune compare`")
     p = sub.add_parser("predict", help="print the top classes for image files: check that a trained or exported "
                        "model works as it is", formatter_class=_Help)
-    p.add_argument("model", help="a run folder of `epiprune train`, or a file of `epiprune export` (.safetensors, "
-                   ".pt, .pt2, .onnx)")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (resized and converted like training's)")
+    p.add_argument("model_path", metavar="MODEL", help="a run folder of `epiprune train` or its model.safetensors, "
+                   "or a file of `epiprune export` (.safetensors, .pt, .pt2, .onnx)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of them (resized and "
+                   "converted like training's)")
     p.add_argument("--top", type=int, default=3, help="classes shown per image, most likely first")
+    p.add_argument("--model", default=None, metavar="MODULE:FACTORY",
+                   help="for a run of your own network: its factory, imported to build the dense network that the "
+                   "run's surgery and weights are applied to (default: none, the run's registry model)")
+    p.add_argument("--model-kwargs", default=None, metavar="JSON",
+                   help="keyword arguments of --model's factory (default: those recorded in the run)")
     return parser
 
 
@@ -176,37 +186,52 @@ def _compare(args: argparse.Namespace) -> None:
           "accuracy_vs_prune_epoch.png epi_curve.png widths_heatmap.png")
 
 
-def _export(args: argparse.Namespace) -> None:
+def _dense_network(run: str, factory: str | None, kwargs_text: str | None) -> nn.Module | None:
+    """The dense network of a run of the user's own network, built by the factory named on the command line (a
+    name in a saved file is never imported); None when no --model is given (a registry model's run)."""
     from pathlib import Path
 
-    from epiprune.io.export import export_run
     from epiprune.io.serialization import read_spec
     from epiprune.models import make_model
 
-    dense = None
-    if args.model is not None or args.model_kwargs is not None:
-        if args.model is None:
-            raise EpipruneError("--model-kwargs is given without --model (accepted: --model package.module:factory "
-                                "with it)")
-        spec, _ = read_spec(Path(args.run_dir))
-        if args.model != spec.get("model"):
-            sys.stderr.write(f"warning: --model {args.model} is not the run's recorded model {spec.get('model')!r}; "
-                             "its weights must fit it\n")
-        kwargs = parse_model_kwargs(args.model_kwargs) if args.model_kwargs is not None else \
-            spec.get("model_kwargs") or {}
-        try:
-            size, in_channels, num_classes = tuple(spec["input_size"]), spec["in_channels"], spec["num_classes"]
-        except (KeyError, TypeError) as e:
-            raise EpipruneError(f"bad architecture spec in {args.run_dir} ({e})") from None
-        dense = make_model(args.model, in_channels, num_classes, kwargs, size)
+    if factory is None and kwargs_text is None:
+        return None
+    if factory is None:
+        raise EpipruneError("--model-kwargs is given without --model (accepted: --model package.module:factory "
+                            "with it)")
+    spec, _ = read_spec(Path(run))
+    if factory != spec.get("model"):
+        sys.stderr.write(f"warning: --model {factory} is not the run's recorded model {spec.get('model')!r}; its "
+                         "weights must fit it\n")
+    kwargs = parse_model_kwargs(kwargs_text) if kwargs_text is not None else spec.get("model_kwargs") or {}
+    try:
+        size, in_channels, num_classes = tuple(spec["input_size"]), spec["in_channels"], spec["num_classes"]
+    except (KeyError, TypeError) as e:
+        raise EpipruneError(f"bad architecture spec in {run} ({e})") from None
+    return make_model(factory, in_channels, num_classes, kwargs, size)
+
+
+def _export(args: argparse.Namespace) -> None:
+    from epiprune.io.export import export_run
+
+    dense = _dense_network(args.run_dir, args.model, args.model_kwargs)
     path = export_run(args.run_dir, args.format, args.out, model=dense, force=args.force)
     print(f"wrote {path}")
 
 
 def _predict(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
     from epiprune.io.predict import predict
 
-    for image, top in zip(args.images, predict(args.model, args.images, args.top), strict=True):
+    path = Path(args.model_path)
+    dense = None
+    if args.model is not None or args.model_kwargs is not None:
+        if not (path.is_dir() or path.suffix == ".safetensors"):
+            raise EpipruneError(f"--model is for a run of your own network, and {path} is not a run folder or "
+                                ".safetensors file (accepted: --model with a run, or an exported file alone)")
+        dense = _dense_network(args.model_path, args.model, args.model_kwargs)
+    for image, top in predict(path, args.images, args.top, model=dense):
         print(f"{image}: " + ", ".join(f"{name} {100 * p:.1f}%" for name, p in top))
 
 

@@ -74,7 +74,8 @@ def build_from_spec(spec: dict, model: nn.Module | None = None, source: str = "t
         if user_network:
             raise EpipruneError(f"{source} holds the network of {_describe_model(spec)}, which epiprune does not "
                                 f"import from a saved file (accepted: load_pruned(path, model=<the dense network "
-                                f"that {name} builds>), or `epiprune export --model {name}`)")
+                                f"that {name} builds>), or `epiprune export` / `epiprune predict` with --model "
+                                f"{name})")
         try:
             model = build_model(name, in_channels, num_classes)
         except ValueError as e:
@@ -124,13 +125,20 @@ def read_spec(path: Path) -> tuple[dict, Path]:
         except Exception as e:  # safetensors raises its own error types for truncated files
             raise EpipruneError(f"corrupt {path}: {e}") from None
         if text is None:
-            raise EpipruneError(f"{path} has no epiprune architecture in its metadata (export it with epiprune)")
+            if (path.parent / ARCH_FILE).is_file():  # a run folder's weights: the architecture is beside them
+                return _read_arch(path.parent / ARCH_FILE), path
+            raise EpipruneError(f"{path} has no epiprune architecture in its metadata and no {ARCH_FILE} beside it "
+                                "(accepted: a run folder, its model.safetensors, or a file of `epiprune export`)")
         return json.loads(text), path
     arch, weights = path / ARCH_FILE, path / WEIGHTS_FILE
     if not arch.is_file() or not weights.is_file():
         raise EpipruneError(f"no saved model in {path} (expected {ARCH_FILE} and {WEIGHTS_FILE})")
+    return _read_arch(arch), weights
+
+
+def _read_arch(arch: Path) -> dict:
     try:
-        return json.loads(arch.read_text()), weights
+        return json.loads(arch.read_text())
     except json.JSONDecodeError as e:
         raise EpipruneError(f"corrupt {arch}: {e}") from None
 
