@@ -24,7 +24,7 @@ def run_dir(tmp_path_factory):
     cfg = TrainConfig(model="resnet20", train_subset=128, val_subset=64, epochs=2, prune_at=1,
                       batch_size=64, out=str(out), progress=False)
     train(cfg, log=lambda _: None)
-    model, x = epiprune.load_pruned(out), torch.rand(2, 1, 28, 28)
+    model, x = epiprune.load_pruned(out, raw_inputs=False), torch.rand(2, 1, 28, 28)
     with torch.no_grad():
         assert (model(x) - model(2 * x)).abs().max() > 1e-2, "the comparisons below need an input-dependent model"
     return out
@@ -35,7 +35,7 @@ def reference_output(run_dir, x):
     prep = epiprune.load_preprocessing(run_dir)
     mean, std = torch.tensor(prep.mean).view(1, -1, 1, 1), torch.tensor(prep.std).view(1, -1, 1, 1)
     with torch.no_grad():
-        return epiprune.load_pruned(run_dir)((x - mean) / std).numpy()
+        return epiprune.load_pruned(run_dir, raw_inputs=False)((x - mean) / std).numpy()
 
 
 def outputs_without_epiprune(load_expression: str, x: torch.Tensor, tmp_path) -> np.ndarray:
@@ -213,3 +213,39 @@ def test_predict_of_a_checkpoint_says_what_it_is_and_what_to_pass(run_dir, tmp_p
     result = call_main(["predict", tmp_path / "weights.pt", tmp_path / "x.png"], capsys)
     assert_one_line_error(result, "is a torch.save file (pickled tensors), not a TorchScript archive")
     assert "corrupt" not in result.stderr
+
+
+def test_load_pruned_takes_raw_images_by_default(run_dir):
+    """Issue 23: load_pruned returned the bare network, which fed raw [0, 1] images silently scored 31% instead
+    of 94%. Now the default is the network behind the run's standardisation: raw images give exactly the
+    predictions the bare network gives on standardised ones."""
+    from epiprune.run.data import load_builtin
+
+    data = load_builtin()
+    raw = torch.from_numpy(data.val_images[:256].astype(np.float32) / 255).permute(0, 3, 1, 2)
+    model = epiprune.load_pruned(run_dir)
+    assert isinstance(model, epiprune.RawInputModel) and not model.training
+    with torch.no_grad():
+        np.testing.assert_allclose(model(raw).numpy(), reference_output(run_dir, raw), atol=1e-5)
+    bare = epiprune.load_pruned(run_dir, raw_inputs=False)
+    assert not isinstance(bare, epiprune.RawInputModel) and type(model.network) is type(bare)
+    assert model.layers is model.network.layers  # the network's attributes, as before
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in bare.parameters())
+
+
+def test_preprocessing_record_is_dict_like_and_images_become_tensors_publicly(run_dir, tmp_path):
+    from PIL import Image
+
+    prep = epiprune.load_preprocessing(run_dir)
+    assert isinstance(prep, epiprune.Preprocessing) and prep == epiprune.load_pruned(run_dir).preprocessing
+    assert prep["mean"] == prep.mean and dict(prep) == prep.to_dict() and "class_names" in prep
+    assert list(prep) == ["mean", "std", "in_channels", "input_size", "class_names"] and len(prep) == 5
+    with pytest.raises(KeyError):
+        prep["nope"]
+    pixels = (np.arange(40 * 30) % 256).astype(np.uint8).reshape(30, 40)
+    Image.fromarray(pixels).save(tmp_path / "x.png")
+    x = epiprune.image_to_tensor(tmp_path / "x.png", prep)
+    assert x.shape == (1, 1, 28, 28) and 0 <= float(x.min()) and float(x.max()) <= 1
+    expected = np.asarray(Image.fromarray(pixels).resize((28, 28), Image.BILINEAR), dtype=np.float32) / 255
+    np.testing.assert_allclose(x[0, 0].numpy(), expected)
+    torch.testing.assert_close(epiprune.image_to_tensor(Image.open(tmp_path / "x.png"), prep), x)

@@ -66,7 +66,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, mod
         raise EpipruneError(f"unknown export format {fmt!r} (accepted: {', '.join(FORMATS)})")
     run_dir = Path(run_dir)
     target = export_target(run_dir, fmt, out, force)
-    bare = load_pruned(run_dir, model=model)
+    bare = load_pruned(run_dir, raw_inputs=False, model=model)
     spec = json.loads((run_dir / ARCH_FILE).read_text())
     prep = load_preprocessing(run_dir)
     # standardisation inside the graph: the exported model takes raw [0, 1] images (runs saved before the
