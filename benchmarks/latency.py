@@ -80,7 +80,7 @@ def run_model(name: str, args: argparse.Namespace, device: torch.device, out: Pa
         started = time.perf_counter()
         result = train(cfg, log=lambda m: print(m, file=sys.stderr))
         runs[kind] = {"summary": result.summary, "metrics": result.metrics, "wall_s": time.perf_counter() - started}
-        final_models[kind] = load_pruned(result.out).to(device)
+        final_models[kind] = load_pruned(result.out, raw_inputs=False).to(device)  # the bare network, like dense
     measured = step_times(final_models, settings, args.rounds)
     rows = []
     for kind in kinds:

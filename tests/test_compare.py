@@ -193,7 +193,8 @@ def test_grid_plot_marks_the_epi_epoch_of_every_seed(tmp_path, monkeypatch):
         plt.close(fig)
 
     monkeypatch.setattr(report, "_finish", keep_axes)
-    report.plot_grid([(1, 80.0, 1.0), (2, 81.0, 0.5)], [5, 4, 4, None], tmp_path / "grid.png")
+    report.plot_grid([(1, 80.0, 1.0), (2, 81.0, 0.5)], [(5, "epi"), (4, "epi"), (4, "epi"), (None, None)],
+                     tmp_path / "grid.png")
     assert seen["marks"] == [4.0, 5.0]
     assert "EPI's epochs (5, 4, 4)" in seen["labels"]
 

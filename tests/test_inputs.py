@@ -66,6 +66,44 @@ def test_bad_train_input_names_its_option_and_leaves_no_folder(tmp_path, capsys,
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.parametrize("args,needle", [
+    (["--prune-at", "2", "--indicator", "none"], "--prune-at 2 with --indicator none never prunes"),
+    (["--optimizer", "adamw", "--momentum", "0.5"], "--momentum 0.5 is SGD's and AdamW does not use it"),
+    (["--optimizer", "adamw", "--momentum", "0.9"], "--momentum 0.9 is SGD's"),  # the default, given explicitly
+])
+def test_contradicting_train_options_are_refused(tmp_path, capsys, args, needle):
+    """Issue 23: each of these was accepted and silently did something else than it said."""
+    out = tmp_path / "new" / "run"
+    small = ["--train-subset", "64", "--val-subset", "32", "--epochs", "3", "--epi-window", "1", "--no-progress"]
+    assert_one_line_error(call_main(["train", "--out", str(out), *small, *args], capsys), needle)
+    assert not (tmp_path / "new").exists()
+
+
+def test_contradicting_settings_in_a_config_file_are_refused(tmp_path, capsys):
+    from epiprune.errors import EpipruneError
+    from epiprune.run.config import TrainConfig
+
+    with pytest.raises(EpipruneError, match="AdamW does not use it"):
+        TrainConfig(optimizer="adamw", momentum=0.0).validate()
+    (tmp_path / "c.json").write_text(json.dumps({"indicator": "none", "prune_at": 1}))
+    assert_one_line_error(call_main(["train", "--config", tmp_path / "c.json", "--out", tmp_path / "o", "--epochs", "3",
+                                     "--train-subset", "64", "--val-subset", "32", "--no-progress"], capsys),
+                          "never prunes")
+    TrainConfig(optimizer="adamw").validate()  # AdamW alone, and --prune-at with the default indicator, are fine
+    TrainConfig(prune_at=1).validate()
+
+
+def test_compare_into_a_train_runs_folder_is_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    before = snapshot(run)
+    small = ["--train-subset", "64", "--val-subset", "32", "--epochs", "3", "--epi-window", "1", "--methods", "dense"]
+    assert_one_line_error(call_main(["compare", "--out", run, *small], capsys),
+                          f"--out {run} holds an `epiprune train` run")
+    assert snapshot(run) == before
+
+
 def test_late_failure_removes_the_folders_it_created(tmp_path, capsys):
     """The budget is checked only once the model is built: the folder made before that is removed again."""
     out = tmp_path / "new" / "run"

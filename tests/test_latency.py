@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from epiprune import Budget, EarlyPruningPolicy
 from epiprune.costs.calibration import fit_calibration
-from epiprune.costs.latency_build import load_or_build
+from epiprune.costs.latency_build import load_or_build, replacing_tables
 from epiprune.costs.latency_model import LatencyCostModel, interpolate, monotone
 from epiprune.costs.latency_table import LatencyTable, LatencyTableError, grid, table_axes, table_key, timed_layers
 from epiprune.costs.timing import LatencySettings
@@ -133,7 +133,9 @@ def test_selection_meets_a_latency_target_from_below(tmp_path):
                for g in range(2) if masks[g].sum() < graph.groups[g].size)  # nothing more fits
 
 
-def test_matching_key_is_reused_and_other_settings_rebuild(built, tmp_path):
+def test_matching_key_is_reused_and_other_settings_rebuild_only_when_replacing(built, tmp_path):
+    """Issue 23: a named table of other settings (or another model's) was rebuilt over the old file; now it is
+    refused, untouched, unless replacing is asked for (replace=True or replacing_tables(), the CLI's --force)."""
     graph, _, path = built
     copy = tmp_path / "t.json"
     copy.write_bytes(path.read_bytes())
@@ -143,9 +145,31 @@ def test_matching_key_is_reused_and_other_settings_rebuild(built, tmp_path):
     assert copy.stat().st_mtime_ns == before and "reusing" in messages[0]
     messages.clear()
     other = LatencySettings(batch_size=2, repeats=1, warmup=1, grid_points=3)
-    cost, _ = load_or_build(graph, other, copy, progress=False, log=messages.append, select=select_subnetwork)
+    with pytest.raises(LatencyTableError, match=r"built for other settings \(batch_size\) .*--force"):
+        load_or_build(graph, other, copy, progress=False, log=messages.append, select=select_subnetwork)
+    assert copy.stat().st_mtime_ns == before and messages == []
+    with replacing_tables(False), pytest.raises(LatencyTableError):
+        load_or_build(graph, other, copy, progress=False, log=messages.append, select=select_subnetwork)
+    with replacing_tables():
+        cost, _ = load_or_build(graph, other, copy, progress=False, log=messages.append, select=select_subnetwork)
     assert "other settings (batch_size)" in messages[0]
     assert LatencyTable.load(copy).key["batch_size"] == 2 and isinstance(cost, LatencyCostModel)
+    copy.write_bytes(path.read_bytes())
+    messages.clear()
+    load_or_build(graph, other, copy, progress=False, log=messages.append, select=select_subnetwork, replace=True)
+    assert "other settings (batch_size)" in messages[0] and LatencyTable.load(copy).key["batch_size"] == 2
+
+
+def test_another_models_table_is_refused_by_name(built, tmp_path):
+    graph, _, path = built
+    data = json.loads(path.read_text())
+    data["key"]["model"] = "VGG"
+    copy = tmp_path / "vgg.json"
+    copy.write_text(json.dumps(data))
+    before = copy.read_bytes()
+    with pytest.raises(LatencyTableError, match=f"latency table {copy} was built for model VGG \\(model\\)"):
+        load_or_build(graph, TINY, copy, progress=False, log=lambda _: None, select=select_subnetwork)
+    assert copy.read_bytes() == before
 
 
 @pytest.mark.parametrize("damage", ["truncate", "empty", "foreign_device", "not_a_table"])

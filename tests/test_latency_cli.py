@@ -147,3 +147,121 @@ def test_a_resumed_run_uses_the_table_kept_in_its_folder(tmp_path, monkeypatch, 
     printed = capsys.readouterr().out
     assert f"latency table: reusing {out / 'latency_table.json'}" in printed and "building" not in printed
     assert json.loads((out / "summary.json").read_text())["latency"]["table"] == str(out / "latency_table.json")
+
+
+@pytest.mark.parametrize("command", ["train", "latency-table"])
+def test_a_named_table_of_another_model_is_not_rebuilt_over_without_force(table, tmp_path, capsys, command):
+    """Issue 23: `--latency-table PATH` naming another model's table rebuilt it over the old one."""
+    theirs = tmp_path / "vgg-table.json"
+    theirs.write_bytes(table.read_bytes())  # ResNet-20's table, named by a run of another model
+    before = theirs.read_bytes()
+    if command == "train":
+        argv = ["train", "--model", "vgg11_bn", "--budget", "latency:0.5", "--latency-table", theirs,
+                "--out", tmp_path / "run", *TRAIN]
+    else:
+        argv = ["latency-table", "--model", "vgg11_bn", "--batch", "16", "--out", theirs, "--no-progress"]
+    assert_one_line_error(call_main(argv, capsys), f"latency table {theirs} was built for model CifarResNet",
+                          "--force")
+    assert theirs.read_bytes() == before
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "latency-table"])
+def test_force_rebuilds_a_named_table_of_another_model(table, tmp_path, capsys, monkeypatch, command):
+    """--force reaches load_or_build (through the policy for train): the rebuild starts. Stopped right there by a
+    stand-in for build_table, so that the test does not time a VGG."""
+    import epiprune.costs.latency_build as latency_build
+    from epiprune.errors import EpipruneError
+
+    def stand_in(*args, **kwargs):
+        raise EpipruneError("the rebuild started")
+
+    monkeypatch.setattr(latency_build, "build_table", stand_in)
+    theirs = tmp_path / "vgg-table.json"
+    theirs.write_bytes(table.read_bytes())
+    if command == "train":
+        argv = ["train", "--model", "vgg11_bn", "--budget", "latency:0.5", "--latency-table", theirs,
+                "--out", tmp_path / "run", "--force", *TRAIN]
+    else:
+        argv = ["latency-table", "--model", "vgg11_bn", "--batch", "16", "--out", theirs, "--no-progress", "--force"]
+    assert_one_line_error(call_main(argv, capsys), "the rebuild started")
+
+
+def made_up_table(graph, settings):
+    """What build_table returns, without timing anything: in x out channels per layer grid point, in ms."""
+    import numpy as np
+
+    from epiprune.costs.latency_table import LatencyTable, table_axes, table_key, timed_layers
+
+    layers, _ = timed_layers(graph)
+    entries = {}
+    for layer in {layer.signature: layer for layer in layers}.values():
+        axes = table_axes(layer, settings.grid_points)
+        grids = np.meshgrid(*[np.asarray(a, dtype=float) for a in axes], indexing="ij")
+        entries[layer.signature] = {"axes": axes, "ms": (1e-3 * np.prod(grids, axis=0)).tolist()}
+    return LatencyTable(table_key(graph, layers, settings), entries,
+                        {"constant_ms": 0.1, "layer_scale": 1.0, "tail_ms": 0.0})
+
+
+@pytest.fixture
+def no_timing(monkeypatch):
+    """build_table replaced: it records that timing started and fails, so a check that comes too late shows."""
+    import epiprune.costs.latency_build as latency_build
+
+    started = []
+
+    def timing(*args, **kwargs):
+        started.append(args)
+        raise AssertionError("timing started before the inputs were checked")
+
+    monkeypatch.setattr(latency_build, "build_table", timing)
+    return started
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--num-classes", "0"], "--num-classes 0 is too small"),
+    (["--out", "/proc/epiprune-table.json"], "cannot write --out /proc/epiprune-table.json"),
+    (["--out", "{file}/t.json"], "is not a folder"),
+    (["--out", "{dir}"], "is a folder"),
+    (["--batch", "0"], "batch size 0 is too small"),
+    (["--latency-batch", "0"], "latency batch 0 is too small"),
+    (["--model", "nonet"], "unknown model 'nonet'"),
+    (["--model", "tests.byo_factories:missing"], "has no attribute 'missing'"),
+    (["--model-kwargs", "{bad"], "--model-kwargs"),
+    (["--model", "resnet20", "--ignore-layers", "nothing.here"], "nothing.here"),
+    (["--input-shape", "1,28"], "bad input shape '1,28'"),
+])
+def test_latency_table_checks_every_input_before_timing(tmp_path, capsys, no_timing, args, needle):
+    """Issue 23: `--num-classes 0` failed with a RuntimeError after 38 s, an unwritable --out after 58 s."""
+    (tmp_path / "a_file").write_text("not a folder")
+    args = [a.replace("{file}", str(tmp_path / "a_file")).replace("{dir}", str(tmp_path)) for a in args]
+    out = [] if "--out" in args else ["--out", tmp_path / "t.json"]
+    assert_one_line_error(call_main(["latency-table", *out, "--no-progress", *args], capsys), needle)
+    assert no_timing == [] and not (tmp_path / "t.json").exists()
+
+
+def test_latency_table_of_your_own_network_is_the_one_train_reuses(tmp_path, capsys, monkeypatch):
+    """--model package.module:factory (and its kwargs) builds the network the way train does: train finds the
+    table by its key. The timing is replaced by made-up numbers; the note on the bar's slow end is printed."""
+    import epiprune.costs.latency_build as latency_build
+
+    monkeypatch.setattr(latency_build, "build_table", lambda graph, settings, *a, **k: made_up_table(graph, settings))
+    path = tmp_path / "mine.json"
+    factory = ["--model", "tests.byo_factories:tiny", "--model-kwargs", '{"width": 6}']
+    assert main(["latency-table", *factory, "--batch", "16", "--out", str(path), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "then calibrating on 5 whole networks (10 timed training steps: the bar's last 10 points" in printed
+    assert json.loads(path.read_text())["key"]["model"] == "Tiny"
+    code = main(["train", *factory, "--budget", "latency:0.5", "--latency-table", str(path), "--out",
+                 str(tmp_path / "run"), *TRAIN])
+    printed = capsys.readouterr().out
+    assert code == 0 and f"latency table: reusing {path}" in printed, printed
+
+
+def test_latency_table_help_is_its_own():
+    """Its options' help was train's (--latency-batch's default named --batch-size, an option it lacks)."""
+    from epiprune.cli import build_parser
+
+    text = next(a for a in build_parser()._actions if a.dest == "command").choices["latency-table"].format_help()
+    assert "(default: --batch)" in text and "package.module:factory" in text and "--model-kwargs" in text
+    assert "(default: the training batch size, --batch-size)" not in text

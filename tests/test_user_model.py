@@ -291,3 +291,25 @@ def test_compare_passes_the_factory_kwargs_and_ignored_layers_to_every_run(tmp_p
                         "--methods", "dense", "--epochs", "3", "--epi-window", "1", "--train-subset", "32",
                         "--val-subset", "16", "--batch-size", "16", "--out", out], capsys)
     assert_one_line_error(result, "model_kwargs={'width': 6}, not {'width': 5}")
+
+
+def test_predict_of_a_run_of_your_own_network_takes_its_factory(run, tmp_path, capsys):
+    """Issue 23: predict took no --model, so such a run had to be exported to ONNX first."""
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        Image.new("L", (28, 28), color=40 * i).save(images / f"{i}.png")
+    assert_one_line_error(call_main(["predict", run, images], capsys), "does not import from a saved file",
+                          f"`epiprune predict` with --model {FACTORY}")
+    assert main(["predict", str(run), str(images), "--model", FACTORY, "--top", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == [str(images / f"{i}.png") for i in range(3)]
+    assert main(["predict", str(run / "model.safetensors"), str(images), "--model", FACTORY, "--top", "2"]) == 0
+    assert capsys.readouterr().out.splitlines() == lines
+    exported = tmp_path / "m.pt"
+    assert main(["export", str(run), "--model", FACTORY, "--out", str(exported)]) == 0
+    capsys.readouterr()
+    assert_one_line_error(call_main(["predict", exported, images, "--model", FACTORY], capsys),
+                          "--model is for a run of your own network")

@@ -16,9 +16,12 @@ _EXPORTS = {
     "Budget": "epiprune.costs.budget",
     "EarlyPruningPolicy": "epiprune.policy.early_pruning",
     "EpipruneError": "epiprune.errors",
+    "Preprocessing": "epiprune.io.preprocessing",
+    "RawInputModel": "epiprune.io.preprocessing",
     "TriggerRule": "epiprune.policy.indicator",
     "build_model": "epiprune.models",
     "early_pruning_indicator": "epiprune.policy.indicator",
+    "image_to_tensor": "epiprune.io.preprocessing",
     "load_checkpoint": "epiprune.run.checkpoint",
     "load_preprocessing": "epiprune.io.serialization",
     "load_pruned": "epiprune.io.serialization",
@@ -26,13 +29,14 @@ _EXPORTS = {
     "save_pruned": "epiprune.io.serialization",
     "structural_similarity": "epiprune.policy.indicator",
 }
-__all__ = ["Budget", "EarlyPruningPolicy", "EpipruneError", "TriggerRule", "build_model", "early_pruning_indicator",
-           "load_checkpoint", "load_preprocessing", "load_pruned", "save_checkpoint", "save_pruned",
-           "structural_similarity"]  # = sorted(_EXPORTS), tested
+__all__ = ["Budget", "EarlyPruningPolicy", "EpipruneError", "Preprocessing", "RawInputModel", "TriggerRule",
+           "build_model", "early_pruning_indicator", "image_to_tensor", "load_checkpoint", "load_preprocessing",
+           "load_pruned", "save_checkpoint", "save_pruned", "structural_similarity"]  # = sorted(_EXPORTS), tested
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports on first use
     from epiprune.costs.budget import Budget
     from epiprune.errors import EpipruneError
+    from epiprune.io.preprocessing import Preprocessing, RawInputModel, image_to_tensor
     from epiprune.io.serialization import load_preprocessing, load_pruned, save_pruned
     from epiprune.models import build_model
     from epiprune.policy.early_pruning import EarlyPruningPolicy

@@ -5,14 +5,20 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import MISSING, fields
+from typing import TYPE_CHECKING
 
+from epiprune.costs.timing import TARGETS
 from epiprune.errors import DistributedError, EpipruneError
 from epiprune.evidence.runs import SHARED_SETTINGS, CompareConfig
 from epiprune.models import MODELS, is_import_path
-from epiprune.models.user import parse_model_kwargs
+from epiprune.models.user import parse_layer_names, parse_model_kwargs
+from epiprune.numerics import AMP_DTYPES
 from epiprune.run.config import TrainConfig, read_config_file
 from epiprune.run.config_text import int_list
 from epiprune.run.options import add_config_options, config_values
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run in DIR from its last checkpoint, with its own settings (only "
                    "--no-progress may be added) (default: none, a new run)")
     t.add_argument("--force", action="store_true",
-                   help="replace the run already in --out (its files are kept until the new run's first checkpoint)")
+                   help="replace the run already in --out (its files are kept until the new run's first checkpoint), "
+                   "and rebuild a --latency-table file made for another model or other settings over the old one")
     c = sub.add_parser("compare", help="run every pruning method (dense, prune-at-init, train-prune-fine-tune, "
                        "fixed-epoch grid = oracle, Early-Bird, EPI) and tabulate accuracy and training cost",
                        formatter_class=_Help)
@@ -79,7 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--format", default="torchscript", choices=("torchscript", "export", "onnx", "safetensors"),
                    help="torchscript (torch.jit.load), export (torch.export .pt2: torch.export.load), onnx (needs "
                    "onnx + onnxscript), or safetensors with the architecture in its metadata (epiprune.load_pruned)")
-    e.add_argument("--out", default=None, help="file to write (default: RUN_DIR/model_export.<format suffix>)")
+    e.add_argument("--out", default=None, help="file to write, ending in the format's suffix (.pt, .pt2, .onnx, "
+                   ".safetensors); an existing file is refused unless --force (default: RUN_DIR/model_export.<format "
+                   "suffix>)")
+    e.add_argument("--force", action="store_true", help="replace the file at --out if it exists")
     e.add_argument("--model", default=None, metavar="MODULE:FACTORY",
                    help="for a run of your own network: its factory, imported to build the dense network that the "
                    "run's surgery and weights are applied to (epiprune never imports a module named in a saved "
@@ -90,41 +100,58 @@ def build_parser() -> argparse.ArgumentParser:
     lt = sub.add_parser("latency-table", help="measure a model's per-layer latency table on this device (what "
                         "`train --budget latency:F` uses; train builds it itself when missing)",
                         formatter_class=_Help)
-    lt.add_argument("--model", default="resnet20", help=f"network: {', '.join(MODELS)}")
-    lt.add_argument("--input-shape", default="1,28,28", help="one sample's C,H,W (built-in data: 1,28,28)")
-    lt.add_argument("--num-classes", type=int, default=10, help="outputs of the classifier")
-    lt.add_argument("--batch", "--batch-size", dest="batch_size", type=int, default=128,
-                    help="samples per timed training batch (target train)")
-    _add_latency_options(lt)
-    lt.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to time")
-    lt.add_argument("--out", default=None, metavar="PATH",
-                    help="file to write (default: the cache file that train looks for with the same settings)")
-    lt.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_latency_table_options(lt)
 
     r = sub.add_parser("report", help="tables and plots again from a train or compare folder, without training "
                                       "(also while a compare grid is still running)", formatter_class=_Help)
     r.add_argument("folder", help="output folder of `epiprune train` or `epiprune compare`")
     p = sub.add_parser("predict", help="print the top classes for image files: check that a trained or exported "
                        "model works as it is", formatter_class=_Help)
-    p.add_argument("model", help="a run folder of `epiprune train`, or a file of `epiprune export` (.safetensors, "
-                   ".pt, .pt2, .onnx)")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (resized and converted like training's)")
+    p.add_argument("model_path", metavar="MODEL", help="a run folder of `epiprune train` or its model.safetensors, "
+                   "or a file of `epiprune export` (.safetensors, .pt, .pt2, .onnx)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of them (resized and "
+                   "converted like training's)")
     p.add_argument("--top", type=int, default=3, help="classes shown per image, most likely first")
+    p.add_argument("--model", default=None, metavar="MODULE:FACTORY",
+                   help="for a run of your own network: its factory, imported to build the dense network that the "
+                   "run's surgery and weights are applied to (default: none, the run's registry model)")
+    p.add_argument("--model-kwargs", default=None, metavar="JSON",
+                   help="keyword arguments of --model's factory (default: those recorded in the run)")
     return parser
 
 
-MODEL_FIELDS = ("model", "model_kwargs", "ignore_layers")
-LATENCY_FIELDS = ("latency_target", "latency_batch", "channels_last", "amp")
-
-
-def _add_model_options(p: argparse.ArgumentParser) -> None:
-    """The network: a registry name or the user's own factory, its arguments, and layers never to prune."""
-    add_config_options(p, MODEL_FIELDS)
-
-
-def _add_latency_options(p: argparse.ArgumentParser) -> None:
-    """What a latency table times: shared by `train` and `latency-table`, so a table built by one fits the other."""
-    add_config_options(p, LATENCY_FIELDS)
+def _add_latency_table_options(lt: argparse.ArgumentParser) -> None:
+    """`latency-table`'s options: what `train` would be given for the run the table is for (same names, so that
+    the table built here is the one train looks for), each described for this command."""
+    lt.add_argument("--model", default="resnet20", help=f"the network to time: {', '.join(MODELS)}, or your own as "
+                    "package.module:factory (as train's --model; called with num_classes and in_channels if it "
+                    "takes them)")
+    lt.add_argument("--model-kwargs", default=None, metavar="JSON", help="keyword arguments of your --model factory "
+                    "as a JSON object, the same as the run's (default: none)")
+    lt.add_argument("--ignore-layers", default=None, metavar="NAMES", help="the run's --ignore-layers: "
+                    "comma-separated module names never pruned (default: none)")
+    lt.add_argument("--input-shape", default="1,28,28", help="one sample's C,H,W as the run feeds it (built-in data "
+                    "and Fashion-MNIST: 1,28,28; CIFAR: 3,32,32; an image folder: 3,S,S for --image-size S)")
+    lt.add_argument("--num-classes", type=int, default=10, help="outputs of the classifier (>= 1)")
+    lt.add_argument("--batch", "--batch-size", dest="batch_size", type=int, default=128,
+                    help="the run's training batch size (train's --batch-size): a step is timed at this batch "
+                    "unless --latency-batch is given")
+    lt.add_argument("--latency-target", default="train", choices=TARGETS, help="train: time a training step "
+                    "(forward, backward, optimizer step); infer: a forward pass only")
+    lt.add_argument("--latency-batch", type=int, default=None, help="samples per timed step, when not --batch "
+                    "(e.g. 1 with --latency-target infer for one image's latency) (default: --batch)")
+    lt.add_argument("--channels-last", action="store_true", help="time in channels-last memory format (a table for "
+                    "a run with train --channels-last)")
+    lt.add_argument("--amp", default="none", choices=tuple(AMP_DTYPES), help="autocast dtype to time in (a table "
+                    "for a run with train --amp)")
+    lt.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to time: auto is a GPU "
+                    "when CUDA is available; a table is only valid on the device that measured it")
+    lt.add_argument("--out", default=None, metavar="PATH", help="file to write, or to reuse if it holds the table "
+                    "of these settings; one of another model or other settings is refused unless --force (default: "
+                    "the cache file train looks for, under $EPIPRUNE_CACHE or ~/.cache/epiprune)")
+    lt.add_argument("--force", action="store_true",
+                    help="rebuild a table at --out that was made for another model or other settings over it")
+    lt.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 _int_list = int_list  # benchmarks import it from here
@@ -160,37 +187,52 @@ def _compare(args: argparse.Namespace) -> None:
           "accuracy_vs_prune_epoch.png epi_curve.png widths_heatmap.png")
 
 
-def _export(args: argparse.Namespace) -> None:
+def _dense_network(run: str, factory: str | None, kwargs_text: str | None) -> nn.Module | None:
+    """The dense network of a run of the user's own network, built by the factory named on the command line (a
+    name in a saved file is never imported); None when no --model is given (a registry model's run)."""
     from pathlib import Path
 
-    from epiprune.io.export import export_run
     from epiprune.io.serialization import read_spec
     from epiprune.models import make_model
 
-    dense = None
-    if args.model is not None or args.model_kwargs is not None:
-        if args.model is None:
-            raise EpipruneError("--model-kwargs is given without --model (accepted: --model package.module:factory "
-                                "with it)")
-        spec, _ = read_spec(Path(args.run_dir))
-        if args.model != spec.get("model"):
-            sys.stderr.write(f"warning: --model {args.model} is not the run's recorded model {spec.get('model')!r}; "
-                             "its weights must fit it\n")
-        kwargs = parse_model_kwargs(args.model_kwargs) if args.model_kwargs is not None else \
-            spec.get("model_kwargs") or {}
-        try:
-            size, in_channels, num_classes = tuple(spec["input_size"]), spec["in_channels"], spec["num_classes"]
-        except (KeyError, TypeError) as e:
-            raise EpipruneError(f"bad architecture spec in {args.run_dir} ({e})") from None
-        dense = make_model(args.model, in_channels, num_classes, kwargs, size)
-    path = export_run(args.run_dir, args.format, args.out, model=dense)
+    if factory is None and kwargs_text is None:
+        return None
+    if factory is None:
+        raise EpipruneError("--model-kwargs is given without --model (accepted: --model package.module:factory "
+                            "with it)")
+    spec, _ = read_spec(Path(run))
+    if factory != spec.get("model"):
+        sys.stderr.write(f"warning: --model {factory} is not the run's recorded model {spec.get('model')!r}; its "
+                         "weights must fit it\n")
+    kwargs = parse_model_kwargs(kwargs_text) if kwargs_text is not None else spec.get("model_kwargs") or {}
+    try:
+        size, in_channels, num_classes = tuple(spec["input_size"]), spec["in_channels"], spec["num_classes"]
+    except (KeyError, TypeError) as e:
+        raise EpipruneError(f"bad architecture spec in {run} ({e})") from None
+    return make_model(factory, in_channels, num_classes, kwargs, size)
+
+
+def _export(args: argparse.Namespace) -> None:
+    from epiprune.io.export import export_run
+
+    dense = _dense_network(args.run_dir, args.model, args.model_kwargs)
+    path = export_run(args.run_dir, args.format, args.out, model=dense, force=args.force)
     print(f"wrote {path}")
 
 
 def _predict(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
     from epiprune.io.predict import predict
 
-    for image, top in zip(args.images, predict(args.model, args.images, args.top), strict=True):
+    path = Path(args.model_path)
+    dense = None
+    if args.model is not None or args.model_kwargs is not None:
+        if not (path.is_dir() or path.suffix == ".safetensors"):
+            raise EpipruneError(f"--model is for a run of your own network, and {path} is not a run folder or "
+                                ".safetensors file (accepted: --model with a run, or an exported file alone)")
+        dense = _dense_network(args.model_path, args.model, args.model_kwargs)
+    for image, top in predict(path, args.images, args.top, model=dense):
         print(f"{image}: " + ", ".join(f"{name} {100 * p:.1f}%" for name, p in top))
 
 
@@ -198,13 +240,18 @@ def train_config(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
     """The run `train` describes: its --config file, then the options given beside it; what neither sets keeps
     TrainConfig's default (which is also the option's default)."""
     values = read_config_file(args.config) if args.config is not None else {}
-    values.update(config_values(_explicit(argv, "train")))
+    given = config_values(_explicit(argv, "train"))
+    values.update(given)
+    if "momentum" in given and values.get("optimizer") == "adamw":  # the default value given explicitly, too
+        raise EpipruneError(f"--momentum {given['momentum']} is SGD's and AdamW does not use it (accepted: "
+                            "--momentum with --optimizer sgd, or AdamW without --momentum)")
     if args.no_progress:
         values["progress"] = False
     return TrainConfig(**values)
 
 
 def _train(args: argparse.Namespace, argv: list[str]) -> None:
+    from epiprune.costs.latency_build import replacing_tables
     from epiprune.run.folder import RunFolder
     from epiprune.run.trainer import train
 
@@ -221,7 +268,9 @@ def _train(args: argparse.Namespace, argv: list[str]) -> None:
     if args.resume is not None:
         cfg.out = args.resume
     args.run_folder = RunFolder(cfg.out, resume=args.resume is not None, force=args.force)
-    result = train(cfg, resume=args.resume is not None, folder=args.run_folder)
+    # a table of other settings is rebuilt over the named file only when asked (a resumed run: its own copy)
+    with replacing_tables(args.force or args.resume is not None):
+        result = train(cfg, resume=args.resume is not None, folder=args.run_folder)
     from epiprune import distributed
 
     main_rank = distributed.is_main()
@@ -239,35 +288,16 @@ def _train(args: argparse.Namespace, argv: list[str]) -> None:
 
 
 def _latency_table(args: argparse.Namespace) -> None:
-    import torch
+    from epiprune.run.latency_command import build, prepare
 
-    from epiprune.costs.latency_build import load_or_build
-    from epiprune.costs.timing import LatencySettings
-    from epiprune.models import build_model
-    from epiprune.numerics import in_memory_format
-    from epiprune.policy.subnetwork import select_subnetwork
-    from epiprune.run.network import resolve_device
-    from epiprune.surgery import PrunableGraph
-
-    try:
-        shape = tuple(int(v) for v in args.input_shape.split(","))
-    except ValueError:
-        shape = ()
-    if len(shape) != 3 or min(shape) < 1:
-        raise EpipruneError(f"bad input shape {args.input_shape!r} (accepted: C,H,W such as 1,28,28 or 3,32,32)")
-    if args.model not in MODELS:
-        raise EpipruneError(f"unknown model {args.model!r} (accepted: {', '.join(MODELS)})")
-    settings = LatencySettings(target=args.latency_target, batch_size=args.latency_batch or args.batch_size,
-                               channels_last=args.channels_last, amp=args.amp)
-    device = resolve_device(args.device)
-    try:
-        model = build_model(args.model, shape[0], args.num_classes).to(device)
-    except ValueError as e:
-        raise EpipruneError(str(e)) from None
-    model = in_memory_format(model, settings.channels_last)
-    graph = PrunableGraph(model, torch.zeros(1, *shape, device=device))
-    cost, path = load_or_build(graph, settings, args.out, progress=not args.no_progress, select=select_subnetwork)
-    print(f"{path}: dense {settings.target} step at batch {settings.batch_size} = {cost.dense:.1f} ms predicted")
+    cfg = TrainConfig(model=args.model, model_kwargs=parse_model_kwargs(args.model_kwargs) if args.model_kwargs
+                      else {}, ignore_layers=parse_layer_names(args.ignore_layers) if args.ignore_layers else [],
+                      batch_size=args.batch_size, latency_target=args.latency_target, latency_batch=args.latency_batch,
+                      channels_last=args.channels_last, amp=args.amp, device=args.device)
+    job = prepare(cfg, args.input_shape, args.num_classes, args.out, args.force)  # every check before timing
+    cost = build(job, args.force, progress=not args.no_progress)
+    print(f"{job.path}: dense {job.settings.target} step at batch {job.settings.batch_size} = {cost.dense:.1f} ms "
+          "predicted")
 
 
 def _interrupt_message(args: argparse.Namespace) -> str:

@@ -2,16 +2,20 @@
 (costs.calibration), write the table; or reuse the stored table whose key matches.
 
 `load_or_build` reuses a file whose key matches, rebuilds one whose key differs, and refuses a corrupt file or one
-measured on another device. Both functions take `select` (keyword-only, required), the sub-network selection the
-calibration networks are picked with (policy.subnetwork.select_subnetwork): injected, because costs sits below
-policy in the import layering (see costs.calibration).
+measured on another device; a file the caller named whose key differs is rebuilt only when replacing is asked for
+(`replace=True`, or inside `replacing_tables()`, which the command line's --force sets), else refused. Both
+functions take `select` (keyword-only, required), the sub-network selection the calibration networks are picked
+with (policy.subnetwork.select_subnetwork): injected, because costs sits below policy in the import layering (see
+costs.calibration).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import numpy as np
@@ -94,15 +98,32 @@ def build_table(graph: PrunableGraph, settings: LatencySettings, progress: bool 
     return table
 
 
+_REPLACING = ContextVar("epiprune_replacing_latency_tables", default=False)
+
+
+@contextmanager
+def replacing_tables(enabled: bool = True) -> Iterator[None]:
+    """Within this block, load_or_build rebuilds a named table file of other settings over the old one (the
+    command line's --force; a run's policy calls load_or_build itself)."""
+    token = _REPLACING.set(enabled)
+    try:
+        yield
+    finally:
+        _REPLACING.reset(token)
+
+
 def load_or_build(graph: PrunableGraph, settings: LatencySettings, path: str | Path | None = None,
-                  progress: bool = True, log: Callable[[str], None] = print, *, select: Select
-                  ) -> tuple[LatencyCostModel, Path]:
+                  progress: bool = True, log: Callable[[str], None] = print, *, select: Select,
+                  replace: bool | None = None) -> tuple[LatencyCostModel, Path]:
     """The latency cost model of graph's model: the table at `path` (default: the cache path of its key) when
     its key matches; rebuilt (and written there) when the file is missing or its key differs in anything but the
-    device. A corrupt file, or one measured on another device, is refused (LatencyTableError), never overwritten.
-    select: the sub-network selection a rebuild calibrates with (see build_table)."""
+    device. A corrupt file, or one measured on another device, is refused (LatencyTableError), never overwritten;
+    so is a file at a given `path` whose key differs (another model's table, or other settings), unless `replace`
+    (None: as `replacing_tables` says). select: the sub-network selection a rebuild calibrates with (see
+    build_table)."""
     layers, volume = timed_layers(graph)
     key = table_key(graph, layers, settings)
+    named = path is not None
     path = Path(path) if path is not None else default_table_path(key)
     if path.exists():
         table = LatencyTable.load(path)
@@ -114,6 +135,10 @@ def load_or_build(graph: PrunableGraph, settings: LatencySettings, path: str | P
                                     f"on {key['device']!r} (accepted: a table measured on this device; pass another "
                                     "--latency-table path to build one)")
         changed = sorted(k for k in key if table.key.get(k) != key[k])
+        if named and not (_REPLACING.get() if replace is None else replace):
+            what = f"model {table.key.get('model')}" if table.key.get("model") != key["model"] else "other settings"
+            raise LatencyTableError(f"latency table {path} was built for {what} ({', '.join(changed)}) and would be "
+                                    "rebuilt over (accepted: --force to rebuild it there, or another path)")
         log(f"latency table {path} was built for other settings ({', '.join(changed)}): rebuilding")
     else:
         log(f"latency table: building {path} (once per model, device and settings)")

@@ -10,52 +10,101 @@ import matplotlib.pyplot as plt
 
 from epiprune.run.plots import _epi_axis, _finish, _integer_epochs, _save
 
-FAMILY_COLOURS = {"dense": "black", "init": "tab:gray", "tpf": "tab:brown", "fixed": "tab:green",
-                  "earlybird": "tab:purple", "epi": "tab:red", "oracle": "tab:olive"}
-FAMILY_NAMES = {"dense": "dense", "init": "prune at init", "tpf": "train-prune-fine-tune",
-                "fixed": "fixed prune epoch", "earlybird": "Early-Bird", "epi": "EPI", "oracle": "oracle"}
+# one colour and one legend name per method family; a family not listed is drawn and named as "other"
+FAMILY_COLOURS = {"dense": "black", "plain": "tab:cyan", "init": "tab:gray", "tpf": "tab:brown",
+                  "fixed": "tab:green", "earlybird": "tab:purple", "epi": "tab:red", "oracle": "tab:olive",
+                  "other": "tab:blue"}
+FAMILY_NAMES = {"dense": "dense", "plain": "dense, no importance hooks", "init": "prune at init",
+                "tpf": "train-prune-fine-tune", "fixed": "fixed prune epoch", "earlybird": "Early-Bird", "epi": "EPI",
+                "oracle": "oracle", "other": "other"}
+LABEL_POINTS = 7  # font size of the method labels, in points
 
 
 def plot_accuracy_vs_cost(rows: list[dict], path: Path) -> None:
-    """Final top-1 vs total training FLOPs, one point per method (error bars: spread over seeds)."""
+    """Final top-1 vs total training FLOPs, one point per method (error bars: spread over seeds). A point and its
+    legend entry take their colour from one key (the family); labels of nearby points are moved apart."""
+    from matplotlib.lines import Line2D
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
     labels: dict[tuple[float, float], list[str]] = {}  # methods landing on one point share one label
-    legend: set[str] = set()  # one legend entry per colour (method family)
+    legend: dict[str, Line2D] = {}  # one legend entry per family, drawn with its points' own style
     for r in rows:
         family = r["family"] if r["family"] in FAMILY_COLOURS else "other"
-        ax.errorbar(r["train_flops"] / 1e12, r["top1_mean"], yerr=r["top1_std"] or None, fmt="o",
-                    color=FAMILY_COLOURS.get(r["family"], "tab:blue"), capsize=3,
-                    label=FAMILY_NAMES.get(family, family) if family not in legend else None)
-        legend.add(family)
+        style = point_style(family)
+        ax.errorbar(r["train_flops"] / 1e12, r["top1_mean"], yerr=r["top1_std"] or None, capsize=3,
+                    ecolor=style["color"], linestyle="none", **style)
+        legend.setdefault(family, Line2D([], [], linestyle="none", label=FAMILY_NAMES[family], **style))
         labels.setdefault((round(r["train_flops"] / 1e12, 2), round(r["top1_mean"], 2)), []).append(r["method"])
-    for (x, y), names in labels.items():
-        ax.annotate(" = ".join(names), (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    _annotate_apart(ax, [(x, y, " = ".join(names)) for (x, y), names in labels.items()])
     ax.set_xlabel("training cost (TFLOPs, forward + backward)")
     ax.set_ylabel("final validation top-1 (%)")
     ax.set_title("Accuracy vs. training cost")
     if legend:
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(handles=list(legend.values()), fontsize=7, loc="best")
     ax.grid(alpha=0.3)
     _save(fig, path)
 
 
-def plot_grid(grid: list[tuple[int, float, float]], epi_epochs: list[int], path: Path) -> None:
+def point_style(family: str) -> dict:
+    """How a family's points (and its legend entry) are drawn. The dense run without importance hooks ("plain")
+    lands on the dense run's point: it is a larger ring under it, so both stay visible."""
+    colour = FAMILY_COLOURS[family]
+    ring = family == "plain"
+    return {"color": colour, "marker": "o", "markersize": 10 if ring else 6, "markerfacecolor": "none" if ring
+            else colour, "markeredgecolor": colour, "zorder": 2 if ring else 3}
+
+
+def _annotate_apart(ax: plt.Axes, points: list[tuple[float, float, str]]) -> None:
+    """Label each (x, y, text) point just above right of it; a label that would overlap one already placed (points
+    close on screen, like init-random and init-magnitude) is moved up, with a thin line back to its point."""
+    ax.figure.canvas.draw()  # the axes limits as they will be drawn, for the data-to-pixel transform
+    to_pixels = ax.transData.transform
+    pixels_per_point = ax.figure.dpi / 72
+    line = 1.3 * LABEL_POINTS * pixels_per_point
+    placed: list[tuple[float, float, float]] = []  # (left, right, baseline) of labels already placed, in pixels
+    for x, y, text in sorted(points, key=lambda p: (p[1], p[0])):
+        px, py = to_pixels((x, y))
+        left, right = px, px + 0.6 * LABEL_POINTS * pixels_per_point * len(text)
+        base = py + 3 * pixels_per_point
+        for other_left, other_right, other_base in sorted(placed, key=lambda t: t[2]):
+            if left < other_right and other_left < right and abs(base - other_base) < line:
+                base = other_base + line
+        placed.append((left, right, base))
+        shift = (base - py) / pixels_per_point
+        moved = shift > 3.5
+        ax.annotate(text, (x, y), fontsize=LABEL_POINTS, xytext=(4, shift), textcoords="offset points",
+                    arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.5"} if moved else None)
+
+
+def epi_choice_label(choices: list[tuple[int | None, str | None]]) -> str | None:
+    """"EPI's epoch (4)", "EPI's epochs (3, 4)"; an epoch the fallback chose says so ("4 by fallback": EPI did
+    not cross its threshold before the last allowed epoch). None when no seed pruned."""
+    chosen = [(e, t) for e, t in choices if e is not None]
+    if not chosen:
+        return None
+    parts = [f"{e} by fallback" if t == "fallback" else str(e) for e, t in chosen]
+    return f"EPI's epoch{'s' if len(chosen) > 1 else ''} ({', '.join(parts)})"
+
+
+def plot_grid(grid: list[tuple[int, float, float]], epi_choices: list[tuple[int | None, str | None]],
+              path: Path) -> None:
     """Top-1 of fixed-epoch pruning for each prune epoch (the oracle scan; mean and std over seeds), with the
-    epochs EPI chose marked (one per seed; a seed that never pruned has no mark)."""
+    epochs EPI chose marked (one (epoch, trigger) per seed; a seed that never pruned has no mark)."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
     epochs, top1, std = zip(*grid, strict=True)
     ax.errorbar(epochs, top1, yerr=[s or 0 for s in std], fmt="o-", color="tab:green", capsize=3,
                 label="prune at fixed epoch")
-    chosen = [e for e in epi_epochs if e is not None]
-    for i, epoch in enumerate(sorted(set(chosen))):
-        label = f"EPI's epoch{'s' if len(chosen) > 1 else ''} ({', '.join(map(str, chosen))})" if i == 0 else None
-        ax.axvline(epoch, color="tab:red", ls="--", label=label)
+    label = epi_choice_label(epi_choices)
+    for i, epoch in enumerate(sorted({e for e, _ in epi_choices if e is not None})):
+        ax.axvline(epoch, color="tab:red", ls="--", label=label if i == 0 else None)
     _integer_epochs(ax)
     _finish(fig, ax, "prune epoch", "final validation top-1 (%)", "Oracle scan: accuracy vs. prune epoch", path)
 
 
-def plot_epi_curve(metrics: list[dict], threshold: float, epi_epoch: int | None, path: Path) -> None:
-    """EPI per epoch of a dense run (the indicator tracked over the whole schedule)."""
+def plot_epi_curve(metrics: list[dict], threshold: float, epi_epoch: int | None, path: Path,
+                   trigger: str | None = None) -> None:
+    """EPI per epoch of a dense run (the indicator tracked over the whole schedule); the epoch the EPI run pruned
+    after, and whether that was the fallback (trigger "fallback")."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
     points = [(m["epoch"], m["epi"]) for m in metrics if m.get("epi") is not None]
     if points:
@@ -65,12 +114,15 @@ def plot_epi_curve(metrics: list[dict], threshold: float, epi_epoch: int | None,
     _epi_axis(ax, [e for _, e in points] + [threshold])
     _integer_epochs(ax)
     if epi_epoch is not None:
-        ax.axvline(epi_epoch, color="tab:red", ls="--", label=f"EPI run pruned after epoch {epi_epoch}")
+        how = " (fallback: EPI stayed below the threshold)" if trigger == "fallback" else ""
+        ax.axvline(epi_epoch, color="tab:red", ls="--", label=f"EPI run pruned after epoch {epi_epoch}{how}")
     _finish(fig, ax, "epoch", "EPI", "Early Pruning Indicator per epoch", path)
 
 
-def plot_width_heatmap(metrics: list[dict], dense_widths: list[int], path: Path) -> None:
-    """Fraction of channels each group keeps in the dominant sub-network, per epoch."""
+def plot_width_heatmap(metrics: list[dict], dense_widths: list[int], path: Path,
+                       group_names: list[str] | None = None) -> None:
+    """Fraction of channels each group keeps in the dominant sub-network, per epoch; the y axis names each group
+    by its layer (group_names, in the graph's order) when known, else by its index."""
     import numpy as np
 
     data = np.array([np.asarray(m["widths"], dtype=float) / np.asarray(dense_widths) for m in metrics]).T
@@ -79,7 +131,12 @@ def plot_width_heatmap(metrics: list[dict], dense_widths: list[int], path: Path)
                    extent=(0.5, len(metrics) + 0.5, len(dense_widths) - 0.5, -0.5))
     ax.set_xlabel("epoch")
     _integer_epochs(ax)
-    ax.set_ylabel("channel group (input to output)")
+    if group_names is not None and len(group_names) == len(dense_widths):
+        ax.set_yticks(range(len(group_names)), [f"{name} ({w})" for name, w in zip(group_names, dense_widths,
+                                                                                  strict=True)], fontsize=7)
+        ax.set_ylabel("channel group (dense width)")
+    else:
+        ax.set_ylabel("channel group (input to output)")
     ax.set_title("Dominant sub-network: kept fraction per layer")
     fig.colorbar(im, ax=ax, label="kept fraction")
     _save(fig, path)

@@ -13,6 +13,7 @@ from epiprune.errors import EpipruneError
 from epiprune.models import is_import_path
 from epiprune.run.config import TrainConfig, read_config_file
 from epiprune.run.data import load_dataset
+from epiprune.run.folder import holds_run
 from epiprune.run.network import build_network
 from epiprune.run.options import parse_options, recorded_setting
 from epiprune.run.records import CompareRun
@@ -82,6 +83,9 @@ class CompareConfig:
         """Raise EpipruneError for settings that every run would reject (before any folder is made)."""
         if not str(self.out).strip() or (Path(self.out).exists() and not Path(self.out).is_dir()):
             raise EpipruneError(f"--out {self.out!r} is not a folder name (accepted: a new or existing folder)")
+        if holds_run(self.out):
+            raise EpipruneError(f"--out {self.out} holds an `epiprune train` run, which compare's files would mix with "
+                                "(accepted: a new folder, or one compare made)")
         if self.jobs < 1:
             raise EpipruneError(f"--jobs {self.jobs} is too small (accepted: an integer >= 1)")
         if not self.seeds:

@@ -158,6 +158,20 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def group_names(runs: list[dict], count: int) -> list[str] | None:
+    """The channel groups' names (each group's first layer, in the graph's order), read from the architecture.json
+    of a pruned run ("kept" is keyed by them; every run of a comparison has the same model); None if no run has
+    `count` of them."""
+    for r in runs:
+        try:
+            kept = json.loads((Path(r["run_dir"]) / "architecture.json").read_text()).get("kept")
+        except (KeyError, OSError, ValueError):
+            continue
+        if isinstance(kept, dict) and len(kept) == count:
+            return list(kept)
+    return None
+
+
 def _metrics(run_dir: str) -> list[EpochRow]:
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
@@ -179,12 +193,14 @@ def write_comparison(out: Path, runs: list[dict], config: dict, log: Callable[[s
     epi_epoch = epi_runs[0]["prune_epoch"] if epi_runs else None
     grid = sorted((r["prune_epoch"], r["top1_mean"], r["top1_std"]) for r in rows if r["family"] == "fixed")
     if grid:
-        plot_grid(grid, [r["prune_epoch"] for r in epi_runs], out / "accuracy_vs_prune_epoch.png")
+        plot_grid(grid, [(r["prune_epoch"], r.get("trigger")) for r in epi_runs], out / "accuracy_vs_prune_epoch.png")
     dense_runs = [r for r in runs if r["method"] == "dense"]
     if dense_runs:
         dense_metrics = _metrics(dense_runs[0]["run_dir"])
         threshold = epi_runs[0]["epi_threshold"] if epi_runs else dense_runs[0]["epi_threshold"]
-        plot_epi_curve(dense_metrics, threshold, epi_epoch, out / "epi_curve.png")
-        plot_width_heatmap(dense_metrics, dense_runs[0]["dense_widths"], out / "widths_heatmap.png")
+        plot_epi_curve(dense_metrics, threshold, epi_epoch, out / "epi_curve.png",
+                       trigger=epi_runs[0].get("trigger") if epi_runs else None)
+        widths = dense_runs[0]["dense_widths"]
+        plot_width_heatmap(dense_metrics, widths, out / "widths_heatmap.png", group_names(runs, len(widths)))
     log(table)
     return rows

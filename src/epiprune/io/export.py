@@ -31,20 +31,42 @@ from epiprune.io.serialization import ARCH_FILE, load_preprocessing, load_pruned
 
 FORMATS = ("torchscript", "export", "onnx", "safetensors")
 SUFFIX = {"torchscript": ".torchscript.pt", "export": ".pt2", "onnx": ".onnx", "safetensors": ".safetensors"}
+LOAD_SUFFIX = {"torchscript": ".pt", "export": ".pt2", "onnx": ".onnx", "safetensors": ".safetensors"}  # required
 
 
-def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, model: nn.Module | None = None) -> Path:
+def export_target(run_dir: Path, fmt: str, out: str | Path | None, force: bool = False) -> Path:
+    """The file an export writes: `out`, or RUN_DIR/model_export.<suffix>. Refused (EpipruneError) when its suffix
+    is not the format's (predict and the loaders read a file by its suffix), when it is a file of a run, and when
+    it exists and `force` is off (nothing is replaced unless asked for)."""
+    target = Path(out) if out is not None else run_dir / f"model_export{SUFFIX[fmt]}"
+    suffix = LOAD_SUFFIX[fmt]
+    if not target.name.endswith(suffix):
+        formats = ", ".join(f"{name} {s}" for name, s in LOAD_SUFFIX.items())
+        raise EpipruneError(f"--out {target} does not end in {suffix}, the suffix of --format {fmt} (accepted: a "
+                            f"name ending in {suffix}, or the --format of that suffix: {formats})")
+    if target.name in RUN_FILES or target.is_dir():
+        raise EpipruneError(f"--out {target} would replace a file of a run (accepted: a new file name, e.g. "
+                            f"model{SUFFIX[fmt]})")
+    if target.exists() and not force:
+        raise EpipruneError(f"--out {target} exists and would be replaced (accepted: another file name, or --force "
+                            "to replace it)")
+    return target
+
+
+def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, model: nn.Module | None = None,
+               force: bool = False) -> Path:
     """Export the model saved in run_dir (by `epiprune train`) to `fmt`; returns the written file.
 
     model: for a run of the user's own network, its dense network built by the caller (see load_pruned); the run's
-    surgery and weights are applied to it in place.
+    surgery and weights are applied to it in place. force: replace an existing file at `out` (refused otherwise).
 
     Long on purpose: one straight path per format (each with its own import guard and its own one-line refusal),
     checked before anything is written."""
     if fmt not in FORMATS:
         raise EpipruneError(f"unknown export format {fmt!r} (accepted: {', '.join(FORMATS)})")
     run_dir = Path(run_dir)
-    bare = load_pruned(run_dir, model=model)
+    target = export_target(run_dir, fmt, out, force)
+    bare = load_pruned(run_dir, raw_inputs=False, model=model)
     spec = json.loads((run_dir / ARCH_FILE).read_text())
     prep = load_preprocessing(run_dir)
     # standardisation inside the graph: the exported model takes raw [0, 1] images (runs saved before the
@@ -52,10 +74,6 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, mod
     model = with_preprocessing(bare, prep)
     extra = {METADATA_KEY: json.dumps(prep.to_dict())} if prep is not None else {}
     example = torch.zeros(2, spec["in_channels"], *spec["input_size"])  # batch 1 would be specialised
-    target = Path(out) if out is not None else run_dir / f"model_export{SUFFIX[fmt]}"
-    if target.name in RUN_FILES or target.is_dir():
-        raise EpipruneError(f"--out {target} would replace a file of a run (accepted: a new file name, e.g. "
-                            f"model{SUFFIX[fmt]})")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -19,7 +19,7 @@ from torch import nn
 
 from epiprune.errors import EpipruneError
 from epiprune.files import atomic_write, atomic_write_text
-from epiprune.io.preprocessing import Preprocessing, with_preprocessing
+from epiprune.io.preprocessing import Preprocessing, RawInputModel
 from epiprune.models import MODELS, build_model, is_import_path
 from epiprune.models.user import resolve_layers
 from epiprune.surgery import PrunableGraph, SurgeryError
@@ -74,7 +74,8 @@ def build_from_spec(spec: dict, model: nn.Module | None = None, source: str = "t
         if user_network:
             raise EpipruneError(f"{source} holds the network of {_describe_model(spec)}, which epiprune does not "
                                 f"import from a saved file (accepted: load_pruned(path, model=<the dense network "
-                                f"that {name} builds>), or `epiprune export --model {name}`)")
+                                f"that {name} builds>), or `epiprune export` / `epiprune predict` with --model "
+                                f"{name})")
         try:
             model = build_model(name, in_channels, num_classes)
         except ValueError as e:
@@ -124,13 +125,20 @@ def read_spec(path: Path) -> tuple[dict, Path]:
         except Exception as e:  # safetensors raises its own error types for truncated files
             raise EpipruneError(f"corrupt {path}: {e}") from None
         if text is None:
-            raise EpipruneError(f"{path} has no epiprune architecture in its metadata (export it with epiprune)")
+            if (path.parent / ARCH_FILE).is_file():  # a run folder's weights: the architecture is beside them
+                return _read_arch(path.parent / ARCH_FILE), path
+            raise EpipruneError(f"{path} has no epiprune architecture in its metadata and no {ARCH_FILE} beside it "
+                                "(accepted: a run folder, its model.safetensors, or a file of `epiprune export`)")
         return json.loads(text), path
     arch, weights = path / ARCH_FILE, path / WEIGHTS_FILE
     if not arch.is_file() or not weights.is_file():
         raise EpipruneError(f"no saved model in {path} (expected {ARCH_FILE} and {WEIGHTS_FILE})")
+    return _read_arch(arch), weights
+
+
+def _read_arch(arch: Path) -> dict:
     try:
-        return json.loads(arch.read_text()), weights
+        return json.loads(arch.read_text())
     except json.JSONDecodeError as e:
         raise EpipruneError(f"corrupt {arch}: {e}") from None
 
@@ -142,7 +150,7 @@ def load_preprocessing(path: str | Path) -> Preprocessing | None:
     return Preprocessing.from_dict(spec["preprocessing"]) if spec.get("preprocessing") else None
 
 
-def load_pruned(path: str | Path, raw_inputs: bool = False, model: nn.Module | None = None) -> nn.Module:
+def load_pruned(path: str | Path, raw_inputs: bool | None = None, model: nn.Module | None = None) -> nn.Module:
     """Rebuild a (pruned) model: `path` is a run folder (architecture.json + model.safetensors) or a .safetensors
     file exported by `epiprune export --format safetensors`. Exact shapes from the spec; no pickle involved.
 
@@ -151,9 +159,13 @@ def load_pruned(path: str | Path, raw_inputs: bool = False, model: nn.Module | N
     it in place, then the weights are loaded into it. epiprune never imports a module named in a saved file, so
     without model= such a run is refused. For registry models model= is optional.
 
-    The network takes inputs standardised the way training did (see `load_preprocessing`). With raw_inputs=True
-    it comes behind that standardisation (`nn.Sequential(Normalise, network)`) and takes raw images in [0, 1],
-    like the exported TorchScript, .pt2 and ONNX models."""
+    What it returns takes raw images, float (N, C, H, W) in [0, 1] (`image_to_tensor` reads them from files),
+    like the exported TorchScript, .pt2 and ONNX models: a `RawInputModel`, the network behind the standardisation
+    training used (`.network` is the bare network, `.preprocessing` the record; other attributes are the
+    network's). raw_inputs=None (default): so when the run stored its preprocessing, else (a spec saved without
+    one, e.g. by save_pruned in your own loop) the bare network. raw_inputs=True: the same, but a missing record
+    is an error. raw_inputs=False: the bare network, which expects inputs standardised as training did (see
+    `load_preprocessing`): fed raw images it silently scores far worse."""
     spec, weights = read_spec(Path(path))
     model = build_from_spec(spec, model, source=str(path))
     try:
@@ -168,10 +180,12 @@ def load_pruned(path: str | Path, raw_inputs: bool = False, model: nn.Module | N
         raise EpipruneError(f"{weights} does not match its architecture: {reasons[0][:300]} (accepted: the "
                             f"weights saved with it; with model=, the dense network of {_describe_model(spec)})"
                             ) from None
-    if raw_inputs:
-        prep = Preprocessing.from_dict(spec["preprocessing"]) if spec.get("preprocessing") else None
-        if prep is None:
-            raise EpipruneError(f"{path} was saved without its preprocessing (made by an older epiprune; accepted: "
-                                "raw_inputs=False and inputs standardised by the caller, or a new run)")
-        return with_preprocessing(model, prep)
-    return model.eval()
+    if raw_inputs is False:
+        return model.eval()
+    prep = Preprocessing.from_dict(spec["preprocessing"]) if spec.get("preprocessing") else None
+    if prep is None:
+        if raw_inputs is None:
+            return model.eval()
+        raise EpipruneError(f"{path} was saved without its preprocessing (made by an older epiprune; accepted: "
+                            "raw_inputs=False and inputs standardised by the caller, or a new run)")
+    return RawInputModel(model, prep).eval()

@@ -242,6 +242,7 @@ class TrainConfig:
         if not 0 <= self.momentum < 1:
             raise EpipruneError(f"--momentum {self.momentum} is outside [0, 1)")
         self._validate_clock()
+        self._validate_contradictions()
         if self.epi_every == "epoch" and self.epi_window + 2 > self.epochs and self.prune_at is None and \
                 self.indicator != "none":
             raise EpipruneError(f"EPI window {self.epi_window} is too large for {self.epochs} epochs (accepted: a "
@@ -269,6 +270,17 @@ class TrainConfig:
             if self.prune_at == 0:
                 raise EpipruneError("--branch-from with --prune-at 0 has nothing to branch from (accepted: --prune-at "
                                     ">= 1)")
+
+    def _validate_contradictions(self) -> None:
+        """Settings that are each valid but together do not do what they say (issue 23): refused, not ignored."""
+        if self.prune_at is not None and self.indicator == "none":
+            raise EpipruneError(f"--prune-at {self.prune_at} with --indicator none never prunes (accepted: --prune-at "
+                                "with another --indicator, which it then replaces, or --indicator none alone for a "
+                                "dense run)")
+        sgd_momentum = next(f.default for f in fields(self) if f.name == "momentum")
+        if self.optimizer == "adamw" and self.momentum != sgd_momentum:
+            raise EpipruneError(f"--momentum {self.momentum} is SGD's and AdamW does not use it (accepted: --momentum "
+                                "with --optimizer sgd, or AdamW without --momentum)")
 
     def _validate_model(self) -> None:
         """The model name, its kwargs and the ignored layers' form; a user factory is imported here (it is named
