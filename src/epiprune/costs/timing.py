@@ -67,25 +67,27 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def time_once(run: Callable[[], object], device: torch.device) -> float:
+    """Wall time of one call of run() in milliseconds (GPU: between two synchronisations)."""
+    _synchronize(device)
+    start = time.perf_counter()
+    run()
+    _synchronize(device)
+    return 1000.0 * (time.perf_counter() - start)
+
+
 def median_ms(run: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
     """Median wall time of run() in milliseconds, after `warmup` untimed calls (GPU: timed after a sync)."""
     for _ in range(warmup):
         run()
-    times = []
-    for _ in range(repeats):
-        _synchronize(device)
-        start = time.perf_counter()
-        run()
-        _synchronize(device)
-        times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times)
+    return statistics.median(time_once(run, device) for _ in range(repeats))
 
 
-def time_model_step(model: nn.Module, input_shape: Sequence[int], settings: LatencySettings,
-                    repeats: int = 10, warmup: int = 3) -> float:
-    """Milliseconds of one step of `model` as `settings` describe it, timed on a deep copy (the caller's weights,
-    BN statistics and gradients are untouched). train: forward, cross-entropy, backward, SGD step with momentum;
-    infer: eval-mode forward without autograd. input_shape: one sample's (C, H, W)."""
+def prepare_step(model: nn.Module, input_shape: Sequence[int], settings: LatencySettings) -> Callable[[], None]:
+    """A function running one step of a deep copy of `model` as `settings` describe it (the caller's weights, BN
+    statistics and gradients are untouched). train: forward, cross-entropy, backward, SGD step with momentum;
+    infer: eval-mode forward without autograd. input_shape: one sample's (C, H, W); the batch is
+    settings.batch_size random samples."""
     device = next(model.parameters()).device
     clone = copy.deepcopy(model)
     clone = in_memory_format(clone, settings.channels_last)
@@ -96,17 +98,25 @@ def time_model_step(model: nn.Module, input_shape: Sequence[int], settings: Late
         def run() -> None:
             with torch.no_grad(), autocast(device, settings.amp):
                 clone(x)
-    else:
-        clone.train()
-        optimizer = torch.optim.SGD(clone.parameters(), lr=1e-6, momentum=0.9)
-        with torch.no_grad():
-            classes = clone(x[:2]).shape[1]
-        y = torch.randint(0, classes, (settings.batch_size,), device=device)
+        return run
+    clone.train()
+    optimizer = torch.optim.SGD(clone.parameters(), lr=1e-6, momentum=0.9)
+    with torch.no_grad():
+        classes = clone(x[:2]).shape[1]
+    y = torch.randint(0, classes, (settings.batch_size,), device=device)
 
-        def run() -> None:
-            with autocast(device, settings.amp):
-                loss = nn.functional.cross_entropy(clone(x), y)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-    return median_ms(run, device, warmup, repeats)
+    def run_train() -> None:
+        with autocast(device, settings.amp):
+            loss = nn.functional.cross_entropy(clone(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return run_train
+
+
+def time_model_step(model: nn.Module, input_shape: Sequence[int], settings: LatencySettings,
+                    repeats: int = 10, warmup: int = 3) -> float:
+    """Milliseconds of one step of `model` as `settings` describe it (see prepare_step), the median of `repeats`
+    after `warmup` untimed steps."""
+    device = next(model.parameters()).device
+    return median_ms(prepare_step(model, input_shape, settings), device, warmup, repeats)

@@ -45,6 +45,7 @@ from epiprune.policy.indicator import (
     early_pruning_indicator,
     earlybird_stability,
 )
+from epiprune.policy.latency_loop import LatencyLoop
 from epiprune.policy.subnetwork import check_budget, normalise_per_group, select_subnetwork, widths_of
 from epiprune.surgery import PrunableGraph
 
@@ -108,6 +109,8 @@ class EarlyPruningPolicy:
     min_dense_epochs / max_dense_epochs: earliest EPI trigger / latest epoch (then prune anyway, 'fallback').
     prune_at: prune after exactly this many dense epochs instead of asking EPI.
     channel_multiple: keep a multiple of this many channels per group (e.g. 8: faster kernels, coarser budget).
+    latency_closed_loop: with a latency budget, time the table's pick against the dense model at the prune and
+    correct it until it measures within [F - 0.03, F] (policy.latency_loop; the record: `latency_loop.result`).
     """
 
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor, budget: Budget | None = None,
@@ -120,7 +123,8 @@ class EarlyPruningPolicy:
                  latency: LatencySettings | None = None, latency_table: str | Path | None = None,
                  log: Callable[[str], None] = print, progress: bool = True,
                  epi_average: str = PolicyConfig.epi_average, peak: int = PolicyConfig.peak,
-                 smooth: int = PolicyConfig.smooth, earlybird_queue: int = PolicyConfig.earlybird_queue) -> None:
+                 smooth: int = PolicyConfig.smooth, earlybird_queue: int = PolicyConfig.earlybird_queue,
+                 latency_closed_loop: bool = PolicyConfig.latency_closed_loop) -> None:
         # Long on purpose: the set-up steps in their order (variants, rule, graph, cost model, budget check,
         # importance), each refusing bad input before the next, more expensive one runs.
         settings = dict(locals())  # the keyword arguments, recorded as a PolicyConfig below (names are its fields)
@@ -166,6 +170,9 @@ class EarlyPruningPolicy:
         check_budget(self.cost, self.target, min_channels, channel_multiple, budget=str(self.budget),
                      blocks=[g.blocks for g in self.graph.groups])
         self.graph.self_check()
+        self.latency_loop = LatencyLoop(self.graph, self.cost, self.budget.fraction, min_channels, channel_multiple,
+                                        latency or LatencySettings(), log) \
+            if latency_closed_loop and self.budget.kind == "latency" else None
         if isinstance(importance, str):
             self.importance: Importance = make_importance(importance, self.graph, seed)
         else:
@@ -212,7 +219,7 @@ class EarlyPruningPolicy:
             return MagnitudeImportance(self.graph).scores()  # no gradients seen yet: fall back to weights
         return self.importance.scores()
 
-    def select(self, scores: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def select(self, scores: Sequence[np.ndarray], target: float | None = None) -> list[np.ndarray]:
         """Boolean keep-mask per group of the sub-network that `scores` rank first under the budget. Scores are
         importances, >= 0 and finite (selection divides each group's by their mean: a negative scale would invert
         the ranking), one array per group; anything else is refused in one line naming the importance."""
@@ -224,7 +231,8 @@ class EarlyPruningPolicy:
             if values.size and not (np.all(np.isfinite(values)) and values.min() >= 0):
                 raise EpipruneError(f"importance {self.importance_kind!r} gave group {name} scores from "
                                     f"{values.min():g} to {values.max():g} (accepted: finite scores >= 0)")
-        return select_subnetwork(normalise_per_group(list(scores)), self.cost, self.target, self.min_channels,
+        target = self.target if target is None else target  # another target: the latency closed loop's
+        return select_subnetwork(normalise_per_group(list(scores)), self.cost, target, self.min_channels,
                                  self.channel_multiple, self.partitions)
 
     def dominant_subnetwork(self) -> list[np.ndarray]:
@@ -311,6 +319,8 @@ class EarlyPruningPolicy:
         return masks
 
     def _prune(self, masks: list[np.ndarray], optimizer: torch.optim.Optimizer | None, trigger: str) -> None:
+        if self.latency_loop is not None and self.last_scores is not None:  # measure the table's pick, correct it
+            masks = self.latency_loop.correct(masks, lambda target: self.select(self.last_scores or [], target))
         self.graph.prune(masks, optimizer)
         self.importance.reset()  # accumulators now have the pruned widths (and are no longer used)
         self.kept = {name: np.flatnonzero(m).tolist() for name, m in zip(self.group_names, masks, strict=True)}

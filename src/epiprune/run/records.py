@@ -81,6 +81,9 @@ class RunSummary(TypedDict):
     branch_train_flops: NotRequired[float]
     branch_seconds: NotRequired[float]
     latency: NotRequired[LatencyCheck]  # with a latency budget
+    # with a latency budget and the closed loop on, once the run pruned (costs.closed_loop.ClosedLoopResult.record,
+    # plus share_of_run: its seconds over train_seconds); None when this process did not run it (a resumed run)
+    latency_closed_loop: NotRequired[dict | None]
 
 
 class CompareRun(RunSummary):
