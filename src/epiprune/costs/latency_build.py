@@ -73,7 +73,8 @@ def build_table(graph: PrunableGraph, settings: LatencySettings, progress: bool 
         p["predicted_ms"] = calibrated(p["widths"])
     dense = points[0]
     log(f"latency table: {len(entries)} layer shapes, {total} points, built in {table.build_seconds:.0f} s "
-        f"(reference timings spread {100 * noise['reference_spread']:.0f}%); "
+        f"(noise: pair ratios spread {100 * noise['pair_ratio_spread']:.0f}%, references "
+        f"{100 * noise['reference_spread']:.0f}%); "
         f"dense step {dense['measured_ms']:.1f} ms; calibration: constant {constant:.1f} ms + {scale:.2f} x layers "
         f"+ {tail:.1f} ms x activation volume; " + ", ".join(
             f"{p['network']}: {p['measured_ms']:.1f} ms measured / {p['predicted_ms']:.1f} predicted"
