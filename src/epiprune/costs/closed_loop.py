@@ -43,9 +43,10 @@ StepRunner = Callable[[nn.Module], Callable[[], float]]
 
 @dataclass(frozen=True)
 class ClosedLoopSettings:
-    """Bounds of the loop. tolerance: the band is [F - tolerance, F] (fractions of the dense step). pairs / warmup:
-    timed and untimed (dense, candidate) pairs per iteration. max_iterations, max_seconds: the caps (seconds of
-    wall time, the dense model's preparation included; an iteration is not started after the time cap)."""
+    """Bounds of the loop. tolerance: the band is [F - tolerance, F] (fractions of the dense step). pairs: timed
+    (dense, candidate) pairs per iteration; warmup: untimed steps of each candidate (and of the dense model, once).
+    max_iterations, max_seconds: the caps (seconds of wall time, the dense model's preparation included; an
+    iteration is not started after the time cap, so a loop can end past it by up to one iteration)."""
 
     tolerance: float = 0.03
     pairs: int = 5
@@ -193,6 +194,8 @@ def closed_loop(graph: PrunableGraph, cost: Cost, flops: Cost, fraction: float,
     tol = settings.tolerance
     aim = fraction - tol / 2
     dense_run = runner(graph.model)
+    for _ in range(settings.warmup):  # once: the dense model stays warm between iterations
+        dense_run()
     low = high = None  # table targets measured too fast (below the band) / too slow (above F)
     target, masks = fraction * cost.dense, first
     iterations: list[Iteration] = []
@@ -203,7 +206,10 @@ def closed_loop(graph: PrunableGraph, cost: Cost, flops: Cost, fraction: float,
         began = clock()
         widths = np.asarray([int(m.sum()) for m in masks])
         candidate = pruned_copy(graph, [np.flatnonzero(m) for m in masks])
-        timing = paired_ratio(dense_run, runner(candidate), settings.pairs, settings.warmup)
+        candidate_run = runner(candidate)
+        for _ in range(settings.warmup):
+            candidate_run()
+        timing = paired_ratio(dense_run, candidate_run, settings.pairs, warmup=0)
         predicted_ms = cost(widths)
         iterations.append(Iteration(target, predicted_ms / cost.dense, timing.ratio, flops(widths) / flops.dense,
                                     timing.dense_ms, timing.candidate_ms, timing.spread, clock() - began))
