@@ -222,3 +222,29 @@ def test_the_policy_prunes_what_the_loop_measured_and_the_switch_turns_it_off(tm
     train_and_prune(opened)
     assert device_open.steps == 0
     assert true_ms(opened.model, device.overhead) / dense_ms > 0.5  # the table's pick, uncorrected
+
+
+def test_the_in_run_check_compares_ratios_measured_in_one_loop():
+    """The machine gets 4x slower halfway through the check: the ratio (and the prediction's error) stay exact,
+    while the milliseconds move."""
+    from types import SimpleNamespace
+
+    from epiprune.run.latency_check import measure_latency
+
+    device = FakeDevice()
+    dense, pruned = WideNet(), WideNet()
+    pruned.conv1.out_channels = 16  # the fake device reads the widths from these attributes
+    policy = SimpleNamespace(cost=SimpleNamespace(dense=10.0), predicted_latency_ms=lambda: 4.0,
+                             latency_table_path="t.json")
+
+    def runner(model):
+        step = device.runner(model)
+
+        def timed() -> float:
+            device.speed = 4.0 if device.steps >= 12 else 1.0
+            return step()
+        return timed
+    result = measure_latency(policy, pruned, dense, SETTINGS, (1, 8, 8), runner=runner)
+    truth = true_ms(pruned, device.overhead) / true_ms(dense, device.overhead)
+    assert result["measured_ratio"] == pytest.approx(truth) and result["measured_ratio_spread"] == pytest.approx(0)
+    assert result["prediction_error"] == pytest.approx(0.4 / truth - 1)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from epiprune.costs.closed_loop import paired_ratio, step_runner
+from epiprune.costs.closed_loop import StepRunner, paired_ratio, step_runner
 from epiprune.costs.timing import LatencySettings
 from epiprune.numerics import in_memory_format
 from epiprune.policy.early_pruning import EarlyPruningPolicy
@@ -21,11 +21,13 @@ CHECK_PAIRS = 10  # timed (dense, final) pairs of the check, after 2 untimed one
 
 
 def measure_latency(policy: EarlyPruningPolicy, model: nn.Module, dense_model: nn.Module,
-                    settings: LatencySettings, input_shape: tuple[int, ...]) -> dict:
+                    settings: LatencySettings, input_shape: tuple[int, ...], runner: StepRunner | None = None
+                    ) -> dict:
     """Predicted and measured step time (ms, medians) of the dense and the final model, measured in one
     interleaved loop; measured_ratio: the median pair ratio; prediction_error: the table's predicted ratio over the
-    measured one, minus 1 (prediction_error_ms: the same in absolute milliseconds, which a load bends)."""
-    runner = step_runner(input_shape, settings)
+    measured one, minus 1 (prediction_error_ms: the same in absolute milliseconds, which a load bends).
+    runner: how a model's step is timed (default: costs.closed_loop.step_runner; tests inject a fake)."""
+    runner = runner or step_runner(input_shape, settings)
     timing = paired_ratio(runner(dense_model), runner(model), CHECK_PAIRS, warmup=2)
     predicted_dense, predicted_final = policy.cost.dense, policy.predicted_latency_ms()
     predicted_ratio = predicted_final / predicted_dense
