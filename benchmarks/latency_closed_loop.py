@@ -54,6 +54,7 @@ def run_row(name: str, threads: int, fraction: float, settings: LatencySettings,
     return {"model": name, "threads": threads, "budget": fraction, "status": result.status,
             "message": result.message, "measured_ratio": result.measured_ratio,
             "flops_ratio": result.iterations[result.chosen].flops_ratio,
+            "uncertainty": result.iterations[result.chosen].uncertainty,
             "first_predicted_ratio": first.predicted_ratio, "first_measured_ratio": first.measured_ratio,
             "table_prediction_error": first.predicted_ratio / first.measured_ratio - 1.0,
             "iterations": len(result.iterations), "loop_seconds": result.seconds, "load_before": before,
@@ -99,8 +100,8 @@ def main() -> None:
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "closed_loop.json", json.dumps({"meta": meta, "rows": rows}, indent=1))
-    print("| model | threads | budget F | outcome | measured ratio | in [F-0.03, F] | FLOPs kept | table error "
-          "before | iterations | loop s | table noise (pairs / refs) | load avg before -> after |")
+    print("| model | threads | budget F | outcome | measured ratio (+- ~95%) | in [F-0.03, F] | FLOPs kept | table "
+          "error before | iterations | loop s | table noise (pairs / refs) | load avg before -> after |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         if "refused" in r:
@@ -108,7 +109,8 @@ def main() -> None:
             continue
         met = r["budget"] - 0.03 <= r["measured_ratio"] <= r["budget"]
         noise = r["table_noise"]
-        print(f"| {r['model']} | {r['threads']} | {r['budget']:g} | {r['status']} | {r['measured_ratio']:.3f} | "
+        print(f"| {r['model']} | {r['threads']} | {r['budget']:g} | {r['status']} | {r['measured_ratio']:.3f} "
+              f"+- {r['uncertainty']:.3f} | "
               f"{'yes' if met else 'no'} | {100 * r['flops_ratio']:.1f}% | {100 * r['table_prediction_error']:+.1f}% "
               f"| {r['iterations']} | {r['loop_seconds']:.1f} | {100 * noise.get('pair_ratio_spread', 0):.0f}% / "
               f"{100 * noise.get('reference_spread', 0):.0f}% | {r['load_before'][0]} -> {r['load_after'][0]} |")

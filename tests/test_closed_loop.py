@@ -121,10 +121,12 @@ def test_the_loop_corrects_the_tables_pick_into_the_band(setup, fraction):
     assert result.measured_ratio == pytest.approx(measured(setup[0], result.masks, device.overhead))
     assert len(result.iterations) <= ClosedLoopSettings().max_iterations
     for it in result.iterations:  # every iteration recorded
-        assert 0 < it.predicted_ratio <= 1 and 0 < it.flops_ratio <= 1 and it.seconds > 0 and it.spread == 0
+        assert 0 < it.predicted_ratio <= 1 and 0 < it.flops_ratio <= 1 and it.seconds > 0
+        assert it.spread == it.uncertainty == 0  # a steady fake device
     assert result.seconds == pytest.approx(device.now)
     record = result.record()
     assert record["status"] == "met" and len(record["iterations"]) == len(result.iterations)
+    assert record["resolved"] is True and record["uncertainty"] == 0
     assert record["band"] == [pytest.approx(fraction - 0.03), fraction]
 
 
@@ -248,3 +250,28 @@ def test_the_in_run_check_compares_ratios_measured_in_one_loop():
     truth = true_ms(pruned, device.overhead) / true_ms(dense, device.overhead)
     assert result["measured_ratio"] == pytest.approx(truth) and result["measured_ratio_spread"] == pytest.approx(0)
     assert result["prediction_error"] == pytest.approx(0.4 / truth - 1)
+
+
+def test_a_measurement_noisier_than_the_band_is_flagged(setup):
+    rng = np.random.default_rng(0)
+    device = FakeDevice()
+    noisy = FakeDevice()
+
+    def runner(model):
+        step = device.runner(model)
+        return lambda: step() * float(rng.lognormal(0.0, 0.3))  # each step 30% noise: a busy machine
+    graph, cost, flops, scores, floor = setup
+
+    def select_at(target: float) -> list[np.ndarray]:
+        return select_subnetwork(scores, cost, target)
+    result = closed_loop(graph, cost, flops, 0.5, select_at, select_at(0.5 * cost.dense), floor, runner,
+                         clock=noisy.clock)
+    assert not result.resolved and result.record()["resolved"] is False
+    assert all(it.uncertainty > 0.03 for it in result.iterations)
+
+
+def test_the_uncertainty_is_a_box_plots_notch():
+    values = iter([1.0, 0.5, 1.0, 0.4, 1.0, 0.6, 1.0, 0.5, 1.0, 0.7])  # pair ratios 0.5, 0.4, 0.6, 0.5, 0.7
+    timing = paired_ratio(lambda: next(values), lambda: next(values), pairs=5, warmup=0)
+    assert timing.ratio == 0.5 and timing.spread == pytest.approx(0.3 / 0.5)
+    assert timing.uncertainty == pytest.approx(1.58 * (0.6 - 0.5) / np.sqrt(5))

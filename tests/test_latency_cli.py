@@ -52,6 +52,7 @@ def test_train_with_a_latency_budget_prunes_and_records_predicted_and_measured(t
     chosen_flops = loop["iterations"][loop["chosen"]]["flops_ratio"]
     assert chosen_flops == pytest.approx(summary["flops_ratio"])  # what was pruned is the chosen iteration
     assert 0 < loop["seconds"] and 0 < loop["share_of_run"] < 1
+    assert loop["resolved"] == (loop["uncertainty"] <= 0.03)
     assert f"latency closed loop: {loop['status']}, {len(loop['iterations'])} iteration(s)" in printed
     assert lat["prediction_error"] == pytest.approx(lat["predicted_ratio"] / lat["measured_ratio"] - 1)
     assert lat["prediction_error_ms"] == pytest.approx(lat["predicted_final_ms"] / lat["measured_final_ms"] - 1)

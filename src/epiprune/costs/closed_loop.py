@@ -71,13 +71,16 @@ DEFAULT_LOOP = ClosedLoopSettings()
 @dataclass
 class PairedTiming:
     """Dense and candidate steps timed in one interleaved loop. dense_ms / candidate_ms: medians (milliseconds);
-    ratio: the median of candidate / dense over the pairs; spread: (max - min) / median of those pair ratios."""
+    ratio: the median of candidate / dense over the pairs; spread: (max - min) / median of those pair ratios;
+    uncertainty: about the 95% half-width of that median, 1.58 x IQR / sqrt(pairs) (a box plot's notch, McGill et
+    al. 1978), in units of the ratio."""
 
     dense_ms: float
     candidate_ms: float
     ratio: float
     spread: float
     pairs: int
+    uncertainty: float = 0.0
 
 
 def paired_ratio(dense: Callable[[], float], candidate: Callable[[], float], pairs: int, warmup: int = 1
@@ -93,8 +96,9 @@ def paired_ratio(dense: Callable[[], float], candidate: Callable[[], float], pai
         b.append(candidate())
     ratios = [y / x for x, y in zip(a, b, strict=True)]
     ratio = statistics.median(ratios)
+    q1, q3 = np.percentile(ratios, [25, 75])
     return PairedTiming(statistics.median(a), statistics.median(b), ratio, (max(ratios) - min(ratios)) / ratio,
-                        pairs)
+                        pairs, float(1.58 * (q3 - q1) / np.sqrt(pairs)))
 
 
 def step_runner(input_shape: Sequence[int], settings: LatencySettings) -> StepRunner:
@@ -110,7 +114,8 @@ def step_runner(input_shape: Sequence[int], settings: LatencySettings) -> StepRu
 @dataclass
 class Iteration:
     """One candidate: the table target it was selected at (ms), the table's prediction and the measured step as
-    fractions of the dense step, its FLOPs as a fraction of the dense FLOPs, the medians (ms), and seconds spent."""
+    fractions of the dense step, its FLOPs as a fraction of the dense FLOPs, the medians (ms), the pair ratios'
+    spread and the measured ratio's uncertainty (PairedTiming), and seconds spent."""
 
     target_ms: float
     predicted_ratio: float
@@ -120,6 +125,7 @@ class Iteration:
     candidate_ms: float
     spread: float
     seconds: float
+    uncertainty: float = 0.0
 
 
 @dataclass
@@ -141,10 +147,17 @@ class ClosedLoopResult:
     def measured_ratio(self) -> float:
         return self.iterations[self.chosen].measured_ratio
 
+    @property
+    def resolved(self) -> bool:
+        """Whether the chosen measurement's uncertainty is within the band's width (else the band is finer than
+        what the pairs resolve: a loaded machine)."""
+        return self.iterations[self.chosen].uncertainty <= self.tolerance
+
     def record(self) -> dict:
         """Plain data for summary.json (masks left out: the run's widths say what was kept)."""
         return {"budget": self.budget, "band": [self.budget - self.tolerance, self.budget], "status": self.status,
                 "message": self.message, "chosen": self.chosen, "measured_ratio": self.measured_ratio,
+                "uncertainty": self.iterations[self.chosen].uncertainty, "resolved": self.resolved,
                 "predicted_ratio_first": self.iterations[0].predicted_ratio,
                 "measured_ratio_first": self.iterations[0].measured_ratio, "seconds": self.seconds,
                 "iterations": [asdict(it) for it in self.iterations]}
@@ -212,7 +225,8 @@ def closed_loop(graph: PrunableGraph, cost: Cost, flops: Cost, fraction: float,
         timing = paired_ratio(dense_run, candidate_run, settings.pairs, warmup=0)
         predicted_ms = cost(widths)
         iterations.append(Iteration(target, predicted_ms / cost.dense, timing.ratio, flops(widths) / flops.dense,
-                                    timing.dense_ms, timing.candidate_ms, timing.spread, clock() - began))
+                                    timing.dense_ms, timing.candidate_ms, timing.spread, clock() - began,
+                                    timing.uncertainty))
         candidates.append(masks)
         seen[_key(masks)] = len(iterations) - 1
         measured = timing.ratio

@@ -61,5 +61,7 @@ class LatencyLoop:
         self.log(f"latency closed loop: {r.status}, {len(r.iterations)} iteration(s) in {r.seconds:.1f} s: "
                  f"measured {r.measured_ratio:.3f} of the dense step (budget {self.fraction:g}, table's first "
                  f"pick measured {first.measured_ratio:.3f}, predicted {first.predicted_ratio:.3f}); "
-                 f"FLOPs {r.iterations[r.chosen].flops_ratio:.3f}" + ("" if r.status == "met" else f"; {r.message}"))
+                 f"FLOPs {r.iterations[r.chosen].flops_ratio:.3f}" + ("" if r.status == "met" else f"; {r.message}")
+                 + ("" if r.resolved else f"; measurement uncertainty +-{r.iterations[r.chosen].uncertainty:.3f} is "
+                    f"wider than the band ({r.tolerance:g}): the machine is busy"))
         return [np.asarray(m, dtype=bool) for m in r.masks]
