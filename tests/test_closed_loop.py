@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from epiprune import Budget, EarlyPruningPolicy
-from epiprune.costs.closed_loop import DEFAULT_LOOP, ClosedLoopSettings, closed_loop, paired_ratio
+from epiprune.costs.closed_loop import DEFAULT_LOOP, ClosedLoopSettings, closed_loop
 from epiprune.costs.counting import counting_cost_models
 from epiprune.costs.latency_model import LatencyCostModel
 from epiprune.costs.latency_table import LatencyTable, table_axes, table_key, timed_layers
-from epiprune.costs.timing import LatencySettings
+from epiprune.costs.timing import LatencySettings, paired_ratio
 from epiprune.errors import EpipruneError
 from epiprune.policy.subnetwork import floor_widths, normalise_per_group, select_subnetwork
 from epiprune.surgery import PrunableGraph

@@ -3,7 +3,7 @@
 budget.py          Budget, BudgetError, BUDGET_KINDS: the fraction of the dense cost to keep
 model.py           the Cost protocol (what selection needs) and CostModel (linear per-layer FLOPs / parameters)
 counting.py        counting_cost_models(graph): the exact FLOPs and parameter CostModels of a PrunableGraph
-timing.py          LatencySettings, TARGETS, median_ms, time_once, prepare_step, time_model_step: timing on the device
+timing.py          LatencySettings, median_ms, prepare_step, time_model_step, paired_ratio: timing on the device
 layer_kinds.py     the registry of layer kinds latency tables time (conv, depthwise conv, linear, batch norm)
 latency_table.py   timed layers, channel grids, the table as a keyed JSON artefact
 layer_ratios.py    a table's layers timed as ratios to their dense size (load cancels), the build's noise and its limit

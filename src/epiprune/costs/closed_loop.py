@@ -23,22 +23,17 @@ costs.calibration. So is the timing (`runner`), which tests replace by a fake cl
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from torch import nn
 
 from epiprune.costs.calibration import pruned_copy
 from epiprune.costs.model import Cost
-from epiprune.costs.timing import LatencySettings, prepare_step, time_once
+from epiprune.costs.timing import StepRunner, paired_ratio
 from epiprune.errors import EpipruneError
 from epiprune.surgery import PrunableGraph
-
-# runner(model) -> a function that runs one step of `model` and returns its milliseconds
-StepRunner = Callable[[nn.Module], Callable[[], float]]
 
 
 @dataclass(frozen=True)
@@ -66,49 +61,6 @@ class ClosedLoopSettings:
 
 
 DEFAULT_LOOP = ClosedLoopSettings()
-
-
-@dataclass
-class PairedTiming:
-    """Dense and candidate steps timed in one interleaved loop. dense_ms / candidate_ms: medians (milliseconds);
-    ratio: the median of candidate / dense over the pairs; spread: (max - min) / median of those pair ratios;
-    uncertainty: about the 95% half-width of that median, 1.58 x IQR / sqrt(pairs) (a box plot's notch, McGill et
-    al. 1978), in units of the ratio."""
-
-    dense_ms: float
-    candidate_ms: float
-    ratio: float
-    spread: float
-    pairs: int
-    uncertainty: float = 0.0
-
-
-def paired_ratio(dense: Callable[[], float], candidate: Callable[[], float], pairs: int, warmup: int = 1
-                 ) -> PairedTiming:
-    """Time dense and candidate alternately (`warmup` untimed pairs, then `pairs` timed ones), each call returning
-    one step's milliseconds; the median pair ratio is robust to a load that changes between pairs."""
-    for _ in range(warmup):
-        dense()
-        candidate()
-    a, b = [], []
-    for _ in range(pairs):
-        a.append(dense())
-        b.append(candidate())
-    ratios = [y / x for x, y in zip(a, b, strict=True)]
-    ratio = statistics.median(ratios)
-    q1, q3 = np.percentile(ratios, [25, 75])
-    return PairedTiming(statistics.median(a), statistics.median(b), ratio, (max(ratios) - min(ratios)) / ratio,
-                        pairs, float(1.58 * (q3 - q1) / np.sqrt(pairs)))
-
-
-def step_runner(input_shape: Sequence[int], settings: LatencySettings) -> StepRunner:
-    """The real runner: a model's step as `settings` time it (costs.timing.prepare_step), one call = one step."""
-
-    def prepare(model: nn.Module) -> Callable[[], float]:
-        run = prepare_step(model, input_shape, settings)
-        device = next(model.parameters()).device
-        return lambda: time_once(run, device)
-    return prepare
 
 
 @dataclass

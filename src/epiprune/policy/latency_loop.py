@@ -18,13 +18,11 @@ from epiprune.costs.closed_loop import (
     DEFAULT_LOOP,
     ClosedLoopResult,
     ClosedLoopSettings,
-    StepRunner,
     closed_loop,
-    step_runner,
 )
 from epiprune.costs.counting import counting_cost_models
 from epiprune.costs.model import Cost
-from epiprune.costs.timing import LatencySettings
+from epiprune.costs.timing import LatencySettings, StepRunner, step_runner
 from epiprune.policy.subnetwork import floor_widths
 from epiprune.surgery import PrunableGraph
 

@@ -9,8 +9,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from epiprune.costs.closed_loop import StepRunner, paired_ratio, step_runner
-from epiprune.costs.timing import LatencySettings
+from epiprune.costs.timing import LatencySettings, StepRunner, paired_ratio, step_runner
 from epiprune.numerics import in_memory_format
 from epiprune.policy.early_pruning import EarlyPruningPolicy
 from epiprune.run.config import TrainConfig
