@@ -33,7 +33,9 @@ def test_every_config_field_is_a_train_option_and_every_option_a_field():
     for f in fields(TrainConfig):
         if f.name in options:
             action = options[f.name]
-            assert action.option_strings == ["--" + f.name.replace("_", "-")]
+            flag = "--" + f.name.replace("_", "-")
+            switch_on = f.default is True  # a switch that is on by default is offered with its --no- form
+            assert action.option_strings == ([flag, "--no-" + flag[2:]] if switch_on else [flag])
             assert action.help == f.metadata["help"]
             if f.metadata["parse"] is None:  # text options (JSON, lists) show "(default: none)" in their help
                 assert action.default == f.default, f.name

@@ -198,7 +198,7 @@ def test_policy_api_takes_a_latency_budget_and_reports_predictions(tmp_path):
     model, graph = tiny_graph()
     path = synthetic_table(graph, tmp_path / "t.json")
     policy = EarlyPruningPolicy(model, torch.zeros(1, 1, 8, 8), Budget(latency=0.5), latency=TINY,
-                                latency_table=path, prune_at=1, log=lambda _: None)
+                                latency_table=path, prune_at=1, log=lambda _: None, latency_closed_loop=False)
     dense_ms = policy.predicted_latency_ms()
     assert dense_ms == pytest.approx(policy.cost.dense) and policy.latency_table_path == path
     x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 3, (8,))

@@ -40,20 +40,36 @@ def test_train_with_a_latency_budget_prunes_and_records_predicted_and_measured(t
     summary = json.loads((out / "summary.json").read_text())
     assert summary["budget"] == "latency:0.5" and summary["prune_epoch"] == 1
     lat = summary["latency"]
-    assert lat["predicted_final_ms"] <= 0.5 * lat["predicted_dense_ms"] + 1e-9
     assert lat["measured_final_ms"] > 0 and lat["measured_dense_ms"] > 0
-    assert lat["prediction_error"] == pytest.approx(lat["predicted_final_ms"] / lat["measured_final_ms"] - 1)
+    # the closed loop (on by default) measured the table's pick and corrected it: every iteration is recorded
+    loop = summary["latency_closed_loop"]
+    assert loop["status"] in ("met", "unreachable", "granularity", "iteration cap", "time cap")
+    assert loop["band"] == [pytest.approx(0.47), 0.5] and 1 <= len(loop["iterations"]) <= 6
+    first = loop["iterations"][0]
+    assert first["predicted_ratio"] <= 0.5 + 1e-9  # the table's own pick comes first
+    assert {"target_ms", "predicted_ratio", "measured_ratio", "flops_ratio", "seconds"} <= set(first)
+    assert loop["measured_ratio"] == loop["iterations"][loop["chosen"]]["measured_ratio"]
+    chosen_flops = loop["iterations"][loop["chosen"]]["flops_ratio"]
+    assert chosen_flops == pytest.approx(summary["flops_ratio"])  # what was pruned is the chosen iteration
+    assert 0 < loop["seconds"] and 0 < loop["share_of_run"] < 1
+    assert loop["resolved"] == (loop["uncertainty"] <= 0.03)
+    assert f"latency closed loop: {loop['status']}, {len(loop['iterations'])} iteration(s)" in printed
+    assert lat["prediction_error"] == pytest.approx(lat["predicted_ratio"] / lat["measured_ratio"] - 1)
+    assert lat["prediction_error_ms"] == pytest.approx(lat["predicted_final_ms"] / lat["measured_final_ms"] - 1)
     assert summary["final_flops"] < summary["dense_flops"]
     assert json.loads((out / "latency_table.json").read_text())["key"] == json.loads(table.read_text())["key"]
 
 
 def test_train_builds_a_missing_table_in_the_cache(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("EPIPRUNE_CACHE", str(tmp_path / "cache"))
-    code = main(["train", "--budget", "latency:0.6", "--latency-batch", "8",
+    code = main(["train", "--budget", "latency:0.6", "--latency-batch", "8", "--no-latency-closed-loop",
                  "--out", str(tmp_path / "run"), *TRAIN])
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "latency table: building" in printed
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())  # the open loop, as asked
+    assert "latency_closed_loop" not in summary and "latency closed loop" not in printed
+    assert summary["latency"]["predicted_final_ms"] <= 0.6 * summary["latency"]["predicted_dense_ms"] + 1e-9
     cached = list((tmp_path / "cache" / "latency").glob("cifarresnet-*.json"))
     assert len(cached) == 1 and json.loads(cached[0].read_text())["key"]["batch_size"] == 8
 

@@ -44,6 +44,7 @@ NON_DEFAULT: dict[str, tuple[Any, dict, Any]] = {
     "channel_multiple": (2, {}, lambda p: p.channel_multiple),
     "seed": (7, {"importance": "random"}, lambda p: p.importance.seed),
     "latency_table": ("somewhere.json", {}, lambda p: p.config.latency_table),
+    "latency_closed_loop": (False, {}, lambda p: p.config.latency_closed_loop),
 }
 EXPECTED = {"importance": ("magnitude", "MagnitudeImportance"), "indicator": ("earlybird-budget", 1),
             "earlybird_queue": (4, 5)}

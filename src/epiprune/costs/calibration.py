@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import statistics
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -19,7 +20,7 @@ from tqdm import tqdm
 
 from epiprune.costs.latency_model import LatencyCostModel
 from epiprune.costs.model import Cost
-from epiprune.costs.timing import LatencySettings, time_model_step
+from epiprune.costs.timing import LatencySettings, PairedTiming, paired_ratio, step_runner
 from epiprune.surgery import PrunableGraph
 
 # select(scores, cost, target) -> keep masks: scores one (size,) array per group, target in the units of cost; the
@@ -27,7 +28,9 @@ from epiprune.surgery import PrunableGraph
 Select = Callable[[list[np.ndarray], Cost, float], list[np.ndarray]]
 
 CALIBRATION_NETWORKS = 5  # see calibration_networks
-CALIBRATION_ROUNDS = 2
+CALIBRATION_ROUNDS = 2  # progress-bar steps per network
+CALIBRATION_PAIRS = 5  # timed (dense, network) pairs per calibration network
+CALIBRATION_WARMUP = 2
 
 
 def pruned_copy(graph: PrunableGraph, keep: Sequence[np.ndarray]) -> nn.Module:
@@ -58,21 +61,31 @@ def calibration_networks(graph: PrunableGraph, raw: LatencyCostModel, select: Se
 
 def measure_calibration(graph: PrunableGraph, raw: LatencyCostModel, settings: LatencySettings, select: Select,
                         bar: tqdm) -> list[dict]:
-    """Time the calibration networks' steps (milliseconds; CALIBRATION_ROUNDS rounds, the fastest kept) and
-    return one point per network: its widths, measured_ms, rounds_ms, the raw tables' layer_sum_ms and volume V."""
+    """Time the calibration networks' steps against the dense model's, interleaved (dense, network, dense, ...;
+    CALIBRATION_PAIRS pairs after CALIBRATION_WARMUP untimed steps of each), and return one point per network: its
+    widths, measured_ms (the median pair ratio times the dense model's median step, milliseconds), ratio, the
+    raw tables' layer_sum_ms and volume V. A load that slows both sides of a pair cancels in the ratio; timed
+    apart, a network measured while another job ran looked slower than the dense model (issue 23)."""
     shape = tuple(graph.example_inputs.shape[1:])
     networks = [(name, keep, pruned_copy(graph, keep)) for name, keep in calibration_networks(graph, raw, select)]
-    # round robin, and the fastest round per network: another process slowing one measurement down (noise only
-    # ever adds time) must not bend the fit, which five points and three coefficients leave little room for
-    timings: list[list[float]] = [[] for _ in networks]
-    for _ in range(CALIBRATION_ROUNDS):
-        for times, (_, _, model) in zip(timings, networks, strict=True):
-            times.append(time_model_step(model, shape, settings, repeats=5, warmup=2))
-            bar.update()
+    runner = step_runner(shape, settings)
+    dense = runner(networks[0][2])
+    for _ in range(CALIBRATION_WARMUP):
+        dense()
+    timings: list[PairedTiming | None] = [None]
+    for _, _, model in networks[1:]:
+        candidate = runner(model)
+        for _ in range(CALIBRATION_WARMUP):
+            candidate()
+        timings.append(paired_ratio(dense, candidate, CALIBRATION_PAIRS, warmup=0))
+        bar.update(CALIBRATION_ROUNDS)
+    dense_ms = statistics.median(t.dense_ms for t in timings if t is not None)
+    bar.update(CALIBRATION_ROUNDS)
     points = []
-    for (name, keep, _), times in zip(networks, timings, strict=True):
+    for (name, keep, _), timing in zip(networks, timings, strict=True):
         widths = [len(k) for k in keep]
-        points.append({"network": name, "widths": widths, "measured_ms": min(times), "rounds_ms": times,
+        ratio = 1.0 if timing is None else timing.ratio
+        points.append({"network": name, "widths": widths, "measured_ms": ratio * dense_ms, "ratio": ratio,
                        "layer_sum_ms": raw(widths), "volume": raw.volume_fraction(widths)})
     return points
 

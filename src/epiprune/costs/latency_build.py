@@ -18,7 +18,6 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -37,28 +36,11 @@ from epiprune.costs.latency_table import (
     default_table_path,
     table_axes,
     table_key,
-    time_layer,
     timed_layers,
 )
+from epiprune.costs.layer_ratios import LayerRunner, check_noise, layer_runner, measure_layer_ratios
 from epiprune.costs.timing import LatencySettings
 from epiprune.surgery import PrunableGraph
-
-
-def _measure_layers(layers: Sequence[TimedLayer], settings: LatencySettings, device: torch.device, bar: tqdm
-                    ) -> dict[str, dict]:
-    """{signature: {"axes": channel counts per axis, "ms": milliseconds on that grid}} for every distinct layer
-    signature (layers of one signature share a table)."""
-    entries: dict[str, dict] = {}
-    for sig, layer in {layer.signature: layer for layer in layers}.items():
-        axes = table_axes(layer, settings.grid_points)
-        points = [(c,) for c in axes[0]] if layer.single_axis else [(a, b) for a in axes[0] for b in axes[1]]
-        values = []
-        for point in points:
-            c_in, c_out = (point[0], point[0]) if layer.single_axis else point
-            values.append(time_layer(layer, int(c_in), int(c_out), settings, device))
-            bar.update()
-        entries[sig] = {"axes": axes, "ms": np.asarray(values).reshape([len(a) for a in axes]).tolist()}
-    return entries
 
 
 def _grid_points(layers: Sequence[TimedLayer], settings: LatencySettings) -> int:
@@ -68,18 +50,22 @@ def _grid_points(layers: Sequence[TimedLayer], settings: LatencySettings) -> int
 
 
 def build_table(graph: PrunableGraph, settings: LatencySettings, progress: bool = True,
-                log: Callable[[str], None] = print, *, select: Select) -> LatencyTable:
-    """Time every layer of graph.model on its grid and calibrate against whole-model steps (see
+                log: Callable[[str], None] = print, *, select: Select, runner: LayerRunner | None = None
+                ) -> LatencyTable:
+    """Time every layer of graph.model on its grid as ratios to its dense size (costs.layer_ratios; a build too
+    noisy to use is refused, LatencyTableError) and calibrate against whole-model steps (see
     costs.latency_model), the uneven calibration networks picked by `select`. Runs on the device of
-    graph.example_inputs, with the current torch thread count."""
+    graph.example_inputs, with the current torch thread count. runner: how a layer is timed (tests inject one)."""
     start = time.perf_counter()
     layers, volume = timed_layers(graph)
     total = _grid_points(layers, settings)
     with tqdm(total=total + CALIBRATION_NETWORKS * CALIBRATION_ROUNDS, desc="latency table", unit="point",
               disable=not progress, leave=False, dynamic_ncols=True) as bar:
-        entries = _measure_layers(layers, settings, graph.example_inputs.device, bar)
+        entries, noise = measure_layer_ratios(layers, settings,
+                                              runner or layer_runner(settings, graph.example_inputs.device), bar)
+        check_noise(noise)
         table = LatencyTable(table_key(graph, layers, settings), entries,
-                             {"constant_ms": 0.0, "layer_scale": 1.0, "tail_ms": 0.0})
+                             {"constant_ms": 0.0, "layer_scale": 1.0, "tail_ms": 0.0}, noise=noise)
         raw = LatencyCostModel(layers, table, graph.widths(), volume)
         points = measure_calibration(graph, raw, settings, select, bar)
     constant, scale, tail = fit_calibration([p["layer_sum_ms"] for p in points], [p["volume"] for p in points],
@@ -90,7 +76,9 @@ def build_table(graph: PrunableGraph, settings: LatencySettings, progress: bool 
     for p in points:
         p["predicted_ms"] = calibrated(p["widths"])
     dense = points[0]
-    log(f"latency table: {len(entries)} layer shapes, {total} points, built in {table.build_seconds:.0f} s; "
+    log(f"latency table: {len(entries)} layer shapes, {total} points, built in {table.build_seconds:.0f} s "
+        f"(noise: pair ratios spread {100 * noise['pair_ratio_spread']:.0f}%, references "
+        f"{100 * noise['reference_spread']:.0f}%); "
         f"dense step {dense['measured_ms']:.1f} ms; calibration: constant {constant:.1f} ms + {scale:.2f} x layers "
         f"+ {tail:.1f} ms x activation volume; " + ", ".join(
             f"{p['network']}: {p['measured_ms']:.1f} ms measured / {p['predicted_ms']:.1f} predicted"

@@ -12,7 +12,7 @@ import copy
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -149,8 +149,10 @@ def table_axes(layer: TimedLayer, points: int) -> list[list[int]]:
     return [in_axis, out_axis]
 
 
-def time_layer(layer: TimedLayer, c_in: int, c_out: int, settings: LatencySettings, device: torch.device) -> float:
-    """Milliseconds of one layer at (c_in, c_out) channels, as the settings' target runs it."""
+def prepare_layer(layer: TimedLayer, c_in: int, c_out: int, settings: LatencySettings, device: torch.device
+                  ) -> Callable[[], None]:
+    """A function running one layer at (c_in, c_out) channels once, as the settings' target runs it (train:
+    forward and backward from a fixed output gradient; infer: forward without autograd), on a random batch."""
     op = in_memory_format(layer.build(c_in, c_out).to(device), settings.channels_last)
     spatial = layer.input_shape[1:]
     train = settings.target == "train"
@@ -161,7 +163,7 @@ def time_layer(layer: TimedLayer, c_in: int, c_out: int, settings: LatencySettin
         def run() -> None:
             with torch.no_grad(), autocast(device, settings.amp):
                 op(x)
-        return median_ms(run, device, settings.warmup, settings.repeats)
+        return run
     with autocast(device, settings.amp):
         grad_out = torch.ones_like(op(x))
 
@@ -172,7 +174,13 @@ def time_layer(layer: TimedLayer, c_in: int, c_out: int, settings: LatencySettin
         with autocast(device, settings.amp):
             out = op(x)
         out.backward(grad_out)
-    return median_ms(run_train, device, settings.warmup, settings.repeats)
+    return run_train
+
+
+def time_layer(layer: TimedLayer, c_in: int, c_out: int, settings: LatencySettings, device: torch.device) -> float:
+    """Milliseconds of one layer at (c_in, c_out) channels, as the settings' target runs it (the median of
+    settings.repeats runs after settings.warmup)."""
+    return median_ms(prepare_layer(layer, c_in, c_out, settings, device), device, settings.warmup, settings.repeats)
 
 
 @dataclass
@@ -180,12 +188,14 @@ class LatencyTable:
     """Measured layer tables and calibration of one model on one device (see costs.latency_model for the method).
 
     layers: {signature: {"axes": [[channels...], ...], "ms": nested list, milliseconds}} (as measured).
-    calibration: constant_ms, layer_scale, tail_ms (>= 0) and the whole-model timings they were fitted to."""
+    calibration: constant_ms, layer_scale, tail_ms (>= 0) and the whole-model timings they were fitted to.
+    noise: how noisy the build was (costs.layer_ratios.measure_layer_ratios; empty for tables built before it)."""
 
     key: dict
     layers: dict[str, dict]
     calibration: dict
     build_seconds: float = 0.0
+    noise: dict = field(default_factory=dict)
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
@@ -201,7 +211,7 @@ class LatencyTable:
             if not isinstance(data, dict) or data.get("format") != FORMAT:
                 raise ValueError(f"format is not {FORMAT}")
             table = cls(dict(data["key"]), dict(data["layers"]), dict(data["calibration"]),
-                        float(data.get("build_seconds", 0.0)))
+                        float(data.get("build_seconds", 0.0)), dict(data.get("noise") or {}))
             for entry in table.layers.values():
                 shape = tuple(len(a) for a in entry["axes"])
                 if np.asarray(entry["ms"], dtype=np.float64).shape != shape:

@@ -1,7 +1,8 @@
 """Timing on the device: what a latency table times (LatencySettings), the median of repeated runs, and one
 whole-model step. 'train' = forward + backward of a training batch (whole model: plus the loss and an SGD step),
 since EPI's point is a cheaper training run; 'infer' = forward only, eval mode, no grad. Every timing: warm-up
-runs, then the median of `repeats`; on a GPU after torch.cuda.synchronize(). Times are in milliseconds."""
+runs, then the median of `repeats`; on a GPU after torch.cuda.synchronize(). Times are in milliseconds.
+Two models compared (a candidate against the dense one): paired_ratio, interleaved pairs and their median ratio."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -67,25 +69,27 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def time_once(run: Callable[[], object], device: torch.device) -> float:
+    """Wall time of one call of run() in milliseconds (GPU: between two synchronisations)."""
+    _synchronize(device)
+    start = time.perf_counter()
+    run()
+    _synchronize(device)
+    return 1000.0 * (time.perf_counter() - start)
+
+
 def median_ms(run: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
     """Median wall time of run() in milliseconds, after `warmup` untimed calls (GPU: timed after a sync)."""
     for _ in range(warmup):
         run()
-    times = []
-    for _ in range(repeats):
-        _synchronize(device)
-        start = time.perf_counter()
-        run()
-        _synchronize(device)
-        times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times)
+    return statistics.median(time_once(run, device) for _ in range(repeats))
 
 
-def time_model_step(model: nn.Module, input_shape: Sequence[int], settings: LatencySettings,
-                    repeats: int = 10, warmup: int = 3) -> float:
-    """Milliseconds of one step of `model` as `settings` describe it, timed on a deep copy (the caller's weights,
-    BN statistics and gradients are untouched). train: forward, cross-entropy, backward, SGD step with momentum;
-    infer: eval-mode forward without autograd. input_shape: one sample's (C, H, W)."""
+def prepare_step(model: nn.Module, input_shape: Sequence[int], settings: LatencySettings) -> Callable[[], None]:
+    """A function running one step of a deep copy of `model` as `settings` describe it (the caller's weights, BN
+    statistics and gradients are untouched). train: forward, cross-entropy, backward, SGD step with momentum;
+    infer: eval-mode forward without autograd. input_shape: one sample's (C, H, W); the batch is
+    settings.batch_size random samples."""
     device = next(model.parameters()).device
     clone = copy.deepcopy(model)
     clone = in_memory_format(clone, settings.channels_last)
@@ -96,17 +100,72 @@ def time_model_step(model: nn.Module, input_shape: Sequence[int], settings: Late
         def run() -> None:
             with torch.no_grad(), autocast(device, settings.amp):
                 clone(x)
-    else:
-        clone.train()
-        optimizer = torch.optim.SGD(clone.parameters(), lr=1e-6, momentum=0.9)
-        with torch.no_grad():
-            classes = clone(x[:2]).shape[1]
-        y = torch.randint(0, classes, (settings.batch_size,), device=device)
+        return run
+    clone.train()
+    optimizer = torch.optim.SGD(clone.parameters(), lr=1e-6, momentum=0.9)
+    with torch.no_grad():
+        classes = clone(x[:2]).shape[1]
+    y = torch.randint(0, classes, (settings.batch_size,), device=device)
 
-        def run() -> None:
-            with autocast(device, settings.amp):
-                loss = nn.functional.cross_entropy(clone(x), y)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-    return median_ms(run, device, warmup, repeats)
+    def run_train() -> None:
+        with autocast(device, settings.amp):
+            loss = nn.functional.cross_entropy(clone(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return run_train
+
+
+def time_model_step(model: nn.Module, input_shape: Sequence[int], settings: LatencySettings,
+                    repeats: int = 10, warmup: int = 3) -> float:
+    """Milliseconds of one step of `model` as `settings` describe it (see prepare_step), the median of `repeats`
+    after `warmup` untimed steps."""
+    device = next(model.parameters()).device
+    return median_ms(prepare_step(model, input_shape, settings), device, warmup, repeats)
+
+
+# runner(model) -> a function that runs one step of `model` and returns its milliseconds
+StepRunner = Callable[[nn.Module], Callable[[], float]]
+
+
+@dataclass
+class PairedTiming:
+    """Dense and candidate steps timed in one interleaved loop. dense_ms / candidate_ms: medians (milliseconds);
+    ratio: the median of candidate / dense over the pairs; spread: (max - min) / median of those pair ratios;
+    uncertainty: about the 95% half-width of that median, 1.58 x IQR / sqrt(pairs) (a box plot's notch, McGill et
+    al. 1978), in units of the ratio."""
+
+    dense_ms: float
+    candidate_ms: float
+    ratio: float
+    spread: float
+    pairs: int
+    uncertainty: float = 0.0
+
+
+def paired_ratio(dense: Callable[[], float], candidate: Callable[[], float], pairs: int, warmup: int = 1
+                 ) -> PairedTiming:
+    """Time dense and candidate alternately (`warmup` untimed pairs, then `pairs` timed ones), each call returning
+    one step's milliseconds; the median pair ratio is robust to a load that changes between pairs."""
+    for _ in range(warmup):
+        dense()
+        candidate()
+    a, b = [], []
+    for _ in range(pairs):
+        a.append(dense())
+        b.append(candidate())
+    ratios = [y / x for x, y in zip(a, b, strict=True)]
+    ratio = statistics.median(ratios)
+    q1, q3 = np.percentile(ratios, [25, 75])
+    return PairedTiming(statistics.median(a), statistics.median(b), ratio, (max(ratios) - min(ratios)) / ratio,
+                        pairs, float(1.58 * (q3 - q1) / np.sqrt(pairs)))
+
+
+def step_runner(input_shape: Sequence[int], settings: LatencySettings) -> StepRunner:
+    """The real runner: a model's step as `settings` time it (costs.timing.prepare_step), one call = one step."""
+
+    def prepare(model: nn.Module) -> Callable[[], float]:
+        run = prepare_step(model, input_shape, settings)
+        device = next(model.parameters()).device
+        return lambda: time_once(run, device)
+    return prepare

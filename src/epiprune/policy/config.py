@@ -21,7 +21,8 @@ class PolicyConfig:
     """What the policy keeps (budget, importance, channel multiple) and when it prunes (indicator, EPI's window r,
     threshold tau, average, peak and smoothing, the dense span, a fixed epoch); see EarlyPruningPolicy for each.
     budget: text as `--budget` takes it ('flops:0.5'), or a Budget. importance and indicator: registered names.
-    latency, latency_table: what a latency budget's table times and where it lives (None: defaults)."""
+    latency, latency_table: what a latency budget's table times and where it lives (None: defaults).
+    latency_closed_loop: measure the table's pick at the prune and correct it (policy.latency_loop)."""
 
     budget: str = "flops:0.5"
     importance: str = "taylor"
@@ -43,3 +44,4 @@ class PolicyConfig:
     latency_table: str | None = None
     epi_every: int = 0  # optimizer steps between probes (the step clock); 0: once per epoch
     steps_per_epoch: int | None = None  # the step clock's epoch length (its spans are in epochs)
+    latency_closed_loop: bool = True

@@ -42,6 +42,7 @@ from epiprune.policy.indicator import (
     earlybird_stability,
     structural_similarity,
 )
+from epiprune.policy.latency_loop import LatencyLoop
 from epiprune.policy.records import ProbeRecord
 from epiprune.policy.subnetwork import check_budget, normalise_per_group, select_subnetwork, widths_of
 from epiprune.policy.variants import make_clock, resolve_variants
@@ -78,6 +79,8 @@ class EarlyPruningPolicy:
     mean of the similarity of the sub-networks selected from each probe interval's two halves (the noise floor;
     see policy/clock.py), compared with EPI under the same smoothing.
     channel_multiple: keep a multiple of this many channels per group (e.g. 8: faster kernels, coarser budget).
+    latency_closed_loop: with a latency budget, time the table's pick against the dense model at the prune and
+    correct it until it measures within [F - 0.03, F] (policy.latency_loop; the record: `latency_loop.result`).
     """
 
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor, budget: Budget | None = None,
@@ -91,7 +94,8 @@ class EarlyPruningPolicy:
                  log: Callable[[str], None] = print, progress: bool = True,
                  epi_average: str = PolicyConfig.epi_average, peak: int = PolicyConfig.peak,
                  smooth: int = PolicyConfig.smooth, earlybird_queue: int = PolicyConfig.earlybird_queue,
-                 epi_every: int = PolicyConfig.epi_every, steps_per_epoch: int | None = None) -> None:
+                 epi_every: int = PolicyConfig.epi_every, steps_per_epoch: int | None = None,
+                 latency_closed_loop: bool = PolicyConfig.latency_closed_loop) -> None:
         # Long on purpose: the set-up steps in their order (variants, rule, graph, cost model, budget check,
         # importance), each refusing bad input before the next, more expensive one runs.
         settings = dict(locals())  # the keyword arguments, recorded as a PolicyConfig below (names are its fields)
@@ -149,6 +153,9 @@ class EarlyPruningPolicy:
         check_budget(self.cost, self.target, min_channels, channel_multiple, budget=str(self.budget),
                      blocks=[g.blocks for g in self.graph.groups])
         self.graph.self_check()
+        self.latency_loop = LatencyLoop(self.graph, self.cost, self.budget.fraction, min_channels, channel_multiple,
+                                        latency or LatencySettings(), log) \
+            if latency_closed_loop and self.budget.kind == "latency" else None
         if isinstance(importance, str):
             self.importance: Importance = make_importance(importance, self.graph, seed)
         else:
@@ -214,7 +221,7 @@ class EarlyPruningPolicy:
             return MagnitudeImportance(self.graph).scores()  # no gradients seen yet: fall back to weights
         return self.importance.scores()
 
-    def select(self, scores: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def select(self, scores: Sequence[np.ndarray], target: float | None = None) -> list[np.ndarray]:
         """Boolean keep-mask per group of the sub-network that `scores` rank first under the budget. Scores are
         importances, >= 0 and finite (selection divides each group's by their mean: a negative scale would invert
         the ranking), one array per group; anything else is refused in one line naming the importance."""
@@ -226,7 +233,8 @@ class EarlyPruningPolicy:
             if values.size and not (np.all(np.isfinite(values)) and values.min() >= 0):
                 raise EpipruneError(f"importance {self.importance_kind!r} gave group {name} scores from "
                                     f"{values.min():g} to {values.max():g} (accepted: finite scores >= 0)")
-        return select_subnetwork(normalise_per_group(list(scores)), self.cost, self.target, self.min_channels,
+        target = self.target if target is None else target  # another target: the latency closed loop's
+        return select_subnetwork(normalise_per_group(list(scores)), self.cost, target, self.min_channels,
                                  self.channel_multiple, self.partitions)
 
     def dominant_subnetwork(self) -> list[np.ndarray]:
@@ -348,6 +356,8 @@ class EarlyPruningPolicy:
         return masks
 
     def _prune(self, masks: list[np.ndarray], optimizer: torch.optim.Optimizer | None, trigger: str) -> None:
+        if self.latency_loop is not None and self.last_scores is not None:  # measure the table's pick, correct it
+            masks = self.latency_loop.correct(masks, lambda target: self.select(self.last_scores or [], target))
         self.graph.prune(masks, optimizer)
         self.importance.reset()  # accumulators now have the pruned widths (and are no longer used)
         self.kept = {name: np.flatnonzero(m).tolist() for name, m in zip(self.group_names, masks, strict=True)}

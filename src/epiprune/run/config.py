@@ -176,6 +176,12 @@ class TrainConfig:
                                        help="latency budget: the table file to reuse or build "
                                        "(default: a cache file per model, device and settings under $EPIPRUNE_CACHE, "
                                        "else ~/.cache/epiprune)")
+    latency_closed_loop: bool = option(True, policy="latency_closed_loop",
+                                       help="latency budget: at the prune, time the table's pick against the dense "
+                                       "model and correct it until it measures within [F - 0.03, F] (seconds; "
+                                       "recorded in summary.json; the kept widths then depend on the timings: "
+                                       "--no-latency-closed-loop with a stored table reruns bit-identically) "
+                                       "(default: on)")
     compile: bool = option(False, help="torch.compile the model (compiled again after the prune; latency tables stay "
                            "eager)")
     seed: int = option(0, policy="seed", help="seeds initialisation, data order and augmentation (runs on the CPU are "

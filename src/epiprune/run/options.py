@@ -47,8 +47,9 @@ def add_config_options(p: argparse.ArgumentParser, names: tuple[str, ...] | None
             kwargs["choices"] = meta["choices"]
         if meta["metavar"] is not None:
             kwargs["metavar"] = meta["metavar"]
-        if TrainConfig.field_types()[f.name] is bool:
-            kwargs["action"] = "store_true"
+        if TrainConfig.field_types()[f.name] is bool:  # a switch; one that is on by default also has --no-NAME
+            kwargs.update(action=argparse.BooleanOptionalAction if f.default is True else "store_true",
+                          default=f.default)
         elif meta["parse"] is not None:
             kwargs["default"] = None
         else:

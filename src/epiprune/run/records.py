@@ -43,8 +43,10 @@ class LatencyCheck(TypedDict):
     measured_dense_ms: float
     measured_final_ms: float
     predicted_ratio: float
-    measured_ratio: float
-    prediction_error: float
+    measured_ratio: float  # the median (final / dense) pair ratio of one interleaved loop
+    measured_ratio_spread: float  # (max - min) / median of those pair ratios
+    prediction_error: float  # predicted_ratio / measured_ratio - 1 (a load that slows both cancels)
+    prediction_error_ms: float  # predicted_final_ms / measured_final_ms - 1 (absolute: a load bends it)
 
 
 class RunSummary(TypedDict):
@@ -88,6 +90,9 @@ class RunSummary(TypedDict):
     branch_train_flops: NotRequired[float]
     branch_seconds: NotRequired[float]
     latency: NotRequired[LatencyCheck]  # with a latency budget
+    # with a latency budget and the closed loop on, once the run pruned (costs.closed_loop.ClosedLoopResult.record,
+    # plus share_of_run: its seconds over train_seconds); None when this process did not run it (a resumed run)
+    latency_closed_loop: NotRequired[dict | None]
 
 
 class CompareRun(RunSummary):

@@ -365,6 +365,10 @@ def _finish(run: RunState) -> RunResult:
                        branch_seconds=sum(m["epoch_seconds"] for m in metrics[policy.prune_epoch:]))
     if run.main and run.budget.kind == "latency":
         summary["latency"] = check_latency(cfg, policy, run.model, dataset, run.device, run.log)
+        loop = policy.latency_loop.result if policy.latency_loop is not None else None
+        if cfg.latency_closed_loop:
+            summary["latency_closed_loop"] = None if loop is None else {
+                **loop.record(), "share_of_run": loop.seconds / max(run.train_seconds, 1e-9)}
     if run.main:
         prep = from_loader_stats(train_loader.mean, train_loader.std, (h, w), dataset.labels)
         spec = architecture_spec(cfg.model, dataset.in_channels, dataset.num_classes, (h, w), policy.kept,

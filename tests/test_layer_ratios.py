@@ -1,0 +1,111 @@
+"""Latency tables measured as ratios (costs.layer_ratios), with injected timers: a machine whose speed changes by a
+constant factor between layers must give the same fitted ratios (and tables off by one common factor only), a
+slowly drifting one nearly the same, and a very noisy one must be refused in one line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from epiprune.costs.latency_build import build_table
+from epiprune.costs.latency_table import LatencyTable, LatencyTableError, TimedLayer, timed_layers
+from epiprune.costs.layer_ratios import MAX_PAIR_RATIO_SPREAD, check_noise, measure_layer_ratios, relative_spread
+from epiprune.costs.timing import LatencySettings
+from epiprune.policy.subnetwork import select_subnetwork
+from epiprune.surgery import PrunableGraph
+
+from .helpers import ConvBNNet
+
+SETTINGS = LatencySettings(batch_size=4, repeats=3, warmup=1, grid_points=3)
+
+
+def true_ms(layer: TimedLayer, c_in: int, c_out: int) -> float:
+    """The fake device's time of one layer run: a launch cost plus work in the channels."""
+    return 0.05 + 0.01 * c_in * c_out + (0.02 * c_out if layer.kind == "bn" else 0.0)
+
+
+class FakeLayers:
+    """runner(layer, c_in, c_out) -> one run's fake milliseconds times speed(signature, call number)."""
+
+    def __init__(self, speed=lambda sig, n: 1.0) -> None:
+        self.speed, self.calls, self.current = speed, 0, None
+
+    def runner(self, layer: TimedLayer, c_in: int, c_out: int):
+        def run() -> float:
+            self.calls += 1
+            return true_ms(layer, c_in, c_out) * self.speed(layer.signature, self.calls)
+        return run
+
+
+@pytest.fixture(scope="module")
+def layers():
+    torch.manual_seed(0)
+    graph = PrunableGraph(ConvBNNet(), torch.zeros(1, 1, 8, 8))
+    return graph, timed_layers(graph)[0]
+
+
+def test_a_speed_that_changes_between_layers_gives_the_same_ratios(layers):
+    _, timed = layers
+    steady, steady_noise = measure_layer_ratios(timed, SETTINGS, FakeLayers().runner)
+    order = list(steady)
+    fake = FakeLayers()
+    # while layer k is timed the machine is 1 + 2k times slower (a job started, another one more); the closing
+    # loop over every layer's reference runs at 2x (the calls after all grid points)
+    grid_calls = fake_grid_calls(timed)
+
+    def speed(sig: str, n: int) -> float:
+        return 2.0 if n > grid_calls else 1.0 + 2 * order.index(sig)
+    fake.speed = speed
+    loaded, noise = measure_layer_ratios(timed, SETTINGS, fake.runner)
+    for sig in steady:
+        assert np.allclose(loaded[sig]["ratio"], steady[sig]["ratio"])
+        assert np.allclose(np.asarray(loaded[sig]["ms"]), 2.0 * np.asarray(steady[sig]["ms"]))  # one factor for all
+    assert steady_noise["reference_spread"] == noise["reference_spread"] == 0  # steady within each layer
+    assert steady_noise["pair_ratio_spread"] == noise["pair_ratio_spread"] == 0
+
+
+def fake_grid_calls(timed) -> int:
+    """Calls measure_layer_ratios makes before its closing loop over the references (counted on a steady run)."""
+    probe = FakeLayers()
+    measure_layer_ratios(timed, SETTINGS, probe.runner)
+    return probe.calls - 5 * len({layer.signature for layer in timed})  # REFERENCE_ROUNDS per layer
+
+
+def test_a_slow_drift_moves_the_ratios_by_little(layers):
+    _, timed = layers
+    steady, _ = measure_layer_ratios(timed, SETTINGS, FakeLayers().runner)
+    drifting, _ = measure_layer_ratios(timed, SETTINGS, FakeLayers(lambda sig, n: 1.002 ** n).runner)  # +0.2%/run
+    for sig in steady:
+        assert np.allclose(drifting[sig]["ratio"], steady[sig]["ratio"], rtol=0.005)
+
+
+def test_a_very_noisy_timer_is_refused_in_one_line(layers):
+    graph, timed = layers
+    rng = np.random.default_rng(0)
+    noisy = FakeLayers(lambda sig, n: float(rng.lognormal(0.0, 0.8)))
+    _, noise = measure_layer_ratios(timed, SETTINGS, noisy.runner)
+    assert noise["pair_ratio_spread"] > MAX_PAIR_RATIO_SPREAD
+    with pytest.raises(LatencyTableError, match=r"^the latency table's timings were too noisy to use: .* \(accepted: "
+                       r"at most 50%") as e:
+        check_noise(noise)
+    assert "\n" not in str(e.value)
+    with pytest.raises(LatencyTableError, match="too noisy"):  # the build refuses before calibrating
+        build_table(graph, SETTINGS, progress=False, log=lambda _: None, select=select_subnetwork,
+                    runner=FakeLayers(lambda sig, n: float(rng.lognormal(0.0, 0.8))).runner)
+
+
+def test_a_steady_fake_build_records_its_noise_and_ratios(layers, tmp_path):
+    graph, _ = layers
+    table = build_table(graph, SETTINGS, progress=False, log=lambda _: None, select=select_subnetwork,
+                        runner=FakeLayers().runner)
+    assert table.noise["reference_spread"] == table.noise["pair_ratio_spread"] == 0 and table.noise["rounds"] == 5
+    for entry in table.layers.values():  # the dense point is the reference: ratio 1
+        assert np.asarray(entry["ratio"]).flat[-1] == 1.0
+    table.save(tmp_path / "t.json")
+    assert LatencyTable.load(tmp_path / "t.json").noise == table.noise
+
+
+def test_relative_spread():
+    assert relative_spread([1.0]) == 0 and relative_spread([2.0, 2.0, 2.0]) == 0
+    assert relative_spread([1.0, 2.0, 3.0, 4.0, 5.0]) == pytest.approx(2.0 / 3.0)
