@@ -44,6 +44,7 @@ from epiprune.policy.indicator import (
 )
 from epiprune.policy.latency_loop import LatencyLoop
 from epiprune.policy.records import ProbeRecord
+from epiprune.policy.replay import RecordedProbe, replay_epochs, replay_probes
 from epiprune.policy.subnetwork import check_budget, normalise_per_group, select_subnetwork, widths_of
 from epiprune.policy.variants import make_clock, resolve_variants
 from epiprune.surgery import PrunableGraph
@@ -165,6 +166,8 @@ class EarlyPruningPolicy:
         self.history: list[ProbeRecord] = []
         self.masks: list[np.ndarray] = []  # concatenated keep-masks per dense epoch (for Early-Bird)
         self.last_scores: list[np.ndarray] | None = None  # the scores of the latest dominant sub-network
+        self.last_half: list[np.ndarray] | None = None  # step clock: the first half's scores of the latest probe
+        self._pending: tuple[list[np.ndarray], str] | None = None  # replay_probes' prune, done by the next step()
         self.epoch = 0
         self.prune_epoch: int | None = None
         self.prune_step: int | None = None  # the optimizer step it pruned at (step clock)
@@ -199,6 +202,12 @@ class EarlyPruningPolicy:
         `optimizer`, if given, points at the new tensors with its state carried (without it, make a new one)."""
         if self.pruned:
             return False
+        if self._pending is not None:  # a replayed probe (replay_probes): this step prunes as it did from scratch
+            masks, decision = self._pending
+            self._pending = None
+            self.clock.tick()
+            self._prune(masks, optimizer, decision)
+            return True
         self.importance.step(grad_scale)
         clock = self.clock
         if clock is None:
@@ -275,15 +284,16 @@ class EarlyPruningPolicy:
         the surgery, before_prune(epoch) must put that epoch's weights into the model and return the optimizer to
         carry (or None). This branches a pruned run from a dense one without training the dense epochs again.
         Returns the prune epoch, or None if the rule never fires within the recorded epochs."""
-        if self.clock is not None:
-            raise EpipruneError("replay decides on the epoch clock (accepted: a policy with epi_every=0)")
-        for scores in recorded:
-            self.epoch += 1
-            decision, masks = self._observe(scores)
-            if decision is not None:
-                self._prune(masks, before_prune(self.epoch), decision)
-                return self.epoch
-        return None
+        return replay_epochs(self, recorded, before_prune)
+
+    def replay_probes(self, probes: Sequence[RecordedProbe], before_prune: Callable[[int], None]) -> int | None:
+        """The step clock's replay: decide on the probes recorded along a dense trajectory (policy.replay's
+        RecordedProbe: step, the interval's scores and its first half's), exactly as step() would have decided,
+        until the rule fires at a probe step s. Then before_prune(s) must put the run as it was after s - 1
+        optimizer steps into the model (and the loop's optimizer, schedule and data position), and the next
+        step() call, after the backward of step s, prunes with the replayed sub-network: the step's gradients are
+        cut with the weights as in the run from scratch. Returns s, or None if the rule never fires."""
+        return replay_probes(self, probes, before_prune)
 
     def _observe(self, scores: Sequence[np.ndarray] | None) -> tuple[str | None, list[np.ndarray]]:
         """This probe's dominant sub-network, EPI, Early-Bird signal and (step clock) noise floor, recorded in
@@ -316,7 +326,7 @@ class EarlyPruningPolicy:
                                         compared_with))
         self.importance.reset()
         if clock is not None:
-            clock.half = None
+            self.last_half, clock.half = clock.half, None
         return decision, masks
 
     def epi_cannot_fire_before_fallback(self) -> str | None:

@@ -153,17 +153,20 @@ class TrainConfig:
                           "it) (0: off)")
     data_seed: int | None = option(None, help="seeds the draw of --train-subset, --val-subset and --holdout, so that "
                                    "seeds can share one data subset (default: --seed)")
-    record_scores: bool = option(False, help="write scores.jsonl: the importance of every dense epoch (for "
-                                 "--branch-from and trigger studies)")
+    record_scores: bool = option(False, help="write scores.jsonl: the importance of every dense epoch (step "
+                                 "clock: of every probe and its first half) (for --branch-from and trigger studies)")
     probe_every: int = option(0, help="with --record-scores: also record the Taylor scores of every window of N "
                               "steps (0: off)")
     keep_checkpoints: list[int] | None = option(None, metavar="EPOCHS",
                                                 parse=lambda text: int_list(text, "keep-checkpoints"),
                                                 help="keep the checkpoints of these epochs in "
-                                                "checkpoints/epoch<k>.pt, e.g. 1-6,12 (default: none)")
+                                                "checkpoints/epoch<k>.pt, e.g. 1-6,12; on the step clock also, for "
+                                                "every probe in them, the one before its step, step<s-1>.pt "
+                                                "(default: none)")
     branch_from: str | None = option(None, metavar="DIR", help="start from the dense run in DIR (made with "
                                      "--record-scores --keep-checkpoints): replay its scores through this run's "
-                                     "policy and continue from the epoch it prunes (default: none)")
+                                     "policy and continue from the epoch it prunes (step clock: inside the "
+                                     "epoch, at the probe step) (default: none)")
     latency_target: str = option("train", choices=TARGETS, help="latency budget: time a training step (forward + "
                                  "backward + SGD step, at the batch size) or inference (forward only, at "
                                  "--latency-batch)")
@@ -341,9 +344,9 @@ class TrainConfig:
                 if value is not None and value != int(value):
                     raise EpipruneError(f"{flag} {value:g} is not a whole number of epochs (accepted: fractions "
                                         "on the step clock, --epi-every auto or a number of steps)")
-        elif self.record_scores or self.branch_from is not None:
-            raise EpipruneError("--record-scores and --branch-from work on the epoch clock only so far (accepted: "
-                                "--epi-every epoch with them)")
+        elif self.probe_every:
+            raise EpipruneError(f"--probe-every {self.probe_every} is the epoch clock's extra probing; on the step "
+                                "clock --record-scores records every probe (accepted: --epi-every epoch with it)")
         elif self.epi_threshold == AUTO and self.importance != "taylor":
             raise EpipruneError(f"--epi-threshold auto needs gradient importance, not {self.importance!r} "
                                 "(accepted: --importance taylor, or a threshold in (0, 1])")

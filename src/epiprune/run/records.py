@@ -101,3 +101,21 @@ class CompareRun(RunSummary):
     method: str
     family: str
     run_dir: str
+
+
+def probe_fields(probes: list, widths: list[int], step_clock: bool, prune_step: int | None) -> dict[str, Any]:
+    """An epoch row's indicator fields from the epoch's probes (policy ProbeRecords; the last one speaks for the
+    epoch); widths: the model's when the epoch had no probe. On the step clock also every probe and the prune step."""
+    record = probes[-1] if probes else None
+    fields: dict[str, Any] = {
+        "epi": None if record is None else record.epi, "epi_layer": None if record is None else record.epi_layer,
+        "epi_group": None if record is None else record.epi_group,
+        "widths": widths if record is None else record.widths,
+        "epi_compared": None if record is None else record.compared,
+        "threshold": None if record is None else record.compared_with}
+    if step_clock:
+        fields["probes"] = [{"step": r.step, "epi": r.epi, "noise": r.noise, "threshold": r.threshold,
+                             "compared": r.compared, "compared_with": r.compared_with, "decision": r.decision}
+                            for r in probes]
+        fields["prune_step"] = prune_step
+    return fields

@@ -19,7 +19,15 @@ from epiprune.run.checkpoint import save_checkpoint
 from epiprune.run.config import TrainConfig
 from epiprune.run.data import Dataset, TensorLoader
 from epiprune.run.records import EpochRow
-from epiprune.run.trajectory import KEPT_CHECKPOINTS, SCORES_FILE, ScoreRecorder, keep_copy
+from epiprune.run.trajectory import (
+    KEPT_CHECKPOINTS,
+    SCORES_FILE,
+    BranchPoint,
+    ScoreRecorder,
+    keep_copy,
+    keeps_before_probe,
+    step_checkpoint,
+)
 
 
 @dataclass
@@ -50,6 +58,7 @@ class RunState:
     net: nn.Module | None = None
     scaler: torch.amp.GradScaler | None = None
     partial: dict | None = None  # a checkpoint's unfinished epoch (step clock: saved at a prune inside an epoch)
+    branch_point: BranchPoint | None = None  # --branch-from: where this run took over from the dense one
 
     @property
     def metrics_path(self) -> Path:
@@ -74,6 +83,16 @@ def save_run_checkpoint(run: RunState, on_checkpoint: Callable[[], None], partia
     return True
 
 
+def save_step(run: RunState, on_checkpoint: Callable[[], None], pruned_now: bool, last_of_epoch: bool,
+              partial: Callable[[], dict]) -> None:
+    """The checkpoint of a step inside an epoch (`partial()`: its sums and position): at the step clock's prune,
+    and, in a dense run keeping checkpoints on the step clock, before each probe step of the kept epochs (kept as
+    checkpoints/step<n>.pt, where a branch pruning at step n + 1 starts; an epoch's last step: save_epoch)."""
+    keep = keeps_before_probe(run.cfg.keep_checkpoints, run.policy, not last_of_epoch)
+    if (pruned_now or keep) and save_run_checkpoint(run, on_checkpoint, partial()) and keep:
+        keep_copy(run.out / CHECKPOINT_FILE, run.out / KEPT_CHECKPOINTS / step_checkpoint(run.policy.clock.step))
+
+
 def save_epoch(run: RunState, epoch: int, row: EpochRow, on_checkpoint: Callable[[], None]) -> None:
     """The epoch's checkpoint, the kept copy, the recorded scores, then the metrics row (rank 0 writes)."""
     cfg, recorder = run.cfg, run.recorder
@@ -83,6 +102,8 @@ def save_epoch(run: RunState, epoch: int, row: EpochRow, on_checkpoint: Callable
     out = run.out
     if epoch in (cfg.keep_checkpoints or []):
         keep_copy(out / CHECKPOINT_FILE, out / KEPT_CHECKPOINTS / f"epoch{epoch}.pt")
+    if keeps_before_probe(cfg.keep_checkpoints, run.policy, True):  # the step clock's next probe opens an epoch
+        keep_copy(out / CHECKPOINT_FILE, out / KEPT_CHECKPOINTS / step_checkpoint(run.policy.clock.step))
     if recorder is not None:
         recorder.write(out / SCORES_FILE)
     with open(run.metrics_path, "a") as f:

@@ -34,8 +34,8 @@ from epiprune.run.latency_check import check_latency
 from epiprune.run.network import build_network, resolve_device, to_input, trainable
 from epiprune.run.plots import plot_epi
 from epiprune.run.policy_setup import make_run_policy
-from epiprune.run.records import EpochRow, RunSummary
-from epiprune.run.state import RunState, save_epoch, save_run_checkpoint
+from epiprune.run.records import EpochRow, RunSummary, probe_fields
+from epiprune.run.state import RunState, save_epoch, save_step
 from epiprune.run.steps import (
     TRAIN_FLOPS_PER_FORWARD,
     add_bn_l1_gradient,
@@ -207,9 +207,10 @@ def _restore(run: RunState, checkpoint: dict | None) -> None:
     if checkpoint is not None and run.recorder is not None:
         run.recorder.load_state_dict(checkpoint["extra"].get("scores", {}))
     if checkpoint is None and cfg.branch_from is not None:
-        run.metrics, run.train_flops_total, run.train_seconds = branch(
-            cfg.branch_from, asdict(cfg), run.policy, run.model, run.optimizer, run.scheduler, run.train_loader,
-            run.log)
+        point = branch(cfg.branch_from, asdict(cfg), run.policy, run.model, run.optimizer, run.scheduler,
+                       run.train_loader, run.log)
+        run.metrics, run.train_flops_total, run.train_seconds = point.metrics, point.train_flops, point.seconds
+        run.partial, run.branch_point = point.partial, point
         run.first_epoch = len(run.metrics) + 1
         if main:
             atomic_write_text(run.metrics_path, "".join(json.dumps(m) + "\n" for m in run.metrics))
@@ -265,11 +266,12 @@ def _train_steps(run: RunState, epoch: int, on_checkpoint: Callable[[], None]) -
         loss_total += loss.detach() * len(y)
         correct_total += (logits.argmax(1) == y).sum()
         seen += len(y)
-        if pruned_now:  # checkpointed at the prune step: a run killed now resumes inside this epoch
-            save_run_checkpoint(run, on_checkpoint, partial={
-                "epoch": epoch, "step": step + 1, "loss": loss_total.item(), "correct": int(correct_total.item()),
-                "seen": seen, "flop_samples": flop_samples, "pruned_here": True, "order_rng": order_rng,
-                "seconds": time.perf_counter() - t0})
+        # checkpointed at the prune step (a run killed now resumes inside this epoch) and where a branch starts
+        save_step(run, on_checkpoint, pruned_now, step + 1 == len(run.train_loader), lambda: {  # called at once
+            "epoch": epoch, "step": step + 1, "loss": loss_total.item(), "correct": int(correct_total.item()),  # noqa: B023
+            "seen": seen, "flop_samples": flop_samples, "pruned_here": pruned_here, "order_rng": order_rng,  # noqa: B023
+            "seconds": time.perf_counter() - t0})
+        if pruned_now:
             run.log(f"pruned at step {policy.prune_step} ({policy.prune_step / len(run.train_loader):.2f} epochs, "
                     f"{policy.trigger}); FLOPs {run.flops / 1e6:.2f}M; checkpoint saved")
         if show and step % PROGRESS_EVERY == 0:
@@ -300,24 +302,15 @@ def _train_epoch(run: RunState, epoch: int, on_checkpoint: Callable[[], None]) -
         run.net = trainable(run.model, device, cfg.compile)  # new tensors: new DDP buckets, a new compiled graph
     pruned_now = pruned_now or pruned_in_steps
     probes = [r for r in policy.history if r.epoch == epoch]
-    record = probes[-1] if probes else None
     epoch_seconds = time.perf_counter() - t0
     run.train_seconds += epoch_seconds
+    fields = probe_fields(probes, policy.widths(), policy.clock is not None, policy.prune_step if pruned_now else None)
     row = EpochRow(epoch=epoch, train_loss=loss_sum / seen, train_top1=correct / seen, val_top1=val_top1,
-                   epi=None if record is None else record.epi,
-                   epi_layer=None if record is None else record.epi_layer,
-                   epi_group=None if record is None else record.epi_group,
-                   widths=record.widths if record is not None else policy.widths(),
-                   pruned=policy.pruned, pruned_this_epoch=pruned_now,
+                   epi=fields.pop("epi"), epi_layer=fields.pop("epi_layer"), epi_group=fields.pop("epi_group"),
+                   widths=fields.pop("widths"), pruned=policy.pruned, pruned_this_epoch=pruned_now,
                    flops=run.flops, params=run.params, lr=optimizer.param_groups[0]["lr"],
                    epoch_seconds=epoch_seconds, train_flops_cumulative=run.train_flops_total,
-                   epi_compared=None if record is None else record.compared,
-                   threshold=None if record is None else record.compared_with)
-    if policy.clock is not None:
-        row["probes"] = [{"step": r.step, "epi": r.epi, "noise": r.noise, "threshold": r.threshold,
-                          "compared": r.compared, "compared_with": r.compared_with, "decision": r.decision}
-                         for r in probes]
-        row["prune_step"] = policy.prune_step if pruned_now else None
+                   epi_compared=fields.pop("epi_compared"), threshold=fields.pop("threshold"), **fields)
     if run.test_loader is not None and epoch == cfg.total_epochs:
         row["test_top1"] = evaluate(run.net, run.test_loader, device, cfg.channels_last, cfg.amp)[1]
     run.metrics.append(row)
@@ -359,10 +352,15 @@ def _finish(run: RunState) -> RunResult:
     if run.test_loader is not None:
         summary["final_test_top1"] = metrics[-1]["test_top1"]
     if cfg.branch_from is not None and policy.prune_epoch:  # what this run trained itself, after the branch point
-        shared = metrics[policy.prune_epoch - 1]
-        summary.update(branched_from=cfg.branch_from,
-                       branch_train_flops=run.train_flops_total - shared["train_flops_cumulative"],
-                       branch_seconds=sum(m["epoch_seconds"] for m in metrics[policy.prune_epoch:]))
+        point = run.branch_point
+        if point is not None and point.shared_flops is not None:  # step clock: a branch point inside an epoch
+            summary.update(branched_from=cfg.branch_from, branch_train_flops=run.train_flops_total - point.shared_flops,
+                           branch_seconds=run.train_seconds - point.shared_seconds)
+        else:
+            shared = metrics[policy.prune_epoch - 1]
+            summary.update(branched_from=cfg.branch_from,
+                           branch_train_flops=run.train_flops_total - shared["train_flops_cumulative"],
+                           branch_seconds=sum(m["epoch_seconds"] for m in metrics[policy.prune_epoch:]))
     if run.main and run.budget.kind == "latency":
         summary["latency"] = check_latency(cfg, policy, run.model, dataset, run.device, run.log)
         loop = policy.latency_loop.result if policy.latency_loop is not None else None

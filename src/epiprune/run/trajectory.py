@@ -14,17 +14,22 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from epiprune import distributed
 from epiprune.errors import EpipruneError
 from epiprune.files import atomic_write, atomic_write_text
 from epiprune.policy.early_pruning import EarlyPruningPolicy
 from epiprune.policy.importance import BatchNormScaleImportance, MagnitudeImportance
+from epiprune.policy.replay import RecordedProbe
 from epiprune.run.checkpoint import load_checkpoint
 from epiprune.run.options import recorded_setting
+from epiprune.run.records import probe_fields
+from epiprune.run.steps import TRAIN_FLOPS_PER_FORWARD
 
 SCORES_FILE = "scores.jsonl"
 KEPT_CHECKPOINTS = "checkpoints"
@@ -50,7 +55,12 @@ class ScoreRecorder:
         return bool(self.probe_every) and self.policy.importance_kind == "taylor" and not self.policy.pruned
 
     def after_step(self, epoch: int) -> None:
-        """Call after policy.step(): every probe_every steps, record the Taylor scores of the last window."""
+        """Call after policy.step(): every probe_every steps, record the Taylor scores of the last window; on the
+        step clock, after each of the policy's probes, its scores (of the interval and of its first half)."""
+        clock = self.policy.clock
+        if clock is not None:
+            self._record_probe(epoch)
+            return
         if not self.probing:
             return
         self.global_step += 1
@@ -63,13 +73,29 @@ class ScoreRecorder:
         self._snapshot, self._carry = totals, None
         self.probes.append({"epoch": epoch, "step": self.global_step, "taylor": [w.tolist() for w in window]})
 
+    def _record_probe(self, epoch: int) -> None:
+        """A probe row: the policy's importance of the probe interval (and `<importance>_half`, its first half's,
+        what the noise floor compares), and the weight-based scores at the probe step (magnitude, bn)."""
+        policy, clock = self.policy, self.policy.clock
+        if policy.pruned or not clock.at_probe or not policy.history or policy.history[-1].step != clock.step:
+            return
+        kind, as_lists = policy.importance_kind, (lambda v: [np.asarray(x).tolist() for x in v])
+        row = {"epoch": epoch, "step": clock.step, **{k: as_lists(v) for k, v in self.weight_scores().items()},
+               kind: as_lists(policy.last_scores)}
+        if policy.last_half is not None:
+            row[f"{kind}_half"] = as_lists(policy.last_half)
+        self.probes.append(row)
+
     def weight_scores(self) -> dict[str, list[np.ndarray]]:
         """Weight-based scores of the model now (call at the epoch's end, before the policy may prune)."""
         return {"magnitude": MagnitudeImportance(self.policy.graph).scores(),
                 "bn": BatchNormScaleImportance(self.policy.graph).scores()}
 
     def end_epoch(self, epoch: int, weight_scores: dict[str, list[np.ndarray]]) -> None:
-        """Record the scores the policy ranked this epoch (after policy.end_epoch) beside `weight_scores`."""
+        """Record the scores the policy ranked this epoch (after policy.end_epoch) beside `weight_scores`. On the
+        step clock the probes are recorded instead (after_step)."""
+        if self.policy.clock is not None:
+            return
         scores = {**weight_scores, self.policy.importance_kind: self.policy.last_scores}
         self.epochs.append({"epoch": epoch, **{k: [np.asarray(s).tolist() for s in v] for k, v in scores.items()}})
         if self.probing and self.policy.last_scores is not None:  # the accumulators start again from zero
@@ -122,13 +148,113 @@ def _check_same_trajectory(source: dict, mine: dict, path: Path) -> None:
                                 f"{ours!r} (accepted: the same {key} as the dense run)")
 
 
+@dataclass
+class BranchPoint:
+    """Where a branched run takes over from its dense source: the finished epochs' metrics (with this run's EPI),
+    the training FLOPs and seconds of those epochs; on the step clock also the unfinished epoch (`partial`, as a
+    resumed run continues it) and the FLOPs and seconds the source had spent at the branch point."""
+
+    metrics: list[dict]
+    train_flops: float
+    seconds: float
+    partial: dict | None = None
+    shared_flops: float | None = None
+    shared_seconds: float | None = None
+
+
+def step_checkpoint(steps: int) -> str:
+    """The kept checkpoint of a run after `steps` optimizer steps (step clock: the state a probe at steps + 1
+    starts from)."""
+    return f"step{steps}.pt"
+
+
+def keeps_before_probe(keep: list[int] | None, policy: EarlyPruningPolicy, here: bool) -> bool:
+    """Whether a dense step-clock run keeps a checkpoint now (`here`: the caller's place for it): the next step is
+    a probe and falls in an epoch of --keep-checkpoints, so that a branch pruning at that probe can start here."""
+    clock = policy.clock
+    if not (here and keep and clock is not None) or policy.pruned or (clock.step + 1) % clock.every:
+        return False
+    return -(-(clock.step + 1) // clock.steps_per_epoch) in keep
+
+
+def _load_run_state(checkpoint: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, train_loader: object) -> None:
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    ranks = checkpoint["extra"]["rng"]
+    if len(ranks) != distributed.world_size():
+        raise EpipruneError(f"the kept checkpoint was written by {len(ranks)} rank(s), this run has "
+                            f"{distributed.world_size()} (accepted: branch with the same number of processes)")
+    loader_rng, torch_rng = ranks[distributed.rank()]
+    train_loader.set_rng_state(loader_rng)
+    torch.set_rng_state(torch_rng)
+
+
+def recorded_probes(source: Path, policy: EarlyPruningPolicy) -> list[RecordedProbe]:
+    """The step-clock probes recorded in `source`'s scores.jsonl, in the form policy.replay_probes takes."""
+    _, rows = read_scores(source)
+    kind = policy.importance_kind
+    half = f"{kind}_half" if policy.importance.needs_gradients else None
+    if not rows or any(kind not in row or (half and half not in row) for row in rows):
+        raise EpipruneError(f"{source / SCORES_FILE} records no step-clock probes with {kind!r} scores (accepted: a "
+                            "dense run made on the step clock with --record-scores, with this run's importance or "
+                            "a weight-based one)")
+    def as_arrays(values: list) -> list[np.ndarray]:
+        return [np.asarray(x, dtype=np.float64) for x in values]
+
+    return [RecordedProbe(row["step"], as_arrays(row[kind]), as_arrays(row[half]) if half else None)
+            for row in rows]
+
+
+def branch_at_probe(source: Path, config: dict, policy: EarlyPruningPolicy, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+                    train_loader: object, log: object = print) -> BranchPoint:
+    """The step clock's branch: replay `source`'s recorded probes through `policy` until it fires at a probe step
+    s, load the kept checkpoint of the source after s - 1 steps (checkpoints/step<s-1>.pt: weights, optimizer,
+    schedule, random state, and the unfinished epoch's sums and data position); the run then trains step s again
+    and the policy prunes there (replay_probes), inside that epoch, as the run from scratch did."""
+    probes = recorded_probes(source, policy)
+    state: dict = {}
+
+    def load(step: int) -> None:
+        path = source / KEPT_CHECKPOINTS / step_checkpoint(step - 1)
+        if not path.is_file():
+            epoch = -(-step // policy.clock.steps_per_epoch)
+            raise EpipruneError(f"--branch-from {source} kept no checkpoint before step {step}, where this run "
+                                f"prunes (accepted: a dense run made with --keep-checkpoints including epoch {epoch})")
+        checkpoint = load_checkpoint(path)
+        _check_same_trajectory(checkpoint["extra"]["config"], config, path)
+        _load_run_state(checkpoint, model, optimizer, scheduler, train_loader)
+        state.update(checkpoint["extra"])
+
+    prune_step = policy.replay_probes(probes, load)
+    if prune_step is None:
+        raise EpipruneError(f"this run's policy does not prune within the {len(probes)} probes recorded in {source} "
+                            "(accepted: --max-dense-epochs within them)")
+    partial = state["partial"][distributed.rank()] if state.get("partial") else None
+    metrics = [dict(row) for row in state["metrics"]]
+    for row in metrics:
+        row.pop("test_top1", None)  # the source's own last epoch was evaluated on the test split: this one is not
+        probes_here = [r for r in policy.history if r.epoch == row["epoch"]]
+        row.update(probe_fields(probes_here, policy.dense_widths, True, None))
+    flops, seconds = state["train_flops_total"], state["seconds"]
+    if partial is not None:
+        flops, seconds = flops + TRAIN_FLOPS_PER_FORWARD * partial["flop_samples"], seconds + partial["seconds"]
+    log(f"branched from {source} after step {prune_step - 1}; this run prunes at step {prune_step} "
+        f"({policy.history[-1].decision})")
+    return BranchPoint(metrics, state["train_flops_total"], state["seconds"], partial, flops, seconds)
+
+
 def branch(source: str | Path, config: dict, policy: EarlyPruningPolicy, model: torch.nn.Module,
            optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
-           train_loader: object, log: object = print) -> tuple[list[dict], float, float]:
+           train_loader: object, log: object = print) -> BranchPoint:
     """Replay `source`'s recorded scores through `policy` until it prunes, load the kept checkpoint of that epoch
-    into model, optimizer, scheduler, loader and torch RNG, and prune. Returns (metrics of the epochs so far with
-    this policy's EPI and widths, training FLOPs so far, seconds so far)."""
+    into model, optimizer, scheduler, loader and torch RNG, and prune (on the step clock: branch_at_probe).
+    Returns the metrics of the epochs so far with this policy's EPI and widths, training FLOPs and seconds so far."""
     source = Path(source)
+    if policy.clock is not None:
+        return branch_at_probe(source, config, policy, model, optimizer, scheduler, train_loader, log)
     epochs, _ = read_scores(source)
     kind = policy.importance_kind
     if not epochs or any(kind not in row for row in epochs):
@@ -144,12 +270,7 @@ def branch(source: str | Path, config: dict, policy: EarlyPruningPolicy, model: 
                                 f"(accepted: a dense run made with --keep-checkpoints including {epoch})")
         checkpoint = load_checkpoint(path)
         _check_same_trajectory(checkpoint["extra"]["config"], config, path)
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        loader_rng, torch_rng = checkpoint["extra"]["rng"][0]
-        train_loader.set_rng_state(loader_rng)
-        torch.set_rng_state(torch_rng)
+        _load_run_state(checkpoint, model, optimizer, scheduler, train_loader)
         state.update(checkpoint["extra"])
         return optimizer
 
@@ -166,4 +287,4 @@ def branch(source: str | Path, config: dict, policy: EarlyPruningPolicy, model: 
     flops, params = policy.count()
     metrics[-1].update(pruned=True, pruned_this_epoch=True, flops=flops, params=params)
     log(f"branched from {source} at epoch {prune_epoch} ({policy.trigger})")
-    return metrics, state["train_flops_total"], state["seconds"]
+    return BranchPoint(metrics, state["train_flops_total"], state["seconds"])
