@@ -156,7 +156,7 @@ def test_bad_clock_settings_are_one_line(kwargs, message):
     (["--epi-threshold", "high"], "--epi-threshold 'high' is not a number"),
     (["--epi-every", "4", "--epi-threshold", "auto", "--importance", "bn"], "--epi-threshold auto needs gradient"),
     (["--max-dense-epochs", "2.5"], "--max-dense-epochs 2.5 is not a whole number of epochs"),
-    (["--epi-every", "4", "--record-scores"], "--record-scores and --branch-from work on the epoch clock only"),
+    (["--epi-every", "4", "--record-scores", "--probe-every", "2"], "--probe-every 2 is the epoch clock's extra"),
 ])
 def test_bad_clock_options_are_one_line(tmp_path, capsys, args, message):
     out = tmp_path / "run"
