@@ -103,10 +103,11 @@ def same_run(scratch: Path, branched: Path) -> dict:
 @pytest.mark.parametrize(("extra", "prune_step"), [
     (("--max-dense-epochs", "1.5", "--epi-threshold", "1.0"), 6),  # fallback inside epoch 2 (after step 5)
     (("--max-dense-epochs", "1.2", "--epi-threshold", "1.0", "--budget", "flops:0.3"), 4),  # first step of epoch 2
+    (("--prune-at", "2.1"), 8),  # a fixed prune point of the oracle grid, in fractions of an epoch: the probe at 2.67
     (("--epi-window", "1", "--epi-threshold", "auto"), None),  # the noise floor: the halves are replayed
     (("--epi-window", "1", "--epi-threshold", "0.5", "--epi-smooth", "1"), None),
     (("--importance", "magnitude", "--epi-window", "1", "--epi-threshold", "0.5", "--max-dense-epochs", "2.5"), None),
-], ids=["fallback-mid-epoch", "epoch-start-other-budget", "auto", "epi-fixed", "magnitude"])
+], ids=["fallback-mid-epoch", "epoch-start-other-budget", "fixed-fraction", "auto", "epi-fixed", "magnitude"])
 def test_a_branched_step_clock_run_equals_the_run_from_scratch(dense, tmp_path, extra, prune_step):
     scratch = train(tmp_path / "scratch", *extra)
     branched = train(tmp_path / "branched", *extra, "--branch-from", str(dense))
@@ -125,3 +126,10 @@ def test_a_branch_needing_a_checkpoint_that_was_not_kept_is_refused_in_one_line(
     result = call_main(["train", *BASE[:-2], "--epi-every", "4", "--prune-at", "1", "--branch-from", dense,
                         "--out", tmp_path / "other"], capsys)
     assert_one_line_error(result, "this policy probes every 4 steps")
+
+
+def test_a_fractional_prune_point_is_refused_on_the_epoch_clock(tmp_path, capsys):
+    result = call_main(["train", "--prune-at", "1.5", "--out", tmp_path / "run"], capsys)
+    assert_one_line_error(result, "--prune-at 1.5 is not a whole number of epochs")
+    result = call_main(["train", "--prune-at", "soon", "--out", tmp_path / "run"], capsys)
+    assert_one_line_error(result, "--prune-at 'soon' is not a number of epochs")

@@ -26,7 +26,7 @@ from epiprune.policy.clock import AUTO
 from epiprune.policy.config import PolicyConfig
 from epiprune.policy.importance import IMPORTANCES, MAGNITUDE_TAU, TAYLOR_TAU
 from epiprune.policy.indicator import INDICATORS
-from epiprune.run.config_text import fits, int_list, parse_threshold
+from epiprune.run.config_text import fits, int_list, parse_epochs, parse_threshold
 from epiprune.run.data import DATASETS
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -137,9 +137,10 @@ class TrainConfig:
     max_dense_epochs: float | None = option(None, help="prune at this epoch anyway if EPI has not triggered "
                                             "(fractions of an epoch on the step clock) (default: half the epochs, "
                                             "rounded down on the epoch clock)")
-    prune_at: int | None = option(None, policy="prune_at",
-                                  help="ignore EPI: prune after exactly this many dense epochs (0: at "
-                                  "initialisation) (default: none, --indicator decides)")
+    prune_at: float | None = option(None, policy="prune_at", parse=parse_epochs,
+                                    help="ignore EPI: prune after exactly this many dense epochs (0: at "
+                                    "initialisation; step clock: fractions, met at the first probe at or after "
+                                    "them) (default: none, --indicator decides)")
     channel_multiple: int = option(PolicyConfig.channel_multiple, policy="channel_multiple",
                                    help="keep a multiple of this many channels per layer (8: faster CPU/GPU "
                                    "kernels, coarser budget)")
@@ -257,7 +258,7 @@ class TrainConfig:
             raise EpipruneError(f"EPI window {self.epi_window} is too large for {self.epochs} epochs (accepted: a "
                                 f"window <= epochs - 2: EPI needs window + 1 dense epochs, then pruned training)")
         if self.prune_at is not None and not 0 <= self.prune_at < self.total_epochs:
-            raise EpipruneError(f"prune-at epoch {self.prune_at} is outside 0..{self.total_epochs - 1}")
+            raise EpipruneError(f"prune-at epoch {self.prune_at:g} is outside 0..{self.total_epochs - 1}")
         if self.epi_threshold != AUTO:
             check_threshold(self.epi_threshold, "--epi-threshold")
         if self.max_dense_epochs is not None and not 0 < self.max_dense_epochs < self.epochs:
@@ -283,9 +284,9 @@ class TrainConfig:
     def _validate_contradictions(self) -> None:
         """Settings that are each valid but together do not do what they say (issue 23): refused, not ignored."""
         if self.prune_at is not None and self.indicator == "none":
-            raise EpipruneError(f"--prune-at {self.prune_at} with --indicator none never prunes (accepted: --prune-at "
-                                "with another --indicator, which it then replaces, or --indicator none alone for a "
-                                "dense run)")
+            raise EpipruneError(f"--prune-at {self.prune_at:g} with --indicator none never prunes (accepted: "
+                                "--prune-at with another --indicator, which it then replaces, or --indicator none "
+                                "alone for a dense run)")
         sgd_momentum = next(f.default for f in fields(self) if f.name == "momentum")
         if self.optimizer == "adamw" and self.momentum != sgd_momentum:
             raise EpipruneError(f"--momentum {self.momentum} is SGD's and AdamW does not use it (accepted: --momentum "
@@ -340,7 +341,7 @@ class TrainConfig:
                 raise EpipruneError("--epi-threshold auto needs the step clock (accepted: --epi-every auto or a "
                                     "number of steps, or a threshold in (0, 1])")
             for flag, value in (("--min-dense-epochs", self.min_dense_epochs),
-                                ("--max-dense-epochs", self.max_dense_epochs)):
+                                ("--max-dense-epochs", self.max_dense_epochs), ("--prune-at", self.prune_at)):
                 if value is not None and value != int(value):
                     raise EpipruneError(f"{flag} {value:g} is not a whole number of epochs (accepted: fractions "
                                         "on the step clock, --epi-every auto or a number of steps)")

@@ -22,6 +22,16 @@ def parse_threshold(text: str) -> float | str:
                             "auto)") from None
 
 
+def parse_epochs(text: str) -> int | float:
+    """--prune-at: a number of epochs, a whole one as an int (fractions: the step clock)."""
+    try:
+        number = float(text)
+    except ValueError:
+        raise EpipruneError(f"--prune-at {text!r} is not a number of epochs (accepted: e.g. 2, or 1.5 on the step "
+                            "clock)") from None
+    return int(number) if number.is_integer() else number
+
+
 def int_list(text: str, what: str) -> list[int]:
     """Parse `--seeds` / `--grid` / `--keep-checkpoints` text: comma-separated integers >= 0 and ranges lo-hi
     (lo <= hi), each once."""
