@@ -8,6 +8,13 @@ budget, EPI settings and importance, if recorded), and at the epoch its policy p
 checkpoint, prunes and trains on: the same computation as training it from scratch (tests/test_branching.py
 checks this bit for bit), without training the shared dense epochs again. `compare` uses this for the oracle's
 grid of prune epochs, train-prune-fine-tune and the EPI runs.
+
+On the step clock (--epi-every N) scores.jsonl holds a probe row per probe instead: the policy's importance of the
+probe interval, of its first half (`<importance>_half`, what the noise floor compares) and the weight-based scores
+at the probe step; --keep-checkpoints keeps, for every probe step s in the kept epochs, checkpoints/step<s-1>.pt
+(the run after s - 1 steps, mid-epoch ones with the epoch's sums and data position). A branch replays the probes
+(EarlyPruningPolicy.replay_probes), loads step<s-1>.pt of the probe where it prunes, trains step s again and
+prunes there (branch_at_probe).
 """
 
 from __future__ import annotations
