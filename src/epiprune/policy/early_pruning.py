@@ -216,13 +216,7 @@ class EarlyPruningPolicy:
         if clock.at_half and self.importance.needs_gradients:
             distributed.all_reduce_mean_(self.importance.state_tensors())
             clock.half = self.importance.scores()
-        if not clock.at_probe:
-            return False
-        decision, masks = self._observe(None)
-        if decision is None:
-            return False
-        self._prune(masks, optimizer, decision)
-        return True
+        return clock.at_probe and self._probe(None, optimizer)
 
     def current_scores(self) -> list[np.ndarray]:
         """Per-channel importance of every group seen so far this epoch (weights if no gradients were seen)."""
@@ -271,6 +265,10 @@ class EarlyPruningPolicy:
         self.epoch += 1
         if self.pruned or (self.clock is not None and scores is None):
             return False
+        return self._probe(scores, optimizer)
+
+    def _probe(self, scores: Sequence[np.ndarray] | None, optimizer: torch.optim.Optimizer | None) -> bool:
+        """Observe (see _observe) and prune if the rule says so; True when it pruned."""
         decision, masks = self._observe(scores)
         if decision is None:
             return False

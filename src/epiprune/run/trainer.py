@@ -214,11 +214,17 @@ def _restore(run: RunState, checkpoint: dict | None) -> None:
         run.first_epoch = len(run.metrics) + 1
         if main:
             atomic_write_text(run.metrics_path, "".join(json.dumps(m) + "\n" for m in run.metrics))
-    run.flops, run.params = run.policy.count()
-    run.net = trainable(run.model, run.device, cfg.compile)
+    _take_model(run)
     run.scaler = torch.amp.GradScaler(run.device.type, enabled=cfg.amp == "fp16")  # fp16 gradients need scaling
     if checkpoint is not None and checkpoint["extra"].get("scaler"):
         run.scaler.load_state_dict(checkpoint["extra"]["scaler"])
+
+
+def _take_model(run: RunState) -> None:
+    """The model's size and the module the loop trains, from the model as it is now: at the start and after a
+    prune (new tensors: new DDP buckets, a new compiled graph)."""
+    run.flops, run.params = run.policy.count()
+    run.net = trainable(run.model, run.device, run.cfg.compile)
 
 
 def _train_steps(run: RunState, epoch: int, on_checkpoint: Callable[[], None]) -> tuple[float, int, int, float, bool]:
@@ -252,8 +258,7 @@ def _train_steps(run: RunState, epoch: int, on_checkpoint: Callable[[], None]) -
         flop_samples += run.flops * len(y)
         pruned_now = policy.step(scaler.get_scale() if scaler.is_enabled() else 1.0, run.optimizer)
         if pruned_now:  # the step clock pruned: gradients were cut with the weights, this step updates the kept ones
-            run.flops, run.params = policy.count()
-            run.net = trainable(run.model, device, cfg.compile)  # new tensors: new DDP buckets, a new compiled graph
+            _take_model(run)
             pruned_here = True
         if cfg.bn_l1 and not policy.pruned:
             add_bn_l1_gradient(run.model, cfg.bn_l1 * (scaler.get_scale() if scaler.is_enabled() else 1.0))
@@ -298,8 +303,7 @@ def _train_epoch(run: RunState, epoch: int, on_checkpoint: Callable[[], None]) -
     if weight_scores is not None:
         recorder.end_epoch(epoch, weight_scores)
     if pruned_now:
-        run.flops, run.params = policy.count()
-        run.net = trainable(run.model, device, cfg.compile)  # new tensors: new DDP buckets, a new compiled graph
+        _take_model(run)
     pruned_now = pruned_now or pruned_in_steps
     probes = [r for r in policy.history if r.epoch == epoch]
     epoch_seconds = time.perf_counter() - t0

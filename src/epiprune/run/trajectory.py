@@ -214,6 +214,16 @@ def recorded_probes(source: Path, policy: EarlyPruningPolicy) -> list[RecordedPr
             for row in rows]
 
 
+def _load_kept(path: Path, config: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               scheduler: torch.optim.lr_scheduler.LRScheduler, train_loader: object) -> dict:
+    """Load a kept checkpoint of the source run (checked to be of the same trajectory) into the run's objects;
+    its `extra` (metrics, training FLOPs and seconds so far, the unfinished epoch)."""
+    checkpoint = load_checkpoint(path)
+    _check_same_trajectory(checkpoint["extra"]["config"], config, path)
+    _load_run_state(checkpoint, model, optimizer, scheduler, train_loader)
+    return checkpoint["extra"]
+
+
 def branch_at_probe(source: Path, config: dict, policy: EarlyPruningPolicy, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
                     train_loader: object, log: object = print) -> BranchPoint:
@@ -230,10 +240,7 @@ def branch_at_probe(source: Path, config: dict, policy: EarlyPruningPolicy, mode
             epoch = -(-step // policy.clock.steps_per_epoch)
             raise EpipruneError(f"--branch-from {source} kept no checkpoint before step {step}, where this run "
                                 f"prunes (accepted: a dense run made with --keep-checkpoints including epoch {epoch})")
-        checkpoint = load_checkpoint(path)
-        _check_same_trajectory(checkpoint["extra"]["config"], config, path)
-        _load_run_state(checkpoint, model, optimizer, scheduler, train_loader)
-        state.update(checkpoint["extra"])
+        state.update(_load_kept(path, config, model, optimizer, scheduler, train_loader))
 
     prune_step = policy.replay_probes(probes, load)
     if prune_step is None:
@@ -275,10 +282,7 @@ def branch(source: str | Path, config: dict, policy: EarlyPruningPolicy, model: 
         if not path.is_file():
             raise EpipruneError(f"--branch-from {source} kept no checkpoint of epoch {epoch}, where this run prunes "
                                 f"(accepted: a dense run made with --keep-checkpoints including {epoch})")
-        checkpoint = load_checkpoint(path)
-        _check_same_trajectory(checkpoint["extra"]["config"], config, path)
-        _load_run_state(checkpoint, model, optimizer, scheduler, train_loader)
-        state.update(checkpoint["extra"])
+        state.update(_load_kept(path, config, model, optimizer, scheduler, train_loader))
         return optimizer
 
     prune_epoch = policy.replay([[np.asarray(s, dtype=np.float64) for s in row[kind]] for row in epochs], load)
