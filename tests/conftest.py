@@ -26,3 +26,26 @@ if os.environ.get("EPIPRUNE_TEST_PROFILE"):
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+def _mutant_under_test() -> str:
+    """The mutmut mutant this process runs the tests against, or '' (mutmut's names contain '__mutmut_'; its stats
+    and clean runs set other values)."""
+    name = os.environ.get("MUTANT_UNDER_TEST", "")
+    return name if "__mutmut_" in name else ""
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under a mutant, run the quickest tests first: pytest stops at the first failure (mutmut passes -x), so a
+    killed mutant costs its quickest killing test, not the selection in file order. The durations are those mutmut
+    recorded in its stats run (mutants/mutmut-stats.json; the working directory is mutants/ during a run)."""
+    if not _mutant_under_test():
+        return
+    import json
+    from pathlib import Path
+
+    stats = Path("mutmut-stats.json")
+    if not stats.is_file():
+        return
+    durations = json.loads(stats.read_text())["duration_by_test"]
+    items.sort(key=lambda item: durations.get(item.nodeid, float("inf")))

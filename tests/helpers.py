@@ -1,9 +1,11 @@
 """Shared helpers for tests: tiny networks, channel zeroing, and running the command line."""
 
+import os
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import settings
 from torch import nn
@@ -63,7 +65,12 @@ def zero_dropped_channels(graph: PrunableGraph, masks: list[np.ndarray]) -> None
 
 def run_cli(*args, cwd=None, env=None, timeout: float = 600) -> subprocess.CompletedProcess:
     """`python -m epiprune *args` in a child process, its stdout and stderr captured as text. The exit code is
-    not checked here: the caller asserts it (with the stderr as the failure message)."""
+    not checked here: the caller asserts it (with the stderr as the failure message).
+
+    Under a mutmut mutant the test is skipped: the child process imports the unmutated package, so it cannot tell a
+    mutant from the original and would only spend the mutation run's time (docs/DEVELOPMENT.md)."""
+    if "__mutmut_" in os.environ.get("MUTANT_UNDER_TEST", ""):
+        pytest.skip("a child process does not see the mutant")
     return subprocess.run([sys.executable, "-m", "epiprune", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 

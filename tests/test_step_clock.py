@@ -276,3 +276,63 @@ def test_a_schedule_where_epi_cannot_fire_before_the_fallback_is_warned_about(tm
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning: epi cannot fire")]
     assert len(warnings) == 1 and "fallback at epoch 4: it needs 5 epochs (window + smoothing)" in warnings[0]
     assert "pruned after epoch 4 (fallback)" in proc.stdout
+
+
+def _live_run_with_records(per_step: list[list[np.ndarray]], steps: int, **kwargs: Any
+                           ) -> tuple[EarlyPruningPolicy, list[int], list[Any]]:
+    """A step-clock policy driven for `steps` steps; the steps it pruned at and every probe as recorded for replay
+    (the interval's scores and its first half's, what --record-scores writes)."""
+    from epiprune.policy.replay import RecordedProbe
+
+    policy = step_policy(HalvesImportance(per_step), **kwargs)
+    pruned, probes = [], []
+    for s in range(1, steps + 1):
+        before = len(policy.history)
+        if policy.step():
+            pruned.append(s)
+        if len(policy.history) > before:
+            probes.append(RecordedProbe(s, [a.copy() for a in policy.last_scores],
+                                        None if policy.last_half is None else [a.copy() for a in policy.last_half]))
+    return policy, pruned, probes
+
+
+@pytest.mark.parametrize("threshold", [0.95, "auto"])
+def test_replayed_probes_prune_at_the_step_and_with_the_channels_of_the_live_run(threshold):
+    per_step = [PEAKED_0, [10 * a for a in PEAKED_1], PEAKED_0, PEAKED_0] + [PEAKED_1] * 30
+    live, pruned, probes = _live_run_with_records(per_step, 30, window=1, threshold=threshold, max_dense_epochs=20)
+    assert len(pruned) == 1 and live.trigger == "epi"
+    replayed = step_policy(HalvesImportance([PEAKED_0]), window=1, threshold=threshold, max_dense_epochs=20)
+    calls: list[int] = []
+    assert replayed.replay_probes(probes, calls.append) == pruned[0] == calls[0]
+    assert not replayed.pruned  # the probe step is trained again: the next step() prunes
+    assert [(r.step, r.epi, r.noise, r.threshold, r.decision) for r in replayed.history] == \
+        [(r.step, r.epi, r.noise, r.threshold, r.decision) for r in live.history]
+    assert replayed.step() and replayed.prune_step == live.prune_step == pruned[0]
+    assert replayed.kept == live.kept
+    assert replayed.trigger == "epi" and not replayed.step()
+
+
+def test_replayed_probes_that_never_fire_and_bad_records_are_refused():
+    from epiprune.policy.replay import RecordedProbe
+
+    louder_1 = [10 * a for a in PEAKED_1]  # probes of 2 steps whose architectures alternate: EPI stays low
+    _, pruned, probes = _live_run_with_records([PEAKED_0, PEAKED_0, louder_1, louder_1] * 3, 12, window=1,
+                                               threshold=0.999, max_dense_epochs=20)
+    assert pruned == []
+    calls: list[int] = []
+    fresh = step_policy(HalvesImportance([PEAKED_0]), window=1, threshold=0.999, max_dense_epochs=20)
+    assert fresh.replay_probes(probes, calls.append) is None and calls == []
+    assert len(fresh.history) == len(probes) == 6
+    other_period = step_policy(HalvesImportance([PEAKED_0]), window=1, epi_every=4, max_dense_epochs=20)
+    with pytest.raises(EpipruneError, match="recorded probe 1 is at step 2, this policy probes every 4 steps"):
+        other_period.replay_probes(probes, calls.append)
+    used = step_policy(HalvesImportance([PEAKED_0]), window=1, max_dense_epochs=20)
+    used.step()
+    with pytest.raises(EpipruneError, match="starts from a fresh policy"):
+        used.replay_probes(probes, calls.append)
+    epoch_clock = EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8), Budget("flops", 0.5), log=lambda _: None)
+    with pytest.raises(EpipruneError, match="decides on the step clock"):
+        epoch_clock.replay_probes(probes, calls.append)
+    with pytest.raises(EpipruneError, match="decides on the epoch clock"):
+        fresh.replay([[np.ones(4), np.ones(6)]], lambda epoch: None)
+    assert RecordedProbe(2, [np.ones(4)], None).half is None
