@@ -110,3 +110,20 @@ def test_after_a_cut_the_dense_table_predicts_the_cut_network(dense_graph):
     assert (model.dw.in_channels, model.bn2.num_features, model.pw.in_channels, model.bn3.num_features,
             model.fc1.in_features, model.fc2.in_features) == (a, a, a, b, b, c)
     assert cost(graph.widths()) == CONSTANT_MS + LAYER_SCALE * sum(ms for _, ms in expected_layers(a, b, c).values())
+
+
+def test_a_registered_layer_kind_is_found_after_the_built_in_ones_and_a_name_registers_once(monkeypatch):
+    from epiprune.costs import layer_kinds
+    from epiprune.errors import EpipruneError
+
+    monkeypatch.setattr(layer_kinds.LAYER_KINDS, "_entries", dict(layer_kinds.LAYER_KINDS._entries))  # undone after
+    prelu = layer_kinds.LayerKind("prelu", matches=lambda m: isinstance(m, nn.PReLU),
+                                  channels=lambda m: (m.num_parameters, m.num_parameters),
+                                  builder=lambda m: (lambda _c_in, c: nn.PReLU(c)), detail=lambda m: "",
+                                  single_axis=True, activation_volume=True)
+    assert layer_kinds.kind_of(nn.PReLU(4)) is None
+    assert layer_kinds.register(prelu) is prelu
+    assert layer_kinds.LAYER_KINDS.get("prelu") is prelu and layer_kinds.LAYER_KINDS.names()[-1] == "prelu"
+    assert layer_kinds.kind_of(nn.PReLU(4)) is prelu and layer_kinds.kind_of(nn.Conv2d(2, 2, 1)).name == "conv"
+    with pytest.raises(EpipruneError, match="latency layer kind 'prelu' is registered already"):
+        layer_kinds.register(prelu)

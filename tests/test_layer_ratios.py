@@ -109,3 +109,7 @@ def test_a_steady_fake_build_records_its_noise_and_ratios(layers, tmp_path):
 def test_relative_spread():
     assert relative_spread([1.0]) == 0 and relative_spread([2.0, 2.0, 2.0]) == 0
     assert relative_spread([1.0, 2.0, 3.0, 4.0, 5.0]) == pytest.approx(2.0 / 3.0)
+
+
+def test_relative_spread_of_two_timings_is_their_interquartile_range_over_the_median():
+    assert relative_spread([1.0, 3.0]) == pytest.approx(1.0 / 2.0)  # percentiles 1.5, 2, 2.5

@@ -252,3 +252,39 @@ def test_readme_own_importance_example_runs(capsys):
     assert (policy.importance_kind, policy.indicator, policy.rule.threshold) == ("weight-norm", "strict-epi", 0.98)
     assert (policy.prune_epoch, policy.trigger) == (2, "epi") and policy.rule.strict
     assert capsys.readouterr().out.split() == ["weight-norm", "0.98", "2", "epi"]
+
+
+def test_from_config_hands_over_how_the_policy_runs(monkeypatch):
+    """log, progress and ignored_layers reach the policy (the latency table's build is where log and progress go)."""
+    from epiprune.policy import early_pruning as policy_module
+
+    calls = []
+
+    def fake_load_or_build(graph: Any, settings: Any, path: Any, progress: bool, log: Any, *, select: Any) -> None:
+        calls.append((graph.names, progress, log))
+        raise EpipruneError("stop here")
+
+    monkeypatch.setattr(policy_module, "load_or_build", fake_load_or_build)
+    model, quiet = ConvBNNet(), (lambda _: None)
+    with pytest.raises(EpipruneError, match="stop here"):
+        EarlyPruningPolicy.from_config(model, torch.zeros(1, 1, 8, 8), PolicyConfig(budget="latency:0.5"),
+                                       ignored_layers=[model.conv2], log=quiet, progress=False)
+    with pytest.raises(EpipruneError, match="stop here"):
+        EarlyPruningPolicy.from_config(model, torch.zeros(1, 1, 8, 8), PolicyConfig(budget="latency:0.5"))
+    assert calls == [(["conv1"], False, quiet), (["conv1", "conv2"], True, print)]
+
+
+def test_an_indicator_of_an_unknown_signal_is_refused_and_earlybird_is_a_signal():
+    with pytest.raises(EpipruneError, match=r"^indicator 'x': unknown signal 'bn' \(accepted: epi, earlybird\)$"):
+        Indicator("x", signal="bn")
+    assert Indicator("mine", signal="earlybird").signal == "earlybird"
+
+
+def test_the_summary_names_the_step_clock_and_the_auto_threshold():
+    policy = EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8), Budget(flops=0.5), epi_every=4,
+                                steps_per_epoch=8, threshold="auto", log=lambda _: None)
+    summary = policy.summary()
+    assert (summary["epi_every"], summary["threshold"]) == (4, "auto")
+    epoch_clock = EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8), Budget(flops=0.5), log=lambda _: None)
+    assert (epoch_clock.summary()["epi_every"], epoch_clock.summary()["threshold"]) == (0, 0.944)
+    assert policy.clock.threshold() is None  # no probe yet: no noise measured, no auto threshold

@@ -336,3 +336,63 @@ def test_replayed_probes_that_never_fire_and_bad_records_are_refused():
     with pytest.raises(EpipruneError, match="decides on the epoch clock"):
         fresh.replay([[np.ones(4), np.ones(6)]], lambda epoch: None)
     assert RecordedProbe(2, [np.ones(4)], None).half is None
+
+
+def test_a_step_clock_policy_resumed_after_the_half_of_an_interval_decides_as_the_uninterrupted_one(tmp_path):
+    import copy
+
+    per_step = [PEAKED_0, [10 * a for a in PEAKED_1]] * 4 + [PEAKED_1] * 30
+    kwargs = {"window": 1, "threshold": "auto", "max_dense_epochs": 20, "epi_every": 4}
+    live = step_policy(HalvesImportance(per_step), **kwargs)
+    assert pruning_steps(live, 7) == []  # a probe at step 4; step 6 ended the second interval's first half
+    torch.save(live.state_dict(), tmp_path / "policy.pt")  # as a checkpoint stores it
+    resumed = step_policy(HalvesImportance(per_step), **kwargs)
+    resumed.load_state_dict(torch.load(tmp_path / "policy.pt", weights_only=True))
+    resumed.importance = copy.deepcopy(live.importance)  # the scripted importance keeps no state of its own
+    assert resumed.clock.step == 7 and resumed.clock.half is not None and resumed.clock.noise == live.clock.noise
+    assert pruning_steps(resumed, 30) == pruning_steps(live, 30) != []
+    assert [(r.step, r.epi, r.noise, r.threshold, r.decision) for r in resumed.history] == \
+        [(r.step, r.epi, r.noise, r.threshold, r.decision) for r in live.history]
+    assert resumed.history[1].noise is not None  # the interval the state cut in two still has its noise estimate
+    other = step_policy(HalvesImportance(per_step), **{**kwargs, "epi_every": 2})
+    with pytest.raises(EpipruneError, match="policy state was made with every 4, this policy has 2"):
+        other.load_state_dict(live.state_dict())
+    longer_epochs = step_policy(HalvesImportance(per_step), **{**kwargs, "steps_per_epoch": 8})
+    with pytest.raises(EpipruneError, match="made with steps_per_epoch 4, this policy has 8"):
+        longer_epochs.load_state_dict(live.state_dict())
+
+
+@pytest.mark.parametrize(("rule", "clock", "probes", "expected"), [
+    ({"window": 3, "smooth": 2, "max_dense_epochs": 4}, None, 5,
+     "epi cannot fire before the fallback at epoch 4: it needs 5 epochs (window + smoothing); the run"),
+    ({"window": 3, "smooth": 2, "max_dense_epochs": 5}, None, 5, None),  # fires at epoch 5 at the earliest
+    ({"max_dense_epochs": 3}, (12, 47), 5, None),  # 5 probes of 12 steps: epoch 1.28
+    ({"max_dense_epochs": 1}, (12, 47), 5,
+     "epi cannot fire before the fallback at epoch 1: it needs 5 probes of 12 steps (window + smoothing), until "
+     "epoch 1.28;"),
+    ({"min_dense_epochs": 3, "max_dense_epochs": 3}, (12, 47), 5, None),  # the minimum span ends at the fallback
+    ({"min_dense_epochs": 2, "max_dense_epochs": 2}, None, 2, None),
+    ({"max_dense_epochs": 4, "prune_at": 2}, None, 5, None),  # a fixed prune point: nothing to warn about
+    ({}, None, 5, None),  # no fallback
+])
+def test_when_the_indicator_cannot_fire_before_the_fallback(rule, clock, probes, expected):
+    from epiprune.policy.clock import StepClock, cannot_fire_before_fallback
+    from epiprune.policy.indicator import TriggerRule
+
+    step_clock = None if clock is None else StepClock(*clock)
+    message = cannot_fire_before_fallback("epi", TriggerRule(**rule), step_clock, probes)
+    assert message == expected or (expected is not None and message.startswith(expected)), message
+
+
+def test_the_policy_counts_the_probes_its_indicator_needs_before_the_fallback():
+    def policy(**kwargs: Any) -> EarlyPruningPolicy:
+        return EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8), Budget("flops", 0.5), log=lambda _: None,
+                                  **kwargs)
+
+    assert "it needs 5 epochs" in policy(window=3, smooth=2, max_dense_epochs=4).epi_cannot_fire_before_fallback()
+    assert policy(window=2, smooth=2, max_dense_epochs=4).epi_cannot_fire_before_fallback() is None
+    assert policy(indicator="none", max_dense_epochs=1).epi_cannot_fire_before_fallback() is None
+    earlybird = policy(indicator="earlybird", earlybird_queue=5, max_dense_epochs=5)
+    assert "it needs 6 epochs" in earlybird.epi_cannot_fire_before_fallback()
+    assert policy(indicator="earlybird", earlybird_queue=4, max_dense_epochs=5).epi_cannot_fire_before_fallback() \
+        is None

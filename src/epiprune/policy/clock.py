@@ -87,7 +87,6 @@ def cannot_fire_before_fallback(indicator: str, rule: TriggerRule, clock: StepCl
     if rule.prune_at is not None or rule.max_dense_epochs is None:
         return None
     earliest = float(probes) if clock is None else probes * clock.every / clock.steps_per_epoch
-    earliest = max(earliest, rule.min_dense_epochs)
     if earliest <= rule.max_dense_epochs:
         return None
     unit = "epochs" if clock is None else f"probes of {clock.every} steps"
