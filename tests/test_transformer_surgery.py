@@ -229,3 +229,12 @@ def test_taylor_per_unit_is_weight_times_gradient_of_the_output_columns():
     a = acts["a"]
     np.testing.assert_allclose(scores[1], (a * a.grad).sum((0, 1)).abs().double().detach().numpy(), rtol=1e-4,
                                atol=1e-9)
+
+
+def test_make_graph_picks_heads_for_a_hugging_face_transformer_and_channels_for_a_cnn_with_fc1_fc2():
+    from epiprune.surgery import PrunableGraph
+
+    from .zoo import ConvNeXtNet, example_inputs
+
+    assert isinstance(make_graph(vit(), pixels(1)), TransformerGraph)
+    assert isinstance(make_graph(ConvNeXtNet(), example_inputs()), PrunableGraph)  # its block has fc1 and fc2

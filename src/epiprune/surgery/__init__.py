@@ -20,9 +20,13 @@ from epiprune.surgery.transformer import TransformerGraph, UnitGroup, find_block
 
 def make_graph(model: nn.Module, example_inputs: torch.Tensor, ignored_layers: Sequence[nn.Module] = ()
                ) -> PrunableGraph | TransformerGraph:
-    """The prunable units of `model`: attention heads and MLP neurons (TransformerGraph) when it has transformer
-    blocks (surgery/transformer.py says why they are not traced), channel groups over torch-pruning otherwise."""
-    if find_blocks(model, ignored_layers):
+    """The prunable units of `model`: attention heads and MLP neurons (TransformerGraph) for a Hugging Face style
+    transformer (surgery/transformer.py says why they are not traced), channel groups over torch-pruning otherwise.
+    A transformer here: a model with a config (`config.to_dict`, as every PreTrainedModel has) and at least one
+    attention block; a CNN whose blocks merely name two linear layers fc1 and fc2 (ConvNeXt) keeps its channels."""
+    config = getattr(model, "config", None)
+    heads = any(g.kind == "heads" for g in find_blocks(model, ignored_layers))
+    if heads and callable(getattr(config, "to_dict", None)):
         return TransformerGraph(model, example_inputs, ignored_layers)
     return PrunableGraph(model, example_inputs, ignored_layers)
 

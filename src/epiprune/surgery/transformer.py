@@ -139,6 +139,8 @@ def find_blocks(model: nn.Module, ignored: Sequence[nn.Module] = ()) -> list[Uni
             if _linears(module, names):
                 layers = [getattr(module, n) for n in names]
                 size = layers[-1].in_features
+                if layers[-1].out_features != layers[0].in_features:
+                    continue  # not a block on the residual stream (its output width differs from its input's)
                 if any(x.out_features != size for x in layers[:-1]):
                     raise SurgeryError(f"MLP {name!r} of {type(model).__name__}: widths "
                                        f"{[x.out_features for x in layers[:-1]]} and {size} differ (or pass "
