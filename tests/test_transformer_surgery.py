@@ -179,6 +179,31 @@ def test_optimizer_state_of_surviving_rows_and_columns_is_carried(opt):
     optimizer.step()  # the optimizer steps the new tensors with their carried state
 
 
+def test_an_adamw_step_after_surgery_equals_the_dense_step_with_the_units_masked():
+    import copy
+
+    model = llama(kv=2, bias=True).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    x = tokens(4)
+    for _ in range(2):
+        model(x, labels=x).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    masked = copy.deepcopy(model)
+    masked_optimizer = torch.optim.AdamW(masked.parameters(), lr=1e-2, weight_decay=0.1)
+    masked_optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))  # state_dict() shares the tensors
+    graph = TransformerGraph(model, x[:1])
+    keep = uneven_keep(graph)
+    graph.prune(keep, optimizer)
+    zero_dropped(TransformerGraph(masked, x[:1]), keep)
+    for m, opt in ((model, optimizer), (masked, masked_optimizer)):
+        m(x, labels=x).loss.backward()
+        opt.step()
+    TransformerGraph(masked, x[:1]).prune(keep)  # the masked model's surviving slices, to compare
+    for (name, p), q in zip(model.named_parameters(), masked.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+
+
 @pytest.mark.parametrize("case", ["llama-gqa", "vit"])
 def test_flops_and_params_cost_models_equal_independent_counts(case):
     build, data = {"llama-gqa": (lambda: llama(kv=2, attn="eager", bias=True), tokens),
