@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 CASES = {  # name -> (model, key/value heads, layers)
@@ -72,7 +73,6 @@ def main() -> None:
         child(args.child)
         return
     import torch
-    import torch_pruning as tp
     import transformers
 
     rows = {}
@@ -90,7 +90,7 @@ def main() -> None:
         print(f"{name:18s} torch-pruning: " + ", ".join(f"{p['phase']} {p['s']:.2f} s" for p in phases)
               + ("" if finished else f", then no result within {args.limit:g} s (killed)")
               + f"; epiprune's TransformerGraph {rows[name]['epiprune']['s']:.3f} s")
-    record = {"torch": torch.__version__, "torch_pruning": getattr(tp, "__version__", "?"),
+    record = {"torch": torch.__version__, "torch_pruning": metadata.version("torch-pruning"),  # its __version__ lags
               "transformers": transformers.__version__, "cases": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(record, indent=1) + "\n")

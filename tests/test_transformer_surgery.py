@@ -263,3 +263,25 @@ def test_make_graph_picks_heads_for_a_hugging_face_transformer_and_channels_for_
 
     assert isinstance(make_graph(vit(), pixels(1)), TransformerGraph)
     assert isinstance(make_graph(ConvNeXtNet(), example_inputs()), PrunableGraph)  # its block has fc1 and fc2
+
+
+def test_bad_inputs_are_refused_in_one_line():
+    from epiprune.surgery import SurgeryError
+
+    model = llama(kv=2)
+    for bad, match in ((tokens(2), r"not one sample \(accepted: a tensor \(1, T\)"),
+                       ([1, 2], r"example_inputs list is not one sample")):
+        with pytest.raises(SurgeryError, match=match) as err:
+            TransformerGraph(model, bad)
+        assert "\n" not in str(err.value)
+    graph = TransformerGraph(model, tokens(1))
+    for keep, match in (([np.arange(2)] * 3, r"^3 keep lists for 4 unit groups$"),
+                        ([np.zeros(2, bool), np.arange(48), np.arange(2), np.arange(48)],
+                         r"^cannot remove every unit of model.layers.0.self_attn \(keep at least one\)$"),
+                        ([np.array([2]), np.arange(48), np.arange(2), np.arange(48)],
+                         r"^keep index out of range for model.layers.0.self_attn \(0..1\)$")):
+        with pytest.raises(SurgeryError, match=match):
+            graph.prune(keep)
+    assert graph.widths() == [2, 48, 2, 48]  # nothing was cut by a refused prune
+    with pytest.raises(SurgeryError, match=r"has no attention block .* to prune$"):
+        TransformerGraph(torch.nn.Sequential(torch.nn.Linear(4, 4)), torch.zeros(1, 4))

@@ -5,11 +5,11 @@ DESIGN -- why not torch-pruning's dependency graph here (issue 21; measured 2026
 benchmarks/transformer_graph.py, results/transformer_graph.json: 2-core machine under other jobs' load, one thread,
 torch 2.13.0 CPU, torch-pruning 1.6.1, transformers 5.24.0; models from configs, hidden 64, intermediate 128,
 4 heads, 1 layer; `DependencyGraph().build_dependency`, then `get_all_groups` over nn.Linear roots, head ignored):
-  * ViTForImageClassification (28x28, patch 7): build 0.03 s, groups 0.01 s -- it works;
+  * ViTForImageClassification (28x28, patch 7): build 0.03-0.05 s, groups 0.01 s -- it works;
   * LlamaForCausalLM, 8 tokens, 4 key/value heads (plain multi-head) and 2 (grouped-query): build 0.03-0.05 s,
-    then `get_all_groups` had not returned after 120 s in either case (killed; issue 21 saw it spin in
+    then `get_all_groups` had not returned after 120 s in either case, in two runs (killed; issue 21 saw it spin in
     `_fix_dependency_graph_non_recursive` for 60 s; torch-pruning issues #527 and #519, open).
-  * epiprune's TransformerGraph on the same three models: 0.01-0.03 s.
+  * epiprune's TransformerGraph on the same three models: 0.01-0.04 s (one forward pass included).
 A head's q/k/v rows and o columns, and an MLP neuron's gate/up rows and down column, live inside one block and
 never touch the residual stream while the hidden width is kept, so the coupling a tracer would find is known in
 advance: `find_blocks` reads it off the module structure (q_proj/k_proj/v_proj/o_proj with head_dim; gate_proj/
