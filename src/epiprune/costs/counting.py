@@ -17,7 +17,8 @@ import torch_pruning as tp
 from torch import nn
 
 from epiprune.costs.model import CostModel
-from epiprune.surgery import PrunableGraph, is_depthwise
+from epiprune.costs.transformer import transformer_cost_models
+from epiprune.surgery import PrunableGraph, TransformerGraph, is_depthwise
 
 Segments = list[tuple[int, int]]  # (group index or -1 for channels no prunable group controls, channel count)
 Term = tuple[float, Segments, Segments]  # (dense cost, output segments, input segments or [] for out-only)
@@ -104,9 +105,12 @@ def _cost_model(widths: list[int], terms: list[Term], total: float) -> CostModel
                      float(total) - float(np.sum(coef)))
 
 
-def counting_cost_models(graph: PrunableGraph) -> dict[str, CostModel]:
+def counting_cost_models(graph: PrunableGraph | TransformerGraph) -> dict[str, CostModel]:
     """Cost models {'flops': ..., 'params': ...} over graph's group widths (FLOPs per sample of
-    graph.example_inputs' shape; parameter counts), exact for the layers torch-pruning's counter counts."""
+    graph.example_inputs' shape; parameter counts), exact for the layers torch-pruning's counter counts. A
+    TransformerGraph (heads and neurons) gets costs.transformer's models instead."""
+    if isinstance(graph, TransformerGraph):
+        return transformer_cost_models(graph)
     flops, params, layer_flops, _ = tp.utils.count_ops_and_params(graph.model, graph.example_inputs, layer_wise=True)
     terms = _terms(graph, layer_flops)
     return {kind: _cost_model(graph.widths(), terms[kind], total) for kind, total in (("flops", flops),

@@ -126,7 +126,8 @@ class TaylorAccumulator(GraphImportance):
     def step(self, grad_scale: float = 1.0) -> None:
         for gi, group in enumerate(self.graph.groups):
             for module, local, root in group.taylor_targets:
-                score = _channel_taylor(module)
+                # a target with its own rule (a transformer unit scored from its output projection's columns)
+                score = module.channel_taylor() if hasattr(module, "channel_taylor") else _channel_taylor(module)
                 if score is None:
                     continue
                 score = score.abs_()
@@ -187,10 +188,14 @@ class MagnitudeImportance(_StepCounter):
         import torch_pruning as tp  # here, not at the top: the config imports this registry, not torch-pruning
 
         super().bind(graph)
+        if hasattr(graph, "magnitude_scores"):
+            return
         self.criterion = tp.importance.GroupMagnitudeImportance(p=2, group_reduction="mean", normalizer=None)
 
     @torch.no_grad()
     def scores(self) -> list[np.ndarray]:
+        if hasattr(self.graph, "magnitude_scores"):  # a TransformerGraph: per unit, no torch-pruning group
+            return self.graph.magnitude_scores()
         result = []
         for g in self.graph.groups:
             pruner = self.graph.dg.get_pruner_of_module(g.root)
