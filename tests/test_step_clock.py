@@ -396,3 +396,68 @@ def test_the_policy_counts_the_probes_its_indicator_needs_before_the_fallback():
     assert "it needs 6 epochs" in earlybird.epi_cannot_fire_before_fallback()
     assert policy(indicator="earlybird", earlybird_queue=4, max_dense_epochs=5).epi_cannot_fire_before_fallback() \
         is None
+
+
+class PerStepImportance(HalvesImportance):
+    """HalvesImportance for any model: per_step[k] are the scores step k adds, one array per group."""
+
+    def reset(self) -> None:
+        self.totals, self.steps = [np.zeros_like(a) for a in self.per_step[0]], 0
+
+
+@pytest.mark.parametrize("average", ["layer", "group"])
+def test_the_noise_floor_compares_the_halves_as_epi_averages_them(average):
+    """ResNet-20, probes of 2 steps: the two halves differ only in stage 1's residual group (4 layers), so the
+    layer average (the paper's) weighs that disagreement 4 times; the second half's scores are all below 1 (the
+    interval's total minus its first half, clamped at 0, ranks them, not a floor of 1)."""
+    from epiprune.models import build_model
+
+    model = build_model("resnet20", num_classes=10, in_channels=1)
+    probe = EarlyPruningPolicy(model, torch.zeros(1, 1, 28, 28), Budget("flops", 0.5), log=lambda _: None)
+    rng = np.random.default_rng(0)
+    first = [rng.random(w) + 1.0 for w in probe.dense_widths]
+    second = [a / 4 for a in first]  # the same ranking, all below 1 ...
+    second[0] = np.linspace(0.9, 0.01, len(first[0]))  # ... except stage 1's group, ranked the other way round
+    policy = EarlyPruningPolicy(model, torch.zeros(1, 1, 28, 28), Budget("flops", 0.5), log=lambda _: None,
+                                importance=PerStepImportance([first, second]), epi_every=2, steps_per_epoch=4,
+                                threshold="auto", epi_average=average, smooth=1, max_dense_epochs=20)
+    policy.step(), policy.step()
+    halves = [widths_of(policy.select(h)) for h in (first, second)]
+    weights = policy.layer_weights if average == "layer" else None
+    assert policy.history[0].noise == pytest.approx(structural_similarity(*halves, weights))
+    assert structural_similarity(*halves, policy.layer_weights) != pytest.approx(structural_similarity(*halves))
+    assert policy.history[0].noise < 1.0
+
+
+def test_a_probe_without_a_snapshot_at_its_half_has_no_noise_estimate():
+    """A run resumed after the half of an interval has only the second half's importance: no noise measured."""
+    policy = step_policy(HalvesImportance([PEAKED_0]), window=1, threshold="auto", epi_every=4, max_dense_epochs=20)
+    pruning_steps(policy, 3)
+    policy.clock.half = None  # as after a resume from a checkpoint written before the half
+    pruning_steps(policy, 1)
+    assert policy.history[0].noise is None and policy.clock.noise == []
+
+
+def test_the_step_clock_refuses_a_bool_or_a_non_positive_epoch_length():
+    from epiprune.policy.clock import StepClock
+
+    assert StepClock(2, 1).steps_per_epoch == 1
+    for bad in (0, True, 2.5):
+        with pytest.raises(EpipruneError, match=rf"^steps_per_epoch {bad!r} is too small or not a whole number "
+                                                r"\(accepted: an integer >= 1\)$"):
+            StepClock(2, bad)
+
+
+def test_a_pruned_step_clock_policy_restores_its_prune_step_and_refuses_the_other_clock(tmp_path):
+    live = step_policy(ScriptedImportance(alternating_then_stable(3)), window=1, threshold=0.95, max_dense_epochs=20)
+    assert pruning_steps(live, 20) == [8]
+    torch.save(live.state_dict(), tmp_path / "policy.pt")
+    resumed = step_policy(ScriptedImportance([PEAKED_0]), window=1, threshold=0.95, max_dense_epochs=20)
+    resumed.load_state_dict(torch.load(tmp_path / "policy.pt", weights_only=True))
+    assert (resumed.prune_step, resumed.trigger, resumed.kept, resumed.clock.step) == (8, "epi", live.kept, 8)
+    assert resumed.summary()["prune_step"] == 8
+    epoch_clock = EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8), Budget("flops", 0.5), log=lambda _: None,
+                                     window=1, threshold=0.95, max_dense_epochs=20, smooth=1)
+    message = r"^policy state does not match: one clock probes per epoch, the other every N steps \(accepted: the same"
+    with pytest.raises(EpipruneError, match=message):
+        epoch_clock.load_state_dict(step_policy(window=1, threshold=0.95, max_dense_epochs=20).state_dict())

@@ -1,0 +1,93 @@
+"""Per-file mutation scores of the last mutmut run (docs/DEVELOPMENT.md, "Mutation testing"): a table on stdout and
+the same numbers as JSON.
+
+Reads mutmut's own verdicts from mutants/**/*.py.meta (written by `mutmut run`; nothing is re-run here) and counts,
+per mutated file, the mutants killed (a test failed; mutmut also counts an exceeded time limit as caught, shown
+apart), survived, without a test, and not checked yet. The score is killed / checked, and the score that docs quote,
+killed / (checked - equivalent), uses the survivors listed as equivalent in EQUIVALENT below, each with its reason in
+docs/DEVELOPMENT.md.
+
+    python scripts/mutation_scores.py [--json benchmarks/results/mutation/scores.json] [--survivors]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+# mutmut 3.8's exit codes (mutmut/stats.py status_by_exit_code), folded into the columns of the table
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", None: "not checked",
+          36: "timeout", -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", 34: "skipped",
+          37: "killed"}
+
+# Survivors that cannot change behaviour (the reason of each is in docs/DEVELOPMENT.md, "Survivors"): mutant names.
+EQUIVALENT: set[str] = set()
+
+
+def load_verdicts(mutants: Path) -> dict[str, dict[str, str]]:
+    """{source file: {mutant name: status}} from mutmut's .meta files under `mutants` (its src/ tree)."""
+    verdicts: dict[str, dict[str, str]] = {}
+    for meta in sorted(mutants.glob("src/**/*.py.meta")):
+        data = json.loads(meta.read_text())
+        source = str(meta.relative_to(mutants)).removesuffix(".meta")
+        verdicts[source] = {name: STATUS.get(code, "suspicious") for name, code in data["exit_code_by_key"].items()}
+    return verdicts
+
+
+def score_table(verdicts: dict[str, dict[str, str]]) -> list[dict]:
+    """One row per file (and a total): counts per status, the equivalent survivors and the two scores (%)."""
+    rows = []
+    for source, by_name in [*verdicts.items(), ("all", {k: v for d in verdicts.values() for k, v in d.items()})]:
+        counts = Counter(by_name.values())
+        equivalent = sum(1 for name, status in by_name.items() if status == "survived" and name in EQUIVALENT)
+        caught = counts["killed"] + counts["timeout"]
+        checked = caught + counts["survived"]
+        rows.append({"file": source, "mutants": len(by_name), "killed": counts["killed"], "timeout": counts["timeout"],
+                     "survived": counts["survived"], "equivalent": equivalent, "no_tests": counts["no tests"],
+                     "not_checked": counts["not checked"],
+                     "score": round(100 * caught / checked, 1) if checked else None,
+                     "score_non_equivalent": round(100 * caught / (checked - equivalent), 1)
+                     if checked - equivalent else None})
+    return rows
+
+
+def write_json_atomically(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f, indent=1)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mutants", type=Path, default=Path("mutants"), help="mutmut's working folder")
+    parser.add_argument("--json", type=Path, help="also write the table (and the survivors) here")
+    parser.add_argument("--survivors", action="store_true", help="list the surviving mutants' names")
+    args = parser.parse_args(argv)
+    if not args.mutants.is_dir():
+        print(f"error: no mutmut results in {args.mutants} (accepted: the folder `mutmut run` wrote)", file=sys.stderr)
+        return 2
+    verdicts = load_verdicts(args.mutants)
+    rows = score_table(verdicts)
+    columns = ["file", "mutants", "killed", "timeout", "survived", "equivalent", "no_tests", "not_checked", "score",
+               "score_non_equivalent"]
+    print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
+    for row in rows:
+        print("| " + " | ".join("" if row[c] is None else str(row[c]) for c in columns) + " |")
+    survivors = sorted(name for d in verdicts.values() for name, status in d.items()
+                       if status in ("survived", "no tests"))
+    if args.survivors:
+        print("\n".join(survivors))
+    if args.json:
+        write_json_atomically(args.json, {"rows": rows, "survivors_and_untested": survivors})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
