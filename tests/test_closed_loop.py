@@ -275,3 +275,30 @@ def test_the_uncertainty_is_a_box_plots_notch():
     timing = paired_ratio(lambda: next(values), lambda: next(values), pairs=5, warmup=0)
     assert timing.ratio == 0.5 and timing.spread == pytest.approx(0.3 / 0.5)
     assert timing.uncertainty == pytest.approx(1.58 * (0.6 - 0.5) / np.sqrt(5))
+
+
+def test_the_loops_record_survives_a_checkpoint_loaded_weights_only(setup, tmp_path):
+    """A run resumed after the prune reports its loop: the result goes through torch.save and
+    torch.load(weights_only=True) (no numpy scalars) and comes back equal, masks included."""
+    result = run_loop(setup, 0.5, FakeDevice())
+    result.iterations[0].flops_ratio = np.float64(result.iterations[0].flops_ratio)  # as a numpy cost returns it
+    result.seconds = np.float64(result.seconds)
+    path = tmp_path / "state.pt"
+    torch.save({"loop": result.state_dict()}, path)
+    back = type(result).from_state_dict(torch.load(path, weights_only=True)["loop"])
+    assert back.record() == result.record() and back.status == result.status
+    assert all(np.array_equal(a, b) for a, b in zip(back.masks, result.masks, strict=True))
+
+
+def test_a_policy_restored_after_the_prune_keeps_the_loops_record(tmp_path):
+    """What `train --resume` does after the prune: the policy's state (through a weights_only load) restores the
+    loop's record on a fresh policy, which has not run the loop itself."""
+    pruned = policy_with_fake_device(tmp_path, True, FakeDevice())
+    train_and_prune(pruned)
+    torch.save({"policy": pruned.state_dict()}, tmp_path / "checkpoint.pt")
+    fresh_device = FakeDevice()
+    fresh = policy_with_fake_device(tmp_path, True, fresh_device)
+    fresh.load_state_dict(torch.load(tmp_path / "checkpoint.pt", weights_only=True)["policy"])
+    assert fresh.widths() == pruned.widths() and fresh_device.steps == 0
+    assert fresh.latency_loop.result is not None
+    assert fresh.latency_loop.result.record() == pruned.latency_loop.result.record()

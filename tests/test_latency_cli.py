@@ -149,20 +149,26 @@ def test_a_prediction_off_by_more_than_20_percent_is_warned_about(tmp_path, caps
 
 
 def test_a_resumed_run_uses_the_table_kept_in_its_folder(tmp_path, monkeypatch, capsys):
-    """The run folder's copy of the table is what a resume reads, even when the cache that built it is gone."""
+    """The run folder's copy of the table is what a resume reads, even when the cache that built it is gone; the
+    closed loop's record survives the resume (it was null in summary.json before)."""
     import shutil
 
     monkeypatch.setenv("EPIPRUNE_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "run"
     assert main(["train", "--budget", "latency:0.6", "--latency-batch", "8", "--out", str(out), *TRAIN]) == 0
     assert (out / "latency_table.json").is_file()
+    loop = json.loads((out / "summary.json").read_text())["latency_closed_loop"]
+    assert loop is not None and loop["iterations"]
     shutil.rmtree(tmp_path / "cache")
-    (out / "summary.json").unlink()  # as if the run had been killed before writing it
+    (out / "summary.json").unlink()  # as if the run had been killed after the prune, before writing it
     capsys.readouterr()
     assert main(["train", "--resume", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert f"latency table: reusing {out / 'latency_table.json'}" in printed and "building" not in printed
-    assert json.loads((out / "summary.json").read_text())["latency"]["table"] == str(out / "latency_table.json")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["latency"]["table"] == str(out / "latency_table.json")
+    # the closed loop ran before the checkpoint the resume starts from: its record (every iteration) is kept
+    assert summary["latency_closed_loop"] == loop
 
 
 @pytest.mark.parametrize("command", ["train", "latency-table"])

@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import torch
 
 from epiprune.costs.calibration import pruned_copy
 from epiprune.costs.model import Cost
@@ -104,6 +105,21 @@ class ClosedLoopResult:
         """Whether the chosen measurement's uncertainty is within the band's width (else the band is finer than
         what the pairs resolve: a loaded machine)."""
         return self.iterations[self.chosen].uncertainty <= self.tolerance
+
+    def state_dict(self) -> dict:
+        """Everything, as types a checkpoint loads with torch.load(weights_only=True): numbers as Python floats and
+        ints, masks as bool tensors (a run resumed after the prune still reports its loop)."""
+        return {"masks": [torch.as_tensor(np.asarray(m, dtype=bool)) for m in self.masks],
+                "budget": float(self.budget), "tolerance": float(self.tolerance), "status": str(self.status),
+                "message": str(self.message), "chosen": int(self.chosen), "seconds": float(self.seconds),
+                "iterations": [{k: float(v) for k, v in asdict(it).items()} for it in self.iterations]}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> ClosedLoopResult:
+        """The result state_dict() described."""
+        return cls([m.numpy().astype(bool) for m in state["masks"]], state["budget"], state["tolerance"],
+                   state["status"], state["message"], state["chosen"],
+                   [Iteration(**it) for it in state["iterations"]], state["seconds"])
 
     def record(self) -> dict:
         """Plain data for summary.json (masks left out: the run's widths say what was kept)."""

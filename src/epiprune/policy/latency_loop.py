@@ -63,3 +63,11 @@ class LatencyLoop:
                  + ("" if r.resolved else f"; measurement uncertainty +-{r.iterations[r.chosen].uncertainty:.3f} is "
                     f"wider than the band ({r.tolerance:g}): the machine is busy"))
         return [np.asarray(m, dtype=bool) for m in r.masks]
+
+    def state_dict(self) -> dict | None:
+        """The loop's record for a checkpoint (None before the prune); weights_only-safe types."""
+        return None if self.result is None else self.result.state_dict()
+
+    def load_state_dict(self, state: dict | None) -> None:
+        """Restore what state_dict() saved: a run resumed after the prune still has its loop's record."""
+        self.result = None if state is None else ClosedLoopResult.from_state_dict(state)
