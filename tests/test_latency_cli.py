@@ -272,7 +272,8 @@ def test_latency_table_of_your_own_network_is_the_one_train_reuses(tmp_path, cap
     factory = ["--model", "tests.byo_factories:tiny", "--model-kwargs", '{"width": 6}']
     assert main(["latency-table", *factory, "--batch", "16", "--out", str(path), "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert "then calibrating on 5 whole networks (10 timed training steps: the bar's last 10 points" in printed
+    assert "then calibrating on 5 whole networks (50 training steps, each much slower than a layer's: a second " \
+        "bar)" in printed
     assert json.loads(path.read_text())["key"]["model"] == "Tiny"
     code = main(["train", *factory, "--budget", "latency:0.5", "--latency-table", str(path), "--out",
                  str(tmp_path / "run"), *TRAIN])
