@@ -181,7 +181,7 @@ def test_a_constant_change_of_speed_between_pairs_leaves_the_ratio_alone():
 
 
 def test_bad_loop_settings_are_one_line_errors():
-    for kwargs, needle in (({"tolerance": 0}, "tolerance"), ({"pairs": 0}, "pairs"),
+    for kwargs, needle in (({"tolerance": 0}, "tolerance"), ({"pairs": 0}, "pairs"), ({"min_pairs": 6}, "minimum"),
                            ({"max_iterations": 0}, "iterations"), ({"max_seconds": 0}, "time cap")):
         with pytest.raises(EpipruneError, match=needle):
             ClosedLoopSettings(**kwargs)
@@ -302,3 +302,27 @@ def test_a_policy_restored_after_the_prune_keeps_the_loops_record(tmp_path):
     assert fresh.widths() == pruned.widths() and fresh_device.steps == 0
     assert fresh.latency_loop.result is not None
     assert fresh.latency_loop.result.record() == pruned.latency_loop.result.record()
+
+
+def test_a_steady_machine_times_the_fewest_pairs_and_a_noisy_one_up_to_the_most(setup):
+    """The loop's cost (issue 23: 29-41 s per loop on ResNet-20 under load): timing stops at min_pairs once the
+    ratio's interval is wholly inside or outside the band; with the interval across an edge it goes on to pairs."""
+    steady = FakeDevice()
+    result = run_loop(setup, 0.5, steady)
+    assert result.status == "met" and all(it.pairs == 3 for it in result.iterations)
+    # steps: the dense warm-up, then per iteration the candidate's warm-up and 3 pairs
+    assert steady.steps == 1 + len(result.iterations) * (1 + 2 * 3)
+    fixed = FakeDevice()
+    again = run_loop(setup, 0.5, fixed, ClosedLoopSettings(min_pairs=5))
+    # the same decisions from 5 pairs each (min_pairs = pairs: the loop before it was sequential), at more steps
+    assert [it.measured_ratio for it in again.iterations] == [it.measured_ratio for it in result.iterations]
+    assert fixed.steps > steady.steps
+
+    ratios = iter([0.49, 0.44, 0.52, 0.47, 0.48])  # the interval straddles 0.47 until the fifth pair
+    timing = paired_ratio(lambda: 1.0, lambda: next(ratios), pairs=5, warmup=0, min_pairs=3,
+                          settled=lambda t: t.ratio - t.uncertainty >= 0.47 or t.ratio + t.uncertainty < 0.47)
+    assert timing.pairs == 5
+    ratios = iter([0.30, 0.31, 0.29, 0.9, 0.9])  # clearly below a band at 0.47-0.5 after three
+    timing = paired_ratio(lambda: 1.0, lambda: next(ratios), pairs=5, warmup=0, min_pairs=3,
+                          settled=lambda t: t.ratio + t.uncertainty < 0.47)
+    assert timing.pairs == 3 and timing.ratio == pytest.approx(0.30)

@@ -4,8 +4,9 @@ The latency table predicts (open loop); a table built under another load, or who
 sub-network that is much faster or slower than asked (issue 23: 19% and 29% of the FLOPs from two builds of one
 table for latency:0.5). Here the candidate sub-network (a pruned copy of the model) is built and its step timed
 against the dense model's, interleaved in one loop (dense, candidate, dense, candidate, ...; the median of the
-pair ratios, so a load that comes and goes slows both sides of a pair alike), and the table's target is corrected
-until the measured ratio lies in [F - tolerance, F] of the budget F:
+pair ratios, so a load that comes and goes slows both sides of a pair alike; sequential: from `min_pairs` pairs on,
+timing stops once the median's interval lies wholly inside or wholly outside the band, else it goes on up to `pairs`),
+and the table's target is corrected until the measured ratio lies in [F - tolerance, F] of the budget F:
 
     first correction: next target = target * (F - tolerance / 2) / (measured ratio)
 
@@ -32,7 +33,7 @@ import torch
 
 from epiprune.costs.calibration import pruned_copy
 from epiprune.costs.model import Cost
-from epiprune.costs.timing import StepRunner, paired_ratio
+from epiprune.costs.timing import PairedTiming, StepRunner, paired_ratio
 from epiprune.errors import EpipruneError
 from epiprune.surgery import PrunableGraph
 
@@ -40,12 +41,16 @@ from epiprune.surgery import PrunableGraph
 @dataclass(frozen=True)
 class ClosedLoopSettings:
     """Bounds of the loop. tolerance: the band is [F - tolerance, F] (fractions of the dense step). pairs: timed
-    (dense, candidate) pairs per iteration; warmup: untimed steps of each candidate (and of the dense model, once).
+    (dense, candidate) pairs per iteration at most; min_pairs: at least, after which timing stops as soon as the
+    measured ratio's interval (median +- uncertainty) lies wholly inside the band or wholly outside it (more pairs
+    would not change the iteration's decision; a steady machine needs min_pairs, a busy one up to pairs); warmup:
+    untimed steps of each candidate (and of the dense model, once).
     max_iterations, max_seconds: the caps (seconds of wall time, the dense model's preparation included; an
     iteration is not started after the time cap, so a loop can end past it by up to one iteration)."""
 
     tolerance: float = 0.03
     pairs: int = 5
+    min_pairs: int = 3
     warmup: int = 1
     max_iterations: int = 6
     max_seconds: float = 30.0
@@ -54,9 +59,12 @@ class ClosedLoopSettings:
         if not 0 < self.tolerance < 1:
             raise EpipruneError(f"closed-loop tolerance {self.tolerance!r} is outside (0, 1)")
         for name, value, low in (("pairs", self.pairs, 1), ("warm-up", self.warmup, 0),
-                                 ("iterations", self.max_iterations, 1)):
+                                 ("iterations", self.max_iterations, 1), ("minimum pairs", self.min_pairs, 1)):
             if not isinstance(value, int) or value < low:
                 raise EpipruneError(f"closed-loop {name} {value!r} is too small (accepted: an integer >= {low})")
+        if self.min_pairs > self.pairs:
+            raise EpipruneError(f"closed-loop minimum pairs {self.min_pairs} is above its pairs {self.pairs} "
+                                "(accepted: min_pairs <= pairs)")
         if not self.max_seconds > 0:
             raise EpipruneError(f"closed-loop time cap {self.max_seconds!r} is not positive (accepted: seconds > 0)")
 
@@ -68,7 +76,7 @@ DEFAULT_LOOP = ClosedLoopSettings()
 class Iteration:
     """One candidate: the table target it was selected at (ms), the table's prediction and the measured step as
     fractions of the dense step, its FLOPs as a fraction of the dense FLOPs, the medians (ms), the pair ratios'
-    spread and the measured ratio's uncertainty (PairedTiming), and seconds spent."""
+    spread and the measured ratio's uncertainty (PairedTiming), seconds spent and how many pairs were timed."""
 
     target_ms: float
     predicted_ratio: float
@@ -79,6 +87,7 @@ class Iteration:
     spread: float
     seconds: float
     uncertainty: float = 0.0
+    pairs: int = 0
 
 
 @dataclass
@@ -112,7 +121,8 @@ class ClosedLoopResult:
         return {"masks": [torch.as_tensor(np.asarray(m, dtype=bool)) for m in self.masks],
                 "budget": float(self.budget), "tolerance": float(self.tolerance), "status": str(self.status),
                 "message": str(self.message), "chosen": int(self.chosen), "seconds": float(self.seconds),
-                "iterations": [{k: float(v) for k, v in asdict(it).items()} for it in self.iterations]}
+                "iterations": [{k: int(v) if k == "pairs" else float(v) for k, v in asdict(it).items()}
+                               for it in self.iterations]}
 
     @classmethod
     def from_state_dict(cls, state: dict) -> ClosedLoopResult:
@@ -190,11 +200,12 @@ def closed_loop(graph: PrunableGraph, cost: Cost, flops: Cost, fraction: float,
         candidate_run = runner(candidate)
         for _ in range(settings.warmup):
             candidate_run()
-        timing = paired_ratio(dense_run, candidate_run, settings.pairs, warmup=0)
+        timing = paired_ratio(dense_run, candidate_run, settings.pairs, warmup=0, min_pairs=settings.min_pairs,
+                              settled=lambda t: _settled(t, fraction - tol, fraction))
         predicted_ms = cost(widths)
         iterations.append(Iteration(target, predicted_ms / cost.dense, timing.ratio, flops(widths) / flops.dense,
                                     timing.dense_ms, timing.candidate_ms, timing.spread, clock() - began,
-                                    timing.uncertainty))
+                                    timing.uncertainty, timing.pairs))
         candidates.append(masks)
         seen[_key(masks)] = len(iterations) - 1
         measured = timing.ratio
@@ -236,6 +247,13 @@ def closed_loop(graph: PrunableGraph, cost: Cost, flops: Cost, fraction: float,
             break
     chosen = _choose(iterations, fraction) if status != "met" else len(iterations) - 1
     return ClosedLoopResult(candidates[chosen], fraction, tol, status, message, chosen, iterations, clock() - start)
+
+
+def _settled(timing: PairedTiming, low: float, high: float) -> bool:
+    """Whether the measured ratio's interval (median +- uncertainty) lies wholly inside [low, high] (met) or wholly
+    outside it (to be corrected either way): more pairs would not change the decision."""
+    below, above = timing.ratio - timing.uncertainty, timing.ratio + timing.uncertainty
+    return below > high or above < low or (low <= below and above <= high)
 
 
 def _choose(iterations: Sequence[Iteration], fraction: float) -> int:
