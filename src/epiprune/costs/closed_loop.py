@@ -12,11 +12,12 @@ and the table's target is corrected until the measured ratio lies in [F - tolera
 
 (the table's error at the candidate assumed to hold near it), then the secant through the two latest (target,
 measured ratio) points, aiming at the band's middle; kept inside the bracket of the targets already measured too
-slow and too fast (bisection when a step leaves it). The loop stops when
-the band is met, when the iteration or time cap is reached, when the floor (the narrowest widths selection keeps)
-measures above F (unreachable), or when a new target selects a sub-network already measured (the band falls between
-two adjacent selections). Without the band met it keeps the measured candidate closest to F from below (else the
-fastest one).
+slow and too fast (bisection when a step leaves it). The loop stops when the band is met; when the candidate is
+below the band by less than the measurement's uncertainty and that is wider than the band (a busy machine: no other
+candidate could be told apart; within budget, it is kept); when the iteration cap is reached or another iteration
+would pass the time cap; when the floor (the narrowest widths selection keeps) measures above F (unreachable); or
+when a new target selects a sub-network already measured (the band falls between two adjacent selections). Without
+the band met it keeps the measured candidate closest to F from below (else the fastest one).
 
 Selection lives in the policy package, above costs: it is injected (`select_at(target_ms) -> keep masks`), as in
 costs.calibration. So is the timing (`runner`), which tests replace by a fake clock.
@@ -46,7 +47,7 @@ class ClosedLoopSettings:
     would not change the iteration's decision; a steady machine needs min_pairs, a busy one up to pairs); warmup:
     untimed steps of each candidate (and of the dense model, once).
     max_iterations, max_seconds: the caps (seconds of wall time, the dense model's preparation included; an
-    iteration is not started after the time cap, so a loop can end past it by up to one iteration)."""
+    iteration is not started when one as long as the last would end past the time cap)."""
 
     tolerance: float = 0.03
     pairs: int = 5
@@ -93,8 +94,9 @@ class Iteration:
 @dataclass
 class ClosedLoopResult:
     """The loop's outcome. masks: the chosen keep-mask per group. status: 'met' (measured ratio in the band),
-    'unreachable' (the floor measures above F), 'granularity' (no selection between two measured ones),
-    'iteration cap' or 'time cap'. message: one line saying so. chosen: index of the chosen iteration."""
+    'noise' (below the band by less than a measurement uncertainty wider than the band), 'unreachable' (the floor
+    measures above F), 'granularity' (no selection between two measured ones), 'iteration cap' or 'time cap'.
+    message: one line saying so. chosen: index of the chosen iteration."""
 
     masks: list[np.ndarray]
     budget: float
@@ -194,42 +196,20 @@ def closed_loop(graph: PrunableGraph, cost: Cost, flops: Cost, fraction: float,
     seen: dict[tuple, int] = {}
     status, message = "", ""
     while True:
-        began = clock()
-        widths = np.asarray([int(m.sum()) for m in masks])
-        candidate = pruned_copy(graph, [np.flatnonzero(m) for m in masks])
-        candidate_run = runner(candidate)
-        for _ in range(settings.warmup):
-            candidate_run()
-        timing = paired_ratio(dense_run, candidate_run, settings.pairs, warmup=0, min_pairs=settings.min_pairs,
-                              settled=lambda t: _settled(t, fraction - tol, fraction))
-        predicted_ms = cost(widths)
-        iterations.append(Iteration(target, predicted_ms / cost.dense, timing.ratio, flops(widths) / flops.dense,
-                                    timing.dense_ms, timing.candidate_ms, timing.spread, clock() - began,
-                                    timing.uncertainty, timing.pairs))
+        iterations.append(_measure(graph, masks, target, cost, flops, dense_run, runner, settings, fraction, clock))
         candidates.append(masks)
         seen[_key(masks)] = len(iterations) - 1
-        measured = timing.ratio
-        if fraction - tol <= measured <= fraction:
-            status, message = "met", f"measured {measured:.3f} of the dense step, in [{fraction - tol:.2f}, " \
-                f"{fraction:.2f}]"
+        it = iterations[-1]
+        predicted_ms = it.predicted_ratio * cost.dense
+        verdict = _verdict(it, fraction, settings, predicted_ms <= floor_ms * (1 + 1e-9), len(iterations),
+                           clock() - start)
+        if verdict is not None:
+            status, message = verdict
             break
-        if measured > fraction and predicted_ms <= floor_ms * (1 + 1e-9):
-            status, message = "unreachable", f"latency budget {fraction:g} cannot be met as measured: the " \
-                f"narrowest sub-network selection keeps (its floor of channels per layer) takes {measured:.3f} " \
-                "of the dense step"
-            break
-        if measured > fraction:  # the bracket, in the table's milliseconds of the measured selections
+        if it.measured_ratio > fraction:  # the bracket, in the table's milliseconds of the measured selections
             high = predicted_ms if high is None else min(high, predicted_ms)
         else:
             low = predicted_ms if low is None else max(low, predicted_ms)
-        if len(iterations) >= settings.max_iterations:
-            status, message = "iteration cap", f"stopped after {len(iterations)} iterations (the cap) without " \
-                f"meeting [{fraction - tol:.2f}, {fraction:.2f}]"
-            break
-        if clock() - start >= settings.max_seconds:
-            status, message = "time cap", f"stopped after {clock() - start:.1f} s (the cap, " \
-                f"{settings.max_seconds:g} s) without meeting [{fraction - tol:.2f}, {fraction:.2f}]"
-            break
         target = _next_target([(it.predicted_ratio * cost.dense, it.measured_ratio) for it in iterations], aim,
                               low, high, floor_ms, cost.dense)
         masks = select_at(target)
@@ -245,8 +225,50 @@ def closed_loop(graph: PrunableGraph, cost: Cost, flops: Cost, fraction: float,
             status, message = "granularity", f"no selection between the measured ones meets [{fraction - tol:.2f}, " \
                 f"{fraction:.2f}] (the next target selects iteration {seen[_key(masks)] + 1}'s sub-network again)"
             break
-    chosen = _choose(iterations, fraction) if status != "met" else len(iterations) - 1
+    chosen = _choose(iterations, fraction) if status not in ("met", "noise") else len(iterations) - 1
     return ClosedLoopResult(candidates[chosen], fraction, tol, status, message, chosen, iterations, clock() - start)
+
+
+def _measure(graph: PrunableGraph, masks: list[np.ndarray], target: float, cost: Cost, flops: Cost,
+             dense_run: Callable[[], float], runner: StepRunner, settings: ClosedLoopSettings, fraction: float,
+             clock: Callable[[], float]) -> Iteration:
+    """One iteration's measurement: the candidate `masks` keep (selected at table target `target`, ms), built,
+    warmed up and timed against the (warm) dense step, sequentially (see ClosedLoopSettings)."""
+    began = clock()
+    widths = np.asarray([int(m.sum()) for m in masks])
+    candidate_run = runner(pruned_copy(graph, [np.flatnonzero(m) for m in masks]))
+    for _ in range(settings.warmup):
+        candidate_run()
+    low = fraction - settings.tolerance
+    timing = paired_ratio(dense_run, candidate_run, settings.pairs, warmup=0, min_pairs=settings.min_pairs,
+                          settled=lambda t: _settled(t, low, fraction))
+    return Iteration(target, cost(widths) / cost.dense, timing.ratio, flops(widths) / flops.dense, timing.dense_ms,
+                     timing.candidate_ms, timing.spread, clock() - began, timing.uncertainty, timing.pairs)
+
+
+def _verdict(it: Iteration, fraction: float, settings: ClosedLoopSettings, at_floor: bool, done: int,
+             elapsed: float) -> tuple[str, str] | None:
+    """(status, one-line message) when the loop stops after iteration `it` (the `done`-th, `elapsed` seconds into
+    the loop), else None: met; noise (below the band by less than the measurement's uncertainty, which is wider
+    than the band: no further candidate could be told apart from this one, and it is within budget);
+    unreachable (the floor measures above F); the iteration cap; the time cap (another iteration, as long as this
+    one, would pass it: the loop ends within its cap)."""
+    tol, measured = settings.tolerance, it.measured_ratio
+    band = f"[{fraction - tol:.2f}, {fraction:.2f}]"
+    if fraction - tol <= measured <= fraction:
+        return "met", f"measured {measured:.3f} of the dense step, in {band}"
+    if measured < fraction - tol <= measured + it.uncertainty and it.uncertainty > tol / 2:
+        return "noise", f"measured {measured:.3f} +- {it.uncertainty:.3f} of the dense step, below {band} by less " \
+            "than the machine's noise (wider than the band): kept, within budget"
+    if measured > fraction and at_floor:
+        return "unreachable", f"latency budget {fraction:g} cannot be met as measured: the narrowest sub-network " \
+            f"selection keeps (its floor of channels per layer) takes {measured:.3f} of the dense step"
+    if done >= settings.max_iterations:
+        return "iteration cap", f"stopped after {done} iterations (the cap) without meeting {band}"
+    if elapsed + it.seconds > settings.max_seconds:
+        return "time cap", f"stopped after {elapsed:.1f} s: another iteration (about {it.seconds:.1f} s) would pass " \
+            f"the cap ({settings.max_seconds:g} s); {band} not met"
+    return None
 
 
 def _settled(timing: PairedTiming, low: float, high: float) -> bool:
