@@ -13,8 +13,8 @@ and the table's target is corrected until the measured ratio lies in [F - tolera
 (the table's error at the candidate assumed to hold near it), then the secant through the two latest (target,
 measured ratio) points, aiming at the band's middle; kept inside the bracket of the targets already measured too
 slow and too fast (bisection when a step leaves it). The loop stops when the band is met; when the candidate is
-below the band by less than the measurement's uncertainty and that is wider than the band (a busy machine: no other
-candidate could be told apart; within budget, it is kept); when the iteration or time cap is reached; when the
+below the band by less than the measurement's uncertainty, whose interval is wider than the band (a busy machine:
+no other candidate could be told apart; within budget, it is kept); when the iteration or time cap is reached; when the
 floor (the narrowest widths selection keeps) measures above F (unreachable); or when a new target selects a
 sub-network already measured (the band falls between two adjacent selections). Without the band met it keeps the
 measured candidate closest to F from below (else the fastest one).
@@ -94,7 +94,7 @@ class Iteration:
 @dataclass
 class ClosedLoopResult:
     """The loop's outcome. masks: the chosen keep-mask per group. status: 'met' (measured ratio in the band),
-    'noise' (below the band by less than a measurement uncertainty wider than the band), 'unreachable' (the floor
+    'noise' (below the band by less than its uncertainty, +- which spans more than the band), 'unreachable' (the floor
     measures above F), 'granularity' (no selection between two measured ones), 'iteration cap' or 'time cap'.
     message: one line saying so. chosen: index of the chosen iteration."""
 
@@ -250,7 +250,7 @@ def _measure(graph: PrunableGraph, masks: list[np.ndarray], target: float, cost:
 def _verdict(it: Iteration, fraction: float, settings: ClosedLoopSettings, at_floor: bool, done: int,
              elapsed: float) -> tuple[str, str] | None:
     """(status, one-line message) when the loop stops after iteration `it` (the `done`-th, `elapsed` seconds into
-    the loop), else None: met; noise (below the band by less than the measurement's uncertainty, which is wider
+    the loop), else None: met; noise (below the band by less than the measurement's uncertainty u, with 2u wider
     than the band: no further candidate could be told apart from this one, and it is within budget);
     unreachable (the floor measures above F); the iteration cap; the time cap (checked before an iteration
     starts: a loop can end past it by one iteration; a cap that also refused an iteration that would end past it
