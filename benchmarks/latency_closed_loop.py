@@ -5,10 +5,14 @@ each budget F prune a fresh model at initialisation (magnitude importance, `prun
 with the closed loop on, which times the table's pick against the dense step and corrects it. Reports per row: the
 loop's outcome, the measured step ratio after the loop, the FLOPs ratio kept, the table's prediction error before
 correction (predicted / measured ratio of its own pick, minus 1), the loop's iterations and seconds, the table's
-build noise and the load average before and after (this machine is shared: say what else ran).
+build noise and the load average before and after (this machine is shared: say what else ran). With
+--check-pairs N, the pruned network is timed once more against a fresh dense one (N interleaved pairs) after the
+loop: an independent check of the ratio the loop kept. An optimizer is built before the policy, as in a training
+run (torch.optim's first use imports for seconds, which a loop at initialisation would otherwise count).
 
     python benchmarks/latency_closed_loop.py [--models resnet20,...] [--threads 1,2] [--budgets 0.3,0.5,0.7]
-        [--batch-size 128] [--tables DIR] [--out benchmarks/results/latency-closed-loop]
+        [--batch-size 128] [--tables DIR] [--repeats 1] [--check-pairs 0]
+        [--out benchmarks/results/latency-closed-loop]
 
 Writes OUT/closed_loop.json (every iteration of every loop) and prints a markdown table.
 """
@@ -27,7 +31,7 @@ import torch
 
 from epiprune import Budget, EarlyPruningPolicy
 from epiprune.costs.latency_table import LatencyTable
-from epiprune.costs.timing import LatencySettings, device_name
+from epiprune.costs.timing import LatencySettings, device_name, paired_ratio, step_runner
 from epiprune.errors import EpipruneError
 from epiprune.files import atomic_write_text
 from epiprune.models import MODELS, build_model
@@ -39,10 +43,13 @@ def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def run_row(name: str, threads: int, fraction: float, settings: LatencySettings, table: Path) -> dict:
-    """Prune a fresh `name` to latency:fraction with the closed loop; the loop's record and the table's noise."""
+def run_row(name: str, threads: int, fraction: float, settings: LatencySettings, table: Path,
+            check_pairs: int = 0) -> dict:
+    """Prune a fresh `name` to latency:fraction with the closed loop; the loop's record and the table's noise, and
+    with check_pairs the pruned network's ratio measured again against a fresh dense one."""
     torch.manual_seed(0)
     model = build_model(name, INPUT[0], 10)
+    torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)  # as the trainer has one before the prune
     before = load()
     policy = EarlyPruningPolicy(model, torch.zeros(1, *INPUT), Budget(latency=fraction), importance="magnitude",
                                 latency=settings, latency_table=table, prune_at=0,
@@ -51,7 +58,14 @@ def run_row(name: str, threads: int, fraction: float, settings: LatencySettings,
     result = policy.latency_loop.result
     first = result.iterations[0]
     stored = LatencyTable.load(table)
-    return {"model": name, "threads": threads, "budget": fraction, "status": result.status,
+    check = None
+    if check_pairs:
+        runner = step_runner(INPUT, settings)
+        check = paired_ratio(runner(build_model(name, INPUT[0], 10)), runner(policy.model), check_pairs)
+    return {"pairs": [it.pairs for it in result.iterations],
+            "check_ratio": None if check is None else check.ratio,
+            "check_uncertainty": None if check is None else check.uncertainty,
+            "model": name, "threads": threads, "budget": fraction, "status": result.status,
             "message": result.message, "measured_ratio": result.measured_ratio,
             "flops_ratio": result.iterations[result.chosen].flops_ratio,
             "uncertainty": result.iterations[result.chosen].uncertainty,
@@ -70,6 +84,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--tables", default=None, help="reuse tables in this folder (default: OUT/tables, built "
                         "afresh)")
+    parser.add_argument("--repeats", type=int, default=1, help="loops per model, threads and budget")
+    parser.add_argument("--check-pairs", type=int, default=0, help="after each loop, time the pruned network "
+                        "against a fresh dense one in this many interleaved pairs (0: no check)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "latency-closed-loop"))
     args = parser.parse_args()
     out = Path(args.out)
@@ -83,9 +100,9 @@ def main() -> None:
             table = tables / f"{name}-{threads}t-b{args.batch_size}.json"
             if not args.tables:
                 table.unlink(missing_ok=True)  # build afresh: its build time and noise are part of the result
-            for fraction in [float(f) for f in args.budgets.split(",")]:
+            for fraction in [float(f) for f in args.budgets.split(",")] * args.repeats:
                 try:
-                    rows.append(run_row(name, threads, fraction, settings, table))
+                    rows.append(run_row(name, threads, fraction, settings, table, args.check_pairs))
                 except EpipruneError as e:  # a model the tables do not cover, a budget below the floor
                     print(f"{name} {threads}t latency:{fraction:g}: refused: {e}", file=sys.stderr)
                     rows.append({"model": name, "threads": threads, "budget": fraction, "refused": str(e)})
@@ -93,7 +110,8 @@ def main() -> None:
                 r = rows[-1]
                 print(f"{name} {threads}t latency:{fraction:g}: {r['status']}, measured {r['measured_ratio']:.3f}, "
                       f"FLOPs {r['flops_ratio']:.3f}, table error {100 * r['table_prediction_error']:+.1f}%, "
-                      f"{r['iterations']} it in {r['loop_seconds']:.1f} s, load {r['load_before']} -> "
+                      f"{r['iterations']} it ({r['pairs']} pairs) in {r['loop_seconds']:.1f} s, check "
+                      f"{r['check_ratio']}, load {r['load_before']} -> "
                       f"{r['load_after']}", file=sys.stderr)
     meta = {"device": device_name(torch.device("cpu")), "torch": torch.__version__, "python": platform.python_version(),
             "batch_size": args.batch_size, "seconds": time.perf_counter() - start,

@@ -140,9 +140,37 @@ def test_the_loop_stops_at_its_time_cap(setup):
     slow = FakeDevice(speed=1000.0)  # each step about 0.1 s of the fake clock: one iteration is over 1 s
     result = run_loop(setup, 0.5, slow, ClosedLoopSettings(max_seconds=1.0))
     assert result.status == "time cap" and len(result.iterations) == 1
-    assert "the cap, 1 s" in result.message
+    assert "the cap, 1 s" in result.message and "\n" not in result.message
     # the chosen network is the one measured: none is at or below F here, so the fastest
     assert result.chosen == 0
+
+
+def test_a_pick_below_the_band_within_noise_wider_than_the_band_is_kept(setup):
+    """A busy machine (uncertainty above half the band): a candidate measured below the band, but by less than its
+    uncertainty, cannot be told apart from one in the band; it is within budget, so the loop keeps it (status
+    'noise') instead of chasing the noise with more iterations."""
+    graph, cost, flops, scores, floor = setup
+    device = FakeDevice()
+
+    def noisy(model):
+        step = device.runner(model)
+        dense_ms = true_ms(graph.model, device.overhead)
+        ratios = iter([0.44, 0.50, 0.40, 0.46, 0.44, 0.38])  # warm-up, then pairs straddling 0.47 up to the fifth
+
+        def candidate() -> float:
+            step()
+            return next(ratios) * dense_ms
+        return step if model is graph.model else candidate
+
+    def select_at(target: float) -> list[np.ndarray]:
+        return select_subnetwork(scores, cost, target)
+    result = closed_loop(graph, cost, flops, 0.5, select_at, select_at(0.5 * cost.dense), floor, noisy,
+                         clock=device.clock)
+    it = result.iterations[0]
+    assert it.pairs == 5 and it.measured_ratio < 0.47 <= it.measured_ratio + it.uncertainty
+    assert it.uncertainty > 0.015
+    assert result.status == "noise" and len(result.iterations) == 1 and result.chosen == 0
+    assert "below [0.47, 0.50] by less than the machine's noise" in result.message and "\n" not in result.message
 
 
 def test_an_unreachable_budget_is_said_in_one_line(setup):
@@ -181,7 +209,7 @@ def test_a_constant_change_of_speed_between_pairs_leaves_the_ratio_alone():
 
 
 def test_bad_loop_settings_are_one_line_errors():
-    for kwargs, needle in (({"tolerance": 0}, "tolerance"), ({"pairs": 0}, "pairs"),
+    for kwargs, needle in (({"tolerance": 0}, "tolerance"), ({"pairs": 0}, "pairs"), ({"min_pairs": 6}, "minimum"),
                            ({"max_iterations": 0}, "iterations"), ({"max_seconds": 0}, "time cap")):
         with pytest.raises(EpipruneError, match=needle):
             ClosedLoopSettings(**kwargs)
@@ -275,3 +303,54 @@ def test_the_uncertainty_is_a_box_plots_notch():
     timing = paired_ratio(lambda: next(values), lambda: next(values), pairs=5, warmup=0)
     assert timing.ratio == 0.5 and timing.spread == pytest.approx(0.3 / 0.5)
     assert timing.uncertainty == pytest.approx(1.58 * (0.6 - 0.5) / np.sqrt(5))
+
+
+def test_the_loops_record_survives_a_checkpoint_loaded_weights_only(setup, tmp_path):
+    """A run resumed after the prune reports its loop: the result goes through torch.save and
+    torch.load(weights_only=True) (no numpy scalars) and comes back equal, masks included."""
+    result = run_loop(setup, 0.5, FakeDevice())
+    result.iterations[0].flops_ratio = np.float64(result.iterations[0].flops_ratio)  # as a numpy cost returns it
+    result.seconds = np.float64(result.seconds)
+    path = tmp_path / "state.pt"
+    torch.save({"loop": result.state_dict()}, path)
+    back = type(result).from_state_dict(torch.load(path, weights_only=True)["loop"])
+    assert back.record() == result.record() and back.status == result.status
+    assert all(np.array_equal(a, b) for a, b in zip(back.masks, result.masks, strict=True))
+
+
+def test_a_policy_restored_after_the_prune_keeps_the_loops_record(tmp_path):
+    """What `train --resume` does after the prune: the policy's state (through a weights_only load) restores the
+    loop's record on a fresh policy, which has not run the loop itself."""
+    pruned = policy_with_fake_device(tmp_path, True, FakeDevice())
+    train_and_prune(pruned)
+    torch.save({"policy": pruned.state_dict()}, tmp_path / "checkpoint.pt")
+    fresh_device = FakeDevice()
+    fresh = policy_with_fake_device(tmp_path, True, fresh_device)
+    fresh.load_state_dict(torch.load(tmp_path / "checkpoint.pt", weights_only=True)["policy"])
+    assert fresh.widths() == pruned.widths() and fresh_device.steps == 0
+    assert fresh.latency_loop.result is not None
+    assert fresh.latency_loop.result.record() == pruned.latency_loop.result.record()
+
+
+def test_a_steady_machine_times_the_fewest_pairs_and_a_noisy_one_up_to_the_most(setup):
+    """The loop's cost (issue 23: 29-41 s per loop on ResNet-20 under load): timing stops at min_pairs once the
+    ratio's interval is wholly inside or outside the band; with the interval across an edge it goes on to pairs."""
+    steady = FakeDevice()
+    result = run_loop(setup, 0.5, steady)
+    assert result.status == "met" and all(it.pairs == 3 for it in result.iterations)
+    # steps: the dense warm-up, then per iteration the candidate's warm-up and 3 pairs
+    assert steady.steps == 1 + len(result.iterations) * (1 + 2 * 3)
+    fixed = FakeDevice()
+    again = run_loop(setup, 0.5, fixed, ClosedLoopSettings(min_pairs=5))
+    # the same decisions from 5 pairs each (min_pairs = pairs: the loop before it was sequential), at more steps
+    assert [it.measured_ratio for it in again.iterations] == [it.measured_ratio for it in result.iterations]
+    assert fixed.steps > steady.steps
+
+    ratios = iter([0.49, 0.44, 0.52, 0.47, 0.48])  # the interval straddles 0.47 until the fifth pair
+    timing = paired_ratio(lambda: 1.0, lambda: next(ratios), pairs=5, warmup=0, min_pairs=3,
+                          settled=lambda t: t.ratio - t.uncertainty >= 0.47 or t.ratio + t.uncertainty < 0.47)
+    assert timing.pairs == 5
+    ratios = iter([0.30, 0.31, 0.29, 0.9, 0.9])  # clearly below a band at 0.47-0.5 after three
+    timing = paired_ratio(lambda: 1.0, lambda: next(ratios), pairs=5, warmup=0, min_pairs=3,
+                          settled=lambda t: t.ratio + t.uncertainty < 0.47)
+    assert timing.pairs == 3 and timing.ratio == pytest.approx(0.30)

@@ -57,6 +57,23 @@ def test_policy_api_in_a_user_ddp_loop_keeps_ranks_identical(tmp_path):
         assert torch.equal(states[0][key], states[1][key]), key
 
 
+def test_the_latency_closed_loop_under_torchrun_prunes_rank_0s_measured_pick_on_every_rank(tmp_path):
+    """Timings differ per rank (here: each rank's fake device, ddp_latency_worker.py); rank 0 runs the loop, every
+    rank prunes its result and keeps its record, and the loop is timed and reported once."""
+    from .test_closed_loop import FakeDevice, policy_with_fake_device, train_and_prune
+
+    overheads = (4.0, 12.0)  # ms of each rank's step that the table does not see
+    alone = policy_with_fake_device(tmp_path, True, FakeDevice(overhead=overheads[1]))
+    train_and_prune(alone)  # what rank 1 would prune on its own timings
+    proc = torchrun(str(Path(__file__).with_name("ddp_latency_worker.py")), str(tmp_path), *map(str, overheads))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["widths"] == ranks[1]["widths"] != alone.widths()
+    assert ranks[0]["record"] == ranks[1]["record"] and ranks[0]["record"]["status"] == "met"
+    assert ranks[0]["steps"] > 0 and ranks[1]["steps"] == 0
+    assert len(ranks[0]["lines"]) == 1 and ranks[1]["lines"] == []
+
+
 def test_torchrun_cli_matches_single_process_on_the_same_global_batch(tmp_path):
     ddp, single = tmp_path / "ddp", tmp_path / "single"
     proc = torchrun("-m", "epiprune", "train", *TINY, "--out", str(ddp))

@@ -113,3 +113,54 @@ def test_relative_spread():
 
 def test_relative_spread_of_two_timings_is_their_interquartile_range_over_the_median():
     assert relative_spread([1.0, 3.0]) == pytest.approx(1.0 / 2.0)  # percentiles 1.5, 2, 2.5
+
+
+class RecordingBar:
+    """tqdm's stand-in: its description, total and, after each update, how far it is."""
+
+    made: list[RecordingBar] = []
+
+    def __init__(self, total: int, desc: str, **_: object) -> None:
+        self.total, self.desc, self.n, self.seen = total, desc, 0, []
+        RecordingBar.made.append(self)
+
+    def __enter__(self) -> RecordingBar:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        pass
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        self.seen.append(self.n)
+
+
+def test_the_builds_progress_counts_the_calibrations_whole_model_steps(layers, monkeypatch):
+    """Issue 23: one bar over layer points and calibration sat near 100% with an ETA of 0 while the calibration's
+    whole-model steps (seconds each) ran. Now the calibration has its own bar, one update per step it times."""
+    import epiprune.costs.calibration as calibration
+    import epiprune.costs.latency_build as latency_build
+
+    steps = []
+
+    def fake_steps(shape, settings):  # whole-model steps, not timed: each counted with the bar's position
+        def prepare(model):
+            width = sum(p.numel() for p in model.parameters())
+
+            def step() -> float:
+                steps.append(RecordingBar.made[-1].n)
+                return 1.0 + 1e-3 * width
+            return step
+        return prepare
+
+    RecordingBar.made = []
+    monkeypatch.setattr(latency_build, "tqdm", RecordingBar)
+    monkeypatch.setattr(calibration, "step_runner", fake_steps)
+    graph, _ = layers
+    build_table(graph, SETTINGS, progress=True, log=lambda _: None, select=select_subnetwork,
+                runner=FakeLayers().runner)
+    points, calibrating = RecordingBar.made
+    assert "layers" in points.desc and points.n == points.total > 0
+    assert "calibration" in calibrating.desc
+    assert calibrating.total == len(steps) == calibration.calibration_steps() and calibrating.n == calibrating.total
+    assert steps == list(range(len(steps)))  # the bar moved before every next step: its position is honest

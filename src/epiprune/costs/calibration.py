@@ -28,9 +28,14 @@ from epiprune.surgery import PrunableGraph
 Select = Callable[[list[np.ndarray], Cost, float], list[np.ndarray]]
 
 CALIBRATION_NETWORKS = 5  # see calibration_networks
-CALIBRATION_ROUNDS = 2  # progress-bar steps per network
 CALIBRATION_PAIRS = 5  # timed (dense, network) pairs per calibration network
 CALIBRATION_WARMUP = 2
+
+
+def calibration_steps(networks: int = CALIBRATION_NETWORKS) -> int:
+    """How many whole-model steps measure_calibration runs (the dense model's warm-up, then per other network its
+    warm-up and CALIBRATION_PAIRS (dense, network) pairs): its progress bar's total, one update per step."""
+    return CALIBRATION_WARMUP + (networks - 1) * (CALIBRATION_WARMUP + 2 * CALIBRATION_PAIRS)
 
 
 def pruned_copy(graph: PrunableGraph, keep: Sequence[np.ndarray]) -> nn.Module:
@@ -65,10 +70,21 @@ def measure_calibration(graph: PrunableGraph, raw: LatencyCostModel, settings: L
     CALIBRATION_PAIRS pairs after CALIBRATION_WARMUP untimed steps of each), and return one point per network: its
     widths, measured_ms (the median pair ratio times the dense model's median step, milliseconds), ratio, the
     raw tables' layer_sum_ms and volume V. A load that slows both sides of a pair cancels in the ratio; timed
-    apart, a network measured while another job ran looked slower than the dense model (issue 23)."""
+    apart, a network measured while another job ran looked slower than the dense model (issue 23). `bar` moves by
+    one per whole-model step (calibration_steps() in all)."""
     shape = tuple(graph.example_inputs.shape[1:])
     networks = [(name, keep, pruned_copy(graph, keep)) for name, keep in calibration_networks(graph, raw, select)]
-    runner = step_runner(shape, settings)
+    timed = step_runner(shape, settings)
+
+    def runner(model: nn.Module) -> Callable[[], float]:  # each whole-model step moves the bar by one
+        run = timed(model)
+
+        def step() -> float:
+            ms = run()
+            bar.update()
+            return ms
+        return step
+
     dense = runner(networks[0][2])
     for _ in range(CALIBRATION_WARMUP):
         dense()
@@ -78,9 +94,7 @@ def measure_calibration(graph: PrunableGraph, raw: LatencyCostModel, settings: L
         for _ in range(CALIBRATION_WARMUP):
             candidate()
         timings.append(paired_ratio(dense, candidate, CALIBRATION_PAIRS, warmup=0))
-        bar.update(CALIBRATION_ROUNDS)
     dense_ms = statistics.median(t.dense_ms for t in timings if t is not None)
-    bar.update(CALIBRATION_ROUNDS)
     points = []
     for (name, keep, _), timing in zip(networks, timings, strict=True):
         widths = [len(k) for k in keep]

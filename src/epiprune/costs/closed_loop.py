@@ -4,18 +4,20 @@ The latency table predicts (open loop); a table built under another load, or who
 sub-network that is much faster or slower than asked (issue 23: 19% and 29% of the FLOPs from two builds of one
 table for latency:0.5). Here the candidate sub-network (a pruned copy of the model) is built and its step timed
 against the dense model's, interleaved in one loop (dense, candidate, dense, candidate, ...; the median of the
-pair ratios, so a load that comes and goes slows both sides of a pair alike), and the table's target is corrected
-until the measured ratio lies in [F - tolerance, F] of the budget F:
+pair ratios, so a load that comes and goes slows both sides of a pair alike; sequential: from `min_pairs` pairs on,
+timing stops once the median's interval lies wholly inside or wholly outside the band, else it goes on up to `pairs`),
+and the table's target is corrected until the measured ratio lies in [F - tolerance, F] of the budget F:
 
     first correction: next target = target * (F - tolerance / 2) / (measured ratio)
 
 (the table's error at the candidate assumed to hold near it), then the secant through the two latest (target,
 measured ratio) points, aiming at the band's middle; kept inside the bracket of the targets already measured too
-slow and too fast (bisection when a step leaves it). The loop stops when
-the band is met, when the iteration or time cap is reached, when the floor (the narrowest widths selection keeps)
-measures above F (unreachable), or when a new target selects a sub-network already measured (the band falls between
-two adjacent selections). Without the band met it keeps the measured candidate closest to F from below (else the
-fastest one).
+slow and too fast (bisection when a step leaves it). The loop stops when the band is met; when the candidate is
+below the band by less than the measurement's uncertainty, whose interval is wider than the band (a busy machine:
+no other candidate could be told apart; within budget, it is kept); when the iteration or time cap is reached; when the
+floor (the narrowest widths selection keeps) measures above F (unreachable); or when a new target selects a
+sub-network already measured (the band falls between two adjacent selections). Without the band met it keeps the
+measured candidate closest to F from below (else the fastest one).
 
 Selection lives in the policy package, above costs: it is injected (`select_at(target_ms) -> keep masks`), as in
 costs.calibration. So is the timing (`runner`), which tests replace by a fake clock.
@@ -28,10 +30,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import torch
 
 from epiprune.costs.calibration import pruned_copy
 from epiprune.costs.model import Cost
-from epiprune.costs.timing import StepRunner, paired_ratio
+from epiprune.costs.timing import PairedTiming, StepRunner, paired_ratio
 from epiprune.errors import EpipruneError
 from epiprune.surgery import PrunableGraph
 
@@ -39,12 +42,16 @@ from epiprune.surgery import PrunableGraph
 @dataclass(frozen=True)
 class ClosedLoopSettings:
     """Bounds of the loop. tolerance: the band is [F - tolerance, F] (fractions of the dense step). pairs: timed
-    (dense, candidate) pairs per iteration; warmup: untimed steps of each candidate (and of the dense model, once).
+    (dense, candidate) pairs per iteration at most; min_pairs: at least, after which timing stops as soon as the
+    measured ratio's interval (median +- uncertainty) lies wholly inside the band or wholly outside it (more pairs
+    would not change the iteration's decision; a steady machine needs min_pairs, a busy one up to pairs); warmup:
+    untimed steps of each candidate (and of the dense model, once).
     max_iterations, max_seconds: the caps (seconds of wall time, the dense model's preparation included; an
     iteration is not started after the time cap, so a loop can end past it by up to one iteration)."""
 
     tolerance: float = 0.03
     pairs: int = 5
+    min_pairs: int = 3
     warmup: int = 1
     max_iterations: int = 6
     max_seconds: float = 30.0
@@ -53,9 +60,12 @@ class ClosedLoopSettings:
         if not 0 < self.tolerance < 1:
             raise EpipruneError(f"closed-loop tolerance {self.tolerance!r} is outside (0, 1)")
         for name, value, low in (("pairs", self.pairs, 1), ("warm-up", self.warmup, 0),
-                                 ("iterations", self.max_iterations, 1)):
+                                 ("iterations", self.max_iterations, 1), ("minimum pairs", self.min_pairs, 1)):
             if not isinstance(value, int) or value < low:
                 raise EpipruneError(f"closed-loop {name} {value!r} is too small (accepted: an integer >= {low})")
+        if self.min_pairs > self.pairs:
+            raise EpipruneError(f"closed-loop minimum pairs {self.min_pairs} is above its pairs {self.pairs} "
+                                "(accepted: min_pairs <= pairs)")
         if not self.max_seconds > 0:
             raise EpipruneError(f"closed-loop time cap {self.max_seconds!r} is not positive (accepted: seconds > 0)")
 
@@ -67,7 +77,7 @@ DEFAULT_LOOP = ClosedLoopSettings()
 class Iteration:
     """One candidate: the table target it was selected at (ms), the table's prediction and the measured step as
     fractions of the dense step, its FLOPs as a fraction of the dense FLOPs, the medians (ms), the pair ratios'
-    spread and the measured ratio's uncertainty (PairedTiming), and seconds spent."""
+    spread and the measured ratio's uncertainty (PairedTiming), seconds spent and how many pairs were timed."""
 
     target_ms: float
     predicted_ratio: float
@@ -78,13 +88,15 @@ class Iteration:
     spread: float
     seconds: float
     uncertainty: float = 0.0
+    pairs: int = 0
 
 
 @dataclass
 class ClosedLoopResult:
     """The loop's outcome. masks: the chosen keep-mask per group. status: 'met' (measured ratio in the band),
-    'unreachable' (the floor measures above F), 'granularity' (no selection between two measured ones),
-    'iteration cap' or 'time cap'. message: one line saying so. chosen: index of the chosen iteration."""
+    'noise' (below the band by less than its uncertainty, +- which spans more than the band), 'unreachable' (the floor
+    measures above F), 'granularity' (no selection between two measured ones), 'iteration cap' or 'time cap'.
+    message: one line saying so. chosen: index of the chosen iteration."""
 
     masks: list[np.ndarray]
     budget: float
@@ -104,6 +116,22 @@ class ClosedLoopResult:
         """Whether the chosen measurement's uncertainty is within the band's width (else the band is finer than
         what the pairs resolve: a loaded machine)."""
         return self.iterations[self.chosen].uncertainty <= self.tolerance
+
+    def state_dict(self) -> dict:
+        """Everything, as types a checkpoint loads with torch.load(weights_only=True): numbers as Python floats and
+        ints, masks as bool tensors (a run resumed after the prune still reports its loop)."""
+        return {"masks": [torch.as_tensor(np.asarray(m, dtype=bool)) for m in self.masks],
+                "budget": float(self.budget), "tolerance": float(self.tolerance), "status": str(self.status),
+                "message": str(self.message), "chosen": int(self.chosen), "seconds": float(self.seconds),
+                "iterations": [{k: int(v) if k == "pairs" else float(v) for k, v in asdict(it).items()}
+                               for it in self.iterations]}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> ClosedLoopResult:
+        """The result state_dict() described."""
+        return cls([m.numpy().astype(bool) for m in state["masks"]], state["budget"], state["tolerance"],
+                   state["status"], state["message"], state["chosen"],
+                   [Iteration(**it) for it in state["iterations"]], state["seconds"])
 
     def record(self) -> dict:
         """Plain data for summary.json (masks left out: the run's widths say what was kept)."""
@@ -168,41 +196,20 @@ def closed_loop(graph: PrunableGraph, cost: Cost, flops: Cost, fraction: float,
     seen: dict[tuple, int] = {}
     status, message = "", ""
     while True:
-        began = clock()
-        widths = np.asarray([int(m.sum()) for m in masks])
-        candidate = pruned_copy(graph, [np.flatnonzero(m) for m in masks])
-        candidate_run = runner(candidate)
-        for _ in range(settings.warmup):
-            candidate_run()
-        timing = paired_ratio(dense_run, candidate_run, settings.pairs, warmup=0)
-        predicted_ms = cost(widths)
-        iterations.append(Iteration(target, predicted_ms / cost.dense, timing.ratio, flops(widths) / flops.dense,
-                                    timing.dense_ms, timing.candidate_ms, timing.spread, clock() - began,
-                                    timing.uncertainty))
+        iterations.append(_measure(graph, masks, target, cost, flops, dense_run, runner, settings, fraction, clock))
         candidates.append(masks)
         seen[_key(masks)] = len(iterations) - 1
-        measured = timing.ratio
-        if fraction - tol <= measured <= fraction:
-            status, message = "met", f"measured {measured:.3f} of the dense step, in [{fraction - tol:.2f}, " \
-                f"{fraction:.2f}]"
+        it = iterations[-1]
+        predicted_ms = it.predicted_ratio * cost.dense
+        verdict = _verdict(it, fraction, settings, predicted_ms <= floor_ms * (1 + 1e-9), len(iterations),
+                           clock() - start)
+        if verdict is not None:
+            status, message = verdict
             break
-        if measured > fraction and predicted_ms <= floor_ms * (1 + 1e-9):
-            status, message = "unreachable", f"latency budget {fraction:g} cannot be met as measured: the " \
-                f"narrowest sub-network selection keeps (its floor of channels per layer) takes {measured:.3f} " \
-                "of the dense step"
-            break
-        if measured > fraction:  # the bracket, in the table's milliseconds of the measured selections
+        if it.measured_ratio > fraction:  # the bracket, in the table's milliseconds of the measured selections
             high = predicted_ms if high is None else min(high, predicted_ms)
         else:
             low = predicted_ms if low is None else max(low, predicted_ms)
-        if len(iterations) >= settings.max_iterations:
-            status, message = "iteration cap", f"stopped after {len(iterations)} iterations (the cap) without " \
-                f"meeting [{fraction - tol:.2f}, {fraction:.2f}]"
-            break
-        if clock() - start >= settings.max_seconds:
-            status, message = "time cap", f"stopped after {clock() - start:.1f} s (the cap, " \
-                f"{settings.max_seconds:g} s) without meeting [{fraction - tol:.2f}, {fraction:.2f}]"
-            break
         target = _next_target([(it.predicted_ratio * cost.dense, it.measured_ratio) for it in iterations], aim,
                               low, high, floor_ms, cost.dense)
         masks = select_at(target)
@@ -218,8 +225,59 @@ def closed_loop(graph: PrunableGraph, cost: Cost, flops: Cost, fraction: float,
             status, message = "granularity", f"no selection between the measured ones meets [{fraction - tol:.2f}, " \
                 f"{fraction:.2f}] (the next target selects iteration {seen[_key(masks)] + 1}'s sub-network again)"
             break
-    chosen = _choose(iterations, fraction) if status != "met" else len(iterations) - 1
+    chosen = _choose(iterations, fraction) if status not in ("met", "noise") else len(iterations) - 1
     return ClosedLoopResult(candidates[chosen], fraction, tol, status, message, chosen, iterations, clock() - start)
+
+
+def _measure(graph: PrunableGraph, masks: list[np.ndarray], target: float, cost: Cost, flops: Cost,
+             dense_run: Callable[[], float], runner: StepRunner, settings: ClosedLoopSettings, fraction: float,
+             clock: Callable[[], float]) -> Iteration:
+    """One iteration's measurement: the candidate `masks` keep (selected at table target `target`, ms), built,
+    warmed up and timed against the (warm) dense step, sequentially (see ClosedLoopSettings)."""
+    began = clock()
+    widths = np.asarray([int(m.sum()) for m in masks])
+    candidate = pruned_copy(graph, [np.flatnonzero(m) for m in masks])  # alive until timed, as before the split
+    candidate_run = runner(candidate)
+    for _ in range(settings.warmup):
+        candidate_run()
+    low = fraction - settings.tolerance
+    timing = paired_ratio(dense_run, candidate_run, settings.pairs, warmup=0, min_pairs=settings.min_pairs,
+                          settled=lambda t: _settled(t, low, fraction))
+    return Iteration(target, cost(widths) / cost.dense, timing.ratio, flops(widths) / flops.dense, timing.dense_ms,
+                     timing.candidate_ms, timing.spread, clock() - began, timing.uncertainty, timing.pairs)
+
+
+def _verdict(it: Iteration, fraction: float, settings: ClosedLoopSettings, at_floor: bool, done: int,
+             elapsed: float) -> tuple[str, str] | None:
+    """(status, one-line message) when the loop stops after iteration `it` (the `done`-th, `elapsed` seconds into
+    the loop), else None: met; noise (below the band by less than the measurement's uncertainty u, with 2u wider
+    than the band: no further candidate could be told apart from this one, and it is within budget);
+    unreachable (the floor measures above F); the iteration cap; the time cap (checked before an iteration
+    starts: a loop can end past it by one iteration; a cap that also refused an iteration that would end past it
+    missed the band in 4 of 4 loops measured under load, 3 of them over budget: the iteration it refuses is the
+    one that corrects the table's pick)."""
+    tol, measured = settings.tolerance, it.measured_ratio
+    band = f"[{fraction - tol:.2f}, {fraction:.2f}]"
+    if fraction - tol <= measured <= fraction:
+        return "met", f"measured {measured:.3f} of the dense step, in {band}"
+    if measured < fraction - tol <= measured + it.uncertainty and it.uncertainty > tol / 2:
+        return "noise", f"measured {measured:.3f} +- {it.uncertainty:.3f} of the dense step, below {band} by less " \
+            "than the machine's noise (wider than the band): kept, within budget"
+    if measured > fraction and at_floor:
+        return "unreachable", f"latency budget {fraction:g} cannot be met as measured: the narrowest sub-network " \
+            f"selection keeps (its floor of channels per layer) takes {measured:.3f} of the dense step"
+    if done >= settings.max_iterations:
+        return "iteration cap", f"stopped after {done} iterations (the cap) without meeting {band}"
+    if elapsed >= settings.max_seconds:
+        return "time cap", f"stopped after {elapsed:.1f} s (the cap, {settings.max_seconds:g} s) without meeting {band}"
+    return None
+
+
+def _settled(timing: PairedTiming, low: float, high: float) -> bool:
+    """Whether the measured ratio's interval (median +- uncertainty) lies wholly inside [low, high] (met) or wholly
+    outside it (to be corrected either way): more pairs would not change the decision."""
+    below, above = timing.ratio - timing.uncertainty, timing.ratio + timing.uncertainty
+    return below > high or above < low or (low <= below and above <= high)
 
 
 def _choose(iterations: Sequence[Iteration], fraction: float) -> int:

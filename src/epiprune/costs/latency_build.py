@@ -22,9 +22,8 @@ import torch
 from tqdm import tqdm
 
 from epiprune.costs.calibration import (
-    CALIBRATION_NETWORKS,
-    CALIBRATION_ROUNDS,
     Select,
+    calibration_steps,
     fit_calibration,
     measure_calibration,
 )
@@ -59,14 +58,18 @@ def build_table(graph: PrunableGraph, settings: LatencySettings, progress: bool 
     start = time.perf_counter()
     layers, volume = timed_layers(graph)
     total = _grid_points(layers, settings)
-    with tqdm(total=total + CALIBRATION_NETWORKS * CALIBRATION_ROUNDS, desc="latency table", unit="point",
-              disable=not progress, leave=False, dynamic_ncols=True) as bar:
+    # two bars: hundreds of fast layer points, then a few dozen whole-model steps of seconds each (one bar over
+    # both sat near 100% with an ETA of 0 through the calibration)
+    with tqdm(total=total, desc="latency table: layers", unit="point", disable=not progress, leave=False,
+              dynamic_ncols=True) as bar:
         entries, noise = measure_layer_ratios(layers, settings,
                                               runner or layer_runner(settings, graph.example_inputs.device), bar)
-        check_noise(noise)
-        table = LatencyTable(table_key(graph, layers, settings), entries,
-                             {"constant_ms": 0.0, "layer_scale": 1.0, "tail_ms": 0.0}, noise=noise)
-        raw = LatencyCostModel(layers, table, graph.widths(), volume)
+    check_noise(noise)
+    table = LatencyTable(table_key(graph, layers, settings), entries,
+                         {"constant_ms": 0.0, "layer_scale": 1.0, "tail_ms": 0.0}, noise=noise)
+    raw = LatencyCostModel(layers, table, graph.widths(), volume)
+    with tqdm(total=calibration_steps(), desc="latency table: calibration", unit="step", disable=not progress,
+              leave=False, dynamic_ncols=True) as bar:
         points = measure_calibration(graph, raw, settings, select, bar)
     constant, scale, tail = fit_calibration([p["layer_sum_ms"] for p in points], [p["volume"] for p in points],
                                             [p["measured_ms"] for p in points])

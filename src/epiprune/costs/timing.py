@@ -143,22 +143,34 @@ class PairedTiming:
     uncertainty: float = 0.0
 
 
-def paired_ratio(dense: Callable[[], float], candidate: Callable[[], float], pairs: int, warmup: int = 1
+def paired_ratio(dense: Callable[[], float], candidate: Callable[[], float], pairs: int, warmup: int = 1,
+                 min_pairs: int | None = None, settled: Callable[[PairedTiming], bool] | None = None
                  ) -> PairedTiming:
-    """Time dense and candidate alternately (`warmup` untimed pairs, then `pairs` timed ones), each call returning
-    one step's milliseconds; the median pair ratio is robust to a load that changes between pairs."""
+    """Time dense and candidate alternately (`warmup` untimed pairs, then up to `pairs` timed ones), each call
+    returning one step's milliseconds; the median pair ratio is robust to a load that changes between pairs.
+    Sequential: with `settled`, timing stops at the first pair count from `min_pairs` (default: `pairs`) on at which
+    settled(timing so far) is true (more pairs would not change what the caller decides)."""
     for _ in range(warmup):
         dense()
         candidate()
+    first = pairs if min_pairs is None or settled is None else max(1, min(min_pairs, pairs))
     a, b = [], []
     for _ in range(pairs):
         a.append(dense())
         b.append(candidate())
-    ratios = [y / x for x, y in zip(a, b, strict=True)]
+        if len(a) >= first and len(a) < pairs and settled is not None and settled(_summary(a, b)):
+            break
+    return _summary(a, b)
+
+
+def _summary(dense_ms: Sequence[float], candidate_ms: Sequence[float]) -> PairedTiming:
+    """The PairedTiming of timed pairs (milliseconds, in the order timed)."""
+    ratios = [y / x for x, y in zip(dense_ms, candidate_ms, strict=True)]
     ratio = statistics.median(ratios)
     q1, q3 = np.percentile(ratios, [25, 75])
-    return PairedTiming(statistics.median(a), statistics.median(b), ratio, (max(ratios) - min(ratios)) / ratio,
-                        pairs, float(1.58 * (q3 - q1) / np.sqrt(pairs)))
+    notch = float(1.58 * (q3 - q1) / np.sqrt(len(ratios)))
+    return PairedTiming(statistics.median(dense_ms), statistics.median(candidate_ms), ratio,
+                        (max(ratios) - min(ratios)) / ratio, len(ratios), notch)
 
 
 def step_runner(input_shape: Sequence[int], settings: LatencySettings) -> StepRunner:

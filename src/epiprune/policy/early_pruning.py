@@ -397,7 +397,8 @@ class EarlyPruningPolicy:
                 "epoch": self.epoch, "history": [asdict(r) for r in self.history], "prune_epoch": self.prune_epoch,
                 "trigger": self.trigger, "kept": self.kept, "prune_step": self.prune_step,
                 "clock": None if self.clock is None else self.clock.state_dict(),
-                **{f"importance_{key}": value for key, value in self.importance.state_dict().items()}}
+                **{f"importance_{key}": value for key, value in self.importance.state_dict().items()},
+                **({} if self.latency_loop is None else {"latency_loop": self.latency_loop.state_dict()})}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a policy built on the same dense model. If the saved policy had pruned, the same channels are
@@ -420,6 +421,8 @@ class EarlyPruningPolicy:
             self.clock.load_state_dict(state["clock"])
         self.history = [ProbeRecord(**r) for r in state["history"]]
         self.masks = [m.numpy() for m in state.get("masks", [])]
+        if self.latency_loop is not None:  # the closed loop's record, kept across a resume after the prune
+            self.latency_loop.load_state_dict(state.get("latency_loop"))
         self.importance.reset()
         if not self.pruned:  # importance_steps, importance_totals (taylor), importance_draws (random)
             self.importance.load_state_dict({key.removeprefix("importance_"): value for key, value in state.items()

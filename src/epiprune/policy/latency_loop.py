@@ -2,7 +2,8 @@
 
 EarlyPruningPolicy holds one LatencyLoop when its budget is a latency budget and `latency_closed_loop` is on; just
 before the surgery it hands over the table's selection and gets back the masks the loop measured. The loop runs on
-rank 0 only (timings differ between processes) and every rank prunes rank 0's result. It forks the RNG: the timed
+rank 0 only (timings differ between processes), every rank prunes and records rank 0's result, and rank 0 alone
+prints its line. It forks the RNG: the timed
 steps' random batches must not move the run's random stream.
 """
 
@@ -46,7 +47,7 @@ class LatencyLoop:
     def correct(self, masks: Sequence[np.ndarray], select_at: Callable[[float], list[np.ndarray]]
                 ) -> list[np.ndarray]:
         """The keep masks to prune: `masks` (the table's selection at the budget) corrected by measurement;
-        select_at(target_ms) selects at another table target from the same scores. Logs one line."""
+        select_at(target_ms) selects at another table target from the same scores. Rank 0 logs one line."""
         result = None
         if distributed.is_main():
             device = self.graph.example_inputs.device
@@ -56,6 +57,8 @@ class LatencyLoop:
         self.result = distributed.gather_to_all(result)[0]  # type: ignore[assignment]
         assert self.result is not None
         r, first = self.result, self.result.iterations[0]
+        if not distributed.is_main():  # one loop, reported once (every rank keeps the record)
+            return [np.asarray(m, dtype=bool) for m in r.masks]
         self.log(f"latency closed loop: {r.status}, {len(r.iterations)} iteration(s) in {r.seconds:.1f} s: "
                  f"measured {r.measured_ratio:.3f} of the dense step (budget {self.fraction:g}, table's first "
                  f"pick measured {first.measured_ratio:.3f}, predicted {first.predicted_ratio:.3f}); "
@@ -63,3 +66,11 @@ class LatencyLoop:
                  + ("" if r.resolved else f"; measurement uncertainty +-{r.iterations[r.chosen].uncertainty:.3f} is "
                     f"wider than the band ({r.tolerance:g}): the machine is busy"))
         return [np.asarray(m, dtype=bool) for m in r.masks]
+
+    def state_dict(self) -> dict | None:
+        """The loop's record for a checkpoint (None before the prune); weights_only-safe types."""
+        return None if self.result is None else self.result.state_dict()
+
+    def load_state_dict(self, state: dict | None) -> None:
+        """Restore what state_dict() saved: a run resumed after the prune still has its loop's record."""
+        self.result = None if state is None else ClosedLoopResult.from_state_dict(state)

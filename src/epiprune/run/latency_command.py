@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from epiprune.costs.calibration import CALIBRATION_NETWORKS, CALIBRATION_ROUNDS
+from epiprune.costs.calibration import CALIBRATION_NETWORKS, calibration_steps
 from epiprune.costs.latency_build import load_or_build
 from epiprune.costs.latency_model import LatencyCostModel
 from epiprune.costs.latency_table import default_table_path, table_key, timed_layers
@@ -95,17 +95,15 @@ def prepare(cfg: TrainConfig, input_shape: str, num_classes: int, out: str | Non
 
 
 def build_note(log: Callable[[str], None]) -> Callable[[str], None]:
-    """`log`, plus one line after load_or_build says it is building: what the progress bar's last points are (the
-    calibration's whole-model steps, seconds each after hundreds of fast layer points, so the bar sits near 100%
-    with an ETA of 0 for a while)."""
+    """`log`, plus one line after load_or_build says it is building: its two phases, each with its own progress
+    bar (hundreds of fast layer points, then the calibration's whole-model steps of seconds each)."""
 
     def logged(message: str) -> None:
         log(message)
         if message.startswith("latency table: building") or message.endswith(": rebuilding"):
-            steps = CALIBRATION_NETWORKS * CALIBRATION_ROUNDS
-            log(f"latency table: timing each layer shape on a grid of channel counts, then calibrating on "
-                f"{CALIBRATION_NETWORKS} whole networks ({steps} timed training steps: the bar's last {steps} points, "
-                "each much slower than a layer's, so it slows down near its end)")
+            log(f"latency table: timing each layer shape on a grid of channel counts (one progress bar), then "
+                f"calibrating on {CALIBRATION_NETWORKS} whole networks ({calibration_steps()} training steps, each "
+                "much slower than a layer's: a second bar)")
 
     return logged
 
