@@ -57,3 +57,12 @@ def test_trigger_require_peak_waits_for_rising_curve():
 def test_trigger_rule_rejects_bad_settings(kwargs):
     with pytest.raises(EpipruneError):
         TriggerRule(**kwargs)
+
+
+def test_default_threshold_by_registered_names():
+    from epiprune.policy.importance import MAGNITUDE_TAU, TAYLOR_TAU
+    from epiprune.policy.indicator import EARLYBIRD_EPSILON, default_threshold
+
+    assert default_threshold("epi", "taylor") == TAYLOR_TAU == 0.944
+    assert default_threshold("epi", "magnitude") == MAGNITUDE_TAU
+    assert default_threshold("earlybird", "taylor") == 1.0 - EARLYBIRD_EPSILON

@@ -307,8 +307,11 @@ def test_replayed_probes_prune_at_the_step_and_with_the_channels_of_the_live_run
     assert not replayed.pruned  # the probe step is trained again: the next step() prunes
     assert [(r.step, r.epi, r.noise, r.threshold, r.decision) for r in replayed.history] == \
         [(r.step, r.epi, r.noise, r.threshold, r.decision) for r in live.history]
-    assert replayed.step() and replayed.prune_step == live.prune_step == pruned[0]
+    model = replayed.graph.model
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    assert replayed.step(optimizer=optimizer) and replayed.prune_step == live.prune_step == pruned[0]
     assert replayed.kept == live.kept
+    assert [id(p) for p in optimizer.param_groups[0]["params"]] == [id(p) for p in model.parameters()]
     assert replayed.trigger == "epi" and not replayed.step()
 
 
@@ -324,17 +327,22 @@ def test_replayed_probes_that_never_fire_and_bad_records_are_refused():
     assert fresh.replay_probes(probes, calls.append) is None and calls == []
     assert len(fresh.history) == len(probes) == 6
     other_period = step_policy(HalvesImportance([PEAKED_0]), window=1, epi_every=4, max_dense_epochs=20)
-    with pytest.raises(EpipruneError, match="recorded probe 1 is at step 2, this policy probes every 4 steps"):
+    with pytest.raises(EpipruneError, match=r"^recorded probe 1 is at step 2, this policy probes every 4 steps "
+                                            r"\(accepted: probes recorded with the same --epi-every\)$"):
         other_period.replay_probes(probes, calls.append)
     used = step_policy(HalvesImportance([PEAKED_0]), window=1, max_dense_epochs=20)
     used.step()
-    with pytest.raises(EpipruneError, match="starts from a fresh policy"):
+    with pytest.raises(EpipruneError, match=r"^replay_probes starts from a fresh policy \(accepted: a policy that has "
+                                            r"seen no step\)$"):
         used.replay_probes(probes, calls.append)
     epoch_clock = EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8), Budget("flops", 0.5), log=lambda _: None)
-    with pytest.raises(EpipruneError, match="decides on the step clock"):
+    with pytest.raises(EpipruneError, match=r"^replay_probes decides on the step clock \(accepted: a policy with "
+                                            r"epi_every >= 2, or replay on the epoch clock\)$"):
         epoch_clock.replay_probes(probes, calls.append)
-    with pytest.raises(EpipruneError, match="decides on the epoch clock"):
+    with pytest.raises(EpipruneError, match=r"^replay decides on the epoch clock \(accepted: a policy with "
+                                            r"epi_every=0, or replay_probes on the step clock\)$"):
         fresh.replay([[np.ones(4), np.ones(6)]], lambda epoch: None)
+    assert not epoch_clock.step()  # the epoch clock never prunes from step()
     assert RecordedProbe(2, [np.ones(4)], None).half is None
 
 
@@ -461,3 +469,32 @@ def test_a_pruned_step_clock_policy_restores_its_prune_step_and_refuses_the_othe
     message = r"^policy state does not match: one clock probes per epoch, the other every N steps \(accepted: the same"
     with pytest.raises(EpipruneError, match=message):
         epoch_clock.load_state_dict(step_policy(window=1, threshold=0.95, max_dense_epochs=20).state_dict())
+
+
+def test_a_probe_that_prunes_points_the_optimizer_at_the_cut_tensors():
+    policy = step_policy(ScriptedImportance(alternating_then_stable(3)), window=1, threshold=0.95, max_dense_epochs=20)
+    model = policy.graph.model
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    pruned = [s + 1 for s in range(20) if policy.step(optimizer=optimizer)]
+    assert pruned == [8] and [p.shape for p in optimizer.param_groups[0]["params"]] == \
+        [p.shape for p in model.parameters()] != []
+    assert [id(p) for p in optimizer.param_groups[0]["params"]] == [id(p) for p in model.parameters()]
+
+
+def test_probes_recorded_without_a_gradient_importance_replay_without_noise():
+    """Magnitude importance records no first half (RecordedProbe.half None): the replay decides on the intervals."""
+    from epiprune.policy.replay import RecordedProbe
+
+    probes = [RecordedProbe(2 * k, [a.copy() for a in script], None)
+              for k, script in enumerate(alternating_then_stable(3) + [alternating_then_stable(3)[-1]] * 3, 1)]
+    policy = step_policy(ScriptedImportance([PEAKED_0]), window=1, threshold=0.95, max_dense_epochs=20)
+    assert policy.replay_probes(probes, lambda step: None) == 8
+    assert [r.noise for r in policy.history] == [None] * 4
+
+
+def test_a_step_clock_whose_probes_come_too_late_says_so_in_probes():
+    policy = step_policy(window=3, smooth=2, max_dense_epochs=2)  # 5 probes of 2 steps: epoch 2.5 of 4-step epochs
+    assert policy.epi_cannot_fire_before_fallback() == (
+        "epi cannot fire before the fallback at epoch 2: it needs 5 probes of 2 steps (window + smoothing), until "
+        "epoch 2.50; the run will prune by fallback (accepted: --epi-every auto or a smaller --epi-window / "
+        "--epi-smooth, or a later --max-dense-epochs)")
