@@ -12,7 +12,7 @@ from epiprune.cli import main
 from epiprune.errors import EpipruneError
 from epiprune.evidence.grid import epoch_list, first_probe_at, fixed_point, point_of, probe_grid, probes_before
 from epiprune.evidence.runs import CompareConfig, family_of, finished_runs, method_of
-from epiprune.evidence.table import aggregate, oracle_runs
+from epiprune.evidence.table import aggregate, markdown_table, oracle_runs
 
 from .helpers import assert_one_line_error, call_main
 
@@ -112,5 +112,47 @@ def test_the_step_clock_grid_is_checked_and_the_epoch_clock_is_as_before(tmp_pat
     assert tpf.branches and tpf.overrides["prune_at"] == 6
     step = CompareConfig(epochs=6, epi_window=2, train_subset=96, batch_size=32, epi_every="2")
     assert not next(m for m in step.methods() if m.family == "tpf").branches  # trained from scratch, said so
+    # the fallback at 2.5 epochs fires at the probe of step 8 (2.67 epochs): the dense run keeps epoch 3's checkpoints
+    late = CompareConfig(epochs=5, epi_window=1, train_subset=96, batch_size=32, epi_every="4")
+    assert late.max_dense == 2.5 and late.kept_epochs([]) == [1, 2, 3]
     result = call_main(["compare", "--grid", "1.5", "--out", tmp_path / "c"], capsys)  # the epoch clock: whole epochs
     assert_one_line_error(result, "bad --grid '1.5'")
+
+
+def step_run(method: str, seed: int, step: int | None, val: float, flops: float) -> dict:
+    """A finished step-clock run as compare reads it (3 steps per epoch, a probe every 2, dense cost 12 per step)."""
+    family = "dense" if step is None else "fixed"
+    return {"method": method, "family": family, "seed": seed, "prune_epoch": None if step is None else -(-step // 3),
+            "prune_step": step, "steps_per_epoch": 3, "epi_every": 2, "trigger": None if step is None else "fixed",
+            "final_val_top1": val, "final_flops": 6.0, "final_params": 1.0, "flops_ratio": 0.5,
+            "train_flops_total": flops, "train_seconds": 1.0,
+            **({} if step is None else {"branch_train_flops": flops - 12 * (step - 1)})}
+
+
+def test_the_oracle_and_the_table_name_fractional_grid_points():
+    """The oracle picks among the grid's fractional points per seed and says which; the prune points are the
+    probes' times, and the branched grid trains the dense steps once (up to the last grid point's)."""
+    runs = [step_run("dense", 0, None, 0.80, 144.0)]
+    for name, step, val in (("fixed-0.66", 2, 0.70), ("fixed-1.33", 4, 0.90), ("fixed-2", 6, 0.75)):
+        runs.append(step_run(name, 0, step, val, 12 * step + 6 * (12 - step)))
+    rows = {r["method"]: r for r in aggregate(runs)}
+    assert "oracle (fixed-1.33), branched grid" in rows and rows["fixed-0.66"]["prune_epoch"] == pytest.approx(2 / 3)
+    oracle = rows["oracle (fixed-1.33), branched grid"]
+    assert oracle["prune_epoch"] == pytest.approx(4 / 3) and oracle["grid_size"] == 3
+    # branched: the 5 dense steps before the last point's probe once, then each branch from its own probe step on
+    branched = 12 * 5 + sum(r["branch_train_flops"] for r in runs[1:])
+    assert oracle["train_flops"] == pytest.approx(branched)
+    assert "| fixed-0.66 | 0.67 |" in markdown_table(list(rows.values()))
+
+
+def test_a_compare_folder_lists_the_grid_by_prune_point_not_by_name(tmp_path):
+    """fixed-10.5 sorts before fixed-2 as a name; compare and report list the grid by its prune point."""
+    for name, point in (("fixed-10.5", 10.5), ("fixed-2", 2), ("fixed-0.66", 0.66), ("dense", None)):
+        folder = tmp_path / "runs" / name / "seed0"
+        folder.mkdir(parents=True)
+        config = {"epochs": 24, "epi_every": "2", "prune_at": point,
+                  "indicator": "none" if point is None else "epi"}
+        (folder / "summary.json").write_text(json.dumps({"seed": 0, "prune_epoch": None, "config": config}))
+    runs, unfinished = finished_runs(tmp_path)
+    assert [r["method"] for r in runs] == ["dense", "fixed-0.66", "fixed-2", "fixed-10.5"] and not unfinished
+    assert [r["family"] for r in runs] == ["dense", "fixed", "fixed", "fixed"]
