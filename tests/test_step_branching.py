@@ -162,3 +162,18 @@ def test_a_fractional_prune_point_is_refused_on_the_epoch_clock(tmp_path, capsys
     assert_one_line_error(result, "--prune-at 1.5 is not a whole number of epochs")
     result = call_main(["train", "--prune-at", "soon", "--out", tmp_path / "run"], capsys)
     assert_one_line_error(result, "--prune-at 'soon' is not a number of epochs")
+
+
+@pytest.mark.parametrize("importance", ["taylor", "random"])
+def test_prune_at_initialisation_on_the_step_clock_is_the_epoch_clocks_run(tmp_path, importance):
+    """compare's prune-at-init rows on the step clock: the init batches' gradients are no training steps (before,
+    they ticked the clock, a probe pruned during them and the prune that follows was refused: "already pruned"),
+    and the run is epoch 0's prune, the same run as on the epoch clock."""
+    init = ["--prune-at", "0", "--importance", importance]
+    steps = train(tmp_path / "steps", *init)
+    epoch = train(tmp_path / "epoch", *BASE[:-2], *init, "--epi-every", "epoch")
+    a, b = load_file(steps / "model.safetensors"), load_file(epoch / "model.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    summary = json.loads((steps / "summary.json").read_text())
+    assert summary["prune_epoch"] == 0 and summary["prune_step"] == 0 and summary["trigger"] == "fixed"
+    assert [r["val_top1"] for r in rows(steps)] == [r["val_top1"] for r in rows(epoch)]

@@ -44,7 +44,7 @@ def prune_point(run: dict) -> float | None:
     """Where a run pruned, in epochs: its prune epoch (epoch clock), or its prune step over the epoch's steps (step
     clock: a fraction, e.g. 2.67 for step 128 of 48-step epochs); None if it never pruned."""
     step = run.get("prune_step")
-    if step is not None and run.get("epi_every"):
+    if step and run.get("epi_every"):  # step 0: pruned at initialisation, epoch 0
         return step / run["steps_per_epoch"]
     return run["prune_epoch"]
 
