@@ -306,7 +306,7 @@ def finished_runs(out: Path) -> tuple[list[CompareRun], list[str]]:
 
     def order(run: CompareRun) -> float:
         if run["family"] == "fixed":
-            point = run.get("config", {}).get("prune_at")
+            point = (run.get("config") or {}).get("prune_at")
             return point if isinstance(point, (int, float)) else fixed_point(run["method"]) or run["prune_epoch"] or 0
         return names.index(run["method"]) if run["method"] in names else 0
 
