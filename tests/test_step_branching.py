@@ -6,6 +6,10 @@ step where it prunes, trains that step again and prunes there: bit for bit the r
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +123,31 @@ def test_a_branched_step_clock_run_equals_the_run_from_scratch(dense, tmp_path, 
     assert 0 < summary["branch_train_flops"] < summary["train_flops_total"]
 
 
+def test_a_branched_run_killed_after_its_prune_step_resumes_with_its_branch_point(dense, tmp_path):
+    """Issue 20: the branch point of a step-clock branch lies inside an epoch, so the metrics do not say where it
+    was; the checkpoint keeps it, and the resumed run's summary counts only what the branch trained itself."""
+    extra = ["--prune-at", "2.1", "--branch-from", str(dense)]  # prunes at step 8, inside epoch 3
+    full = json.loads((train(tmp_path / "full", *extra) / "summary.json").read_text())
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "epiprune", "train", *BASE, *extra, "--out", str(out)]
+    killer = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    deadline = time.time() + 600
+    for line in killer.stdout:
+        if "pruned at step" in line or time.time() > deadline:
+            killer.send_signal(signal.SIGKILL)  # right after the prune step's checkpoint, inside epoch 3
+            break
+    killer.wait(timeout=60)
+    assert killer.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert len(rows(out)) == 2
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    assert rows(out) == rows(tmp_path / "full")
+    resumed = json.loads((out / "summary.json").read_text())
+    assert resumed["branched_from"] == full["branched_from"] == str(dense) and resumed["prune_step"] == 8
+    # the source's 7 steps are not this run's: its own are step 8 (dense until it prunes) and 7 pruned ones
+    assert resumed["branch_train_flops"] == full["branch_train_flops"] == pytest.approx(
+        3 * 64 * (full["dense_flops"] + 7 * full["final_flops"]))
+
+
 def test_a_branch_needing_a_checkpoint_that_was_not_kept_is_refused_in_one_line(dense, tmp_path, capsys):
     result = call_main(["train", *BASE, "--prune-at", "3", "--branch-from", dense, "--out", tmp_path / "late"],
                        capsys)  # the first probe at or after 3 epochs: step 10, in epoch 4
@@ -133,3 +162,18 @@ def test_a_fractional_prune_point_is_refused_on_the_epoch_clock(tmp_path, capsys
     assert_one_line_error(result, "--prune-at 1.5 is not a whole number of epochs")
     result = call_main(["train", "--prune-at", "soon", "--out", tmp_path / "run"], capsys)
     assert_one_line_error(result, "--prune-at 'soon' is not a number of epochs")
+
+
+@pytest.mark.parametrize("importance", ["taylor", "random"])
+def test_prune_at_initialisation_on_the_step_clock_is_the_epoch_clocks_run(tmp_path, importance):
+    """compare's prune-at-init rows on the step clock: the init batches' gradients are no training steps (before,
+    they ticked the clock, a probe pruned during them and the prune that follows was refused: "already pruned"),
+    and the run is epoch 0's prune, the same run as on the epoch clock."""
+    init = ["--prune-at", "0", "--importance", importance]
+    steps = train(tmp_path / "steps", *init)
+    epoch = train(tmp_path / "epoch", *BASE[:-2], *init, "--epi-every", "epoch")
+    a, b = load_file(steps / "model.safetensors"), load_file(epoch / "model.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    summary = json.loads((steps / "summary.json").read_text())
+    assert summary["prune_epoch"] == 0 and summary["prune_step"] == 0 and summary["trigger"] == "fixed"
+    assert [r["val_top1"] for r in rows(steps)] == [r["val_top1"] for r in rows(epoch)]

@@ -68,7 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     # the settings every run shares: train's options (help, type, choices), compare's defaults
     add_config_options(c, SHARED_SETTINGS, defaults={f.name: f.default for f in fields(CompareConfig)
                                                      if f.name in SHARED_SETTINGS and f.default is not MISSING})
-    c.add_argument("--grid", default=None, help="fixed prune epochs, e.g. 1,2,3 or 1-6 (default: 1..epochs/2)")
+    c.add_argument("--grid", default=None, help="fixed prune epochs, e.g. 1,2,3 or 1-6 (default: 1..epochs/2); on "
+                   "the step clock (--epi-every N or auto) fractions, e.g. 0.5,1.25, and by default up to 12 probes at "
+                   "or before epochs/2, spaced quadratically (denser early: the k-th of n at probe ceil(N (k/n)^2) of "
+                   "the N probes), each branched from the dense run and named fixed-<epochs> (the probe's time, e.g. "
+                   "fixed-2.66)")
     c.add_argument("--finetune-epochs", type=int, default=None, help="fine-tune epochs of train-prune-fine-tune "
                    "(default: epochs/4)")
     c.add_argument("--seeds", default="0", help="comma-separated seeds; mean and spread are reported")
@@ -176,9 +180,13 @@ def _given_options(argv: list[str], command: str) -> list[str]:
 
 def _compare(args: argparse.Namespace) -> None:
     from epiprune.evidence.compare import compare
+    from epiprune.evidence.grid import epoch_list
 
     given = {name: value for name, value in vars(args).items() if name in SHARED_SETTINGS and value is not None}
-    cfg = CompareConfig(**config_values(given), grid=int_list(args.grid, "grid") if args.grid else None,
+    grid = None
+    if args.grid:
+        grid = int_list(args.grid, "grid") if given.get("epi_every", "epoch") == "epoch" else epoch_list(args.grid)
+    cfg = CompareConfig(**config_values(given), grid=grid,
                         finetune_epochs=args.finetune_epochs, seeds=int_list(args.seeds, "seeds"),
                         families=[m.strip() for m in args.methods.split(",")], jobs=args.jobs, out=args.out,
                         force=args.force, branch=not args.no_branch)

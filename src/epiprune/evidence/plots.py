@@ -8,7 +8,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from epiprune.run.plots import _epi_axis, _finish, _integer_epochs, _save
+from epiprune.run.plots import _epi_axis, _finish, _integer_epochs, _save, probe_points
 
 # one colour and one legend name per method family; a family not listed is drawn and named as "other"
 FAMILY_COLOURS = {"dense": "black", "plain": "tab:cyan", "init": "tab:gray", "tpf": "tab:brown",
@@ -86,10 +86,11 @@ def epi_choice_label(choices: list[tuple[int | None, str | None]]) -> str | None
     return f"EPI's epoch{'s' if len(chosen) > 1 else ''} ({', '.join(parts)})"
 
 
-def plot_grid(grid: list[tuple[int, float, float]], epi_choices: list[tuple[int | None, str | None]],
+def plot_grid(grid: list[tuple[float, float, float]], epi_choices: list[tuple[float | None, str | None]],
               path: Path) -> None:
     """Top-1 of fixed-epoch pruning for each prune epoch (the oracle scan; mean and std over seeds), with the
-    epochs EPI chose marked (one (epoch, trigger) per seed; a seed that never pruned has no mark)."""
+    epochs EPI chose marked (one (epoch, trigger) per seed; a seed that never pruned has no mark). On the step
+    clock the epochs are fractions (a probe's step over the epoch's steps)."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
     epochs, top1, std = zip(*grid, strict=True)
     ax.errorbar(epochs, top1, yerr=[s or 0 for s in std], fmt="o-", color="tab:green", capsize=3,
@@ -97,26 +98,41 @@ def plot_grid(grid: list[tuple[int, float, float]], epi_choices: list[tuple[int 
     label = epi_choice_label(epi_choices)
     for i, epoch in enumerate(sorted({e for e, _ in epi_choices if e is not None})):
         ax.axvline(epoch, color="tab:red", ls="--", label=label if i == 0 else None)
-    _integer_epochs(ax)
+    if all(float(e).is_integer() for e in epochs):
+        _integer_epochs(ax)
     _finish(fig, ax, "prune epoch", "final validation top-1 (%)", "Oracle scan: accuracy vs. prune epoch", path)
 
 
-def plot_epi_curve(metrics: list[dict], threshold: float, epi_epoch: int | None, path: Path,
-                   trigger: str | None = None) -> None:
-    """EPI per epoch of a dense run (the indicator tracked over the whole schedule); the epoch the EPI run pruned
-    after, and whether that was the fallback (trigger "fallback")."""
+def plot_epi_curve(metrics: list[dict], threshold: float | str, epi_epoch: float | None, path: Path,
+                   trigger: str | None = None, steps_per_epoch: int | None = None) -> None:
+    """EPI per epoch of a dense run (the indicator tracked over the whole schedule; steps_per_epoch given: the step
+    clock, EPI at every probe, in fractional epochs); the epoch the EPI run pruned after, and whether that was the
+    fallback (trigger "fallback"). An 'auto' threshold (per probe) is drawn as the dense run's thresholds."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    points = [(m["epoch"], m["epi"]) for m in metrics if m.get("epi") is not None]
+    probes = probe_points(metrics, steps_per_epoch) if steps_per_epoch else None
+    if probes is None:
+        points = [(m["epoch"], m["epi"]) for m in metrics if m.get("epi") is not None]
+    else:
+        points = [(p["x"], p["epi"]) for p in probes if p["epi"] is not None]
     if points:
-        ax.plot(*zip(*points, strict=True), "o-", color="tab:blue", ms=6, clip_on=False, zorder=3,
-                label="EPI (dense run)")
-    ax.axhline(threshold, color="tab:blue", ls=":", label=f"threshold {threshold:g}")
-    _epi_axis(ax, [e for _, e in points] + [threshold])
-    _integer_epochs(ax)
+        ax.plot(*zip(*points, strict=True), "o-" if probes is None else ".-", color="tab:blue", ms=6, clip_on=False,
+                zorder=3, label="EPI (dense run)")
+    levels = [threshold] if not isinstance(threshold, str) else []
+    if levels:
+        ax.axhline(threshold, color="tab:blue", ls=":", label=f"threshold {threshold:g}")
+    elif probes:  # the auto threshold: the dense run's noise floor at each probe
+        noise = [(p["x"], p["threshold"]) for p in probes if p.get("threshold") is not None]
+        if noise:
+            ax.plot(*zip(*noise, strict=True), ":", color="tab:blue", label="threshold auto (noise floor)")
+            levels = [t for _, t in noise]
+    _epi_axis(ax, [e for _, e in points] + levels)
+    if probes is None:
+        _integer_epochs(ax)
     if epi_epoch is not None:
         how = " (fallback: EPI stayed below the threshold)" if trigger == "fallback" else ""
-        ax.axvline(epi_epoch, color="tab:red", ls="--", label=f"EPI run pruned after epoch {epi_epoch}{how}")
-    _finish(fig, ax, "epoch", "EPI", "Early Pruning Indicator per epoch", path)
+        when = f"{epi_epoch}" if float(epi_epoch).is_integer() else f"{epi_epoch:.2f}"
+        ax.axvline(epi_epoch, color="tab:red", ls="--", label=f"EPI run pruned after epoch {when}{how}")
+    _finish(fig, ax, "epoch", "EPI", "Early Pruning Indicator per " + ("epoch" if probes is None else "probe"), path)
 
 
 def plot_width_heatmap(metrics: list[dict], dense_widths: list[int], path: Path,

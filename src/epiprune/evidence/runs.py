@@ -4,12 +4,14 @@ compare folder. Reads and writes no training state: `epiprune report` uses it wi
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from epiprune.errors import EpipruneError
+from epiprune.evidence.grid import first_probe_at, fixed_point, point_text, probe_grid
 from epiprune.models import is_import_path
 from epiprune.run.config import TrainConfig, read_config_file
 from epiprune.run.data import load_dataset
@@ -24,7 +26,7 @@ CONFIG_FILE = "config.json"  # in a run folder: its TrainConfig, which `epiprune
 # the TrainConfig fields that are also CompareConfig fields, shared by every run of a comparison: `compare`'s
 # command-line options for them are generated from TrainConfig's (cli.py), with CompareConfig's defaults
 SHARED_SETTINGS = ("model", "model_kwargs", "ignore_layers", "data", "data_dir", "train_subset", "val_subset", "epochs",
-                   "batch_size", "lr", "warmup_epochs", "budget", "epi_window", "holdout", "data_seed")
+                   "batch_size", "lr", "warmup_epochs", "budget", "epi_window", "epi_every", "holdout", "data_seed")
 # how a run was made, not what it computes: a finished run is reused whatever these recorded (paths, devices,
 # progress, what the dense run records for its branches; the method's own fields are the recipe's, see METHOD_FIELDS)
 NOT_COMPARED = ("out", "progress", "data_dir", "latency_table", "device", "dist_timeout", "record_scores",
@@ -60,7 +62,8 @@ class CompareConfig:
     warmup_epochs: float = 0.0
     budget: str = "flops:0.5"
     epi_window: int = 3
-    grid: list[int] | None = None  # fixed prune epochs; default 1..max dense epochs
+    epi_every: str = "epoch"  # the clock of every run; on the step clock the grid is probes (evidence/grid.py)
+    grid: list[float] | None = None  # fixed prune epochs; default 1..max dense epochs (step clock: probe_grid)
     finetune_epochs: int | None = None  # for train-prune-fine-tune; default epochs // 4
     seeds: list[int] = field(default_factory=lambda: [0])
     families: list[str] = field(default_factory=lambda: list(FAMILIES))
@@ -75,9 +78,25 @@ class CompareConfig:
     extra_args: list[str] = field(default_factory=list)  # more `epiprune train` options for every run
 
     @property
-    def max_dense(self) -> int:
-        """The EPI runs' fallback epoch, the same default as `epiprune train`'s."""
-        return TrainConfig(epochs=self.epochs, epi_window=self.epi_window).resolved_max_dense_epochs
+    def max_dense(self) -> float:
+        """The EPI runs' fallback epoch, the same default as `epiprune train`'s (step clock: half the schedule, a
+        fraction)."""
+        return TrainConfig(epochs=self.epochs, epi_window=self.epi_window,
+                           epi_every=self.epi_every).resolved_max_dense_epochs
+
+    @property
+    def step_clock(self) -> bool:
+        return self.epi_every != "epoch"
+
+    def probe_clock(self) -> tuple[int, int]:
+        """(steps between probes, steps per epoch) of every run on the step clock: the training images after
+        --holdout and --train-subset in batches of --batch-size (one process; the last batch may be partial)."""
+        cfg = TrainConfig(**self.shared_settings())
+        images = _training_images(cfg.data, cfg.data_dir, cfg.image_size) - cfg.holdout
+        if cfg.train_subset is not None:
+            images = min(images, cfg.train_subset)
+        steps = -(-max(1, images) // cfg.batch_size)
+        return cfg.resolved_epi_every(steps), steps
 
     def validate(self) -> None:
         """Raise EpipruneError for settings that every run would reject (before any folder is made)."""
@@ -92,7 +111,10 @@ class CompareConfig:
             raise EpipruneError("--seeds names no seed (accepted: integers like 0,1,2 or 0-2)")
         if self.grid is not None and not self.grid:
             raise EpipruneError("--grid names no epoch (accepted: integers like 1,2,3 or 1-6)")
-        if self.epochs < self.epi_window + 2:
+        if self.probe_every and self.step_clock:
+            raise EpipruneError(f"probe_every {self.probe_every} is the epoch clock's extra probing (accepted: 0 on "
+                                "the step clock, whose dense run records every probe)")
+        if not self.step_clock and self.epochs < self.epi_window + 2:
             raise EpipruneError(f"--epochs {self.epochs} is too small for --epi-window {self.epi_window} (accepted: "
                                 f">= {self.epi_window + 2}: EPI needs window + 1 dense epochs, then pruned training)")
         if self.finetune_epochs is not None and self.finetune_epochs < 1:
@@ -113,23 +135,25 @@ class CompareConfig:
         unknown = set(self.families) - set(FAMILIES)
         if unknown:
             raise EpipruneError(f"unknown methods {sorted(unknown)} (accepted: {', '.join(FAMILIES)})")
-        grid = self.grid or list(range(1, self.max_dense + 1))
-        if any(not 1 <= k < self.epochs for k in grid):
-            raise EpipruneError(f"--grid epochs {grid} must lie in 1..{self.epochs - 1} (accepted: prune epochs "
-                                "before the last, e.g. 1-4)")
+        grid = self.grid_points() if "fixed" in self.families or not self.step_clock else []
         finetune = self.finetune_epochs if self.finetune_epochs is not None else max(1, self.epochs // 4)
         branch = {"branch_from": DENSE} if self.branch and "dense" in self.families else {}
-        record = {"record_scores": True, "keep_checkpoints": self.kept_epochs(grid)}
+        record = {}
+        if branch:
+            record = {"record_scores": True, "keep_checkpoints": self.kept_epochs(grid)}
         if self.probe_every:
             record["probe_every"] = self.probe_every
+        # the step-clock dense run records probes, not the last epoch's scores that train-prune-fine-tune prunes
+        # with: on the step clock it trains from scratch (pruning at the first probe at or after the schedule's end)
+        tpf_branch = {} if self.step_clock else branch
         recipes = {
             "dense": [Method("dense", "dense", {"indicator": "none", **(record if branch else {})})],
             "plain": [Method("dense-plain", "plain", {"indicator": "none", "importance": "magnitude"})],
             "init": [Method(f"init-{imp}", "init", {"prune_at": 0, "importance": imp})
                      for imp in ("random", "magnitude", "taylor")],
             "tpf": [Method(f"tpf-ft{finetune}", "tpf", {"prune_at": self.epochs, "finetune_epochs": finetune,
-                                                         **branch})],
-            "fixed": [Method(f"fixed-{k}", "fixed", {"prune_at": k, **branch}) for k in grid],
+                                                         **tpf_branch})],
+            "fixed": [Method(f"fixed-{point_text(k)}", "fixed", {"prune_at": k, **branch}) for k in grid],
             "earlybird": [Method("earlybird", "earlybird", {"indicator": "earlybird", "importance": "bn",
                                                             "bn_l1": 1e-4}),
                           Method("earlybird-budget", "earlybird", {"indicator": "earlybird-budget",
@@ -140,8 +164,28 @@ class CompareConfig:
         methods = [m for fam in FAMILIES if fam in self.families for m in recipes[fam]]
         return [m for m in methods if self.only is None or m.name in self.only]
 
-    def kept_epochs(self, grid: list[int]) -> list[int]:
-        """Epochs whose checkpoints the dense run keeps: every epoch a branch may prune at."""
+    def grid_points(self) -> list[float]:
+        """The fixed prune points (epochs): --grid, or by default every whole epoch up to the fallback (epoch
+        clock) or the probes of evidence.grid.probe_grid (step clock); checked to lie inside the schedule."""
+        if self.step_clock:
+            grid = self.grid or probe_grid(*self.probe_clock(), self.max_dense)
+            if any(not 0 < k < self.epochs for k in grid):
+                raise EpipruneError(f"--grid points {grid} must lie in (0, {self.epochs}) (accepted: prune points in "
+                                    "epochs before the schedule's end, e.g. 0.5,1,2.25)")
+            return grid
+        grid = self.grid or list(range(1, self.max_dense + 1))
+        if any(not 1 <= k < self.epochs for k in grid):
+            raise EpipruneError(f"--grid epochs {grid} must lie in 1..{self.epochs - 1} (accepted: prune epochs "
+                                "before the last, e.g. 1-4)")
+        return grid
+
+    def kept_epochs(self, grid: list[float]) -> list[int]:
+        """Epochs whose checkpoints the dense run keeps: every epoch a branch may prune at (step clock: every epoch
+        up to the one of the fallback's probe, which holds every probe EPI and the grid may prune at)."""
+        if self.step_clock:
+            every, steps = self.probe_clock()
+            last = max([self.max_dense, *grid])
+            return list(range(1, min(self.epochs, -(-first_probe_at(last, every, steps) // steps)) + 1))
         return sorted({*range(1, self.max_dense + 1), *grid, self.epochs})
 
     def shared_settings(self) -> dict[str, Any]:
@@ -177,11 +221,16 @@ def settings_mismatch(cfg: CompareConfig, method: str, seed: int, made_with: dic
     return None
 
 
+@functools.cache
+def _training_images(data: str, data_dir: str | None, image_size: int) -> int:
+    return len(load_dataset(data, data_dir, image_size=image_size).train_labels)
+
+
 def family_of(method: str) -> str | None:
-    """The family of a method folder's name as `compare` writes it (dense, init-random, fixed-3, epi-taylor, ...):
-    for run folders whose settings say nothing (see method_of)."""
+    """The family of a method folder's name as `compare` writes it (dense, init-random, fixed-3, fixed-2.66,
+    epi-taylor, ...): for run folders whose settings say nothing (see method_of)."""
     if method.startswith("fixed-"):
-        return "fixed" if method[len("fixed-"):].isdigit() else None
+        return "fixed" if fixed_point(method) is not None else None
     for prefix, family in (("init-", "init"), ("tpf-", "tpf"), ("epi-", "epi"), ("earlybird", "earlybird")):
         if method.startswith(prefix):
             return family
@@ -202,10 +251,16 @@ def method_of(config: dict) -> Method | None:
         return config.get(key, _DEFAULTS[key])
 
     epochs, prune_at, finetune = config.get("epochs"), value("prune_at"), value("finetune_epochs")
-    if not isinstance(epochs, int) or epochs < 2:
+    every = config.get("epi_every", "epoch")
+    if not isinstance(epochs, int) or epochs < 2 or not isinstance(every, str):
         return None
-    grid = [prune_at] if isinstance(prune_at, int) and 1 <= prune_at < epochs else None
-    recipes = CompareConfig(epochs=epochs, grid=grid, finetune_epochs=finetune or None, branch=False).methods()
+    if every == "epoch":
+        grid = [prune_at] if isinstance(prune_at, int) and 1 <= prune_at < epochs else None
+    else:
+        grid = [prune_at] if isinstance(prune_at, (int, float)) and 0 < prune_at < epochs else None
+    families = [f for f in FAMILIES if grid is not None or f != "fixed"]  # no grid: no fixed recipe can fit
+    recipes = CompareConfig(epochs=epochs, grid=grid, finetune_epochs=finetune or None, branch=False,
+                            epi_every=every, families=families).methods()
     for method in recipes:
         if all(value(k) == method.overrides.get(k, _DEFAULTS[k]) for k in METHOD_FIELDS):
             return method
@@ -245,9 +300,15 @@ def finished_runs(out: Path) -> tuple[list[CompareRun], list[str]]:
             metrics = folder / "metrics.jsonl"
             done = len(metrics.read_text().splitlines()) if metrics.is_file() else 0
             unfinished.append(f"{method} {folder.name} (epochs done: {done})")
-    # the order `compare` uses: families as in FAMILIES, methods as their recipes list them, then seeds
-    grid = sorted({r["prune_epoch"] for r in runs if r["family"] == "fixed"})
-    names = [m.name for m in CompareConfig(epochs=max(grid, default=1) + 1, grid=grid or None).methods()]
-    runs.sort(key=lambda r: (FAMILIES.index(r["family"]), names.index(r["method"]) if r["method"] in names else 0,
-                             r["seed"]))
+    # the order `compare` uses: families as in FAMILIES, methods as their recipes list them (the grid by its prune
+    # point), then seeds
+    names = [m.name for m in CompareConfig(epochs=2, families=[f for f in FAMILIES if f != "fixed"]).methods()]
+
+    def order(run: CompareRun) -> float:
+        if run["family"] == "fixed":
+            point = (run.get("config") or {}).get("prune_at")
+            return point if isinstance(point, (int, float)) else fixed_point(run["method"]) or run["prune_epoch"] or 0
+        return names.index(run["method"]) if run["method"] in names else 0
+
+    runs.sort(key=lambda r: (FAMILIES.index(r["family"]), order(r), r["seed"]))
     return runs, unfinished

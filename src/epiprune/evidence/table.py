@@ -40,6 +40,15 @@ def bootstrap_interval(values: list[float], draws: int = BOOTSTRAP_DRAWS, seed: 
     return means[int(0.025 * draws)], means[int(0.975 * draws) - 1]
 
 
+def prune_point(run: dict) -> float | None:
+    """Where a run pruned, in epochs: its prune epoch (epoch clock), or its prune step over the epoch's steps (step
+    clock: a fraction, e.g. 2.67 for step 128 of 48-step epochs); None if it never pruned."""
+    step = run.get("prune_step")
+    if step and run.get("epi_every"):  # step 0: pruned at initialisation, epoch 0
+        return step / run["steps_per_epoch"]
+    return run["prune_epoch"]
+
+
 def oracle_runs(runs: list[dict]) -> list[dict]:
     """Per seed, the fixed-epoch run with the best final validation accuracy (the grid search a user would do;
     with a held-out validation split, its test accuracy was not used to choose)."""
@@ -56,7 +65,7 @@ def _row(name: str, family: str, rs: list[dict], dense_flops: float | None, dens
     top1 = [test_top1(r) for r in rs]
     cost = _mean([r["train_flops_total"] for r in rs])
     secs = _mean([r["train_seconds"] for r in rs])
-    epochs = [r["prune_epoch"] for r in rs]
+    epochs = [prune_point(r) for r in rs]
     fallbacks = sum(r.get("trigger") == "fallback" for r in rs)
     return {"method": name, "family": family, "seeds": len(rs),
             "prune_epoch": epochs[0] if len(set(epochs)) == 1 else epochs, "fallbacks": fallbacks,
@@ -77,7 +86,7 @@ def _grid_scan_cost(runs: list[dict]) -> tuple[float, float]:
     for seed in sorted({r["seed"] for r in runs if r["family"] == "fixed"}):
         grid = [r for r in runs if r["family"] == "fixed" and r["seed"] == seed]
         scratch.append(sum(r["train_flops_total"] for r in grid))
-        last = max(grid, key=lambda r: r["prune_epoch"])
+        last = max(grid, key=prune_point)
         shared = last["train_flops_total"] - last.get("branch_train_flops", last["train_flops_total"])
         branched.append(shared + sum(r.get("branch_train_flops", r["train_flops_total"]) for r in grid)
                         if all("branch_train_flops" in r for r in grid) else scratch[-1])
@@ -100,8 +109,8 @@ def aggregate(runs: list[dict]) -> list[dict]:
         grid_size = len({r["method"] for r in runs if r["family"] == "fixed"})
         scratch, branched = _grid_scan_cost(runs)
         base = _row("oracle", "oracle", chosen, dense_flops, dense_seconds)
-        epochs = sorted({r["prune_epoch"] for r in chosen})
-        label = f"fixed-{epochs[0]}" if len(epochs) == 1 else "best per seed"
+        methods = {r["method"] for r in chosen}  # one grid point (fixed-3, fixed-2.66) for every seed, or not
+        label = methods.pop() if len(methods) == 1 else "best per seed"
         for name, cost in ((f"oracle ({label}), branched grid", branched),
                            (f"oracle ({label}), grid from scratch", scratch)):
             rows.append({**base, "method": name, "train_flops": cost, "grid_size": grid_size,
@@ -140,6 +149,16 @@ def paired_table(pairs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _point_cell(point: float | list | None) -> str:
+    """A prune point in the table: whole epochs as they are (3, [2, 3]), fractions (step clock) to 2 decimals."""
+    if point is None:
+        return "-"
+    if isinstance(point, list):
+        return str(point) if all(isinstance(p, int) or p is None for p in point) else \
+            "[" + ", ".join(_point_cell(p) for p in point) + "]"
+    return str(point) if isinstance(point, int) else f"{point:.2f}"
+
+
 def markdown_table(rows: list[dict]) -> str:
     def ratio(v: float | None) -> str:
         return "-" if v is None else f"{v:.2f}x"
@@ -148,7 +167,7 @@ def markdown_table(rows: list[dict]) -> str:
              "| wall-clock (s) | vs dense |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         spread = f" ± {r['top1_std']:.2f}" if r["seeds"] > 1 else ""
-        epoch = "-" if r["prune_epoch"] is None else r["prune_epoch"]
+        epoch = _point_cell(r["prune_epoch"])
         if r.get("fallbacks"):
             epoch = f"{epoch} ({r['fallbacks']} fallback{'s' if r['fallbacks'] > 1 else ''})"
         seconds = "-" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}"
@@ -190,16 +209,17 @@ def write_comparison(out: Path, runs: list[dict], config: dict, log: Callable[[s
                                                         "runs": runs}, indent=1, default=str))
     plot_accuracy_vs_cost([r for r in rows if r["family"] != "oracle"], out / "accuracy_vs_cost.png")
     epi_runs = [r for r in runs if r["method"] == "epi-taylor"]
-    epi_epoch = epi_runs[0]["prune_epoch"] if epi_runs else None
+    epi_epoch = prune_point(epi_runs[0]) if epi_runs else None
     grid = sorted((r["prune_epoch"], r["top1_mean"], r["top1_std"]) for r in rows if r["family"] == "fixed")
     if grid:
-        plot_grid(grid, [(r["prune_epoch"], r.get("trigger")) for r in epi_runs], out / "accuracy_vs_prune_epoch.png")
+        plot_grid(grid, [(prune_point(r), r.get("trigger")) for r in epi_runs], out / "accuracy_vs_prune_epoch.png")
     dense_runs = [r for r in runs if r["method"] == "dense"]
     if dense_runs:
         dense_metrics = _metrics(dense_runs[0]["run_dir"])
         threshold = epi_runs[0]["epi_threshold"] if epi_runs else dense_runs[0]["epi_threshold"]
         plot_epi_curve(dense_metrics, threshold, epi_epoch, out / "epi_curve.png",
-                       trigger=epi_runs[0].get("trigger") if epi_runs else None)
+                       trigger=epi_runs[0].get("trigger") if epi_runs else None,
+                       steps_per_epoch=dense_runs[0]["steps_per_epoch"] if dense_runs[0].get("epi_every") else None)
         widths = dense_runs[0]["dense_widths"]
         plot_width_heatmap(dense_metrics, widths, out / "widths_heatmap.png", group_names(runs, len(widths)))
     log(table)

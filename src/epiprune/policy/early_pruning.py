@@ -372,7 +372,9 @@ class EarlyPruningPolicy:
         self.graph.prune(masks, optimizer)
         self.importance.reset()  # accumulators now have the pruned widths (and are no longer used)
         self.kept = {name: np.flatnonzero(m).tolist() for name, m in zip(self.group_names, masks, strict=True)}
-        self.prune_epoch, self.trigger = self.epoch if self.clock is None else self.clock.epoch, trigger
+        # on the step clock a prune before the first step (at initialisation) is at epoch 0, step 0
+        self.prune_epoch = self.epoch if self.clock is None else self.clock.epoch if self.clock.step else 0
+        self.trigger = trigger
         self.prune_step = None if self.clock is None else self.clock.step
 
     def predicted_latency_ms(self, widths: Sequence[int] | None = None) -> float | None:

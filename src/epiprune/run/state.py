@@ -74,11 +74,14 @@ def save_run_checkpoint(run: RunState, on_checkpoint: Callable[[], None], partia
         partial = distributed.gather_to_all(partial)
     if not run.main:
         return False
-    recorder = run.recorder
+    recorder, point = run.recorder, run.branch_point
+    # a step-clock branch point (inside an epoch) is not in the metrics: kept, so a resumed branch still knows it
+    branched = {} if point is None or point.shared_flops is None else {
+        "branch_point": {"shared_flops": point.shared_flops, "shared_seconds": point.shared_seconds}}
     save_checkpoint(run.out / CHECKPOINT_FILE, run.model, run.optimizer, run.scheduler, run.policy,
                     config=asdict(run.cfg), metrics=run.metrics, train_flops_total=run.train_flops_total,
                     seconds=run.train_seconds, rng=rng, scaler=run.scaler.state_dict(),
-                    scores=recorder.state_dict() if recorder else {}, partial=partial)
+                    scores=recorder.state_dict() if recorder else {}, partial=partial, **branched)
     on_checkpoint()
     return True
 

@@ -121,7 +121,7 @@ def prune_at_initialisation(model: nn.Module, policy: EarlyPruningPolicy, loader
             if i >= batches:
                 break
             cross_entropy(model(x.to(device)), y.to(device)).backward()
-            policy.step()
+            policy.importance.step()  # not policy.step(): on the step clock these batches are no training steps
             model.zero_grad(set_to_none=True)
             flops += TRAIN_FLOPS_PER_FORWARD * dense_flops * len(y) * distributed.world_size()
     policy.prune_now(trigger="fixed")

@@ -48,7 +48,7 @@ from epiprune.run.steps import (
     seed_everything,
     split_data,
 )
-from epiprune.run.trajectory import ScoreRecorder, branch
+from epiprune.run.trajectory import BranchPoint, ScoreRecorder, branch
 
 PROGRESS_EVERY = 20  # steps between progress-bar loss updates (each one waits for the device)
 
@@ -181,6 +181,9 @@ def _restore(run: RunState, checkpoint: dict | None) -> None:
             extra["seconds"]
         run.first_epoch = len(run.metrics) + 1
         run.partial = extra["partial"][distributed.rank()] if extra.get("partial") else None
+        if extra.get("branch_point"):  # a step-clock branch: the FLOPs and seconds of the source at the branch step
+            shared = extra["branch_point"]
+            run.branch_point = BranchPoint([], 0.0, 0.0, None, shared["shared_flops"], shared["shared_seconds"])
         if main:
             atomic_write_text(run.metrics_path, "".join(json.dumps(m) + "\n" for m in run.metrics))
         where = f"step {run.partial['step']} of epoch {run.first_epoch}" if run.partial else \
