@@ -12,6 +12,10 @@ On the step clock (epi_every=N) the policy probes every N optimizer steps and pr
 
 On the epoch clock (epi_every=0) it probes once per epoch: call policy.step() every step and
 `policy.end_epoch(optimizer)` after each epoch (True in the epoch it prunes).
+
+Why this file is over ~400 lines: it is the one class a user holds, and what is left here is what shares its
+fields (the constructor's set-up in order, probe, prune, state and summary); its parts with a job of their own
+already live beside it (clock, replay, records, variants, latency_loop, subnetwork, indicator).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """One description of a training run: `TrainConfig`. The `train` subcommand's options are generated from its fields
 (help, default, choices, type: see `option` and cli.add_config_options), `epiprune train --config FILE` reads a
 JSON file of its fields, and `compare` writes one such file per run. Adding a run setting is adding a field here.
+(That is why the file is over ~400 lines: it is the one list of run settings, each field with its help text.)
 """
 
 from __future__ import annotations
