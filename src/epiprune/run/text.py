@@ -27,7 +27,8 @@ import torch
 from epiprune.errors import EpipruneError
 
 BUILTIN_TEXT_FILE = "sotu_extract.txt.gz"
-BUILTIN_TEXT_SHA256 = "15582aee45a11e676837ea71d50641adc89302f178544270d46e5bbd259965ea"  # of the uncompressed text, printed by scripts/make_text_corpus.py
+# SHA256 of the uncompressed text, as scripts/make_text_corpus.py prints it
+BUILTIN_TEXT_SHA256 = "15582aee45a11e676837ea71d50641adc89302f178544270d46e5bbd259965ea"
 VOCAB = 256  # byte values
 VAL_FRACTION = 0.1
 TITLE = b"State of the Union Address, "
