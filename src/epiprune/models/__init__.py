@@ -71,6 +71,16 @@ def check_model_name(name: str, model_kwargs: dict | None = None) -> None:
                             "--model-kwargs with --model package.module:factory)")
 
 
+def check_model_task(name: str, task: str) -> None:
+    """Raise EpipruneError when registry model `name` takes other data than `task` ("image" or "text") gives."""
+    have = model_task(name)
+    if have is not None and have != task:
+        fits = [n for n in MODELS if model_task(n) == task]
+        data = "--data text" if task == "text" else "image data (--data other than text)"
+        raise EpipruneError(f"model {name} takes {'text' if have == 'text' else 'images'}, not the {task} of {data} "
+                            f"(accepted: --model {', '.join(fits)}, or your own network as package.module:factory)")
+
+
 def make_model(name: str, in_channels: int, num_classes: int, model_kwargs: dict | None = None,
                input_size: tuple[int, int] | None = None) -> nn.Module:
     """A dense network: registry `name`, or the factory at import path `name` called with model_kwargs (plus
@@ -89,4 +99,4 @@ def make_model(name: str, in_channels: int, num_classes: int, model_kwargs: dict
 
 
 __all__ = ["MODELS", "build_model", "check_model_name", "is_import_path", "make_model", "model_task",
-           "channel_models"]
+           "channel_models", "check_model_task"]

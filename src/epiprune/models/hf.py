@@ -24,11 +24,11 @@ def _transformers(name: str):  # noqa: ANN202 (the module)
 def lm_tiny(in_channels: int = 1, num_classes: int = 256) -> nn.Module:
     """Llama-style causal LM: vocabulary num_classes (256 bytes), hidden 128, 4 layers, 4 query heads over 2
     key/value heads (grouped-query, head_dim 32), SwiGLU MLP of 344 neurons, rotary positions up to 2048 tokens,
-    tied embeddings. in_channels is ignored (token ids). 0.76 M parameters; 228 MFLOPs per 128-byte sequence."""
+    untied embeddings (safetensors stores no shared tensors). in_channels is ignored (token ids)."""
     t = _transformers("lm_tiny")
     config = t.LlamaConfig(vocab_size=num_classes, hidden_size=128, intermediate_size=344, num_hidden_layers=4,
                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                           tie_word_embeddings=True, attn_implementation="sdpa")
+                           tie_word_embeddings=False, attn_implementation="sdpa")
     return t.LlamaForCausalLM(config)
 
 
