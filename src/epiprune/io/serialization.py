@@ -176,6 +176,9 @@ def load_pruned(path: str | Path, raw_inputs: bool | None = None, model: nn.Modu
     is an error. raw_inputs=False: the bare network, which expects inputs standardised as training did (see
     `load_preprocessing`): fed raw images it silently scores far worse."""
     spec, weights = read_spec(Path(path))
+    if raw_inputs and spec.get("task") == "text":
+        raise EpipruneError(f"{path} holds a language model (--data text), which takes token ids, not images "
+                            "(accepted: load_pruned(path) and the model's forward or generate on byte ids)")
     model = build_from_spec(spec, model, source=str(path))
     try:
         state = load_file(str(weights))
