@@ -68,8 +68,8 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, mod
     target = export_target(run_dir, fmt, out, force)
     spec = json.loads((run_dir / ARCH_FILE).read_text())
     if spec.get("task") == "text" and fmt != "safetensors":
-        raise EpipruneError(f"{run_dir} holds a language model; its --format {fmt} is not built yet (accepted: --format "
-                            "safetensors, or epiprune.io.pretrained.save_pretrained for a Hugging Face folder)")
+        raise EpipruneError(f"{run_dir} holds a language model; its --format {fmt} is not built yet (accepted: "
+                            "--format safetensors, or epiprune.io.pretrained.save_pretrained for a Hugging Face folder)")
     bare = load_pruned(run_dir, raw_inputs=False, model=model)
     prep = load_preprocessing(run_dir)
     # standardisation inside the graph: the exported model takes raw [0, 1] images (runs saved before the
