@@ -69,7 +69,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, mod
     spec = json.loads((run_dir / ARCH_FILE).read_text())
     if spec.get("task") == "text" and fmt != "safetensors":
         raise EpipruneError(f"{run_dir} holds a language model; its --format {fmt} is not built yet (accepted: "
-                            "--format safetensors, or epiprune.io.pretrained.save_pretrained for a Hugging Face folder)")
+                            "--format safetensors, or epiprune.io.pretrained.save_pretrained)")
     bare = load_pruned(run_dir, raw_inputs=False, model=model)
     prep = load_preprocessing(run_dir)
     # standardisation inside the graph: the exported model takes raw [0, 1] images (runs saved before the
