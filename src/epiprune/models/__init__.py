@@ -71,14 +71,15 @@ def check_model_name(name: str, model_kwargs: dict | None = None) -> None:
                             "--model-kwargs with --model package.module:factory)")
 
 
-def check_model_task(name: str, task: str) -> None:
-    """Raise EpipruneError when registry model `name` takes other data than `task` ("image" or "text") gives."""
+def check_model_task(name: str, task: str, data: str) -> None:
+    """Raise EpipruneError when registry model `name` takes other data than dataset `data` of `task` ("image" or
+    "text") gives."""
     have = model_task(name)
     if have is not None and have != task:
         fits = [n for n in MODELS if model_task(n) == task]
-        data = "--data text" if task == "text" else "image data (--data other than text)"
-        raise EpipruneError(f"model {name} takes {'text' if have == 'text' else 'images'}, not the {task} of {data} "
-                            f"(accepted: --model {', '.join(fits)}, or your own network as package.module:factory)")
+        words = {"text": "text", "image": "images"}
+        raise EpipruneError(f"model {name} takes {words[have]}, but --data {data} is {words[task]} (accepted: --model "
+                            f"{', '.join(fits)} for --data {data}, or your own network as package.module:factory)")
 
 
 def make_model(name: str, in_channels: int, num_classes: int, model_kwargs: dict | None = None,

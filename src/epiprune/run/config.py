@@ -362,7 +362,7 @@ class TrainConfig:
 
     def _validate_text(self) -> None:
         """The model fits the data (a language model for --data text, an image model otherwise); text's settings."""
-        check_model_task(self.model, "text" if self.data == "text" else "image")
+        check_model_task(self.model, "text" if self.data == "text" else "image", self.data)
         if self.data != "text":
             return
         if self.seq_len < 2:

@@ -135,7 +135,7 @@ def _setup(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None]
         dataset = load_dataset(cfg.data, cfg.data_dir, image_size=cfg.image_size, seq_len=cfg.seq_len)
     dataset, test_split = split_data(dataset, cfg)
     task = task_of(dataset)
-    check_model_task(cfg.model, task.name)
+    check_model_task(cfg.model, task.name, dataset.name)
     if dataset.num_classes < 2 and main:
         sys.stderr.write(f"warning: {dataset.name} has {dataset.num_classes} class: every prediction is right, so "
                          "its accuracy means nothing (accepted, but a classifier needs 2 or more classes)\n")
