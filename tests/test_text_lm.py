@@ -156,6 +156,15 @@ def test_text_settings_that_do_not_fit_are_refused_in_one_line(argv, fragments, 
     assert not (tmp_path / "run").exists()
 
 
+def test_the_config_refuses_a_model_that_does_not_take_the_data_before_any_data_is_read():
+    from epiprune.run.config import TrainConfig
+
+    with pytest.raises(EpipruneError, match=r"^model resnet20 takes images, but --data text is text"):
+        TrainConfig(model="resnet20", data="text").validate()
+    TrainConfig(model="lm_tiny", data="text").validate()  # accepted
+    TrainConfig(model="vit_tiny").validate()
+
+
 def test_a_data_dir_without_text_is_refused_in_one_line(tmp_path, capsys):
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "a.png").write_bytes(b"not text")
