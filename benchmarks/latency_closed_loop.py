@@ -34,7 +34,7 @@ from epiprune.costs.latency_table import LatencyTable
 from epiprune.costs.timing import LatencySettings, device_name, paired_ratio, step_runner
 from epiprune.errors import EpipruneError
 from epiprune.files import atomic_write_text
-from epiprune.models import MODELS, build_model
+from epiprune.models import build_model, channel_models
 
 INPUT = (1, 28, 28)  # the built-in data
 
@@ -78,7 +78,7 @@ def run_row(name: str, threads: int, fraction: float, settings: LatencySettings,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default=",".join(MODELS), help="registry models (default: all)")
+    parser.add_argument("--models", default=",".join(channel_models()), help="registry models (default: all CNNs)")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--budgets", default="0.3,0.5,0.7")
     parser.add_argument("--batch-size", type=int, default=128)

@@ -287,7 +287,9 @@ def _train(args: argparse.Namespace, argv: list[str]) -> None:
         return
     s = result.summary
     when = "never" if s["prune_epoch"] is None else f"after epoch {s['prune_epoch']} ({s['trigger']})"
-    print(f"pruned {when}; final val top-1 {100 * s['final_val_top1']:.2f}%")
+    final = f"final val top-1 {100 * s['final_val_top1']:.2f}%" if "final_val_bits_per_byte" not in s else \
+        f"final val {s['final_val_bits_per_byte']:.3f} bits/byte (perplexity {s['final_val_perplexity']:.2f})"
+    print(f"pruned {when}; {final}")
     print(f"FLOPs {s['dense_flops'] / 1e6:.2f}M -> {s['final_flops'] / 1e6:.2f}M ({100 * s['flops_ratio']:.1f}%), "
           f"params {s['dense_params'] / 1e6:.3f}M -> {s['final_params'] / 1e6:.3f}M ({100 * s['params_ratio']:.1f}%)")
     print(f"training cost {s['train_flops_total'] / 1e12:.3f} TFLOPs ({100 * s['train_flops_ratio']:.1f}% of "

@@ -19,6 +19,7 @@ from epiprune.run.folder import holds_run
 from epiprune.run.network import build_network
 from epiprune.run.options import parse_options, recorded_setting
 from epiprune.run.records import CompareRun
+from epiprune.run.tasks import task_of
 
 FAMILIES = ("dense", "plain", "init", "tpf", "fixed", "earlybird", "epi")
 DENSE = "{dense}"  # in a method's overrides: the folder of the same seed's dense run
@@ -129,7 +130,7 @@ class CompareConfig:
             # the user's network is built once here, so that a factory that fails or a wrong output shape is one
             # error line before any run folder exists, not a failure of every run
             data = load_dataset(self.data, self.data_dir)
-            build_network(train_cfg, data.in_channels, data.num_classes, data.image_size)
+            build_network(train_cfg, data.in_channels, data.num_classes, task_of(data).input_size(data))
 
     def methods(self) -> list[Method]:
         unknown = set(self.families) - set(FAMILIES)

@@ -27,7 +27,7 @@ from torch import nn
 from epiprune.errors import EpipruneError
 from epiprune.files import RUN_FILES, atomic_write
 from epiprune.io.preprocessing import METADATA_KEY, with_preprocessing
-from epiprune.io.serialization import ARCH_FILE, load_preprocessing, load_pruned
+from epiprune.io.serialization import load_preprocessing, load_pruned, read_spec
 
 FORMATS = ("torchscript", "export", "onnx", "safetensors")
 SUFFIX = {"torchscript": ".torchscript.pt", "export": ".pt2", "onnx": ".onnx", "safetensors": ".safetensors"}
@@ -66,8 +66,11 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, mod
         raise EpipruneError(f"unknown export format {fmt!r} (accepted: {', '.join(FORMATS)})")
     run_dir = Path(run_dir)
     target = export_target(run_dir, fmt, out, force)
+    spec, _ = read_spec(run_dir)  # "no saved model in ..." for a folder without one
+    if spec.get("task") == "text" and fmt != "safetensors":
+        raise EpipruneError(f"{run_dir} holds a language model; its --format {fmt} is not built yet (accepted: "
+                            "--format safetensors, or epiprune.io.pretrained.save_pretrained)")
     bare = load_pruned(run_dir, raw_inputs=False, model=model)
-    spec = json.loads((run_dir / ARCH_FILE).read_text())
     prep = load_preprocessing(run_dir)
     # standardisation inside the graph: the exported model takes raw [0, 1] images (runs saved before the
     # preprocessing was stored export the bare network, as before)

@@ -105,7 +105,8 @@ class RawInputModel(nn.Module):
         self.preprocessing = prep
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network(self.normalise(x))
+        out = self.network(self.normalise(x))
+        return getattr(out, "logits", out)  # a Hugging Face model's output: its logits
 
     def __getattr__(self, name: str) -> object:
         try:
@@ -117,9 +118,22 @@ class RawInputModel(nn.Module):
             return getattr(network, name)
 
 
+class LogitsOnly(nn.Module):
+    """A Hugging Face model returning its output's `.logits` tensor (what tracers and exporters need)."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x).logits
+
+
 def with_preprocessing(model: nn.Module, prep: Preprocessing | None) -> nn.Module:
     """`model` behind its standardisation (an nn.Sequential: [0] Normalise, [1] the network); the model itself when
     there is no record (runs made before it was stored: their inputs must be standardised by the caller)."""
+    if hasattr(getattr(model, "config", None), "to_dict"):  # a Hugging Face model: its logits
+        model = LogitsOnly(model)
     return model if prep is None else nn.Sequential(prep.normalise(), model).eval()
 
 

@@ -22,7 +22,7 @@ from epiprune.files import atomic_write, atomic_write_text
 from epiprune.io.preprocessing import Preprocessing, RawInputModel
 from epiprune.models import MODELS, build_model, is_import_path
 from epiprune.models.user import resolve_layers
-from epiprune.surgery import PrunableGraph, SurgeryError
+from epiprune.surgery import SurgeryError, make_graph
 
 ARCH_FILE = "architecture.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -77,7 +77,7 @@ def build_from_spec(spec: dict, model: nn.Module | None = None, source: str = "t
                                 f"that {name} builds>), or `epiprune export` / `epiprune predict` with --model "
                                 f"{name})")
         try:
-            model = build_model(name, in_channels, num_classes)
+            model = build_model(name, in_channels, num_classes, (h, w))
         except ValueError as e:
             raise EpipruneError(f"bad architecture spec ({e})") from None
     if not isinstance(model, nn.Module):
@@ -92,7 +92,7 @@ def build_from_spec(spec: dict, model: nn.Module | None = None, source: str = "t
                                 f"of them {hint}") from None
         device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
         try:
-            graph = PrunableGraph(model, torch.zeros(1, in_channels, h, w, device=device), ignored)
+            graph = make_graph(model, example_input(spec, device), ignored)
         except SurgeryError as e:
             raise EpipruneError(f"{e} {hint}") from None
         unknown = set(kept) - set(graph.names)
@@ -105,6 +105,15 @@ def build_from_spec(spec: dict, model: nn.Module | None = None, source: str = "t
         except SurgeryError as e:
             raise EpipruneError(f"{e} {hint}") from None
     return model
+
+
+def example_input(spec: dict, device: torch.device | str = "cpu") -> torch.Tensor:
+    """One sample of what the spec's network takes: token ids (1, seq_len) for a language model (a spec with
+    seq_len), else zeros (1, in_channels, H, W)."""
+    if spec.get("seq_len"):
+        return torch.zeros(1, int(spec["seq_len"]), dtype=torch.long, device=device)
+    h, w = spec["input_size"]
+    return torch.zeros(1, spec["in_channels"], h, w, device=device)
 
 
 def save_pruned(model: nn.Module, spec: dict, folder: Path) -> None:
@@ -167,6 +176,9 @@ def load_pruned(path: str | Path, raw_inputs: bool | None = None, model: nn.Modu
     is an error. raw_inputs=False: the bare network, which expects inputs standardised as training did (see
     `load_preprocessing`): fed raw images it silently scores far worse."""
     spec, weights = read_spec(Path(path))
+    if raw_inputs and spec.get("task") == "text":
+        raise EpipruneError(f"{path} holds a language model (--data text), which takes token ids, not images "
+                            "(accepted: load_pruned(path) and the model's forward or generate on byte ids)")
     model = build_from_spec(spec, model, source=str(path))
     try:
         state = load_file(str(weights))

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from torch import nn
@@ -13,6 +14,7 @@ from epiprune.errors import EpipruneError
 from epiprune.registry import Registry
 
 from .convnext import convnext_mini
+from .hf import lm_tiny, vit_tiny
 from .mobilenetv2 import mobilenetv2, mobilenetv2_small
 from .resnet import resnet20, resnet56
 from .resnext import resnext20_4x8d
@@ -24,17 +26,37 @@ from .vgg import vgg11_bn
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 for _name, _factory in (("resnet20", resnet20), ("resnet56", resnet56), ("vgg11_bn", vgg11_bn),
                         ("mobilenetv2", mobilenetv2), ("mobilenetv2_small", mobilenetv2_small),
-                        ("resnext20_4x8d", resnext20_4x8d), ("convnext_mini", convnext_mini)):
+                        ("resnext20_4x8d", resnext20_4x8d), ("convnext_mini", convnext_mini),
+                        ("vit_tiny", vit_tiny), ("lm_tiny", lm_tiny)):
     MODELS.register(_name, _factory)
 
 
-def build_model(name: str, in_channels: int = 3, num_classes: int = 10) -> nn.Module:
-    """Build a registered model. Raises ValueError naming the accepted names for an unknown one."""
+def build_model(name: str, in_channels: int = 3, num_classes: int = 10, input_size: tuple[int, int] | None = None
+                ) -> nn.Module:
+    """Build a registered model. Raises ValueError naming the accepted names for an unknown one. input_size (H, W)
+    is passed as image_size to a factory that takes it (vit_tiny: its patch grid and position embeddings)."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r} (accepted: {', '.join(MODELS)})")
     if in_channels not in (1, 3):
         raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
-    return MODELS.get(name)(in_channels=in_channels, num_classes=num_classes)
+    factory = MODELS.get(name)
+    extra = {}
+    if input_size is not None and "image_size" in inspect.signature(factory).parameters:
+        extra["image_size"] = int(input_size[0])
+    return factory(in_channels=in_channels, num_classes=num_classes, **extra)
+
+
+def channel_models() -> list[str]:
+    """The registry models pruned by channels (the CNNs), without the transformers of models.hf."""
+    return [n for n in MODELS if not getattr(MODELS.get(n), "transformer", False)]
+
+
+def model_task(name: str) -> str | None:
+    """What a registry model takes: "text" (token ids (N, T)) or "image" (pixels (N, C, H, W)); None for a user's
+    network (an import path), which says so only when it runs."""
+    if is_import_path(name) or name not in MODELS:
+        return None
+    return getattr(MODELS.get(name), "task", "image")
 
 
 def check_model_name(name: str, model_kwargs: dict | None = None) -> None:
@@ -49,6 +71,17 @@ def check_model_name(name: str, model_kwargs: dict | None = None) -> None:
                             "--model-kwargs with --model package.module:factory)")
 
 
+def check_model_task(name: str, task: str, data: str) -> None:
+    """Raise EpipruneError when registry model `name` takes other data than dataset `data` of `task` ("image" or
+    "text") gives."""
+    have = model_task(name)
+    if have is not None and have != task:
+        fits = [n for n in MODELS if model_task(n) == task]
+        words = {"text": "text", "image": "images"}
+        raise EpipruneError(f"model {name} takes {words[have]}, but --data {data} is {words[task]} (accepted: --model "
+                            f"{', '.join(fits)} for --data {data}, or your own network as package.module:factory)")
+
+
 def make_model(name: str, in_channels: int, num_classes: int, model_kwargs: dict | None = None,
                input_size: tuple[int, int] | None = None) -> nn.Module:
     """A dense network: registry `name`, or the factory at import path `name` called with model_kwargs (plus
@@ -57,7 +90,7 @@ def make_model(name: str, in_channels: int, num_classes: int, model_kwargs: dict
     check_model_name(name, model_kwargs)
     if not is_import_path(name):
         try:
-            return build_model(name, in_channels, num_classes)
+            return build_model(name, in_channels, num_classes, input_size)
         except ValueError as e:
             raise EpipruneError(str(e)) from None
     model = build_user_model(name, model_kwargs, in_channels, num_classes)
@@ -66,4 +99,5 @@ def make_model(name: str, in_channels: int, num_classes: int, model_kwargs: dict
     return model
 
 
-__all__ = ["MODELS", "build_model", "check_model_name", "is_import_path", "make_model"]
+__all__ = ["MODELS", "build_model", "check_model_name", "is_import_path", "make_model", "model_task",
+           "channel_models", "check_model_task"]

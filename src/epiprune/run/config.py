@@ -19,7 +19,7 @@ from epiprune.costs.budget import Budget
 from epiprune.costs.timing import TARGETS, LatencySettings
 from epiprune.errors import EpipruneError
 from epiprune.files import atomic_write_text
-from epiprune.models import MODELS, check_model_name, is_import_path
+from epiprune.models import MODELS, check_model_name, check_model_task, is_import_path
 from epiprune.models.user import factory_arguments, import_factory, parse_layer_names, parse_model_kwargs
 from epiprune.numerics import AMP_DTYPES
 from epiprune.policy.bounds import EPI_AVERAGES, check_at_least, check_epi_average, check_threshold
@@ -77,10 +77,12 @@ class TrainConfig:
                                       "channels are never pruned; a container stands for its convs and linear layers "
                                       "(default: none; the classifier is always kept)")
     data: str = option("builtin", help=f"dataset: {', '.join(DATASETS)} (builtin: a Fashion-MNIST subset shipped "
-                       "with epiprune, 10k train / 2k val)")
+                       "with epiprune, 10k train / 2k val; text: byte-level language modelling, a built-in public-"
+                       "domain corpus or --data-dir's .txt files, for --model lm_tiny)")
     data_dir: str | None = option(None, help="folder of the dataset's files (only with a --data other than builtin; "
                                   "fashion-mnist also finds Debian's dataset-fashion-mnist) (default: none)")
     image_size: int = option(32, help="image side for --data imagefolder (pixels)")
+    seq_len: int = option(128, help="bytes per sample for --data text (a sample predicts each next byte)")
     train_subset: int | None = option(None, help="use at most this many training images, drawn at random "
                                       "(default: all)")
     val_subset: int | None = option(None, help="use at most this many validation images, drawn at random "
@@ -222,6 +224,7 @@ class TrainConfig:
         self._validate_model()
         if self.data not in DATASETS:
             raise EpipruneError(f"unknown dataset {self.data!r} (accepted: {', '.join(DATASETS)})")
+        self._validate_text()
         INDICATORS.get(self.indicator)  # an unknown name is one line naming the registered ones
         if self.finetune_epochs < 0:
             raise EpipruneError(f"fine-tune epochs {self.finetune_epochs} is negative (accepted: >= 0)")
@@ -357,6 +360,17 @@ class TrainConfig:
         """What a latency table for this run times: its target, batch, memory format and autocast dtype."""
         return LatencySettings(target=self.latency_target, batch_size=self.latency_batch or self.batch_size,
                                channels_last=self.channels_last, amp=self.amp)
+
+    def _validate_text(self) -> None:
+        """The model fits the data (a language model for --data text, an image model otherwise); text's settings."""
+        check_model_task(self.model, "text" if self.data == "text" else "image", self.data)
+        if self.data != "text":
+            return
+        if self.seq_len < 2:
+            raise EpipruneError(f"--seq-len {self.seq_len} is too small (accepted: an integer >= 2)")
+        if self.holdout:
+            raise EpipruneError(f"--holdout {self.holdout} is not supported with --data text (accepted: no --holdout; "
+                                "the validation split is each document's last 10%)")
 
     def _validate_user_input(self) -> None:
         """Checks that come before the others, so that a bad value is blamed on its own option."""

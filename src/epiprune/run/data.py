@@ -20,9 +20,10 @@ import torch
 
 from epiprune.errors import EpipruneError
 from epiprune.io.preprocessing import CIFAR10_CLASSES, FASHION_MNIST_CLASSES
+from epiprune.run.text import TextDataset, load_text
 
 BUILTIN_FILE = "fashion_mnist_subset.npz"
-DATASETS = ("builtin", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
+DATASETS = ("builtin", "fashion-mnist", "cifar10", "cifar100", "imagefolder", "text")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -229,13 +230,17 @@ def load_image_folder(folder: Path, image_size: int = 32, channels: int = 3, val
     return Dataset("imagefolder", images, labels, val_images, val_labels, len(classes), classes)
 
 
-def load_dataset(name: str, folder: str | Path | None = None, image_size: int = 32, channels: int = 3) -> Dataset:
-    """Load a dataset by name (see DATASETS). `folder` is required except for builtin (and for
-    fashion-mnist when Debian's dataset-fashion-mnist package is installed)."""
+def load_dataset(name: str, folder: str | Path | None = None, image_size: int = 32, channels: int = 3,
+                 seq_len: int = 128) -> Dataset | TextDataset:
+    """Load a dataset by name (see DATASETS). `folder` is required except for builtin and text (its built-in corpus
+    without a folder; see run/text.py), and for fashion-mnist when Debian's dataset-fashion-mnist package is
+    installed. seq_len: bytes per text sample."""
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r} (accepted: {', '.join(DATASETS)})")
     if name == "builtin":
         return load_builtin()
+    if name == "text":
+        return load_text(folder, seq_len)
     if folder is None:
         if name == "fashion-mnist" and FASHION_MNIST_SYSTEM_DIR.is_dir():
             folder = FASHION_MNIST_SYSTEM_DIR

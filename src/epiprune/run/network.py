@@ -16,7 +16,7 @@ from epiprune.numerics import in_memory_format
 from epiprune.run.config import TrainConfig
 
 
-def build_network(cfg: TrainConfig, in_channels: int, num_classes: int, input_size: tuple[int, int]
+def build_network(cfg: TrainConfig, in_channels: int, num_classes: int, input_size: tuple[int, int] | None
                   ) -> tuple[nn.Module, list[nn.Module]]:
     """(cfg's dense network for images (in_channels, H, W) and num_classes, its modules named in
     cfg.ignore_layers). A user network must map (N, in_channels, H, W) to (N, num_classes) logits."""

@@ -30,6 +30,11 @@ class EpochRow(TypedDict):
     test_top1: NotRequired[float]  # the last epoch of a run with --holdout
     probes: NotRequired[list[dict]]  # step clock: the epoch's probes (step, epi, noise, threshold, decision)
     prune_step: NotRequired[int | None]  # step clock: the optimizer step it pruned at, in the epoch it did
+    # --data text (run/tasks.py): mean cross-entropy per byte (nats), bits per byte (loss / ln 2), perplexity per byte
+    val_loss: NotRequired[float]
+    train_bits_per_byte: NotRequired[float]
+    val_bits_per_byte: NotRequired[float]
+    val_perplexity: NotRequired[float]
 
 
 class LatencyCheck(TypedDict):
@@ -86,6 +91,9 @@ class RunSummary(TypedDict):
     epi_layer_weights: list[int]
     config: dict[str, Any]  # the run's TrainConfig as a dict
     final_test_top1: NotRequired[float]  # with --holdout
+    final_val_bits_per_byte: NotRequired[float]  # --data text
+    best_val_bits_per_byte: NotRequired[float]
+    final_val_perplexity: NotRequired[float]
     branched_from: NotRequired[str]  # with --branch-from, when the run pruned
     branch_train_flops: NotRequired[float]
     branch_seconds: NotRequired[float]

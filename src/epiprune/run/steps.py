@@ -22,6 +22,7 @@ from epiprune.policy.early_pruning import EarlyPruningPolicy
 from epiprune.run.config import TrainConfig
 from epiprune.run.data import Dataset, TensorLoader
 from epiprune.run.network import to_input
+from epiprune.run.tasks import TASKS, ImageTask, logits_of
 
 TRAIN_FLOPS_PER_FORWARD = 3
 
@@ -92,23 +93,25 @@ def lr_schedule(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: TensorLoader, device: torch.device, channels_last: bool = False,
-             amp: str = "none") -> tuple[float, float]:
-    """(mean cross-entropy, top-1 accuracy in [0, 1]) over the loader, summed over data-parallel ranks."""
+             amp: str = "none", task: ImageTask | None = None) -> tuple[float, float]:
+    """(mean cross-entropy, top-1 accuracy in [0, 1]) over the loader, summed over data-parallel ranks; per image,
+    or per byte for the text task (run/tasks.py)."""
+    task = TASKS.get("image") if task is None else task
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
     for x, y in loader:
         x, y = to_input(x, device, channels_last), y.to(device, non_blocking=True)
         with autocast(device, amp):
-            logits = model(x).float()
-        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
-        correct += int((logits.argmax(1) == y).sum())
-        count += len(y)
+            logits = logits_of(model(x)).float()
+        loss_sum += task.loss(logits, y, reduction="sum").item()
+        correct += int(task.correct(logits, y))
+        count += task.units(y)
     loss_sum, correct, count = distributed.all_reduce_sum([loss_sum, correct, count], device)
     return loss_sum / max(count, 1), correct / max(count, 1)
 
 
 def prune_at_initialisation(model: nn.Module, policy: EarlyPruningPolicy, loader: TensorLoader,
-                            batches: int) -> float:
+                            batches: int, task: ImageTask | None = None) -> float:
     """Prune before the first step. Taylor importance is accumulated over `batches` mini-batches of gradients
     at initialisation (SNIP-style, no weight update); magnitude and random need no data.
     Returns the training FLOPs spent on those batches."""
@@ -120,7 +123,9 @@ def prune_at_initialisation(model: nn.Module, policy: EarlyPruningPolicy, loader
         for i, (x, y) in enumerate(loader):
             if i >= batches:
                 break
-            cross_entropy(model(x.to(device)), y.to(device)).backward()
+            y = y.to(device)
+            (cross_entropy(model(x.to(device)), y) if task is None else
+             task.loss(logits_of(model(x.to(device))), y)).backward()
             policy.importance.step()  # not policy.step(): on the step clock these batches are no training steps
             model.zero_grad(set_to_none=True)
             flops += TRAIN_FLOPS_PER_FORWARD * dense_flops * len(y) * distributed.world_size()

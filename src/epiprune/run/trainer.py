@@ -24,7 +24,7 @@ from epiprune.errors import DistributedError, EpipruneError
 from epiprune.files import CHECKPOINT_FILE, atomic_write_text
 from epiprune.io.preprocessing import from_loader_stats
 from epiprune.io.serialization import architecture_spec, save_pruned
-from epiprune.models import is_import_path
+from epiprune.models import check_model_task, is_import_path
 from epiprune.numerics import autocast, in_memory_format
 from epiprune.run.checkpoint import load_checkpoint
 from epiprune.run.config import TrainConfig
@@ -48,6 +48,7 @@ from epiprune.run.steps import (
     seed_everything,
     split_data,
 )
+from epiprune.run.tasks import logits_of, task_of
 from epiprune.run.trajectory import BranchPoint, ScoreRecorder, branch
 
 PROGRESS_EVERY = 20  # steps between progress-bar loss updates (each one waits for the device)
@@ -131,24 +132,18 @@ def _setup(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None]
     out = prepare_output(cfg.out) if main else Path(cfg.out)
     seed_everything(cfg.seed)
     if dataset is None:
-        dataset = load_dataset(cfg.data, cfg.data_dir, image_size=cfg.image_size)
+        dataset = load_dataset(cfg.data, cfg.data_dir, image_size=cfg.image_size, seq_len=cfg.seq_len)
     dataset, test_split = split_data(dataset, cfg)
+    task = task_of(dataset)
+    check_model_task(cfg.model, task.name, dataset.name)
     if dataset.num_classes < 2 and main:
         sys.stderr.write(f"warning: {dataset.name} has {dataset.num_classes} class: every prediction is right, so "
                          "its accuracy means nothing (accepted, but a classifier needs 2 or more classes)\n")
     rank, world = distributed.rank(), distributed.world_size()
-    train_loader = TensorLoader(dataset.train_images, dataset.train_labels, cfg.batch_size, train=True,
-                                seed=cfg.seed, rank=rank, world=world)
-    val_loader = TensorLoader(dataset.val_images, dataset.val_labels, 512, train=False, rank=rank, world=world)
-    val_loader.normalise_like(train_loader)
-    test_loader = None
-    if test_split is not None:  # evaluated once, at the end: nothing is chosen on it
-        test_loader = TensorLoader(*test_split, 512, train=False, rank=rank, world=world)
-        test_loader.normalise_like(train_loader)
-    h, w = dataset.image_size
-    model, ignored = build_network(cfg, dataset.in_channels, dataset.num_classes, (h, w))
+    train_loader, val_loader, test_loader = task.loaders(dataset, cfg.batch_size, cfg.seed, rank, world, test_split)
+    model, ignored = build_network(cfg, dataset.in_channels, dataset.num_classes, task.input_size(dataset))
     model = model.to(device)
-    example = torch.zeros(1, dataset.in_channels, h, w, device=device)
+    example = task.example(dataset, device)
     model = in_memory_format(model, cfg.channels_last)
     policy = make_run_policy(cfg, model, example, budget, out, checkpoint is not None, log, ignored,
                           len(train_loader))
@@ -157,7 +152,8 @@ def _setup(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None]
         model.load_state_dict(checkpoint["model"])
     run = RunState(cfg, device, log, main, out, budget, dataset, train_loader, val_loader, test_loader, model, policy)
     if checkpoint is None and cfg.prune_at == 0:
-        run.train_flops_total = prune_at_initialisation(model, policy, train_loader, cfg.init_batches)
+        run.train_flops_total = prune_at_initialisation(model, policy, train_loader, cfg.init_batches,
+                                                        None if task.name == "image" else task)
     run.optimizer = make_optimizer(model, cfg)
     run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lr_schedule(cfg, len(train_loader)))
     return run
@@ -193,9 +189,8 @@ def _restore(run: RunState, checkpoint: dict | None) -> None:
         if main:
             run.metrics_path.unlink(missing_ok=True)
         d, policy = run.dataset, run.policy
-        h, w = d.image_size
-        run.log(f"epiprune: {cfg.model} on {d.name} ({len(d.train_labels)} train / {len(d.val_labels)} val, "
-                f"{d.in_channels}x{h}x{w}), budget {run.budget}, importance {cfg.importance}, {cfg.total_epochs} "
+        run.log(f"epiprune: {cfg.model} on {d.name} ({task_of(d).describe(d)}), budget {run.budget}, "
+                f"importance {cfg.importance}, {cfg.total_epochs} "
                 f"epochs, dense {policy.dense_flops / 1e6:.2f} MFLOPs {policy.dense_params / 1e6:.3f} M params, "
                 f"{run.device.type}" + (f", {world} ranks" if world > 1 else ""))
         clock = policy.clock
@@ -235,6 +230,7 @@ def _train_steps(run: RunState, epoch: int, on_checkpoint: Callable[[], None]) -
     then checkpoints that step): (summed loss, correct, samples, summed forward FLOPs x samples, pruned in this
     epoch), over all ranks. A run resumed inside this epoch starts after its saved step, with its sums."""
     cfg, device, policy, scaler = run.cfg, run.device, run.policy, run.scaler
+    task = task_of(run.dataset)
     run.net.train()
     partial, run.partial = run.partial, None
     # running sums stay on the device: no host synchronisation per step, so on a GPU the next step's
@@ -255,8 +251,8 @@ def _train_steps(run: RunState, epoch: int, on_checkpoint: Callable[[], None]) -
     for step, (x, y) in enumerate(bar, start):
         x, y = to_input(x, device, cfg.channels_last), y.to(device, non_blocking=True)
         with autocast(device, cfg.amp):
-            logits = run.net(x)
-            loss = cross_entropy(logits, y)
+            logits = logits_of(run.net(x))
+            loss = cross_entropy(logits, y) if task.name == "image" else task.loss(logits, y)
         scaler.scale(loss).backward()
         flop_samples += run.flops * len(y)
         pruned_now = policy.step(scaler.get_scale() if scaler.is_enabled() else 1.0, run.optimizer)
@@ -272,7 +268,7 @@ def _train_steps(run: RunState, epoch: int, on_checkpoint: Callable[[], None]) -
         run.optimizer.zero_grad(set_to_none=True)
         run.scheduler.step()
         loss_total += loss.detach() * len(y)
-        correct_total += (logits.argmax(1) == y).sum()
+        correct_total += task.correct(logits, y)
         seen += len(y)
         # checkpointed at the prune step (a run killed now resumes inside this epoch) and where a branch starts
         save_step(run, on_checkpoint, pruned_now, step + 1 == len(run.train_loader), lambda: {  # called at once
@@ -299,7 +295,8 @@ def _train_epoch(run: RunState, epoch: int, on_checkpoint: Callable[[], None]) -
     t0 = time.perf_counter() - (run.partial["seconds"] if run.partial else 0.0)
     loss_sum, correct, seen, flop_samples, pruned_in_steps = _train_steps(run, epoch, on_checkpoint)
     run.train_flops_total += TRAIN_FLOPS_PER_FORWARD * flop_samples
-    _, val_top1 = evaluate(run.net, run.val_loader, device, cfg.channels_last, cfg.amp)
+    task = task_of(run.dataset)
+    val_loss, val_top1 = evaluate(run.net, run.val_loader, device, cfg.channels_last, cfg.amp, task)
     recorder = run.recorder
     weight_scores = recorder.weight_scores() if recorder is not None and not policy.pruned else None
     pruned_now = policy.end_epoch(optimizer)
@@ -312,12 +309,14 @@ def _train_epoch(run: RunState, epoch: int, on_checkpoint: Callable[[], None]) -
     epoch_seconds = time.perf_counter() - t0
     run.train_seconds += epoch_seconds
     fields = probe_fields(probes, policy.widths(), policy.clock is not None, policy.prune_step if pruned_now else None)
-    row = EpochRow(epoch=epoch, train_loss=loss_sum / seen, train_top1=correct / seen, val_top1=val_top1,
+    row = EpochRow(epoch=epoch, train_loss=loss_sum / seen,
+                   train_top1=correct / (seen * task.units_per_sample(run.dataset)), val_top1=val_top1,
                    epi=fields.pop("epi"), epi_layer=fields.pop("epi_layer"), epi_group=fields.pop("epi_group"),
                    widths=fields.pop("widths"), pruned=policy.pruned, pruned_this_epoch=pruned_now,
                    flops=run.flops, params=run.params, lr=optimizer.param_groups[0]["lr"],
                    epoch_seconds=epoch_seconds, train_flops_cumulative=run.train_flops_total,
                    epi_compared=fields.pop("epi_compared"), threshold=fields.pop("threshold"), **fields)
+    row.update(task.row_metrics(loss_sum / seen, val_loss))  # text: bits per byte and perplexity; image: none
     if run.test_loader is not None and epoch == cfg.total_epochs:
         row["test_top1"] = evaluate(run.net, run.test_loader, device, cfg.channels_last, cfg.amp)[1]
     run.metrics.append(row)
@@ -328,7 +327,8 @@ def _train_epoch(run: RunState, epoch: int, on_checkpoint: Callable[[], None]) -
         epi_text += f" vs {row['threshold']:.3f}"
     mark = f"  << pruned ({policy.trigger}" + (f", step {policy.prune_step}" if policy.prune_step else "") + ")" \
         if pruned_now else ""
-    run.log(f"epoch {epoch:3d}/{cfg.total_epochs}  loss {row['train_loss']:.4f}  val top-1 {100 * val_top1:5.2f}%  "
+    run.log(f"epoch {epoch:3d}/{cfg.total_epochs}  loss {row['train_loss']:.4f}  "
+            f"{task.describe_epoch(val_loss, val_top1)}  "
             f"EPI {epi_text}  FLOPs {run.flops / 1e6:7.2f}M  {epoch_seconds:5.1f}s{mark}")
     return row
 
@@ -337,7 +337,7 @@ def _finish(run: RunState) -> RunResult:
     """The summary (training cost against dense training of the same data budget), the latency check, the saved
     model, summary.json and epi.png."""
     cfg, policy, metrics, dataset, flops, params = run.cfg, run.policy, run.metrics, run.dataset, run.flops, run.params
-    train_loader, h, w = run.train_loader, *dataset.image_size
+    train_loader, task = run.train_loader, task_of(dataset)
     # the reference: the same data budget (epochs of the main schedule) spent on the dense model
     samples_per_epoch = len(train_loader) * cfg.batch_size if train_loader.drop_last else len(train_loader.labels)
     dense_train_flops = TRAIN_FLOPS_PER_FORWARD * policy.dense_flops * samples_per_epoch * cfg.epochs
@@ -356,6 +356,7 @@ def _finish(run: RunState) -> RunResult:
         train_flops_ratio=run.train_flops_total / dense_train_flops, train_seconds=run.train_seconds,
         epi_layer_weights=policy.layer_weights, config=asdict(cfg),
     )
+    summary.update(task.summary_metrics(metrics))  # text: bits per byte and perplexity; image: none
     if run.test_loader is not None:
         summary["final_test_top1"] = metrics[-1]["test_top1"]
     if cfg.branch_from is not None and policy.prune_epoch:  # what this run trained itself, after the branch point
@@ -375,16 +376,26 @@ def _finish(run: RunState) -> RunResult:
             summary["latency_closed_loop"] = None if loop is None else {
                 **loop.record(), "share_of_run": loop.seconds / max(run.train_seconds, 1e-9)}
     if run.main:
-        prep = from_loader_stats(train_loader.mean, train_loader.std, (h, w), dataset.labels)
-        spec = architecture_spec(cfg.model, dataset.in_channels, dataset.num_classes, (h, w), policy.kept,
-                                 preprocessing=prep.to_dict(), model_kwargs=cfg.model_kwargs,
-                                 ignore_layers=cfg.ignore_layers)
+        spec = _spec(cfg, dataset, train_loader, policy.kept)
         save_pruned(run.model, spec, run.out)
         atomic_write_text(run.out / "summary.json", json.dumps(summary, indent=1))
         plot_epi(metrics, run.out / "epi.png", policy.rule.threshold, policy.prune_epoch, policy.trigger,
                  None if policy.clock is None else policy.clock.steps_per_epoch, policy.prune_step)
     distributed.barrier()
     return RunResult(summary, metrics, run.model, run.out)
+
+
+def _spec(cfg: TrainConfig, dataset: Dataset, train_loader: TensorLoader, kept: dict | None) -> dict:
+    """The saved model's architecture spec: image input size and preprocessing, or (text) the sequence length."""
+    if task_of(dataset).name == "text":
+        spec = architecture_spec(cfg.model, dataset.in_channels, dataset.num_classes, (1, dataset.seq_len), kept,
+                                 model_kwargs=cfg.model_kwargs, ignore_layers=cfg.ignore_layers)
+        return {**spec, "seq_len": dataset.seq_len, "task": "text"}
+    h, w = dataset.image_size
+    prep = from_loader_stats(train_loader.mean, train_loader.std, (h, w), dataset.labels)
+    return architecture_spec(cfg.model, dataset.in_channels, dataset.num_classes, (h, w), kept,
+                             preprocessing=prep.to_dict(), model_kwargs=cfg.model_kwargs,
+                             ignore_layers=cfg.ignore_layers)
 
 
 def _train(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None], checkpoint: dict | None,
