@@ -35,6 +35,16 @@ def _mutant_under_test() -> str:
     return name if "__mutmut_" in name else ""
 
 
+def pytest_configure(config):
+    """Under a mutant, freeze what the forkserver already holds (torch, the collected tests) out of the garbage
+    collector's reach: each mutant's pytest session then collects only the objects it made itself, and the forked
+    child does not copy the parent's pages by touching their reference counts."""
+    if _mutant_under_test():
+        import gc
+
+        gc.freeze()
+
+
 def pytest_collection_modifyitems(config, items):
     """Under a mutant, run the quickest tests first: pytest stops at the first failure (mutmut passes -x), so a
     killed mutant costs its quickest killing test, not the selection in file order. The durations are those mutmut
