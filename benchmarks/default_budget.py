@@ -7,7 +7,7 @@ $EPIPRUNE_CACHE, so every seed pays for its table's build as a user's first run 
 reported apart (a later run of the same model reuses the table).
 
     python benchmarks/default_budget.py [--seeds 0,1,2] [--budgets flops:0.5,latency:0.5]
-        [--out benchmarks/results/default-budget] [--keep-runs] [-- extra train args]
+        [--out benchmarks/results/default-budget] [--runs DIR] [-- extra train args]
 
 Per run: the process's wall seconds, train seconds (epochs only), the table's build seconds, the last epoch's
 top-1, FLOPs kept, the prune epoch and trigger, the dense and pruned epochs' seconds (median over the epochs of
@@ -64,7 +64,8 @@ def one_run(budget: str, seed: int, out: Path, extra: list[str]) -> dict:
             "pruned_epoch_seconds": statistics.median(pruned) if pruned else None,
             "in_run_measured_ratio": check.get("measured_ratio"), "loop_status": loop.get("status"),
             "loop_measured_ratio": loop.get("measured_ratio"), "loop_seconds": loop.get("seconds"),
-            "load_before": load_before, "load_after": os.getloadavg()[0], "stdout_tail": proc.stdout[-1500:]}
+            "run_dir": str(out), "load_before": load_before, "load_after": os.getloadavg()[0],
+            "stdout_tail": proc.stdout[-1500:]}
 
 
 def interval(values: list[float]) -> tuple[float, float, float]:
@@ -81,13 +82,13 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--budgets", default="flops:0.5,latency:0.5", help="two budgets: the second minus the first")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "default-budget"))
-    parser.add_argument("--keep-runs", action="store_true", help="keep the run folders under OUT/runs")
+    parser.add_argument("--runs", default=None, help="write the run folders here (default: a temporary folder)")
     parser.add_argument("extra", nargs="*", help="after --: extra arguments for every train run")
     args = parser.parse_args()
     budgets = args.budgets.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     out = Path(args.out)
-    runs_dir = out / "runs" if args.keep_runs else Path(tempfile.mkdtemp(prefix="epiprune-default-budget-"))
+    runs_dir = Path(args.runs) if args.runs else Path(tempfile.mkdtemp(prefix="epiprune-default-budget-"))
     rows = []
     start = time.perf_counter()
     for i, seed in enumerate(seeds):
