@@ -8,7 +8,9 @@ in the runs' JSON files).
     python scripts/golden_run.py            # check: exit 0 if identical, 1 naming the first difference
     python scripts/golden_run.py --write    # record (only on purpose: when a change is meant to alter results)
 
-About 3 minutes on a 2-core CPU. CPU only (the golden numbers are CPU numerics, torch 2.13.0).
+About 3 minutes on a 2-core CPU. CPU only (the golden numbers are CPU numerics, torch 2.13.0, with THREADS intra-op
+threads: the runs are started with OMP_NUM_THREADS=THREADS whatever the caller set, since one thread gives other
+sums in the last bits; the fixture was recorded on a 2-core machine at torch's default, 2).
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ GOLDEN = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "golden
 # left out: wall-clock keys (every key with "seconds" in it), the run's own config (its --out is a temporary
 # folder), the device, and the latency table's path
 TIMING_KEYS = {"config", "device", "table"}
+THREADS = 2  # torch's intra-op threads when the fixture was recorded
 TRAIN = ["train", "--epochs", "4", "--epi-window", "2", "--seed", "0", "--no-progress"]
 COMPARE = ["compare", "--methods", "dense,epi", "--epochs", "4", "--epi-window", "1", "--seeds", "0",
            "--train-subset", "512", "--val-subset", "256"]
 
 
 def _epiprune(args: list[str]) -> None:
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": str(THREADS)}
     subprocess.run([sys.executable, "-m", "epiprune", *args], check=True, env=env, stdout=subprocess.DEVNULL)
 
 
