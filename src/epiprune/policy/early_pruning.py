@@ -313,7 +313,7 @@ class EarlyPruningPolicy:
         self.masks.append(self.earlybird_mask() if kind.bn_masks else np.concatenate(masks))
         eb = earlybird_stability(self.masks, self.earlybird_queue if kind.bn_masks else self.rule.window)
         clock = self.clock
-        noise = self._noise_similarity(widths) if clock is not None else None
+        noise = self._noise_similarity() if clock is not None else None
         if clock is not None and noise is not None:
             clock.noise.append(noise)
         threshold = clock.threshold() if self.auto_threshold else self.rule.threshold
@@ -341,7 +341,7 @@ class EarlyPruningPolicy:
         probes = self.rule.window + self.rule.smooth if not self.indicator_kind.bn_masks else self.earlybird_queue + 1
         return cannot_fire_before_fallback(self.indicator, self.rule, self.clock, probes)
 
-    def _noise_similarity(self, widths: list[int]) -> float | None:
+    def _noise_similarity(self) -> float | None:
         """Similarity (as EPI averages it) of the sub-networks selected from the two halves of the probe interval
         that ends now; None without a snapshot at the half (no gradient importance, or the first interval of a
         resumed run that started after its half)."""
