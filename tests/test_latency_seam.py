@@ -127,3 +127,33 @@ def test_a_registered_layer_kind_is_found_after_the_built_in_ones_and_a_name_reg
     assert layer_kinds.kind_of(nn.PReLU(4)) is prelu and layer_kinds.kind_of(nn.Conv2d(2, 2, 1)).name == "conv"
     with pytest.raises(EpipruneError, match="latency layer kind 'prelu' is registered already"):
         layer_kinds.register(prelu)
+
+
+def _with_table(cost: LatencyCostModel, layers: dict, calibration: dict) -> LatencyCostModel:
+    """A cost model of the same layers over another table (entries and calibration replaced)."""
+    table = LatencyTable(cost.table.key, layers, calibration)
+    return LatencyCostModel(cost.layers, table, cost.dense_widths.tolist(), cost.volume)
+
+
+def test_a_table_without_some_of_the_models_layers_is_refused_naming_the_first(dense_graph):
+    from epiprune.costs.latency_table import LatencyTableError
+
+    cost = synthetic_cost_model(dense_graph)
+    bn = {layer.signature for layer in cost.layers if layer.kind == "bn"}  # bn1 and bn2 share one, bn3 another
+    assert len(bn) == 2
+    layers = {sig: entry for sig, entry in cost.table.layers.items() if sig not in bn}
+    first = next(layer.name for layer in cost.layers if layer.signature in bn)
+    with pytest.raises(LatencyTableError) as error:
+        _with_table(cost, layers, cost.table.calibration)
+    assert str(error.value) == f"latency table lacks layer {first!r} (accepted: a table built for this model; " \
+                               "rebuild it)"
+
+
+def test_a_table_without_a_layer_scale_weighs_the_layers_once_and_ignores_entries_of_other_layers(dense_graph):
+    """layer_scale is optional in a table's calibration (1.0); an entry no layer of the model uses (listed first
+    here) is skipped without stopping the other entries from being read."""
+    cost = synthetic_cost_model(dense_graph)
+    unused = {"unused-signature": {"axes": [[1, 2]], "ms": [1.0, 2.0]}}
+    plain = _with_table(cost, {**unused, **cost.table.layers}, {"constant_ms": CONSTANT_MS, "tail_ms": 0.0})
+    widths = (5, 7, 3)
+    assert plain(widths) == CONSTANT_MS + sum(ms for _, ms in expected_layers(*widths).values())
