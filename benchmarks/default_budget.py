@@ -69,10 +69,10 @@ def one_run(budget: str, seed: int, out: Path, extra: list[str]) -> dict:
 
 
 def interval(values: list[float]) -> tuple[float, float, float]:
-    """Mean and two-sided 95% t interval of paired differences (the interval is the mean alone for one value)."""
+    """Mean and two-sided 95% t interval of paired differences (NaN bounds for one value: no interval)."""
     mean = statistics.fmean(values)
     if len(values) < 2:
-        return mean, mean, mean
+        return mean, float("nan"), float("nan")
     half = T95[len(values) - 1] * statistics.stdev(values) / len(values) ** 0.5
     return mean, mean - half, mean + half
 
@@ -80,7 +80,8 @@ def interval(values: list[float]) -> tuple[float, float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--budgets", default="flops:0.5,latency:0.5", help="two budgets: the second minus the first")
+    parser.add_argument("--budgets", default="flops:0.5,latency:0.5",
+                        help="one or two budgets (two: the second minus the first, paired by seed)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "default-budget"))
     parser.add_argument("--runs", default=None, help="write the run folders here (default: a temporary folder)")
     parser.add_argument("extra", nargs="*", help="after --: extra arguments for every train run")
@@ -101,7 +102,8 @@ def main() -> None:
                   f"{row['load_before']:.2f} -> {row['load_after']:.2f}", file=sys.stderr, flush=True)
     by = {(r["budget"], r["seed"]): r for r in rows}
     paired = {}
-    for key, scale in (("wall_seconds", 1.0), ("train_seconds", 1.0), ("final_val_top1", 100.0)):
+    compared = (("wall_seconds", 1.0), ("train_seconds", 1.0), ("final_val_top1", 100.0)) if len(budgets) > 1 else ()
+    for key, scale in compared:
         diffs = [scale * (by[(budgets[1], s)][key] - by[(budgets[0], s)][key]) for s in seeds]
         paired[key] = {"per_seed": diffs, "mean_ci95": interval(diffs)}
     meta = {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
@@ -119,6 +121,8 @@ def main() -> None:
         print(f"| {r['budget']} | {r['seed']} | {r['wall_seconds']:.0f} | {build} | {r['train_seconds']:.0f} | "
               f"{r['dense_epoch_seconds']:.1f} / {r['pruned_epoch_seconds']:.1f} | {100 * r['final_val_top1']:.2f} | "
               f"{100 * r['flops_ratio']:.1f}% | {r['prune_epoch']} ({r['trigger']}) | {ratio} |")
+    if not paired:
+        return
     print()
     print(f"| {budgets[1]} minus {budgets[0]}, paired by seed | per seed | mean [95% t interval] |")
     print("| --- | --- | --- |")
