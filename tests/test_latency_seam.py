@@ -157,3 +157,69 @@ def test_a_table_without_a_layer_scale_weighs_the_layers_once_and_ignores_entrie
     plain = _with_table(cost, {**unused, **cost.table.layers}, {"constant_ms": CONSTANT_MS, "tail_ms": 0.0})
     widths = (5, 7, 3)
     assert plain(widths) == CONSTANT_MS + sum(ms for _, ms in expected_layers(*widths).values())
+
+
+def test_a_layers_signature_text_is_pinned_because_stored_tables_are_matched_by_it(dense_graph):
+    """costs.latency_table: signatures are what stored tables are matched by; they must not change."""
+    layers, _ = timed_layers(dense_graph)
+    signatures = {layer.name: layer.signature for layer in layers}
+    assert signatures["conv1"] == "conv k3x3 s1x1 p1x1 d1x1 b0 in1 out8/g @8x8 grad0"
+    assert signatures["dw"] == "dwconv k3x3 s1x1 p1x1 d1x1 b0 in8 out8/g @8x8 grad1"
+    assert signatures["pw"] == "conv k1x1 s1x1 p0x0 d1x1 b0 in8/g out12/g @8x8 grad1"
+    assert signatures["fc2"] == "linear b1 in6/g out10 @- grad1"
+    assert signatures["bn1"] == "bn BatchNorm2d in8 out8/g @8x8 grad1"
+    odd = nn.Conv2d(3, 4, (3, 1), stride=(2, 1), padding=(1, 0), dilation=(1, 2), bias=True)
+    from epiprune.costs.layer_kinds import kind_of
+
+    assert kind_of(odd).detail(odd) == "k3x1 s2x1 p1x0 d1x2 b1"
+
+
+@pytest.mark.parametrize("conv", [nn.Conv2d(4, 6, (3, 1), stride=(2, 1), padding=(1, 0), dilation=(1, 2), bias=True),
+                                  nn.Conv2d(6, 6, 5, stride=2, padding=2, groups=6, bias=False)])
+def test_a_layer_kind_builds_the_timed_layer_as_the_model_has_it_at_other_widths(conv):
+    from epiprune.costs.layer_kinds import kind_of
+
+    built = kind_of(conv).builder(conv)(5, 5) if conv.groups > 1 else kind_of(conv).builder(conv)(3, 7)
+    assert type(built) is nn.Conv2d
+    for attribute in ("kernel_size", "stride", "padding", "dilation", "padding_mode"):
+        assert getattr(built, attribute) == getattr(conv, attribute)
+    assert (built.bias is None) == (conv.bias is None)
+    assert built.groups == (5 if conv.groups > 1 else 1)
+    assert (built.in_channels, built.out_channels) == ((5, 5) if conv.groups > 1 else (3, 7))
+
+
+def test_a_grouped_convolution_is_refused_in_one_line_naming_it():
+    from epiprune.costs.layer_kinds import kind_of
+
+    grouped = nn.Conv2d(8, 8, 3, groups=2)
+    assert kind_of(grouped).refuse(grouped, "block.conv") == (
+        "latency tables do not cover grouped convolution 'block.conv' (groups=2) yet (accepted: dense or depthwise "
+        "convolutions; use a flops or params budget)")
+    assert kind_of(nn.Conv2d(8, 8, 3)).refuse(nn.Conv2d(8, 8, 3), "c") is None
+
+
+def test_the_tail_term_scales_with_the_kept_fraction_of_the_activation_volume(dense_graph):
+    """cost = constant + layer_scale * layers + tail * V(widths), V the kept fraction of the activation volume
+    (each group's volume times its kept width over its dense width, over the total); V = 1 without volume."""
+    cost = synthetic_cost_model(dense_graph)
+    tail = 3.0
+    with_tail = _with_table(cost, cost.table.layers, {**cost.table.calibration, "tail_ms": tail})
+    widths = (5, 7, 3)
+    volume = cost.volume
+    assert volume.sum() > 0 and np.count_nonzero(volume) >= 2
+    fraction = float(np.sum(volume * np.array(widths) / np.array([8, 12, 6])) / volume.sum())
+    assert 0 < fraction < 1
+    assert with_tail.volume_fraction(widths) == pytest.approx(fraction, rel=1e-12)
+    assert with_tail(widths) == pytest.approx(cost(widths) + tail * fraction, rel=1e-12)
+    assert with_tail.volume_fraction((8, 12, 6)) == pytest.approx(1.0, rel=1e-12)
+    no_volume = LatencyCostModel(cost.layers, with_tail.table, [8, 12, 6], np.zeros_like(volume))
+    assert no_volume.volume_fraction(widths) == 1.0
+
+
+def test_a_table_is_read_clamped_to_its_grid():
+    """Points outside a table's axes read the nearest edge (interpolation never extrapolates)."""
+    from epiprune.costs.latency_model import interpolate
+
+    axes = [[1.0, 40.0, 80.0]]
+    ms = np.array([1.0, 4.0, 8.0])
+    assert interpolate(axes, ms, np.array([[0.0], [100.0], [40.0]])).tolist() == [1.0, 8.0, 4.0]
