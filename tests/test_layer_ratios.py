@@ -164,3 +164,59 @@ def test_the_builds_progress_counts_the_calibrations_whole_model_steps(layers, m
     assert "calibration" in calibrating.desc
     assert calibrating.total == len(steps) == calibration.calibration_steps() and calibrating.n == calibrating.total
     assert steps == list(range(len(steps)))  # the bar moved before every next step: its position is honest
+
+
+class CountingLayers(FakeLayers):
+    """FakeLayers that also counts, per (signature, c_in, c_out), how many runners it built and how often each ran."""
+
+    def __init__(self, speed=lambda sig, n: 1.0) -> None:
+        super().__init__(speed)
+        self.built: dict[tuple, int] = {}
+        self.runs: dict[tuple, int] = {}
+
+    def runner(self, layer: TimedLayer, c_in: int, c_out: int):
+        key = (layer.signature, c_in, c_out)
+        self.built[key] = self.built.get(key, 0) + 1
+        inner = super().runner(layer, c_in, c_out)
+
+        def run() -> float:
+            self.runs[key] = self.runs.get(key, 0) + 1
+            return inner()
+        return run
+
+
+def test_each_grid_point_is_built_once_warmed_up_and_timed_in_pairs_with_the_dense_size(layers):
+    """The dense point reuses the reference (built once, no second warm-up); every other point gets its own runner,
+    SETTINGS.warmup untimed runs, then SETTINGS.repeats pairs; the reference runs warm-up + one per pair (two in
+    the dense point's pairs) + the closing rounds. A machine drifting by 1% per run makes the dense point's own
+    pairs differ from 1, yet its ratio is 1 by definition; the other ratios are the fake's time over the dense
+    time, near the drift."""
+    from epiprune.costs.latency_table import table_axes
+    from epiprune.costs.layer_ratios import REFERENCE_ROUNDS, _points
+
+    _, timed = layers
+    fake = CountingLayers(lambda sig, n: 1.01 ** n)
+    entries, noise = measure_layer_ratios(timed, SETTINGS, fake.runner)
+    for layer in {layer.signature: layer for layer in timed}.values():
+        axes = table_axes(layer, SETTINGS.grid_points)
+        points = _points(layer, axes)
+        dense = points[-1]
+        assert all(fake.built[(layer.signature, *p)] == 1 for p in points)
+        assert all(fake.runs[(layer.signature, *p)] == SETTINGS.warmup + SETTINGS.repeats for p in points[:-1])
+        assert fake.runs[(layer.signature, *dense)] == \
+            SETTINGS.warmup + SETTINGS.repeats * (len(points) + 1) + REFERENCE_ROUNDS  # both sides of the dense pairs
+        ratio = np.asarray(entries[layer.signature]["ratio"])
+        assert ratio.shape == tuple(len(a) for a in axes) and ratio.flat[-1] == 1.0
+        expected = np.asarray([true_ms(layer, *p) / true_ms(layer, *dense) for p in points]).reshape(ratio.shape)
+        assert np.allclose(ratio, expected, rtol=0.03) and not np.allclose(ratio, 1.0)
+    assert set(noise) == {"reference_spread", "reference_spread_max", "layers", "rounds", "pair_ratio_spread",
+                          "reference_rounds_spread"}
+    assert noise["rounds"] == REFERENCE_ROUNDS and set(noise["layers"]) == {layer.signature for layer in timed}
+    assert 0 < noise["reference_spread"] < noise["reference_spread_max"] == max(noise["layers"].values())
+    assert noise["reference_spread"] == np.median(list(noise["layers"].values()))
+    assert 0 < noise["reference_rounds_spread"]
+
+
+def test_the_relative_spread_of_zero_times_is_zero_not_a_division_by_zero():
+    assert relative_spread([0.0, 0.0, 0.0]) == 0.0
+    assert relative_spread([1.0, 2.0, 3.0, 4.0, 5.0]) == pytest.approx(2.0 / 3.0)
