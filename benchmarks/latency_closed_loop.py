@@ -76,6 +76,15 @@ def run_row(name: str, threads: int, fraction: float, settings: LatencySettings,
                 k: v for k, v in stored.noise.items() if k != "layers"}, "record": result.record()}
 
 
+def save(out: Path, rows: list[dict], args: argparse.Namespace, start: float) -> None:
+    """OUT/closed_loop.json: the rows so far and what they were measured with."""
+    meta = {"device": device_name(torch.device("cpu")), "torch": torch.__version__, "python": platform.python_version(),
+            "batch_size": args.batch_size, "seconds": time.perf_counter() - start, "argv": sys.argv[1:],
+            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "closed_loop.json", json.dumps({"meta": meta, "rows": rows}, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(channel_models()), help="registry models (default: all CNNs)")
@@ -106,18 +115,18 @@ def main() -> None:
                 except EpipruneError as e:  # a model the tables do not cover, a budget below the floor
                     print(f"{name} {threads}t latency:{fraction:g}: refused: {e}", file=sys.stderr)
                     rows.append({"model": name, "threads": threads, "budget": fraction, "refused": str(e)})
+                    save(out, rows, args, start)
+                    if not table.exists():  # the table itself was refused: the other budgets would rebuild it
+                        break
                     continue
                 r = rows[-1]
+                save(out, rows, args, start)  # after every row: a benchmark stopped early keeps what it measured
                 print(f"{name} {threads}t latency:{fraction:g}: {r['status']}, measured {r['measured_ratio']:.3f}, "
                       f"FLOPs {r['flops_ratio']:.3f}, table error {100 * r['table_prediction_error']:+.1f}%, "
                       f"{r['iterations']} it ({r['pairs']} pairs) in {r['loop_seconds']:.1f} s, check "
                       f"{r['check_ratio']}, load {r['load_before']} -> "
                       f"{r['load_after']}", file=sys.stderr)
-    meta = {"device": device_name(torch.device("cpu")), "torch": torch.__version__, "python": platform.python_version(),
-            "batch_size": args.batch_size, "seconds": time.perf_counter() - start,
-            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "closed_loop.json", json.dumps({"meta": meta, "rows": rows}, indent=1))
+    save(out, rows, args, start)
     print("| model | threads | budget F | outcome | measured ratio (+- ~95%) | in [F-0.03, F] | FLOPs kept | table "
           "error before | iterations | loop s | table noise (pairs / refs) | load avg before -> after |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
