@@ -354,3 +354,27 @@ def test_a_steady_machine_times_the_fewest_pairs_and_a_noisy_one_up_to_the_most(
     timing = paired_ratio(lambda: 1.0, lambda: next(ratios), pairs=5, warmup=0, min_pairs=3,
                           settled=lambda t: t.ratio + t.uncertainty < 0.47)
     assert timing.pairs == 3 and timing.ratio == pytest.approx(0.30)
+
+
+@pytest.mark.parametrize("given", [True, False])
+def test_the_policys_loop_times_its_latency_settings_and_logs_through_its_log(tmp_path, monkeypatch, given):
+    """The closed loop inside the policy times a step as the policy's latency settings say (the defaults when none
+    are given) and says its one line through the policy's log."""
+    from epiprune.policy import latency_loop
+
+    device, seen, lines = FakeDevice(), [], []
+
+    def fake_step_runner(shape, settings):
+        seen.append(settings)
+        return device.runner
+    monkeypatch.setattr(latency_loop, "step_runner", fake_step_runner)
+    torch.manual_seed(0)
+    model = WideNet()
+    path = tmp_path / "table.json"
+    settings = SETTINGS if given else LatencySettings()
+    synthetic_cost(PrunableGraph(model, EXAMPLE), settings).table.save(path)
+    policy = EarlyPruningPolicy(model, EXAMPLE, Budget(latency=0.5), latency=SETTINGS if given else None,
+                                latency_table=path, prune_at=1, log=lines.append)
+    assert seen == [settings]
+    train_and_prune(policy)
+    assert [line for line in lines if line.startswith("latency closed loop: ")]

@@ -106,3 +106,16 @@ def test_epi_passes_its_weights_to_every_similarity():
 def test_trigger_rule_refuses_a_negative_peak_and_no_smoothing_by_name(field, value, message):
     with pytest.raises(EpipruneError, match="^" + re.escape(message) + "$"):
         TriggerRule(**{field: value})
+
+
+def test_a_fallback_at_epoch_zero_is_refused_in_one_line():
+    with pytest.raises(EpipruneError) as error:
+        TriggerRule(window=1, threshold=0.9, min_dense_epochs=0, max_dense_epochs=0)
+    assert str(error.value) == "max dense epochs 0 must be >= min dense epochs 0 and > 0"
+
+
+def test_smoothing_waits_for_as_many_values_as_it_averages():
+    rule = TriggerRule(window=1, threshold=0.9, min_dense_epochs=0, smooth=3)
+    assert rule._smoothed([0.95, 0.97]) is None
+    assert rule._smoothed([0.5, 0.95, 0.97, 0.99]) == pytest.approx(0.97)
+    assert rule._smoothed([0.95, None, 0.99]) is None and rule._smoothed([]) is None

@@ -288,3 +288,82 @@ def test_the_summary_names_the_step_clock_and_the_auto_threshold():
     epoch_clock = EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8), Budget(flops=0.5), log=lambda _: None)
     assert (epoch_clock.summary()["epi_every"], epoch_clock.summary()["threshold"]) == (0, 0.944)
     assert policy.clock.threshold() is None  # no probe yet: no noise measured, no auto threshold
+
+
+def test_an_importance_without_a_name_is_called_by_its_class():
+    class Unnamed(SmallestWeights):
+        name = ""
+
+    policy = EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8), importance=Unnamed())
+    assert policy.importance_kind == "Unnamed"
+
+
+@pytest.mark.parametrize("setting, words", [("min_dense_epochs", "min dense epochs 1.5"),
+                                            ("max_dense_epochs", "max dense epochs 1.5"),
+                                            ("prune_at", "prune-at epoch 1.5")])
+def test_a_fraction_of_an_epoch_on_the_epoch_clock_is_refused_naming_the_setting(setting, words):
+    with pytest.raises(EpipruneError) as error:
+        EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8), **{setting: 1.5})
+    assert str(error.value) == f"{words} is not a whole number of epochs (accepted: fractions of an epoch on the " \
+                               "step clock, epi_every >= 2)"
+
+
+def test_an_importance_giving_scores_for_another_number_of_groups_is_refused_in_one_line():
+    class Short(SmallestWeights):
+        name = "short"
+
+        def scores(self) -> list[np.ndarray]:
+            return super().scores()[:-1]
+
+    policy = EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8), importance=Short())
+    with pytest.raises(EpipruneError) as error:
+        policy.prune_now()
+    groups = len(policy.group_names)
+    assert str(error.value) == f"importance 'short' gave scores for {groups - 1} groups (accepted: one array per " \
+                               f"channel group, {groups})"
+
+
+def test_zero_scores_are_accepted():
+    class Zeros(SmallestWeights):
+        name = "zeros"
+
+        def scores(self) -> list[np.ndarray]:
+            return [np.zeros_like(s) for s in super().scores()]
+
+    policy = EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8), importance=Zeros())
+    policy.prune_now()
+    assert policy.pruned
+
+
+def test_a_latency_budget_without_settings_uses_the_default_settings_and_the_policys_log(monkeypatch, tmp_path):
+    from epiprune.costs.timing import LatencySettings
+    from epiprune.policy import early_pruning
+
+    seen = {}
+
+    def fake_load_or_build(graph, settings, table, progress, log, select):
+        seen["build"] = settings
+        raise EpipruneError("stop here")
+
+    monkeypatch.setattr(early_pruning, "load_or_build", fake_load_or_build)
+    with pytest.raises(EpipruneError, match="stop here"):
+        EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8), Budget(latency=0.5), latency_table=tmp_path / "t")
+    assert seen["build"] == LatencySettings()
+
+
+def test_a_latency_budget_is_refused_for_a_transformer_in_one_line():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16)
+    model = transformers.LlamaForCausalLM(config)
+    with pytest.raises(EpipruneError) as error:
+        EarlyPruningPolicy(model, torch.zeros(1, 8, dtype=torch.long), Budget(latency=0.5))
+    assert str(error.value) == "budget latency:0.5 has no latency model for attention heads and MLP neurons yet " \
+                               "(accepted: flops or params budgets for transformer models)"
+    assert EarlyPruningPolicy(model, torch.zeros(1, 8, dtype=torch.long), Budget(flops=0.5)).budget.kind == "flops"
+
+
+def test_a_fresh_policy_has_no_scores_no_probe_half_and_no_prune_step():
+    policy = EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8))
+    assert policy.last_scores is None and policy.last_half is None and policy.prune_step is None
+    assert policy.summary()["prune_step"] is None

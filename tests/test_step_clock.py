@@ -498,3 +498,30 @@ def test_a_step_clock_whose_probes_come_too_late_says_so_in_probes():
         "epi cannot fire before the fallback at epoch 2: it needs 5 probes of 2 steps (window + smoothing), until "
         "epoch 2.50; the run will prune by fallback (accepted: --epi-every auto or a smaller --epi-window / "
         "--epi-smooth, or a later --max-dense-epochs)")
+
+
+def test_probe_records_carry_the_epoch_of_their_step_not_the_epochs_closed():
+    # 4 steps per epoch, a probe every 2 steps; end_epoch is never called (a loop that counts only steps)
+    policy = step_policy(ScriptedImportance(alternating_then_stable(20)), window=1, threshold=0.99,
+                         max_dense_epochs=20)
+    pruning_steps(policy, 10)
+    assert [(r.step, r.epoch) for r in policy.history] == [(2, 1), (4, 1), (6, 2), (8, 2), (10, 3)]
+
+
+def test_a_prune_at_initialisation_on_the_step_clock_is_epoch_zero():
+    policy = step_policy(ScriptedImportance([PEAKED_0]), window=1, prune_at=0)
+    policy.prune_now(trigger="fixed")
+    assert (policy.prune_epoch, policy.prune_step) == (0, 0)
+
+
+def test_replay_refuses_a_policy_that_has_probed():
+    from epiprune.policy.replay import replay_probes
+
+    policy = step_policy(ScriptedImportance(alternating_then_stable(20)), window=1, threshold=0.99,
+                         max_dense_epochs=20)
+    pruning_steps(policy, 2)
+    assert policy.history and not policy.pruned
+    policy.clock.step = 0  # a policy that has probed, whatever its clock says
+    with pytest.raises(EpipruneError, match=r"^replay_probes starts from a fresh policy \(accepted: a policy that "
+                                            r"has seen no step\)$"):
+        replay_probes(policy, [], lambda: None)

@@ -97,3 +97,38 @@ def test_channel_multiple_keeps_whole_blocks_of_the_best_channels(widths, fracti
         assert kept >= min(len(s), multiple)
         ranked = np.argsort(-s, kind="stable")
         assert set(np.flatnonzero(m)) == set(ranked[:kept])  # a prefix of the group's ranking
+
+
+def linear_cost(widths):
+    """cost = sum of widths (one unit per channel, no coupling): floors and targets read in channels."""
+    g = len(widths)
+    return CostModel(np.asarray(widths), coef=np.asarray(widths, dtype=np.float64), out_group=np.arange(g),
+                     in_group=np.full(g, -1), constant=0.0)
+
+
+def test_a_grouped_convolutions_blocks_set_the_floor_and_move_together():
+    """Group 0 spans 4 blocks of grouped convolutions (2 channels each): its floor is one channel per block (4),
+    and what it keeps stays a multiple of 4; group 1 is plain (floor 1)."""
+    from epiprune.costs.budget import BudgetError
+
+    cost = linear_cost([8, 6])
+    partitions = [np.repeat(np.arange(4), 2), None]
+    scores = [np.array([8.0, 1.0, 7.0, 2.0, 6.0, 3.0, 5.0, 4.0]), np.arange(6, 0, -1, dtype=np.float64)]
+    with pytest.raises(BudgetError):
+        select_subnetwork(scores, cost, 4.9, partitions=partitions)
+    masks = select_subnetwork(scores, cost, 5.0, partitions=partitions)
+    assert [int(m.sum()) for m in masks] == [4, 1]
+    assert np.flatnonzero(masks[0]).tolist() == [0, 2, 4, 6] and np.flatnonzero(masks[1]).tolist() == [0]
+    masks = select_subnetwork(scores, cost, 10.0, partitions=partitions)
+    assert [int(m.sum()) for m in masks] == [8, 2] or [int(m.sum()) for m in masks] == [4, 6]
+    assert int(masks[0].sum()) % 4 == 0 and sum(int(m.sum()) for m in masks) == 10
+
+
+def test_the_floor_is_min_channels_rounded_up_to_the_channel_multiple():
+    from epiprune.costs.budget import BudgetError
+
+    cost = linear_cost([8, 8])
+    scores = [np.arange(8, 0, -1, dtype=np.float64)] * 2
+    with pytest.raises(BudgetError):  # floor: 3 channels rounded up to 4, in each group
+        select_subnetwork(scores, cost, 7.9, min_channels=3, channel_multiple=2)
+    assert [int(m.sum()) for m in select_subnetwork(scores, cost, 8.0, min_channels=3, channel_multiple=2)] == [4, 4]
