@@ -82,3 +82,21 @@ def test_compare_options_are_trainconfigs():
         if f.name in SHARED_SETTINGS:
             assert helps[f.name] == f.metadata["help"], f.name
     assert next(a.default for a in sub._actions if a.dest == "epochs") == CompareConfig.epochs == 12
+
+
+def test_compares_noise_limit_reaches_every_run_and_is_not_compared(tmp_path, monkeypatch):
+    """compare --latency-noise-limit: every run's table build meets it; a finished run is reused whatever limit it
+    was made with (the limit decides whether a table build is kept, not what a run computes)."""
+    import epiprune.evidence.compare as compare_module
+    from epiprune.cli import main
+
+    given = []
+    monkeypatch.setattr(compare_module, "compare", lambda cfg: given.append(cfg))
+    assert main(["compare", "--budget", "latency:0.5", "--latency-noise-limit", "0.9", "--out", str(tmp_path)]) == 0
+    cfg = given[0]
+    assert cfg.latency_noise_limit == 0.9
+    for method in cfg.methods():
+        assert cfg.run_config(method, 0).latency_settings().noise_limit == 0.9
+    made = recorded(CompareConfig(epochs=6, epi_window=2))
+    assert settings_mismatch(CompareConfig(epochs=6, epi_window=2, latency_noise_limit=0.9), "epi-taylor", 0,
+                             made) is None

@@ -50,8 +50,9 @@ def test_defaults_of_the_command_line_are_the_config_defaults():
 def test_every_option_reaches_its_field():
     argv = ["--model-kwargs", '{"width": 4}', "--ignore-layers", "conv1, fc", "--keep-checkpoints", "1-2,5",
             "--epochs", "7", "--lr", "0.05", "--momentum", "0.8", "--record-scores", "--amp", "bf16",
-            "--epi-threshold", "0.9", "--data-dir", "x", "--branch-from", "d"]
+            "--epi-threshold", "0.9", "--data-dir", "x", "--branch-from", "d", "--latency-noise-limit", "0.8"]
     cfg = config_of(argv)
+    assert cfg.latency_noise_limit == 0.8 and cfg.latency_settings().noise_limit == 0.8  # what a table build meets
     assert cfg.model_kwargs == {"width": 4} and cfg.ignore_layers == ["conv1", "fc"]
     assert cfg.keep_checkpoints == [1, 2, 5] and cfg.epochs == 7 and cfg.lr == 0.05 and cfg.momentum == 0.8
     assert cfg.record_scores is True and cfg.amp == "bf16" and cfg.epi_threshold == 0.9
@@ -84,6 +85,17 @@ def test_bad_config_file_is_one_line(tmp_path, capsys, content, message):
     with pytest.raises(EpipruneError, match=message.replace("[", r"\[").replace("]", r"\]")):
         read_config_file(path)
     assert_one_line_error(call_main(["train", "--config", path, "--out", tmp_path / "run"], capsys), message)
+
+
+@pytest.mark.parametrize("bad,shown", [(0, "0"), (-1, "-1"), (float("nan"), "nan")])
+def test_a_bad_noise_limit_in_a_config_file_is_one_line_naming_the_option(tmp_path, capsys, bad, shown):
+    """A config file (or TrainConfig in Python) skips the option's parsing: validate checks the value."""
+    with pytest.raises(EpipruneError, match=rf"^--latency-noise-limit {shown} is not a number > 0 \(accepted: "):
+        TrainConfig(latency_noise_limit=bad).validate()
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"latency_noise_limit": bad}))
+    assert_one_line_error(call_main(["train", "--config", path, "--out", tmp_path / "run"], capsys),
+                          f"--latency-noise-limit {shown} is not a number > 0 (accepted: ")
 
 
 def test_config_file_accepts_what_write_wrote(tmp_path):

@@ -82,7 +82,7 @@ def test_calibration_recovers_known_coefficients_and_stays_non_negative():
 def _tables_built_under_load_are_not_refused(monkeypatch):
     """These tests are about the tables, not the machine: a build timed while other jobs load the CPU must not be
     refused as too noisy here (the refusal has its own tests, tests/test_layer_ratios.py)."""
-    monkeypatch.setattr(latency_build, "check_noise", lambda noise: None)
+    monkeypatch.setattr(latency_build, "check_noise", lambda noise, limit: None)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def built(tmp_path_factory):
     path = tmp_path_factory.mktemp("lat") / "table.json"
     _, graph = tiny_graph()
     with pytest.MonkeyPatch.context() as patch:  # as _tables_built_under_load_are_not_refused, for the module
-        patch.setattr(latency_build, "check_noise", lambda noise: None)
+        patch.setattr(latency_build, "check_noise", lambda noise, limit: None)
         cost, written = load_or_build(graph, TINY, path, progress=False, log=lambda _: None, select=select_subnetwork)
     return graph, cost, written
 

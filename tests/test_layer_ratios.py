@@ -4,14 +4,25 @@ slowly drifting one nearly the same, and a very noisy one must be refused in one
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from epiprune.costs.latency_build import build_table
-from epiprune.costs.latency_table import LatencyTable, LatencyTableError, TimedLayer, timed_layers
+from epiprune.costs.latency_table import (
+    LatencyTable,
+    LatencyTableError,
+    TimedLayer,
+    default_table_path,
+    table_key,
+    timed_layers,
+)
 from epiprune.costs.layer_ratios import MAX_PAIR_RATIO_SPREAD, check_noise, measure_layer_ratios, relative_spread
 from epiprune.costs.timing import LatencySettings
+from epiprune.errors import EpipruneError
 from epiprune.policy.subnetwork import select_subnetwork
 from epiprune.surgery import PrunableGraph
 
@@ -89,10 +100,36 @@ def test_a_very_noisy_timer_is_refused_in_one_line(layers):
     with pytest.raises(LatencyTableError, match=r"^the latency table's timings were too noisy to use: .* \(accepted: "
                        r"at most 50%") as e:
         check_noise(noise)
-    assert "\n" not in str(e.value)
+    assert "\n" not in str(e.value) and "or raise --latency-noise-limit (LatencySettings.noise_limit; now 0.5)" \
+        in str(e.value)
     with pytest.raises(LatencyTableError, match="too noisy"):  # the build refuses before calibrating
         build_table(graph, SETTINGS, progress=False, log=lambda _: None, select=select_subnetwork,
                     runner=FakeLayers(lambda sig, n: float(rng.lognormal(0.0, 0.8))).runner)
+
+
+def test_a_raised_noise_limit_keeps_a_noisy_build_with_the_same_key(layers):
+    """LatencySettings.noise_limit (the user's --latency-noise-limit) reaches the build's check, and the table it
+    keeps has the key of the default limit's: the limit decides whether a build is kept, not what it times."""
+    graph, timed = layers
+    rng = np.random.default_rng(0)
+    _, noise = measure_layer_ratios(timed, SETTINGS, FakeLayers(lambda sig, n: float(rng.lognormal(0.0, 0.8))).runner)
+    check_noise(noise, limit=noise["pair_ratio_spread"])  # at the limit: kept
+    with pytest.raises(LatencyTableError, match=r"\(accepted: at most 10%; .* now 0\.1\)"):
+        check_noise(noise, limit=0.1)
+    loose = replace(SETTINGS, noise_limit=100.0)
+    table = build_table(graph, loose, progress=False, log=lambda _: None, select=select_subnetwork,
+                        runner=FakeLayers(lambda sig, n: float(rng.lognormal(0.0, 0.8))).runner)
+    assert table.noise["pair_ratio_spread"] > MAX_PAIR_RATIO_SPREAD
+    assert table.key == table_key(graph, timed, SETTINGS)
+    assert default_table_path(table_key(graph, timed, loose)) == default_table_path(table_key(graph, timed, SETTINGS))
+
+
+@pytest.mark.parametrize("bad,shown", [(0, "0"), (-0.5, "-0.5"), (float("nan"), "nan"), (float("inf"), "inf"),
+                                       ("0.5", "'0.5'"), (True, "True"), (None, "None")])
+def test_a_bad_noise_limit_is_refused_in_one_line(bad, shown):
+    with pytest.raises(EpipruneError, match=rf"^latency noise limit {re.escape(shown)} is not a number > 0 "
+                       r"\(accepted: .*e\.g\. 0\.5 = 50%, the default; higher accepts a table built under load\)$"):
+        LatencySettings(noise_limit=bad)
 
 
 def test_a_steady_fake_build_records_its_noise_and_ratios(layers, tmp_path):

@@ -86,7 +86,8 @@ def test_a_non_default_policy_setting_reaches_the_trainers_policy(name, tmp_path
 
 
 def test_derived_latency_settings_reach_the_policy(tmp_path):
-    cfg = TrainConfig(latency_target="infer", latency_batch=4, channels_last=True)
+    cfg = TrainConfig(latency_target="infer", latency_batch=4, channels_last=True, latency_noise_limit=0.9)
+    assert cfg.latency_settings().noise_limit == 0.9  # --latency-noise-limit: what the table's build must meet
     assert cfg.policy_config().latency == cfg.latency_settings()
     assert trainers_policy(cfg, tmp_path).config.latency == cfg.latency_settings()
 

@@ -7,14 +7,14 @@ import sys
 from dataclasses import MISSING, fields
 from typing import TYPE_CHECKING
 
-from epiprune.costs.timing import TARGETS
+from epiprune.costs.timing import MAX_PAIR_RATIO_SPREAD, TARGETS
 from epiprune.errors import DistributedError, EpipruneError
 from epiprune.evidence.runs import SHARED_SETTINGS, CompareConfig
 from epiprune.models import MODELS, is_import_path
 from epiprune.models.user import parse_layer_names, parse_model_kwargs
 from epiprune.numerics import AMP_DTYPES
 from epiprune.run.config import TrainConfig, read_config_file
-from epiprune.run.config_text import int_list
+from epiprune.run.config_text import int_list, parse_noise_limit
 from epiprune.run.options import add_config_options, config_values
 
 if TYPE_CHECKING:
@@ -148,6 +148,12 @@ def _add_latency_table_options(lt: argparse.ArgumentParser) -> None:
                     "a run with train --channels-last)")
     lt.add_argument("--amp", default="none", choices=tuple(AMP_DTYPES), help="autocast dtype to time in (a table "
                     "for a run with train --amp)")
+    lt.add_argument("--latency-noise-limit", default=str(MAX_PAIR_RATIO_SPREAD), metavar="FRACTION",
+                    help="refuse the table if its timings spread more than this (pair ratios' interquartile range "
+                    "over median, median over layer sizes; a number > 0). A higher limit accepts a table built under "
+                    "load (two threads on a busy machine measured 0.74-0.94): the run's closed loop at the prune "
+                    "still corrects the pick against measured times. Not part of the table's key: train reuses the "
+                    "table whatever its own limit")
     lt.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to time: auto is a GPU "
                     "when CUDA is available; a table is only valid on the device that measured it")
     lt.add_argument("--out", default=None, metavar="PATH", help="file to write, or to reuse if it holds the table "
@@ -303,7 +309,8 @@ def _latency_table(args: argparse.Namespace) -> None:
     cfg = TrainConfig(model=args.model, model_kwargs=parse_model_kwargs(args.model_kwargs) if args.model_kwargs
                       else {}, ignore_layers=parse_layer_names(args.ignore_layers) if args.ignore_layers else [],
                       batch_size=args.batch_size, latency_target=args.latency_target, latency_batch=args.latency_batch,
-                      channels_last=args.channels_last, amp=args.amp, device=args.device)
+                      channels_last=args.channels_last, amp=args.amp, device=args.device,
+                      latency_noise_limit=parse_noise_limit(args.latency_noise_limit))
     job = prepare(cfg, args.input_shape, args.num_classes, args.out, args.force)  # every check before timing
     cost = build(job, args.force, progress=not args.no_progress)
     print(f"{job.path}: dense {job.settings.target} step at batch {job.settings.batch_size} = {cost.dense:.1f} ms "

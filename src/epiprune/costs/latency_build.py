@@ -51,8 +51,8 @@ def _grid_points(layers: Sequence[TimedLayer], settings: LatencySettings) -> int
 def build_table(graph: PrunableGraph, settings: LatencySettings, progress: bool = True,
                 log: Callable[[str], None] = print, *, select: Select, runner: LayerRunner | None = None
                 ) -> LatencyTable:
-    """Time every layer of graph.model on its grid as ratios to its dense size (costs.layer_ratios; a build too
-    noisy to use is refused, LatencyTableError) and calibrate against whole-model steps (see
+    """Time every layer of graph.model on its grid as ratios to its dense size (costs.layer_ratios; a build noisier
+    than settings.noise_limit is refused, LatencyTableError) and calibrate against whole-model steps (see
     costs.latency_model), the uneven calibration networks picked by `select`. Runs on the device of
     graph.example_inputs, with the current torch thread count. runner: how a layer is timed (tests inject one)."""
     start = time.perf_counter()
@@ -64,7 +64,7 @@ def build_table(graph: PrunableGraph, settings: LatencySettings, progress: bool 
               dynamic_ncols=True) as bar:
         entries, noise = measure_layer_ratios(layers, settings,
                                               runner or layer_runner(settings, graph.example_inputs.device), bar)
-    check_noise(noise)
+    check_noise(noise, settings.noise_limit)
     table = LatencyTable(table_key(graph, layers, settings), entries,
                          {"constant_ms": 0.0, "layer_scale": 1.0, "tail_ms": 0.0}, noise=noise)
     raw = LatencyCostModel(layers, table, graph.widths(), volume)

@@ -233,7 +233,9 @@ def architecture_digest(layers: Sequence[TimedLayer], graph: PrunableGraph) -> s
 
 
 def table_key(graph: PrunableGraph, layers: Sequence[TimedLayer], settings: LatencySettings) -> dict:
-    """What a table's numbers depend on; a stored table is reused only when every field matches."""
+    """What a table's numbers depend on; a stored table is reused only when every field matches. Not the
+    settings' repeats, warmup or noise_limit: how many timings a point takes and whether a build is accepted, not
+    what is timed."""
     device = graph.example_inputs.device
     return {"device": device_name(device), "device_type": device.type, "torch": torch.__version__,
             "threads": torch.get_num_threads(), "dtype": "float32" if settings.amp == "none" else settings.amp,

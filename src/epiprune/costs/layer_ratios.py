@@ -10,8 +10,9 @@ point's median milliseconds on its own, let a job that ran while one layer was t
 How noisy the build was is recorded: the spread of the repeated reference timings of each layer (the
 interquartile range over the median, 0 = every timing equal: how much the load moved while the layer was timed),
 and the spread of the pair ratios of each point (what is left after the ratio: the noise in what is fitted). A
-build whose median pair-ratio spread exceeds MAX_PAIR_RATIO_SPREAD is refused in one line (see that constant for
-the measurement behind it; the reference spread is recorded, not used: the ratios cancel most of it).
+build whose median pair-ratio spread exceeds its settings' noise_limit (default MAX_PAIR_RATIO_SPREAD, in
+costs.timing with the measurement behind it; the user's --latency-noise-limit) is refused in one line (the reference
+spread is recorded, not used: the ratios cancel most of it).
 """
 
 from __future__ import annotations
@@ -24,19 +25,12 @@ import torch
 from tqdm import tqdm
 
 from epiprune.costs.latency_table import LatencyTableError, TimedLayer, prepare_layer, table_axes
-from epiprune.costs.timing import LatencySettings, time_once
+from epiprune.costs.timing import MAX_PAIR_RATIO_SPREAD, LatencySettings, time_once
 
 # runner(layer, c_in, c_out) -> a function that runs that layer once and returns its milliseconds
 LayerRunner = Callable[[TimedLayer, int, int], Callable[[], float]]
 
 REFERENCE_ROUNDS = 5  # rounds of the loop over every layer's reference
-# Refuse a build whose pair ratios spread more than this (median over grid points of IQR / median of a point's
-# pair ratios). Measured on this project's 2-core CPU with other engineers' test suites running (load average
-# 2.7-4; docs/BENCHMARKS.md, "A table that survives load"): at one thread 0.10 (the tests' tiny net, batch 16) and
-# 0.17 (ResNet-20, batch 16), while the references themselves spread 0.30 and 0.71 (the load moving, which the
-# ratios cancel); at two threads, where two intra-op threads wait for each other behind the other jobs, 0.74 and
-# 0.94, with single references spread up to 20x their median: those timings say nothing about the layer.
-MAX_PAIR_RATIO_SPREAD = 0.5
 
 
 def layer_runner(settings: LatencySettings, device: torch.device) -> LayerRunner:
@@ -119,11 +113,15 @@ def measure_layer_ratios(layers: Sequence[TimedLayer], settings: LatencySettings
 
 
 def check_noise(noise: dict, limit: float = MAX_PAIR_RATIO_SPREAD) -> None:
-    """Refuse (LatencyTableError, one line) a build whose pair ratios spread more than `limit`."""
+    """Refuse (LatencyTableError, one line) a build whose pair ratios spread more than `limit` (a fraction: 0.5 =
+    an interquartile range of half the median; LatencySettings.noise_limit, the user's --latency-noise-limit)."""
     spread = noise["pair_ratio_spread"]
     if spread > limit:
         raise LatencyTableError(f"the latency table's timings were too noisy to use: a layer size's ratios to its "
                                 f"reference spread {100 * spread:.0f}% (interquartile range over median, median over "
                                 f"sizes; the references themselves {100 * noise['reference_spread']:.0f}%) (accepted: "
-                                f"at most {100 * limit:.0f}%; other processes are competing for the CPU: build it "
-                                "again with fewer threads, e.g. OMP_NUM_THREADS=1, or when the machine is quieter)")
+                                f"at most {100 * limit:.3g}%; other processes are competing for the CPU: build it "
+                                "again with fewer threads, e.g. OMP_NUM_THREADS=1, or when the machine is quieter, "
+                                f"or raise --latency-noise-limit (LatencySettings.noise_limit; now {limit:g}) to "
+                                "accept a table built under load: the closed loop at the prune still corrects the "
+                                "pick against measured steps)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import platform
 import statistics
 import time
@@ -23,6 +24,29 @@ from epiprune.errors import EpipruneError
 from epiprune.numerics import AMP_DTYPES, autocast, in_memory_format
 
 TARGETS = ("train", "infer")
+# The default limit on a table build's noise (costs.layer_ratios.check_noise): refuse a build whose pair ratios spread
+# more than this (median over grid points of IQR / median of a point's pair ratios). Measured on this project's 2-core
+# CPU with other engineers' test suites running (load average 2.7-4; docs/BENCHMARKS.md, "Latency budget, closed
+# loop"): at one thread 0.10 (the tests' tiny net, batch 16) and 0.17 (ResNet-20, batch 16), while the references
+# themselves spread 0.30 and 0.71 (the load moving, which the ratios cancel); at two threads, where two intra-op
+# threads wait for each other behind the other jobs, 0.74 and 0.94, with single references spread up to 20x their
+# median: those timings say nothing about the layer. A user may raise it (LatencySettings.noise_limit,
+# --latency-noise-limit; issue 23: two threads on a busy machine could not build a table at all): it decides whether a
+# build is accepted, not what is measured, so it is no part of a table's key, and the closed loop at the prune still
+# corrects the table's pick against measured steps.
+MAX_PAIR_RATIO_SPREAD = 0.5
+
+
+def check_noise_limit(value: object, name: str = "latency noise limit") -> float:
+    """`value` as a noise limit (a fraction: the largest pair-ratio spread a table build may have), or one
+    EpipruneError line naming it (as `name`, e.g. the option) and what is accepted: a finite number > 0."""
+    number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    if number is None or not (math.isfinite(number) and number > 0):
+        shown = f"{number:g}" if number is not None else repr(value)
+        raise EpipruneError(f"{name} {shown} is not a number > 0 (accepted: the largest spread of a latency table "
+                            f"build's timings as a fraction, e.g. {MAX_PAIR_RATIO_SPREAD} = 50%, the default; higher "
+                            "accepts a table built under load)")
+    return float(number)
 
 
 @dataclass(frozen=True)
@@ -32,7 +56,9 @@ class LatencySettings:
     target: 'train' (forward + backward at batch_size) or 'infer' (forward only). batch_size: samples per timed
     batch. channels_last / amp: the memory format and autocast dtype ('none', 'bf16', 'fp16') of the run the
     table must match. repeats / warmup: timed and untimed runs per point (the median is kept). grid_points:
-    about this many measured channel counts per wide axis (every channel up to it)."""
+    about this many measured channel counts per wide axis (every channel up to it). noise_limit: a build whose
+    timings spread more than this is refused (a fraction, see MAX_PAIR_RATIO_SPREAD; higher accepts a table built
+    under load); it is not in the table's key (costs.latency_table.table_key), as it changes no timing."""
 
     target: str = "train"
     batch_size: int = 128
@@ -41,6 +67,7 @@ class LatencySettings:
     repeats: int = 3
     warmup: int = 1
     grid_points: int = 12
+    noise_limit: float = MAX_PAIR_RATIO_SPREAD
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -51,6 +78,7 @@ class LatencySettings:
                                  ("latency warm-up", self.warmup, 0), ("latency grid points", self.grid_points, 2)):
             if not isinstance(value, int) or value < low:
                 raise EpipruneError(f"{name} {value!r} is too small (accepted: an integer >= {low})")
+        check_noise_limit(self.noise_limit)
 
 
 def device_name(device: torch.device) -> str:

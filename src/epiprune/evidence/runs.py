@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from epiprune.costs.timing import MAX_PAIR_RATIO_SPREAD
 from epiprune.errors import EpipruneError
 from epiprune.evidence.grid import first_probe_at, fixed_point, point_text, probe_grid
 from epiprune.models import is_import_path
@@ -27,11 +28,12 @@ CONFIG_FILE = "config.json"  # in a run folder: its TrainConfig, which `epiprune
 # the TrainConfig fields that are also CompareConfig fields, shared by every run of a comparison: `compare`'s
 # command-line options for them are generated from TrainConfig's (cli.py), with CompareConfig's defaults
 SHARED_SETTINGS = ("model", "model_kwargs", "ignore_layers", "data", "data_dir", "train_subset", "val_subset", "epochs",
-                   "batch_size", "lr", "warmup_epochs", "budget", "epi_window", "epi_every", "holdout", "data_seed")
+                   "batch_size", "lr", "warmup_epochs", "budget", "epi_window", "epi_every", "holdout", "data_seed",
+                   "latency_noise_limit")
 # how a run was made, not what it computes: a finished run is reused whatever these recorded (paths, devices,
 # progress, what the dense run records for its branches; the method's own fields are the recipe's, see METHOD_FIELDS)
 NOT_COMPARED = ("out", "progress", "data_dir", "latency_table", "device", "dist_timeout", "record_scores",
-                "probe_every", "keep_checkpoints", "branch_from")
+                "probe_every", "keep_checkpoints", "branch_from", "latency_noise_limit")
 
 
 @dataclass
@@ -77,6 +79,8 @@ class CompareConfig:
     probe_every: int = 0  # the dense run also records Taylor scores every N steps (trigger studies)
     only: list[str] | None = None  # run only these method names (e.g. one prune-at-init variant)
     extra_args: list[str] = field(default_factory=list)  # more `epiprune train` options for every run
+    # a latency budget's table build is refused above this timing spread (TrainConfig.latency_noise_limit)
+    latency_noise_limit: float = MAX_PAIR_RATIO_SPREAD
 
     @property
     def max_dense(self) -> float:

@@ -60,7 +60,8 @@ class EarlyPruningPolicy:
     model: the network to prune; example_inputs: one sample shaped (1, C, H, W) for tracing and FLOPs.
     budget: fraction of the dense FLOPs, parameters or measured latency to keep (Budget(latency=0.5)).
     latency, latency_table: for a latency budget, what to time (LatencySettings: target 'train' or 'infer', batch
-    size, memory format, autocast dtype) and where the table lives (default: a cache file named by its key);
+    size, memory format, autocast dtype; noise_limit, the timing spread above which a build is refused, default
+    0.5: raise it on a busy machine) and where the table lives (default: a cache file named by its key);
     a missing or outdated table is measured now, on the device of example_inputs (minutes on a CPU).
     importance: a registered name, 'taylor' (gradients, accumulated by step()), 'magnitude' (weights, read at epoch
     end), 'bn' (BN |gamma|, network slimming) or 'random' (a baseline); or your own Importance object (bound to the

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from epiprune.costs.budget import Budget
-from epiprune.costs.timing import TARGETS, LatencySettings
+from epiprune.costs.timing import MAX_PAIR_RATIO_SPREAD, TARGETS, LatencySettings, check_noise_limit
 from epiprune.errors import EpipruneError
 from epiprune.files import atomic_write_text
 from epiprune.models import MODELS, check_model_name, check_model_task, is_import_path
@@ -27,7 +27,14 @@ from epiprune.policy.clock import AUTO
 from epiprune.policy.config import PolicyConfig
 from epiprune.policy.importance import IMPORTANCES, MAGNITUDE_TAU, TAYLOR_TAU
 from epiprune.policy.indicator import INDICATORS
-from epiprune.run.config_text import fits, int_list, parse_epochs, parse_threshold
+from epiprune.run.config_text import (
+    NOISE_LIMIT_OPTION,
+    fits,
+    int_list,
+    parse_epochs,
+    parse_noise_limit,
+    parse_threshold,
+)
 from epiprune.run.data import DATASETS
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -183,6 +190,13 @@ class TrainConfig:
                                        help="latency budget: the table file to reuse or build "
                                        "(default: a cache file per model, device and settings under $EPIPRUNE_CACHE, "
                                        "else ~/.cache/epiprune)")
+    latency_noise_limit: float = option(MAX_PAIR_RATIO_SPREAD, metavar="FRACTION", parse=parse_noise_limit,
+                                        help="latency budget: refuse to build a table whose timings spread more than "
+                                        "this (pair ratios' interquartile range over median, median over layer sizes; "
+                                        f"a number > 0) (default: {MAX_PAIR_RATIO_SPREAD}). A higher limit accepts a "
+                                        "table built under load (two threads on a busy machine measured 0.74-0.94): "
+                                        "the closed loop at the prune still corrects the pick against measured times. "
+                                        "Not part of the table's key: a stored table is reused whatever the limit")
     latency_closed_loop: bool = option(True, policy="latency_closed_loop",
                                        help="latency budget: at the prune, time the table's pick against the dense "
                                        "model and correct it until it measures within [F - 0.03, F] (seconds; "
@@ -236,6 +250,7 @@ class TrainConfig:
             raise EpipruneError(f"unknown latency target {self.latency_target!r} (accepted: {', '.join(TARGETS)})")
         if self.amp not in AMP_DTYPES:
             raise EpipruneError(f"unknown amp dtype {self.amp!r} (accepted: {', '.join(AMP_DTYPES)})")
+        check_noise_limit(self.latency_noise_limit, NOISE_LIMIT_OPTION)
         if self.latency_batch is not None and self.latency_batch < 1:
             raise EpipruneError(f"latency batch {self.latency_batch} is too small (accepted: an integer >= 1)")
         # integer options with a lower bound, named as the message names them (some by their flag); the policy's
@@ -357,9 +372,10 @@ class TrainConfig:
                                 "(accepted: --importance taylor, or a threshold in (0, 1])")
 
     def latency_settings(self) -> LatencySettings:
-        """What a latency table for this run times: its target, batch, memory format and autocast dtype."""
+        """What a latency table for this run times: its target, batch, memory format and autocast dtype; and the
+        noise limit its build must meet."""
         return LatencySettings(target=self.latency_target, batch_size=self.latency_batch or self.batch_size,
-                               channels_last=self.channels_last, amp=self.amp)
+                               channels_last=self.channels_last, amp=self.amp, noise_limit=self.latency_noise_limit)
 
     def _validate_text(self) -> None:
         """The model fits the data (a language model for --data text, an image model otherwise); text's settings."""

@@ -7,8 +7,11 @@ import types
 import typing
 from typing import Any
 
+from epiprune.costs.timing import check_noise_limit
 from epiprune.errors import EpipruneError
 from epiprune.policy.clock import AUTO
+
+NOISE_LIMIT_OPTION = "--latency-noise-limit"
 
 
 def parse_threshold(text: str) -> float | str:
@@ -20,6 +23,16 @@ def parse_threshold(text: str) -> float | str:
     except ValueError:
         raise EpipruneError(f"--epi-threshold {text!r} is not a number (accepted: a threshold in (0, 1], or "
                             "auto)") from None
+
+
+def parse_noise_limit(text: str) -> float:
+    """--latency-noise-limit: a number > 0 (a fraction, the largest spread of a table build's timings), else one
+    EpipruneError line naming the text and what is accepted."""
+    try:
+        value: object = float(text)
+    except ValueError:
+        value = text
+    return check_noise_limit(value, NOISE_LIMIT_OPTION)
 
 
 def parse_epochs(text: str) -> int | float:

@@ -71,7 +71,8 @@ def check_writable(path: Path, option: str = "--out") -> None:
 
 def prepare(cfg: TrainConfig, input_shape: str, num_classes: int, out: str | None, force: bool) -> TableJob:
     """Check every input and build the network (no timing yet). cfg carries what `train` would be given: model,
-    model_kwargs, ignore_layers, batch_size, latency_target, latency_batch, channels_last, amp, device."""
+    model_kwargs, ignore_layers, batch_size, latency_target, latency_batch, channels_last, amp, device, and the
+    build's latency_noise_limit."""
     shape = parse_input_shape(input_shape)
     if num_classes < 1:
         raise EpipruneError(f"--num-classes {num_classes} is too small (accepted: an integer >= 1, the outputs of "
