@@ -4,8 +4,8 @@ the same numbers as JSON.
 Reads mutmut's own verdicts from mutants/**/*.py.meta (written by `mutmut run`; nothing is re-run here) and counts,
 per mutated file, the mutants killed (a test failed; mutmut also counts an exceeded time limit as caught, shown
 apart), survived, without a test, and not checked yet. The score is killed / checked, and the score that docs quote,
-killed / (checked - equivalent), uses the survivors listed as equivalent in EQUIVALENT below, each with its reason in
-docs/DEVELOPMENT.md.
+killed / (checked - equivalent), uses the survivors listed as equivalent in scripts/mutation_equivalent.json, each
+with its reason.
 
     python scripts/mutation_scores.py [--json benchmarks/results/mutation/scores.json] [--survivors]
 """
@@ -25,17 +25,23 @@ STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests"
           36: "timeout", -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", 34: "skipped",
           37: "killed"}
 
-# Survivors that cannot change behaviour (the reason of each is in docs/DEVELOPMENT.md, "Survivors"): mutant names.
-EQUIVALENT: set[str] = set()
+# Survivors that cannot change behaviour, each with its reason (a class of reasons: docs/DEVELOPMENT.md). mutmut
+# numbers a function's mutants anew when the function changes: re-check the list after editing a listed function.
+EQUIVALENT: dict[str, str] = json.loads((Path(__file__).with_name("mutation_equivalent.json")).read_text())
 
 
-def load_verdicts(mutants: Path) -> dict[str, dict[str, str]]:
-    """{source file: {mutant name: status}} from mutmut's .meta files under `mutants` (its src/ tree)."""
+def load_verdicts(mutants: Path, killed_by_hand: set[str] = frozenset()) -> dict[str, dict[str, str]]:
+    """{source file: {mutant name: status}} from mutmut's .meta files under `mutants` (its src/ tree); a survivor
+    named in `killed_by_hand` (seen killed by a test written after mutmut's verdict, run by hand under
+    MUTANT_UNDER_TEST) counts as "killed by hand"."""
     verdicts: dict[str, dict[str, str]] = {}
     for meta in sorted(mutants.glob("src/**/*.py.meta")):
         data = json.loads(meta.read_text())
         source = str(meta.relative_to(mutants)).removesuffix(".meta")
         verdicts[source] = {name: STATUS.get(code, "suspicious") for name, code in data["exit_code_by_key"].items()}
+        for name, status in verdicts[source].items():
+            if status == "survived" and name in killed_by_hand:
+                verdicts[source][name] = "killed by hand"
     return verdicts
 
 
@@ -45,9 +51,10 @@ def score_table(verdicts: dict[str, dict[str, str]]) -> list[dict]:
     for source, by_name in [*verdicts.items(), ("all", {k: v for d in verdicts.values() for k, v in d.items()})]:
         counts = Counter(by_name.values())
         equivalent = sum(1 for name, status in by_name.items() if status == "survived" and name in EQUIVALENT)
-        caught = counts["killed"] + counts["timeout"]
+        caught = counts["killed"] + counts["killed by hand"] + counts["timeout"]
         checked = caught + counts["survived"]
-        rows.append({"file": source, "mutants": len(by_name), "killed": counts["killed"], "timeout": counts["timeout"],
+        rows.append({"file": source, "mutants": len(by_name), "killed": counts["killed"],
+                     "killed_by_hand": counts["killed by hand"], "timeout": counts["timeout"],
                      "survived": counts["survived"], "equivalent": equivalent, "no_tests": counts["no tests"],
                      "not_checked": counts["not checked"],
                      "score": round(100 * caught / checked, 1) if checked else None,
@@ -69,14 +76,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mutants", type=Path, default=Path("mutants"), help="mutmut's working folder")
     parser.add_argument("--json", type=Path, help="also write the table (and the survivors) here")
     parser.add_argument("--survivors", action="store_true", help="list the surviving mutants' names")
+    parser.add_argument("--killed-by-hand", type=Path, help="a file of mutant names (one per line) that tests written "
+                        "after mutmut's run were seen to kill, run by hand under MUTANT_UNDER_TEST")
     args = parser.parse_args(argv)
     if not args.mutants.is_dir():
         print(f"error: no mutmut results in {args.mutants} (accepted: the folder `mutmut run` wrote)", file=sys.stderr)
         return 2
-    verdicts = load_verdicts(args.mutants)
+    by_hand = set(args.killed_by_hand.read_text().split()) if args.killed_by_hand else set()
+    verdicts = load_verdicts(args.mutants, by_hand)
     rows = score_table(verdicts)
-    columns = ["file", "mutants", "killed", "timeout", "survived", "equivalent", "no_tests", "not_checked", "score",
-               "score_non_equivalent"]
+    columns = ["file", "mutants", "killed", "killed_by_hand", "timeout", "survived", "equivalent", "no_tests",
+               "not_checked", "score", "score_non_equivalent"]
     print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
     for row in rows:
         print("| " + " | ".join("" if row[c] is None else str(row[c]) for c in columns) + " |")
@@ -85,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.survivors:
         print("\n".join(survivors))
     if args.json:
-        write_json_atomically(args.json, {"rows": rows, "survivors_and_untested": survivors})
+        write_json_atomically(args.json, {"rows": rows, "survivors_and_untested": survivors,
+                                          "killed_by_hand": sorted(by_hand)})
     return 0
 
 

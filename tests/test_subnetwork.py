@@ -122,6 +122,9 @@ def test_a_grouped_convolutions_blocks_set_the_floor_and_move_together():
     masks = select_subnetwork(scores, cost, 10.0, partitions=partitions)
     assert [int(m.sum()) for m in masks] == [8, 2] or [int(m.sum()) for m in masks] == [4, 6]
     assert int(masks[0].sum()) % 4 == 0 and sum(int(m.sum()) for m in masks) == 10
+    # a grouped group far less important than the plain one still keeps its floor, one channel per block
+    quiet = [scores[0] / 1000, scores[1]]
+    assert [int(m.sum()) for m in select_subnetwork(quiet, cost, 9.0, partitions=partitions)] == [4, 5]
 
 
 def test_the_floor_is_min_channels_rounded_up_to_the_channel_multiple():
