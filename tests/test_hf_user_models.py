@@ -105,6 +105,13 @@ def test_a_llama_factory_trains_on_text_and_its_heads_and_neurons_are_cut(factor
     assert model.config.intermediate_size <= 32 and model.config.num_key_value_heads <= 2
     assert sum(p.numel() for p in model.parameters()) == summary["final_params"]
     assert model(torch.zeros(1, 16, dtype=torch.long)).logits.shape == (1, 16, 256)
+    # export names the factory again (a language model's spec has no image size: checked on byte ids)
+    exported = tmp_path / "lm.safetensors"
+    result = call_main(["export", out, "--model", f"{MODULE}:llama", "--format", "safetensors", "--out", exported],
+                       capsys)
+    assert result.returncode == 0, result.stderr
+    x = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(logits(load_pruned(exported, model=factories.llama()), x), logits(model, x))
 
 
 def test_a_vit_factory_trains_on_images_pruned_at_initialisation(factories, tmp_path, capsys):

@@ -84,8 +84,8 @@ def check_model_task(name: str, task: str, data: str) -> None:
         words = {"text": "text", "image": "images"}
         if is_import_path(name):
             raise EpipruneError(f"model {name} takes {words[have]} (its factory's task), but --data {data} is "
-                                f"{words[task]} (accepted: --data {'text' if have == 'text' else 'builtin'} for it, "
-                                f"or a factory whose task is {task!r})")
+                                f"{words[task]} (accepted: {'--data text' if have == 'text' else 'image data'} for "
+                                f"it, or a factory whose task is {task!r})")
         raise EpipruneError(f"model {name} takes {words[have]}, but --data {data} is {words[task]} (accepted: --model "
                             f"{', '.join(fits)} for --data {data}, or your own network as package.module:factory)")
 
