@@ -219,11 +219,12 @@ def _dense_network(run: str, factory: str | None, kwargs_text: str | None) -> nn
         sys.stderr.write(f"warning: --model {factory} is not the run's recorded model {spec.get('model')!r}; its "
                          "weights must fit it\n")
     kwargs = parse_model_kwargs(kwargs_text) if kwargs_text is not None else spec.get("model_kwargs") or {}
+    task = spec.get("task", "image")  # a language model's spec records its task and seq_len, not an image size
     try:
         size, in_channels, num_classes = tuple(spec["input_size"]), spec["in_channels"], spec["num_classes"]
     except (KeyError, TypeError) as e:
         raise EpipruneError(f"bad architecture spec in {run} ({e})") from None
-    return make_model(factory, in_channels, num_classes, kwargs, size)
+    return make_model(factory, in_channels, num_classes, kwargs, None if task == "text" else size, task)
 
 
 def _export(args: argparse.Namespace) -> None:

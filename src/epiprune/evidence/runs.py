@@ -134,7 +134,8 @@ class CompareConfig:
             # the user's network is built once here, so that a factory that fails or a wrong output shape is one
             # error line before any run folder exists, not a failure of every run
             data = load_dataset(self.data, self.data_dir)
-            build_network(train_cfg, data.in_channels, data.num_classes, task_of(data).input_size(data))
+            build_network(train_cfg, data.in_channels, data.num_classes, task_of(data).input_size(data),
+                          task_of(data).name)
 
     def methods(self) -> list[Method]:
         unknown = set(self.families) - set(FAMILIES)

@@ -27,7 +27,7 @@ from torch import nn
 from epiprune.errors import EpipruneError
 from epiprune.files import RUN_FILES, atomic_write
 from epiprune.io.preprocessing import METADATA_KEY, with_preprocessing
-from epiprune.io.serialization import load_preprocessing, load_pruned, read_spec
+from epiprune.io.serialization import load_preprocessing, load_pruned, read_spec, safetensors_state
 
 FORMATS = ("torchscript", "export", "onnx", "safetensors")
 SUFFIX = {"torchscript": ".torchscript.pt", "export": ".pt2", "onnx": ".onnx", "safetensors": ".safetensors"}
@@ -124,7 +124,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, mod
 
         atomic_write(target, write_onnx)
     else:
-        state = {k: v.detach().contiguous() for k, v in bare.state_dict().items()}
+        state = safetensors_state(bare)
         metadata = {"epiprune_architecture": json.dumps(spec), **extra}
         atomic_write(target, lambda p: save_file(state, str(p), metadata=metadata))
     return target

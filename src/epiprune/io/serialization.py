@@ -116,11 +116,26 @@ def example_input(spec: dict, device: torch.device | str = "cpu") -> torch.Tenso
     return torch.zeros(1, spec["in_channels"], h, w, device=device)
 
 
+def safetensors_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """model's state_dict as safetensors stores it: detached, contiguous, on the CPU, and a tensor that shares
+    memory with an earlier one (tied input and output embeddings, tie_word_embeddings=True) copied, since
+    safetensors refuses shared tensors; loading both keys into the tied parameter restores the same values."""
+    state, seen = {}, set()
+    for key, value in model.state_dict().items():
+        tensor = value.detach().contiguous().cpu()
+        storage = tensor.untyped_storage().data_ptr()
+        if tensor.numel() and storage in seen:
+            tensor = tensor.clone()
+        seen.add(storage)
+        state[key] = tensor
+    return state
+
+
 def save_pruned(model: nn.Module, spec: dict, folder: Path) -> None:
     """Write architecture.json and model.safetensors into folder, each atomically."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = safetensors_state(model)
     atomic_write(folder / WEIGHTS_FILE, lambda p: save_file(state, str(p)))
     atomic_write_text(folder / ARCH_FILE, json.dumps(spec, indent=1))
 

@@ -18,7 +18,8 @@ from .hf import lm_tiny, vit_tiny
 from .mobilenetv2 import mobilenetv2, mobilenetv2_small
 from .resnet import resnet20, resnet56
 from .resnext import resnext20_4x8d
-from .user import build_user_model, check_output, is_import_path
+from .user import build_user_model, check_output, device_of, import_factory, is_import_path
+from .user_task import check_task, check_text_output, declared_task, network_task
 from .vgg import vgg11_bn
 
 # name -> factory(in_channels=..., num_classes=...): `list(MODELS)` lists them, build_model creates one by name;
@@ -52,9 +53,12 @@ def channel_models() -> list[str]:
 
 
 def model_task(name: str) -> str | None:
-    """What a registry model takes: "text" (token ids (N, T)) or "image" (pixels (N, C, H, W)); None for a user's
-    network (an import path), which says so only when it runs."""
-    if is_import_path(name) or name not in MODELS:
+    """What a model takes: "text" (token ids (N, T)) or "image" (pixels (N, C, H, W)), as its factory's `task`
+    attribute says (a registry model without one: "image"). None for a user's factory (an import path, imported
+    here) that declares nothing: its network says what it takes once built (models/user_task.py)."""
+    if is_import_path(name):
+        return declared_task(import_factory(name), name)
+    if name not in MODELS:
         return None
     return getattr(MODELS.get(name), "task", "image")
 
@@ -78,15 +82,21 @@ def check_model_task(name: str, task: str, data: str) -> None:
     if have is not None and have != task:
         fits = [n for n in MODELS if model_task(n) == task]
         words = {"text": "text", "image": "images"}
+        if is_import_path(name):
+            raise EpipruneError(f"model {name} takes {words[have]} (its factory's task), but --data {data} is "
+                                f"{words[task]} (accepted: {'--data text' if have == 'text' else 'image data'} for "
+                                f"it, or a factory whose task is {task!r})")
         raise EpipruneError(f"model {name} takes {words[have]}, but --data {data} is {words[task]} (accepted: --model "
                             f"{', '.join(fits)} for --data {data}, or your own network as package.module:factory)")
 
 
 def make_model(name: str, in_channels: int, num_classes: int, model_kwargs: dict | None = None,
-               input_size: tuple[int, int] | None = None) -> nn.Module:
+               input_size: tuple[int, int] | None = None, task: str | None = None) -> nn.Module:
     """A dense network: registry `name`, or the factory at import path `name` called with model_kwargs (plus
-    num_classes and in_channels if it takes them). With input_size (H, W), a user network must map a
-    (2, in_channels, H, W) batch to (2, num_classes) logits. Every failure is one EpipruneError line."""
+    num_classes and in_channels if it takes them). task: what the run's data is, "image" or "text" (None: not
+    checked). A user network must take that data (its task: models/user_task.py) and make logits of it: a language
+    model (2, T) byte ids -> (2, T, num_classes); an image network, with input_size (H, W), a (2, in_channels, H, W)
+    batch -> (2, num_classes); a Hugging Face output's `.logits` counts. Every failure is one EpipruneError line."""
     check_model_name(name, model_kwargs)
     if not is_import_path(name):
         try:
@@ -94,7 +104,12 @@ def make_model(name: str, in_channels: int, num_classes: int, model_kwargs: dict
         except ValueError as e:
             raise EpipruneError(str(e)) from None
     model = build_user_model(name, model_kwargs, in_channels, num_classes)
-    if input_size is not None:
+    takes = network_task(model, declared_task(import_factory(name), name), name)
+    if task is not None:
+        check_task(name, model, takes, task)
+    if takes == "text":
+        check_text_output(model, name, num_classes, device_of(model))
+    elif input_size is not None:
         check_output(model, name, in_channels, input_size, num_classes)
     return model
 

@@ -3,7 +3,8 @@
 A factory is any callable (a function or an nn.Module class) reached as `module:attribute` (the attribute may be
 dotted: `module:Class.build`). It is called with the user's keyword arguments plus `num_classes` and
 `in_channels` when its signature accepts them (by name, or through **kwargs) and the user did not set them.
-The result must be an nn.Module that maps a (N, in_channels, H, W) batch to logits of shape (N, num_classes).
+The result must be an nn.Module that maps a (N, in_channels, H, W) batch to logits of shape (N, num_classes), or a
+language model that maps byte ids (N, T) to logits (N, T, 256); Hugging Face models included (models/user_task.py).
 
 Only import paths that the caller names (on the command line, in a TrainConfig, as `model=` of `load_pruned`) are
 ever imported: a saved run records its import path as information, and nothing that reads a run imports it.
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 
 from epiprune.errors import EpipruneError
+from epiprune.models.user_task import logits_for
 
 ACCEPTED_PATH = "accepted: package.module:factory, e.g. my_models:small_cnn"
 AUTOMATIC_KWARGS = ("num_classes", "in_channels")  # passed by epiprune when the factory takes them
@@ -136,29 +138,19 @@ def _format_arguments(arguments: dict) -> str:
 def check_output(model: nn.Module, name: str, in_channels: int, input_size: tuple[int, int],
                  num_classes: int) -> None:
     """Run a (2, in_channels, H, W) batch of zeros through `model` (eval mode, no gradients, on its device) and
-    require logits of shape (2, num_classes). Restores the model's training mode."""
-    example = torch.zeros(2, in_channels, *input_size, device=_device_of(model))
+    require logits of shape (2, num_classes): the output tensor, or a Hugging Face output's `.logits`. Restores the
+    model's training mode."""
+    example = torch.zeros(2, in_channels, *input_size, device=device_of(model))
     shape = f"(2, {in_channels}, {input_size[0]}, {input_size[1]})"
     accepted = (f"accepted: a network that maps (N, {in_channels}, H, W) images to logits (N, {num_classes}); the "
                 "factory gets num_classes and in_channels if it has parameters of those names")
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(example)
-    except Exception as e:
-        raise EpipruneError(f"model {name} fails on a batch of shape {shape}: {_first_line(e)} ({accepted})") from None
-    finally:
-        model.train(was_training)
-    if not torch.is_tensor(out):
-        raise EpipruneError(f"model {name} returns a {type(out).__name__} for a batch of shape {shape}, not a tensor "
-                            f"of logits ({accepted})")
+    out = logits_for(model, example, name, accepted)
     if tuple(out.shape) != (2, num_classes):
         raise EpipruneError(f"model {name} maps a batch of shape {shape} to shape {tuple(out.shape)}, not "
                             f"(2, {num_classes}) ({accepted})")
 
 
-def _device_of(model: nn.Module) -> torch.device:
+def device_of(model: nn.Module) -> torch.device:
     for tensor in (*model.parameters(), *model.buffers()):
         return tensor.device
     return torch.device("cpu")

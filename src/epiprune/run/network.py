@@ -16,11 +16,12 @@ from epiprune.numerics import in_memory_format
 from epiprune.run.config import TrainConfig
 
 
-def build_network(cfg: TrainConfig, in_channels: int, num_classes: int, input_size: tuple[int, int] | None
-                  ) -> tuple[nn.Module, list[nn.Module]]:
-    """(cfg's dense network for images (in_channels, H, W) and num_classes, its modules named in
-    cfg.ignore_layers). A user network must map (N, in_channels, H, W) to (N, num_classes) logits."""
-    model = make_model(cfg.model, in_channels, num_classes, cfg.model_kwargs, input_size)
+def build_network(cfg: TrainConfig, in_channels: int, num_classes: int, input_size: tuple[int, int] | None,
+                  task: str | None = None) -> tuple[nn.Module, list[nn.Module]]:
+    """(cfg's dense network for images (in_channels, H, W) or byte ids and num_classes, its modules named in
+    cfg.ignore_layers). task: the data's, "image" or "text" (run/tasks.py); a user network must take it and map
+    (N, in_channels, H, W) to (N, num_classes) logits, or (N, T) byte ids to (N, T, num_classes) (make_model)."""
+    model = make_model(cfg.model, in_channels, num_classes, cfg.model_kwargs, input_size, task)
     return model, resolve_layers(model, cfg.ignore_layers, cfg.model)
 
 

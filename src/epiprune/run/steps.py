@@ -124,8 +124,8 @@ def prune_at_initialisation(model: nn.Module, policy: EarlyPruningPolicy, loader
             if i >= batches:
                 break
             y = y.to(device)
-            (cross_entropy(model(x.to(device)), y) if task is None else
-             task.loss(logits_of(model(x.to(device))), y)).backward()
+            logits = logits_of(model(x.to(device)))  # a Hugging Face output: its .logits
+            (cross_entropy(logits, y) if task is None else task.loss(logits, y)).backward()
             policy.importance.step()  # not policy.step(): on the step clock these batches are no training steps
             model.zero_grad(set_to_none=True)
             flops += TRAIN_FLOPS_PER_FORWARD * dense_flops * len(y) * distributed.world_size()

@@ -20,7 +20,8 @@ from epiprune.run.text import TokenLoader
 
 
 def logits_of(output: Any) -> torch.Tensor:
-    """A network's logits: the tensor itself, or a Hugging Face output's `.logits`."""
+    """A network's logits: the tensor itself, or a Hugging Face output's `.logits`. No labels are passed to the
+    network, so an output's `.loss` is never computed: the task's loss() is the run's loss."""
     return getattr(output, "logits", output)
 
 

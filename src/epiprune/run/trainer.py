@@ -141,7 +141,7 @@ def _setup(cfg: TrainConfig, dataset: Dataset | None, log: Callable[[str], None]
                          "its accuracy means nothing (accepted, but a classifier needs 2 or more classes)\n")
     rank, world = distributed.rank(), distributed.world_size()
     train_loader, val_loader, test_loader = task.loaders(dataset, cfg.batch_size, cfg.seed, rank, world, test_split)
-    model, ignored = build_network(cfg, dataset.in_channels, dataset.num_classes, task.input_size(dataset))
+    model, ignored = build_network(cfg, dataset.in_channels, dataset.num_classes, task.input_size(dataset), task.name)
     model = model.to(device)
     example = task.example(dataset, device)
     model = in_memory_format(model, cfg.channels_last)

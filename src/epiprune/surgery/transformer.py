@@ -18,6 +18,16 @@ and ViT of transformers 5.24; other models with these names (Mistral, Qwen2) sha
 Torch-pruning stays for CNNs (surgery/graph.py).
 The hidden (embedding) width, which does cross the residual stream, is not pruned here.
 
+DESIGN -- other Hugging Face layouts (BERT, GPT-2, T5, ...) are refused, not supported (issue 21, item 3). A Hugging
+Face model with an attention module that `find_blocks` does not cut gets one line naming that module
+(`refuse_uncut_attention`); before, it fell through to torch-pruning's channel graph, which does not know heads.
+BERT-style naming was weighed and left out: (1) no task of epiprune trains such a model -- `--data text` is causal
+next-byte prediction, which a bidirectional encoder solves by looking at the next byte, and there is no sequence
+classification data; (2) its units span sibling modules (attention.self.query/key/value with attention_head_size,
+attention.output.dense; intermediate.dense with output.dense), and each encoder family (RoBERTa, ELECTRA, DeBERTa,
+GPT-2's fused Conv1D c_attn, T5's q/k/v/o) names them differently: one layout each, with its own cost and
+save_pretrained tests, for models nobody trains here. One refusal rule covers them all.
+
 Units. A unit of an attention block is one key/value group: its k and v head, the `rep` query heads that read it
 (rep = num_attention_heads / num_key_value_heads; 1 without grouped-query attention) and their o_proj columns.
 Whole groups, not heads within groups: num_key_value_groups (= rep) stays what the module was built with, so
@@ -122,7 +132,8 @@ def find_blocks(model: nn.Module, ignored: Sequence[nn.Module] = ()) -> list[Uni
     for name, module in model.named_modules():
         if id(module) in skip:
             continue
-        if _linears(module, ATTENTION) and isinstance(getattr(module, "head_dim", None), int):
+        if _linears(module, ATTENTION) and isinstance(getattr(module, "head_dim", None), int) \
+                and not any(id(getattr(module, n)) in skip for n in ATTENTION):  # a cut layer ignored: the block
             d = module.head_dim
             q, k, v, o = (getattr(module, n) for n in ATTENTION)
             units, rep = k.out_features // d, q.out_features // k.out_features
@@ -136,7 +147,7 @@ def find_blocks(model: nn.Module, ignored: Sequence[nn.Module] = ()) -> list[Uni
                     Cut(module, "o_proj", 1, rep * d)]
             groups.append(UnitGroup(name, "heads", module, units, cuts, rep, d))
         for names in MLPS:
-            if _linears(module, names):
+            if _linears(module, names) and not any(id(getattr(module, n)) in skip for n in names):
                 layers = [getattr(module, n) for n in names]
                 size = layers[-1].in_features
                 if layers[-1].out_features != layers[0].in_features:
@@ -149,6 +160,30 @@ def find_blocks(model: nn.Module, ignored: Sequence[nn.Module] = ()) -> list[Uni
                 groups.append(UnitGroup(name, "neurons", module, size, cuts))
                 break
     return groups
+
+
+def refuse_uncut_attention(model: nn.Module, groups: Sequence[UnitGroup], ignored: Sequence[nn.Module] = ()
+                           ) -> None:
+    """SurgeryError naming the first module of `model` whose class name says "Attention" (and that holds
+    parameters) when no heads group of `groups` cuts it, lies inside it or inside one, and `ignored` does not cover
+    all its parameters: pruning the rest would leave it dense without saying so (see the module note)."""
+    covered = {id(m) for g in groups if g.kind == "heads" for m in g.block.modules()}
+    skip = {id(m) for root in ignored for m in root.modules()}
+    for name, module in model.named_modules():
+        if "Attention" not in type(module).__name__ or id(module) in covered:
+            continue
+        inner = list(module.modules())
+        owners = [m for m in inner if next(m.parameters(recurse=False), None) is not None]
+        if not owners or all(id(m) in skip for m in owners) or any(id(m) in covered for m in inner):
+            continue
+        partly = any(g.kind == "heads" for g in groups)
+        leave = f"; or leave it unpruned: ignored_layers=[model.{name}], --ignore-layers {name}" if partly else ""
+        raise SurgeryError(f"cannot prune {name} ({type(module).__name__}) of {type(model).__name__}: epiprune "
+                           "prunes the attention heads and MLP neurons of Llama/Mistral/Qwen2-style blocks "
+                           "(q_proj/k_proj/v_proj/o_proj with head_dim; gate_proj/up_proj/down_proj) and of ViT "
+                           "(q/k/v/o_proj; fc1/fc2) (accepted: such a model, e.g. LlamaForCausalLM, "
+                           "MistralForCausalLM, Qwen2ForCausalLM or ViTForImageClassification built from a config"
+                           f"{leave})")
 
 
 def _unit_index(keep: np.ndarray, per_unit: int) -> torch.Tensor:
