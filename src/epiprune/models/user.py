@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from epiprune.errors import EpipruneError
-from epiprune.models.user_task import logits_for
+from epiprune.models.user_task import first_line, logits_for
 
 ACCEPTED_PATH = "accepted: package.module:factory, e.g. my_models:small_cnn"
 AUTOMATIC_KWARGS = ("num_classes", "in_channels")  # passed by epiprune when the factory takes them
@@ -36,11 +36,6 @@ AUTOMATIC_KWARGS = ("num_classes", "in_channels")  # passed by epiprune when the
 def is_import_path(name: str) -> bool:
     """True for `package.module:factory` (a user model); registry names have no colon."""
     return ":" in name
-
-
-def _first_line(e: BaseException) -> str:
-    text = (str(e).splitlines() or [""])[0][:200]
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def parse_model_kwargs(text: str | None) -> dict:
@@ -69,7 +64,7 @@ def import_factory(path: str) -> Callable[..., object]:
     try:
         module = importlib.import_module(module_name)
     except Exception as e:  # ModuleNotFoundError, or whatever the module raises while it runs
-        raise EpipruneError(f"cannot import module {module_name!r} of --model {path}: {_first_line(e)} (accepted: a "
+        raise EpipruneError(f"cannot import module {module_name!r} of --model {path}: {first_line(e)} (accepted: a "
                             "module on the Python path or in the current folder)") from None
     target: object = module
     for part in attribute.split("."):
@@ -123,7 +118,7 @@ def build_user_model(path: str, kwargs: dict | None, in_channels: int, num_class
     try:
         model = factory(**arguments)
     except Exception as e:  # the user's code: whatever it raises becomes one line
-        raise EpipruneError(f"factory {path}({_format_arguments(arguments)}) failed: {_first_line(e)} (accepted: "
+        raise EpipruneError(f"factory {path}({_format_arguments(arguments)}) failed: {first_line(e)} (accepted: "
                             "a factory that builds the network from these arguments)") from None
     if not isinstance(model, nn.Module):
         raise EpipruneError(f"factory {path} returned a {type(model).__name__}, not a torch.nn.Module (accepted: a "

@@ -32,6 +32,12 @@ WORDS = {"image": "images", "text": "text"}
 CHECK_TOKENS = 8  # tokens per sequence of the check's batch (2, 8) of byte ids
 
 
+def first_line(e: BaseException) -> str:
+    """An exception as one short line: its type and the first line of its message (at most 200 characters)."""
+    text = (str(e).splitlines() or [""])[0][:200]
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
 def declared_task(factory: Callable[..., object], path: str) -> str | None:
     """The factory's `task` attribute ("image" or "text"), or None when it has none."""
     task = getattr(factory, "task", None)
@@ -98,9 +104,7 @@ def logits_for(model: nn.Module, example: torch.Tensor, name: str, accepted: str
         with torch.no_grad():
             out = model(example)
     except Exception as e:  # the user's network: whatever it raises becomes one line
-        text = (str(e).splitlines() or [""])[0][:200]
-        raise EpipruneError(f"model {name} fails on a batch of shape {shape}: {type(e).__name__}: {text} "
-                            f"({accepted})") from None
+        raise EpipruneError(f"model {name} fails on a batch of shape {shape}: {first_line(e)} ({accepted})") from None
     finally:
         model.train(was_training)
     logits = out if torch.is_tensor(out) else getattr(out, "logits", None)
