@@ -12,8 +12,8 @@ reported apart (a later run of the same model reuses the table).
 Per run: the process's wall seconds, train seconds (epochs only), the table's build seconds, the last epoch's
 top-1, FLOPs kept, the prune epoch and trigger, the dense and pruned epochs' seconds (median over the epochs of
 each phase) and the in-run latency check's measured ratio (latency runs). Per seed the paired differences of the
-second budget minus the first (top-1 in points), and their mean with a two-sided 95% t interval. Writes
-OUT/default_budget.json and prints markdown tables.
+second budget minus the first (top-1 in points), and their mean with a 95% bootstrap interval (as compare
+reports). Writes OUT/default_budget.json and prints markdown tables.
 """
 
 from __future__ import annotations
@@ -31,9 +31,8 @@ from pathlib import Path
 
 import torch
 
+from epiprune.evidence.table import bootstrap_interval
 from epiprune.files import atomic_write_text
-
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 def one_run(budget: str, seed: int, out: Path, extra: list[str]) -> dict:
@@ -69,12 +68,12 @@ def one_run(budget: str, seed: int, out: Path, extra: list[str]) -> dict:
 
 
 def interval(values: list[float]) -> tuple[float, float, float]:
-    """Mean and two-sided 95% t interval of paired differences (NaN bounds for one value: no interval)."""
+    """Mean and 95% interval of paired differences, the bootstrap interval compare reports
+    (evidence.table.bootstrap_interval); NaN bounds for one value: no interval."""
     mean = statistics.fmean(values)
     if len(values) < 2:
         return mean, float("nan"), float("nan")
-    half = T95[len(values) - 1] * statistics.stdev(values) / len(values) ** 0.5
-    return mean, mean - half, mean + half
+    return (mean, *bootstrap_interval(values))
 
 
 def main() -> None:
@@ -124,7 +123,7 @@ def main() -> None:
     if not paired:
         return
     print()
-    print(f"| {budgets[1]} minus {budgets[0]}, paired by seed | per seed | mean [95% t interval] |")
+    print(f"| {budgets[1]} minus {budgets[0]}, paired by seed | per seed | mean [95% bootstrap interval] |")
     print("| --- | --- | --- |")
     for key, p in paired.items():
         mean, low, high = p["mean_ci95"]

@@ -3,10 +3,10 @@
 Reads the rows of one or more `benchmarks/default_budget.py` results (their run folders must still exist: made
 with --runs), times every run's final network against the dense network of its model in one interleaved loop
 (training step at the run's batch size, this process's threads; the median of PAIRS pair ratios), then per seed
-reads the FLOPs budgets' curve (top-1 against measured step ratio, a straight line through that seed's FLOPs
+reads the FLOPs budgets' curve (top-1 against measured step ratio, a least-squares line through that seed's FLOPs
 points) at the step ratio the latency run measured, and reports top-1 (latency) minus top-1 (FLOPs curve) per seed,
-its mean and a 95% t interval. A latency run whose ratio lies outside the seed's FLOPs points is extrapolated:
-flagged per seed.
+its mean and a 95% bootstrap interval (as compare reports). A latency run whose ratio lies outside the seed's
+FLOPs points is extrapolated: flagged per seed.
 
     python benchmarks/matched_step_time.py RESULT.json [RESULT.json ...] [--latency latency:0.5] [--pairs 9]
         [--out benchmarks/results/default-budget/matched_step_time.json]
@@ -47,8 +47,8 @@ def time_run(run_dir: Path, pairs: int) -> dict:
 
 
 def on_line(points: list[tuple[float, float]], x: float) -> tuple[float, bool]:
-    """y at x on the straight line through the two points nearest in x (least squares through all when more than
-    two); and whether x lies outside the points' range (extrapolated)."""
+    """y at x on the least-squares line through `points` (the line through them when there are two); and whether x
+    lies outside the points' range (extrapolated)."""
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
     slope = sum((a - mx) * (b - my) for a, b in points) / sum((a - mx) ** 2 for a in xs)
@@ -100,7 +100,8 @@ def main() -> None:
         flag = " (extrapolated)" if p["extrapolated"] else ""
         print(f"| {p['seed']} | {p['latency_ratio']:.3f} | {p['latency_top1']:.2f} | {p['flops_top1_at_ratio']:.2f}"
               f"{flag} | {p['difference']:+.2f} |")
-    print(f"\nmean difference {mean:+.2f} points, 95% t interval [{low:+.2f}, {high:+.2f}] over {len(per_seed)} seeds")
+    print(f"\nmean difference {mean:+.2f} points, 95% bootstrap interval [{low:+.2f}, {high:+.2f}] over "
+          f"{len(per_seed)} seeds")
 
 
 if __name__ == "__main__":
