@@ -360,7 +360,14 @@ def test_a_tiny_noise_limit_refuses_a_real_build_in_one_line(command, tmp_path, 
 @pytest.mark.parametrize("command", ["train", "latency-table", "compare"])
 @pytest.mark.parametrize("value,shown", [("0", "0"), ("-0.5", "-0.5"), ("abc", "'abc'"), ("nan", "nan"),
                                          ("inf", "inf")])
-def test_a_bad_noise_limit_exits_2_before_anything_is_timed(command, value, shown, tmp_path, capsys, no_timing):
+def test_a_bad_noise_limit_exits_2_before_anything_is_timed(command, value, shown, tmp_path, capsys, no_timing,
+                                                             monkeypatch):
+    import epiprune.evidence.compare as compare_module
+
+    def compare_started(cfg):  # a value let through must fail here, not run a whole comparison (minutes)
+        raise AssertionError("compare started before the limit was checked")
+
+    monkeypatch.setattr(compare_module, "compare", compare_started)
     argv = {"train": ["train", "--budget", "latency:0.5", "--out", tmp_path / "run", *TRAIN],
             "latency-table": ["latency-table", "--out", tmp_path / "t.json", "--no-progress"],
             "compare": ["compare", "--budget", "latency:0.5", "--out", tmp_path / "cmp"]}[command]
