@@ -19,7 +19,7 @@ pytest.importorskip("transformers")
 
 from safetensors.torch import load_file  # noqa: E402
 
-from epiprune.evidence.runs import CompareConfig  # noqa: E402
+from epiprune.evidence.runs import CompareConfig, settings_mismatch  # noqa: E402
 from epiprune.run import trainer  # noqa: E402
 from epiprune.run.config import TrainConfig  # noqa: E402
 from epiprune.run.defaults import CNN_DEFAULTS  # noqa: E402
@@ -66,6 +66,24 @@ def test_settings_a_transformer_run_cannot_take_are_one_line(argv, fragments, tm
     result = call_main(["train", *_argv(epochs=1), *argv, "--out", tmp_path / "run"], capsys)  # tiny if accepted
     assert_one_line_error(result, *fragments)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_recorded_before_clipping_existed_is_read_as_one_without_it():
+    """Runs made before --clip-grad-norm record none: they ran without clipping, whatever their network. A resume
+    continues without it (not with a transformer's default), and compare reuses such a run of a CNN, but not of a
+    transformer, whose runs clip now."""
+    old = asdict(TrainConfig(model="lm_tiny", data="text", epochs=2, epi_every="auto"))
+    del old["clip_grad_norm"]
+    notes: list[str] = []
+    assert TrainConfig(**trainer._saved_settings(old, "old", notes.append)).clip_grad_norm == 0.0
+    assert notes == ["note: the run in old records no clip_grad_norm: resumed with today's defaults "
+                     "(clip_grad_norm=0.0)"]
+    for compared, expected in ((CompareConfig(epochs=6, epi_window=2), None),
+                               (CompareConfig(model="lm_tiny", data="text", epochs=6, epi_window=2),
+                                "clip_grad_norm=0.0, not 1.0")):
+        made = asdict(TrainConfig(**compared.shared_settings()))
+        del made["clip_grad_norm"]
+        assert settings_mismatch(compared, "dense", 0, made) == expected
 
 
 def _gradient_norms(monkeypatch: pytest.MonkeyPatch) -> list[float]:
