@@ -110,3 +110,19 @@ def test_a_dense_run_recorded_before_an_option_existed_counts_as_its_default(tmp
     with pytest.raises(EpipruneError, match="trained with holdout=0, this run has 100"):
         _check_same_trajectory(old, {**mine, "holdout": 100}, tmp_path)
     assert {"model_kwargs", "holdout", "bn_l1", "data_seed"} <= set(TRAJECTORY_SETTINGS)
+
+
+@pytest.mark.parametrize("name,value", [("optimizer", "adamw"), ("clip_grad_norm", 1.0)])
+def test_a_branch_refuses_a_dense_run_of_another_optimizer_or_clipping(tmp_path, name, value):
+    """Both shape the dense trajectory a branch continues (issue 21 added clipping; a run made before it records
+    none and ran without: accepted by a branch that does not clip)."""
+    from dataclasses import asdict
+
+    from epiprune.errors import EpipruneError
+    from epiprune.run.config import TrainConfig
+    from epiprune.run.trajectory import _check_same_trajectory
+
+    mine = asdict(TrainConfig())
+    _check_same_trajectory({k: v for k, v in mine.items() if k != "clip_grad_norm"}, mine, tmp_path)
+    with pytest.raises(EpipruneError, match=f"trained with {name}=.*, this run has {value!r}"):
+        _check_same_trajectory(mine, {**mine, name: value}, tmp_path)

@@ -82,10 +82,27 @@ def test_the_readme_table_states_the_defaults_train_help_states():
     """Issue 20: README said --epi-smooth defaults to 1 while --help said 2. Each row of defaults is checked."""
     from epiprune.run.config import TrainConfig
 
-    defaults = {"--" + f.name.replace("_", "-"): f.default for f in TrainConfig.options()}
+    made = TrainConfig()  # the network-dependent defaults (None in the field) as the default network takes them
+    defaults = {"--" + f.name.replace("_", "-"): getattr(made, f.name) for f in TrainConfig.options()}
     rows = _readme_defaults()
     assert len(rows) >= 8 and any("--epi-smooth" in flags for flags, _ in rows)
     for flags, values in rows:
         for flag, value in zip(flags, values, strict=True):
             if flag in defaults:
                 assert _same(value, defaults[flag]), f"README says {flag} defaults to {value}, --help {defaults[flag]}"
+
+
+def test_the_readme_states_the_defaults_a_transformer_run_takes():
+    """Issue 21: a transformer (vit_tiny, lm_tiny) trains with AdamW, a warm-up and clipping where not told
+    otherwise; README's row says which values, as run/defaults.py sets them."""
+    from epiprune.run.config import TrainConfig
+    from epiprune.run.defaults import CNN_DEFAULTS, TRANSFORMER_WARMUP
+
+    row = next(line for line in README.splitlines() if line.startswith("| a transformer's defaults"))
+    stated = dict(re.findall(r"--([a-z-]+) ([^ `]+)", row.split(" | ")[1].split("`")[1]))
+    made = TrainConfig(model="lm_tiny", data="text", epochs=20)
+    for name, value in stated.items():
+        assert _same(value, getattr(made, name.replace("-", "_"))), f"README says {name} {value}"
+    assert set(stated) | {"warmup-epochs"} == {n.replace("_", "-") for n in CNN_DEFAULTS}
+    assert f"warm-up (`--warmup-epochs`) of {100 * TRANSFORMER_WARMUP:g}% of `--epochs`" in row
+    assert made.warmup_epochs == TRANSFORMER_WARMUP * 20

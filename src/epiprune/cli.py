@@ -253,16 +253,19 @@ def _predict(args: argparse.Namespace) -> None:
 
 def train_config(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
     """The run `train` describes: its --config file, then the options given beside it; what neither sets keeps
-    TrainConfig's default (which is also the option's default)."""
+    TrainConfig's default (which is also the option's default; None for a network-dependent setting, which the
+    config fills in: run/defaults.py)."""
     values = read_config_file(args.config) if args.config is not None else {}
     given = config_values(_explicit(argv, "train"))
     values.update(given)
-    if "momentum" in given and values.get("optimizer") == "adamw":  # the default value given explicitly, too
-        raise EpipruneError(f"--momentum {given['momentum']} is SGD's and AdamW does not use it (accepted: "
-                            "--momentum with --optimizer sgd, or AdamW without --momentum)")
     if args.no_progress:
         values["progress"] = False
-    return TrainConfig(**values)
+    cfg = TrainConfig(**values)
+    # the default value given explicitly, too; AdamW given, or a transformer's default
+    if "momentum" in given and cfg.optimizer == "adamw":
+        raise EpipruneError(f"--momentum {given['momentum']} is SGD's and AdamW does not use it (accepted: "
+                            "--momentum with --optimizer sgd, or AdamW without --momentum)")
+    return cfg
 
 
 def _train(args: argparse.Namespace, argv: list[str]) -> None:

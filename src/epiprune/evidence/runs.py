@@ -61,8 +61,8 @@ class CompareConfig:
     val_subset: int | None = None
     epochs: int = 12
     batch_size: int = 128
-    lr: float = 0.1
-    warmup_epochs: float = 0.0
+    lr: float | None = None  # None: the network's default, as train's (run/defaults.py)
+    warmup_epochs: float | None = None
     budget: str = "flops:0.5"
     epi_window: int = 3
     epi_every: str = "epoch"  # the clock of every run; on the step clock the grid is probes (evidence/grid.py)

@@ -49,7 +49,13 @@ def build_model(name: str, in_channels: int = 3, num_classes: int = 10, input_si
 
 def channel_models() -> list[str]:
     """The registry models pruned by channels (the CNNs), without the transformers of models.hf."""
-    return [n for n in MODELS if not getattr(MODELS.get(n), "transformer", False)]
+    return [n for n in MODELS if not is_transformer(n)]
+
+
+def is_transformer(name: str) -> bool:
+    """Whether `name` is a registry transformer (models.hf: pruned by heads and neurons, trained with AdamW); False
+    for a CNN, an unknown name and a user's network (an import path: what it is shows only once it is built)."""
+    return not is_import_path(name) and name in MODELS and getattr(MODELS.get(name), "transformer", False)
 
 
 def model_task(name: str) -> str | None:
@@ -115,4 +121,4 @@ def make_model(name: str, in_channels: int, num_classes: int, model_kwargs: dict
 
 
 __all__ = ["MODELS", "build_model", "check_model_name", "is_import_path", "make_model", "model_task",
-           "channel_models", "check_model_task"]
+           "channel_models", "check_model_task", "is_transformer"]

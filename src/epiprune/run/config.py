@@ -36,6 +36,7 @@ from epiprune.run.config_text import (
     parse_threshold,
 )
 from epiprune.run.data import DATASETS
+from epiprune.run.defaults import CNN_DEFAULTS, describe, model_defaults
 
 OPTIMIZERS = ("sgd", "adamw")
 DEFAULT_EPI_EVERY = "epoch"
@@ -96,15 +97,19 @@ class TrainConfig:
                                     "(default: all)")
     epochs: int = option(15, help="epochs of the whole schedule (dense + pruned)")
     batch_size: int = option(128, help="images per step (under torchrun: the global batch, split over the ranks)")
-    lr: float = option(0.1, help="peak learning rate of SGD (momentum 0.9, Nesterov), cosine-annealed per step over "
-                       "the whole schedule")
+    lr: float | None = option(None, help="peak learning rate, cosine-annealed per step over the whole schedule "
+                              + describe("lr"))
     momentum: float = option(0.9, help="momentum of SGD (Nesterov)")
-    warmup_epochs: float = option(0.0, help="ramp the LR up linearly over this many epochs first (1 helps "
-                                  "ResNet-56 at lr 0.1)")
-    weight_decay: float = option(5e-4, help="on conv/linear weights, not on BN/biases")
-    optimizer: str = option("sgd", choices=OPTIMIZERS, help="SGD with Nesterov momentum, or AdamW (ConvNeXt-style "
-                            "networks need it: e.g. --optimizer adamw --lr 1e-3 --weight-decay 0.05); its state is "
-                            "carried through the prune either way")
+    warmup_epochs: float | None = option(None, help="ramp the LR up linearly over this many epochs first (1 helps "
+                                         "ResNet-56 at lr 0.1) " + describe("warmup_epochs"))
+    weight_decay: float | None = option(None, help="on weights of 2 or more dimensions (conv, linear, embeddings), "
+                                        "not on norm scales or biases " + describe("weight_decay"))
+    optimizer: str | None = option(None, choices=OPTIMIZERS, help="SGD with Nesterov momentum, or AdamW (ConvNeXt-"
+                                   "style networks need it: e.g. --optimizer adamw --lr 1e-3 --weight-decay 0.05); "
+                                   "its state is carried through the prune either way " + describe("optimizer"))
+    clip_grad_norm: float | None = option(None, help="clip the global L2 norm of the gradients at this value before "
+                                          "each optimizer step (after fp16's unscaling; 0: off) "
+                                          + describe("clip_grad_norm"))
     budget: str = option(PolicyConfig.budget, policy="budget",
                          help="what to keep: flops:F, params:F or latency:F (of the dense model's step "
                          "time measured on this device), 0 < F < 1")
@@ -213,6 +218,14 @@ class TrainConfig:
                                  "before failing")
     out: str = option("runs/train", help="output folder (refused if it holds a run, see --force)")
     progress: bool = field(default=True, metadata={"cli": False})  # the command line's --no-progress
+
+    def __post_init__(self) -> None:
+        """The network-dependent settings left unset (None) take the network's value (run/defaults.py): a
+        transformer's AdamW, warm-up and clipping, or a CNN's SGD; a value given is kept."""
+        defaults = model_defaults(self.model, self.epochs)
+        for name in CNN_DEFAULTS:
+            if getattr(self, name) is None:
+                setattr(self, name, defaults[name])
 
     @classmethod
     def options(cls) -> list[Field]:
@@ -399,6 +412,9 @@ class TrainConfig:
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             raise EpipruneError(f"--weight-decay {self.weight_decay} is not a number >= 0 (accepted: e.g. 5e-4, "
                                 "or 0 for none)")
+        if not (self.clip_grad_norm >= 0 and math.isfinite(self.clip_grad_norm)):
+            raise EpipruneError(f"--clip-grad-norm {self.clip_grad_norm} is not a number >= 0 (accepted: e.g. 1.0, "
+                                "or 0 for off)")
         if self.data_dir is not None and self.data == "builtin":
             raise EpipruneError(f"--data-dir {self.data_dir} is given but --data is builtin, which needs no folder "
                                 f"(accepted: --data {', '.join(d for d in DATASETS if d != 'builtin')} with "

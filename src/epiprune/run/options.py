@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 import typing
-from dataclasses import MISSING, fields
+from dataclasses import fields
 from typing import Any
 
 from epiprune.errors import EpipruneError
@@ -22,13 +22,14 @@ def scalar_type(name: str) -> type | None:
 
 def recorded_setting(recorded: dict[str, Any], key: str) -> Any:
     """The value of TrainConfig field `key` in a run's recorded settings (summary.json's or a checkpoint's config,
-    config.json). A run made before the option existed has no entry: it ran as the field's default does today, so
-    that default is returned (None for a name that is not a field)."""
+    config.json). A run made before the option existed has no entry: it ran as the field's default does today for
+    the default network, so that default is returned (None for a name that is not a field)."""
     if key in recorded:
         return recorded[key]
-    for f in fields(TrainConfig):
-        if f.name == key:
-            return f.default_factory() if f.default_factory is not MISSING else f.default
+    if key in {f.name for f in fields(TrainConfig)}:
+        # the default network's value: a network-dependent setting (run/defaults.py) that a run did not record
+        # did not exist when it ran, and every network ran as a CNN's default does (clip_grad_norm: 0, off)
+        return getattr(TrainConfig(), key)
     return None
 
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from epiprune import distributed
 from epiprune.errors import EpipruneError
+from epiprune.models import is_transformer
 from epiprune.numerics import autocast
 from epiprune.policy.early_pruning import EarlyPruningPolicy
 from epiprune.run.config import TrainConfig
@@ -72,6 +73,14 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
                             {"params": no_decay, "weight_decay": 0.0}],
                            lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+
+
+def describe_optimization(cfg: TrainConfig) -> str:
+    """One line of the optimizer settings a run uses (a transformer's defaults among them: run/defaults.py)."""
+    clipping = f"gradient norm clipped at {cfg.clip_grad_norm:g}" if cfg.clip_grad_norm else "no clipping"
+    return (f"optimizer {cfg.optimizer}, lr {cfg.lr:g} cosine per step after {cfg.warmup_epochs:g} warm-up epochs, "
+            f"weight decay {cfg.weight_decay:g}, {clipping}"
+            + (" (a transformer's defaults where not given)" if is_transformer(cfg.model) else ""))
 
 
 def lr_schedule(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:

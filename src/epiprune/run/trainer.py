@@ -40,6 +40,7 @@ from epiprune.run.steps import (
     TRAIN_FLOPS_PER_FORWARD,
     add_bn_l1_gradient,
     cross_entropy,
+    describe_optimization,
     evaluate,
     lr_schedule,
     make_optimizer,
@@ -75,11 +76,14 @@ def _saved_settings(saved: dict, out: str, log: Callable[[str], None]) -> dict:
     if unknown:
         raise EpipruneError(f"the run in {out} records settings this epiprune does not know: {', '.join(unknown)} "
                             "(accepted: resume it with the epiprune version that made it)")
-    missing = [f for f in fields(TrainConfig) if f.name not in saved and f.name not in ("out", "progress")]
+    missing = [f.name for f in fields(TrainConfig) if f.name not in saved and f.name not in ("out", "progress")]
     if missing:
-        defaults = ", ".join(f"{f.name}={getattr(TrainConfig(), f.name)!r}" for f in missing)
-        log(f"note: the run in {out} records no {', '.join(f.name for f in missing)}: resumed with today's defaults "
-            f"({defaults})")
+        # the default network's values: a network-dependent setting the run did not record (clip_grad_norm) is
+        # one it ran without, as every network did before such settings existed (not a transformer's default)
+        defaults = {name: getattr(TrainConfig(), name) for name in missing}
+        log(f"note: the run in {out} records no {', '.join(missing)}: resumed with today's defaults "
+            f"({', '.join(f'{k}={v!r}' for k, v in defaults.items())})")
+        saved = {**saved, **defaults}
     return saved
 
 
@@ -193,6 +197,7 @@ def _restore(run: RunState, checkpoint: dict | None) -> None:
                 f"importance {cfg.importance}, {cfg.total_epochs} "
                 f"epochs, dense {policy.dense_flops / 1e6:.2f} MFLOPs {policy.dense_params / 1e6:.3f} M params, "
                 f"{run.device.type}" + (f", {world} ranks" if world > 1 else ""))
+        run.log(describe_optimization(cfg))
         clock = policy.clock
         run.log("EPI probes " + ("once per epoch" if clock is None else
                                  f"every {clock.every} steps ({clock.every / clock.steps_per_epoch:.2f} epochs)") +
@@ -263,6 +268,9 @@ def _train_steps(run: RunState, epoch: int, on_checkpoint: Callable[[], None]) -
             add_bn_l1_gradient(run.model, cfg.bn_l1 * (scaler.get_scale() if scaler.is_enabled() else 1.0))
         if run.recorder is not None:
             run.recorder.after_step(epoch)
+        if cfg.clip_grad_norm:  # after the policy and the recorder read the gradients; on the true ones under fp16
+            scaler.unscale_(run.optimizer)
+            nn.utils.clip_grad_norm_(run.model.parameters(), cfg.clip_grad_norm)
         scaler.step(run.optimizer)
         scaler.update()
         run.optimizer.zero_grad(set_to_none=True)

@@ -42,8 +42,9 @@ SCORES_FILE = "scores.jsonl"
 KEPT_CHECKPOINTS = "checkpoints"
 # the settings that shape a dense trajectory: a branch must share every one of them with its source
 TRAJECTORY_SETTINGS = ("model", "model_kwargs", "data", "data_dir", "image_size", "seq_len", "train_subset",
-                       "val_subset", "epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup_epochs", "seed",
-                       "data_seed", "holdout", "channels_last", "amp", "compile", "bn_l1", "device")
+                       "val_subset", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
+                       "warmup_epochs", "clip_grad_norm", "seed", "data_seed", "holdout", "channels_last", "amp",
+                       "compile", "bn_l1", "device")
 
 
 class ScoreRecorder:
