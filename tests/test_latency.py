@@ -2,6 +2,7 @@
 latency budget end to end. Timing targets live in benchmarks/latency.py, not here."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -168,6 +169,33 @@ def test_matching_key_is_reused_and_other_settings_rebuild_only_when_replacing(b
     messages.clear()
     load_or_build(graph, other, copy, progress=False, log=messages.append, select=select_subnetwork, replace=True)
     assert "other settings (batch_size)" in messages[0] and LatencyTable.load(copy).key["batch_size"] == 2
+
+
+def test_a_stored_table_noisier_than_this_runs_limit_is_not_reused(built, tmp_path):
+    """Issue 23: a table accepted once under a raised --latency-noise-limit was reused by every later run whatever
+    its own limit. Now the stored spread is checked against this run's limit: a named table is refused untouched
+    (unless replacing), a cached one rebuilt; a limit that admits it reuses it."""
+    graph, _, path = built
+    data = json.loads(path.read_text())
+    data["noise"] = {**data.get("noise", {}), "pair_ratio_spread": 0.8, "reference_spread": 0.1}
+    noisy = tmp_path / "noisy.json"
+    noisy.write_text(json.dumps(data))
+    before = noisy.read_bytes()
+    strict = replace(TINY, noise_limit=0.5)
+    with pytest.raises(LatencyTableError, match=r"spread 80%, above this run's --latency-noise-limit 0.5 .*--force"):
+        load_or_build(graph, strict, noisy, progress=False, log=lambda _: None, select=select_subnetwork)
+    assert noisy.read_bytes() == before
+    messages = []
+    load_or_build(graph, replace(TINY, noise_limit=0.9), noisy, progress=False, log=messages.append,
+                  select=select_subnetwork)
+    assert "reusing" in messages[0] and noisy.read_bytes() == before
+    messages.clear()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(latency_build, "check_noise", lambda noise, limit: None)
+        load_or_build(graph, strict, noisy, progress=False, log=messages.append, select=select_subnetwork,
+                      replace=True)
+    assert "spread 80%" in messages[0] and "rebuilding" in messages[0]
+    assert LatencyTable.load(noisy).noise["pair_ratio_spread"] != 0.8
 
 
 def test_another_models_table_is_refused_by_name(built, tmp_path):

@@ -103,6 +103,16 @@ def replacing_tables(enabled: bool = True) -> Iterator[None]:
         _REPLACING.reset(token)
 
 
+def _noisier_than(table: LatencyTable, limit: float) -> str | None:
+    """Why a stored table's build is noisier than `limit` allows (its recorded pair-ratio spread, a fraction), or
+    None (tables from before the spread was recorded pass: their builds had no limit to record)."""
+    spread = table.noise.get("pair_ratio_spread")
+    if spread is None or float(spread) <= limit:
+        return None
+    return (f"was built with timings spread {100 * float(spread):.0f}%, above this run's --latency-noise-limit "
+            f"{limit:g} ({100 * limit:.3g}%)")
+
+
 def load_or_build(graph: PrunableGraph, settings: LatencySettings, path: str | Path | None = None,
                   progress: bool = True, log: Callable[[str], None] = print, *, select: Select,
                   replace: bool | None = None) -> tuple[LatencyCostModel, Path]:
@@ -118,19 +128,29 @@ def load_or_build(graph: PrunableGraph, settings: LatencySettings, path: str | P
     path = Path(path) if path is not None else default_table_path(key)
     if path.exists():
         table = LatencyTable.load(path)
-        if table.key == key:
-            log(f"latency table: reusing {path}")
-            return LatencyCostModel(layers, table, graph.widths(), volume), path
-        if table.key.get("device") != key["device"] or table.key.get("device_type") != key["device_type"]:
-            raise LatencyTableError(f"latency table {path} was measured on {table.key.get('device')!r}, this run is "
-                                    f"on {key['device']!r} (accepted: a table measured on this device; pass another "
-                                    "--latency-table path to build one)")
+        replacing = _REPLACING.get() if replace is None else replace
         changed = sorted(k for k in key if table.key.get(k) != key[k])
-        if named and not (_REPLACING.get() if replace is None else replace):
-            what = f"model {table.key.get('model')}" if table.key.get("model") != key["model"] else "other settings"
-            raise LatencyTableError(f"latency table {path} was built for {what} ({', '.join(changed)}) and would be "
-                                    "rebuilt over (accepted: --force to rebuild it there, or another path)")
-        log(f"latency table {path} was built for other settings ({', '.join(changed)}): rebuilding")
+        if not changed:
+            # a table accepted once under a higher --latency-noise-limit: this run's limit decides whether it is used
+            too_noisy = _noisier_than(table, settings.noise_limit)
+            if too_noisy is None:
+                log(f"latency table: reusing {path}")
+                return LatencyCostModel(layers, table, graph.widths(), volume), path
+            if named and not replacing:
+                raise LatencyTableError(f"latency table {path} {too_noisy} (accepted: --force to rebuild it there, "
+                                        "another path, or a --latency-noise-limit that admits it)")
+            log(f"latency table {path} {too_noisy}: rebuilding")
+        else:
+            if table.key.get("device") != key["device"] or table.key.get("device_type") != key["device_type"]:
+                raise LatencyTableError(f"latency table {path} was measured on {table.key.get('device')!r}, this run "
+                                        f"is on {key['device']!r} (accepted: a table measured on this device; pass "
+                                        "another --latency-table path to build one)")
+            if named and not replacing:
+                what = (f"model {table.key.get('model')}" if table.key.get("model") != key["model"]
+                        else "other settings")
+                raise LatencyTableError(f"latency table {path} was built for {what} ({', '.join(changed)}) and would "
+                                        "be rebuilt over (accepted: --force to rebuild it there, or another path)")
+            log(f"latency table {path} was built for other settings ({', '.join(changed)}): rebuilding")
     else:
         log(f"latency table: building {path} (once per model, device and settings)")
     # the table's random inputs must not move the run's RNG
