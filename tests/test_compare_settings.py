@@ -100,3 +100,26 @@ def test_compares_noise_limit_reaches_every_run_and_is_not_compared(tmp_path, mo
     made = recorded(CompareConfig(epochs=6, epi_window=2))
     assert settings_mismatch(CompareConfig(epochs=6, epi_window=2, latency_noise_limit=0.9), "epi-taylor", 0,
                              made) is None
+
+
+def test_compares_latency_target_and_batch_reach_every_run_and_are_compared(tmp_path, monkeypatch):
+    """compare --latency-target / --latency-batch (missing before: a comparison under an inference-latency budget
+    was impossible without extra_args): every run's table times that target and batch, and a finished run made
+    for another target or batch is not reused (they change what the budget selects)."""
+    import epiprune.evidence.compare as compare_module
+    from epiprune.cli import main
+
+    given = []
+    monkeypatch.setattr(compare_module, "compare", lambda cfg: given.append(cfg))
+    assert main(["compare", "--budget", "latency:0.5", "--latency-target", "infer", "--latency-batch", "8",
+                 "--out", str(tmp_path)]) == 0
+    cfg = given[0]
+    assert (cfg.latency_target, cfg.latency_batch) == ("infer", 8)
+    for method in cfg.methods():
+        settings = cfg.run_config(method, 0).latency_settings()
+        assert (settings.target, settings.batch_size) == ("infer", 8)
+    made = recorded(CompareConfig(epochs=6, epi_window=2))
+    assert settings_mismatch(CompareConfig(epochs=6, epi_window=2, latency_target="infer"), "epi-taylor", 0,
+                             made) == "latency_target='train', not 'infer'"
+    assert settings_mismatch(CompareConfig(epochs=6, epi_window=2, latency_batch=8), "epi-taylor", 0,
+                             made) == "latency_batch=None, not 8"

@@ -29,7 +29,7 @@ CONFIG_FILE = "config.json"  # in a run folder: its TrainConfig, which `epiprune
 # command-line options for them are generated from TrainConfig's (cli.py), with CompareConfig's defaults
 SHARED_SETTINGS = ("model", "model_kwargs", "ignore_layers", "data", "data_dir", "train_subset", "val_subset", "epochs",
                    "batch_size", "lr", "warmup_epochs", "budget", "epi_window", "epi_every", "holdout", "data_seed",
-                   "latency_noise_limit")
+                   "latency_target", "latency_batch", "latency_noise_limit")
 # how a run was made, not what it computes: a finished run is reused whatever these recorded (paths, devices,
 # progress, what the dense run records for its branches; the method's own fields are the recipe's, see METHOD_FIELDS)
 NOT_COMPARED = ("out", "progress", "data_dir", "latency_table", "device", "dist_timeout", "record_scores",
@@ -79,6 +79,8 @@ class CompareConfig:
     probe_every: int = 0  # the dense run also records Taylor scores every N steps (trigger studies)
     only: list[str] | None = None  # run only these method names (e.g. one prune-at-init variant)
     extra_args: list[str] = field(default_factory=list)  # more `epiprune train` options for every run
+    latency_target: str = "train"  # a latency budget: what its table times (TrainConfig.latency_target)
+    latency_batch: int | None = None  # a latency budget: the batch its table times (None: --batch-size)
     # a latency budget's table build is refused above this timing spread (TrainConfig.latency_noise_limit)
     latency_noise_limit: float = MAX_PAIR_RATIO_SPREAD
 
