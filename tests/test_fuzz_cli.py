@@ -46,7 +46,9 @@ TRAIN_OPTIONS = option_lists({
     "--importance": st.sampled_from(["taylor", "random", "psychic"]),
     "--indicator": st.sampled_from(["epi", "none", "earlybird", "x"]), "--channel-multiple": INTS,
     "--finetune-epochs": INTS, "--init-batches": INTS, "--seed": st.sampled_from(["0", "-1", "4294967296", "x"]),
-    "--device": st.sampled_from(["cpu", "gpu"]), "--no-progress": st.none()})
+    "--device": st.sampled_from(["cpu", "gpu"]), "--no-progress": st.none(), "--clip-grad-norm": FLOATS,
+    "--latency-noise-limit": FLOATS, "--latency-batch": INTS,
+    "--latency-target": st.sampled_from(["train", "infer", "x"])})
 COMPARE_OPTIONS = option_lists({
     "--model": st.sampled_from(["resnet20", "x"]), "--data": st.sampled_from(["builtin", "cifar10", "x"]),
     "--data-dir": PATHS, "--out": PATHS, "--epochs": INTS, "--train-subset": INTS, "--val-subset": INTS,
@@ -55,6 +57,7 @@ COMPARE_OPTIONS = option_lists({
     "--grid": st.sampled_from(["1,2", "1-3", "3-1", "0", "x", "1,1", "-2", ""]),
     "--seeds": st.sampled_from(["0", "0,1", "5-1", "0,0", "x", ""]),
     "--methods": st.sampled_from(["dense", "dense,epi", "lottery", ""]), "--jobs": INTS, "--finetune-epochs": INTS,
+    "--latency-noise-limit": FLOATS, "--latency-batch": INTS, "--latency-target": st.sampled_from(["infer", "x"]),
     "--force": st.none()})
 EXPORT = st.tuples(st.just("export"), st.sampled_from(["{run}", "{run}", "{fresh}", "{file}", "{images}", ""]),
                    option_lists({"--format": st.sampled_from(["torchscript", "safetensors", "export", "pdf"]),
