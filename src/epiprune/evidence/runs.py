@@ -123,7 +123,8 @@ class CompareConfig:
                                 "the step clock, whose dense run records every probe)")
         if not self.step_clock and self.epochs < self.epi_window + 2:
             raise EpipruneError(f"--epochs {self.epochs} is too small for --epi-window {self.epi_window} (accepted: "
-                                f">= {self.epi_window + 2}: EPI needs window + 1 dense epochs, then pruned training)")
+                                f">= {self.epi_window + 2}: EPI needs window + 1 dense epochs, then pruned training; "
+                                "or --epi-every auto, every run on the step clock)")
         if self.finetune_epochs is not None and self.finetune_epochs < 1:
             raise EpipruneError(f"--finetune-epochs {self.finetune_epochs} is too small (accepted: an integer >= 1)")
         # the settings every run shares are checked the way `epiprune train` checks them

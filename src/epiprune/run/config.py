@@ -288,7 +288,8 @@ class TrainConfig:
         if self.epi_every == "epoch" and self.epi_window + 2 > self.epochs and self.prune_at is None and \
                 self.indicator != "none":
             raise EpipruneError(f"EPI window {self.epi_window} is too large for {self.epochs} epochs (accepted: a "
-                                f"window <= epochs - 2: EPI needs window + 1 dense epochs, then pruned training)")
+                                f"window <= epochs - 2: EPI needs window + 1 dense epochs, then pruned training; "
+                                "or --epi-every auto, EPI on the step clock, which probes within epochs)")
         if self.prune_at is not None and not 0 <= self.prune_at < self.total_epochs:
             raise EpipruneError(f"prune-at epoch {self.prune_at:g} is outside 0..{self.total_epochs - 1}")
         if self.epi_threshold != AUTO:
