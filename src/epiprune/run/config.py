@@ -1,34 +1,31 @@
 """One description of a training run: `TrainConfig`. The `train` subcommand's options are generated from its fields
 (help, default, choices, type: see `option` and cli.add_config_options), `epiprune train --config FILE` reads a
 JSON file of its fields, and `compare` writes one such file per run. Adding a run setting is adding a field here.
-(That is why the file is over ~400 lines: it is the one list of run settings, each field with its help text.)
+Its checks are in config_checks.py.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import math
 import typing
 from collections.abc import Callable
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from epiprune.costs.budget import Budget
-from epiprune.costs.timing import MAX_PAIR_RATIO_SPREAD, TARGETS, LatencySettings, check_noise_limit
+from epiprune.costs.timing import MAX_PAIR_RATIO_SPREAD, TARGETS, LatencySettings
 from epiprune.errors import EpipruneError
 from epiprune.files import atomic_write_text
-from epiprune.models import MODELS, check_model_name, check_model_task, is_import_path
-from epiprune.models.user import factory_arguments, import_factory, parse_layer_names, parse_model_kwargs
+from epiprune.models import MODELS
+from epiprune.models.user import parse_layer_names, parse_model_kwargs
 from epiprune.numerics import AMP_DTYPES
-from epiprune.policy.bounds import EPI_AVERAGES, check_at_least, check_epi_average, check_threshold
-from epiprune.policy.clock import AUTO
+from epiprune.policy.bounds import EPI_AVERAGES
 from epiprune.policy.config import PolicyConfig
 from epiprune.policy.importance import IMPORTANCES, MAGNITUDE_TAU, TAYLOR_TAU
 from epiprune.policy.indicator import INDICATORS
+from epiprune.run.config_checks import OPTIMIZERS, validate_config
 from epiprune.run.config_text import (
-    NOISE_LIMIT_OPTION,
     fits,
     int_list,
     parse_epochs,
@@ -38,7 +35,6 @@ from epiprune.run.config_text import (
 from epiprune.run.data import DATASETS
 from epiprune.run.defaults import CNN_DEFAULTS, describe, model_defaults
 
-OPTIMIZERS = ("sgd", "adamw")
 DEFAULT_EPI_EVERY = "epoch"
 # --epi-every auto: probes over the whole schedule (24 steps at 12 epochs of 47 steps: issue 20's offline look)
 PROBES_PER_SCHEDULE = 24
@@ -246,102 +242,8 @@ class TrainConfig:
         atomic_write_text(Path(path), json.dumps(asdict(self), indent=1) + "\n")
 
     def validate(self) -> None:
-        """Raise EpipruneError naming the first bad value and what is accepted."""
-        self._validate_user_input()
-        self._validate_model()
-        if self.data not in DATASETS:
-            raise EpipruneError(f"unknown dataset {self.data!r} (accepted: {', '.join(DATASETS)})")
-        self._validate_text()
-        INDICATORS.get(self.indicator)  # an unknown name is one line naming the registered ones
-        if self.finetune_epochs < 0:
-            raise EpipruneError(f"fine-tune epochs {self.finetune_epochs} is negative (accepted: >= 0)")
-        if not 0 <= self.warmup_epochs < self.epochs:
-            raise EpipruneError(f"warm-up epochs {self.warmup_epochs} is outside [0, {self.epochs})")
-        IMPORTANCES.get(self.importance)
-        Budget.parse(self.budget)
-        if self.latency_target not in TARGETS:
-            raise EpipruneError(f"unknown latency target {self.latency_target!r} (accepted: {', '.join(TARGETS)})")
-        if self.amp not in AMP_DTYPES:
-            raise EpipruneError(f"unknown amp dtype {self.amp!r} (accepted: {', '.join(AMP_DTYPES)})")
-        check_noise_limit(self.latency_noise_limit, NOISE_LIMIT_OPTION)
-        if self.latency_batch is not None and self.latency_batch < 1:
-            raise EpipruneError(f"latency batch {self.latency_batch} is too small (accepted: an integer >= 1)")
-        # integer options with a lower bound, named as the message names them (some by their flag); the policy's
-        # own settings are checked where the policy checks them (policy/bounds.py), named by their flag here
-        for name, value, low in (("epochs", self.epochs, 1), ("batch size", self.batch_size, 1),
-                                 ("image size", self.image_size, 8), ("--holdout", self.holdout, 0),
-                                 ("--probe-every", self.probe_every, 0)):
-            if value < low:
-                raise EpipruneError(f"{name} {value} is too small (accepted: an integer >= {low})")
-        for field_name, setting in (("epi_window", "window"), ("channel_multiple", "channel_multiple"),
-                                    ("epi_peak", "peak"), ("epi_smooth", "smooth"),
-                                    ("earlybird_queue", "earlybird_queue")):
-            check_at_least(setting, getattr(self, field_name), "--" + field_name.replace("_", "-"))
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise EpipruneError(f"learning rate {self.lr} is not a positive number")
-        if self.optimizer not in OPTIMIZERS:
-            raise EpipruneError(f"unknown optimizer {self.optimizer!r} (accepted: {', '.join(OPTIMIZERS)})")
-        if not 0 <= self.momentum < 1:
-            raise EpipruneError(f"--momentum {self.momentum} is outside [0, 1)")
-        self._validate_clock()
-        self._validate_contradictions()
-        if self.epi_every == "epoch" and self.epi_window + 2 > self.epochs and self.prune_at is None and \
-                self.indicator != "none":
-            raise EpipruneError(f"EPI window {self.epi_window} is too large for {self.epochs} epochs (accepted: a "
-                                f"window <= epochs - 2: EPI needs window + 1 dense epochs, then pruned training; "
-                                "or --epi-every auto, EPI on the step clock, which probes within epochs)")
-        if self.prune_at is not None and not 0 <= self.prune_at < self.total_epochs:
-            raise EpipruneError(f"prune-at epoch {self.prune_at:g} is outside 0..{self.total_epochs - 1}")
-        if self.epi_threshold != AUTO:
-            check_threshold(self.epi_threshold, "--epi-threshold")
-        if self.max_dense_epochs is not None and not 0 < self.max_dense_epochs < self.epochs:
-            raise EpipruneError(f"max dense epochs {self.max_dense_epochs:g} is outside (0, {self.epochs}) (accepted: "
-                                f"1..{self.epochs - 1} on the epoch clock, fractions on the step clock)")
-        check_epi_average(self.epi_average)
-        if not (self.bn_l1 >= 0 and math.isfinite(self.bn_l1)):
-            raise EpipruneError(f"--bn-l1 {self.bn_l1} is not a number >= 0 (accepted: e.g. 1e-4, or 0 for none)")
-        if self.data_seed is not None and not 0 <= self.data_seed < 2**32:
-            raise EpipruneError(f"--data-seed {self.data_seed} is outside 0..{2**32 - 1}")
-        for k in self.keep_checkpoints or []:
-            if not 1 <= k <= self.total_epochs:
-                raise EpipruneError(f"--keep-checkpoints epoch {k} is outside 1..{self.total_epochs}")
-        if self.branch_from is not None:
-            if self.indicator in ("none", "earlybird") or self.importance == "random":
-                raise EpipruneError(f"--branch-from cannot replay indicator {self.indicator!r} with importance "
-                                    f"{self.importance!r} (accepted: indicator epi, earlybird-budget or --prune-at, "
-                                    "importance taylor, magnitude or bn)")
-            if self.prune_at == 0:
-                raise EpipruneError("--branch-from with --prune-at 0 has nothing to branch from (accepted: --prune-at "
-                                    ">= 1)")
-
-    def _validate_contradictions(self) -> None:
-        """Settings that are each valid but together do not do what they say (issue 23): refused, not ignored."""
-        if self.prune_at is not None and self.indicator == "none":
-            raise EpipruneError(f"--prune-at {self.prune_at:g} with --indicator none never prunes (accepted: "
-                                "--prune-at with another --indicator, which it then replaces, or --indicator none "
-                                "alone for a dense run)")
-        sgd_momentum = next(f.default for f in fields(self) if f.name == "momentum")
-        if self.optimizer == "adamw" and self.momentum != sgd_momentum:
-            raise EpipruneError(f"--momentum {self.momentum} is SGD's and AdamW does not use it (accepted: --momentum "
-                                "with --optimizer sgd, or AdamW without --momentum)")
-
-    def _validate_model(self) -> None:
-        """The model name, its kwargs and the ignored layers' form; a user factory is imported here (it is named
-        by the caller) and its signature checked against the kwargs. Building it needs the data: see
-        run.network.build_network."""
-        try:
-            json.dumps(self.model_kwargs, allow_nan=False)  # recorded in the run's files: plain data only
-        except (TypeError, ValueError) as e:
-            raise EpipruneError(f"model_kwargs {self.model_kwargs!r} is not JSON data: {e} (accepted: a dict of "
-                                "numbers, strings, booleans, null, lists and dicts)") from None
-        if not isinstance(self.model_kwargs, dict):
-            raise EpipruneError(f"model_kwargs {self.model_kwargs!r} is not a dict (accepted: a JSON object)")
-        if not isinstance(self.ignore_layers, list) or not all(isinstance(n, str) and n for n in self.ignore_layers):
-            raise EpipruneError(f"ignore_layers {self.ignore_layers!r} is not a list of module names (accepted: "
-                                "e.g. ['conv1', 'layers.0.conv1'])")
-        check_model_name(self.model, self.model_kwargs)
-        if is_import_path(self.model):
-            factory_arguments(import_factory(self.model), self.model, self.model_kwargs, 3, 10)
+        """Raise EpipruneError naming the first bad value and what is accepted (run/config_checks.py)."""
+        validate_config(self)
 
     def policy_config(self, steps_per_epoch: int | None = None) -> PolicyConfig:
         """The policy's settings: each field that declares `policy=` feeds that PolicyConfig field; the others are
@@ -363,72 +265,11 @@ class TrainConfig:
             raise EpipruneError("--epi-every auto needs the epoch's length in steps (accepted: a number of steps)")
         return max(2, round(self.epochs * steps_per_epoch / PROBES_PER_SCHEDULE))
 
-    def _validate_clock(self) -> None:
-        """--epi-every's form, and the settings that mean something on one clock only."""
-        every = self.epi_every
-        if every not in ("epoch", "auto") and not (every.isdigit() and int(every) >= 2):
-            raise EpipruneError(f"--epi-every {every!r} is not a clock (accepted: epoch, auto, or a number of "
-                                "optimizer steps >= 2)")
-        if every == "epoch":
-            if self.epi_threshold == AUTO:
-                raise EpipruneError("--epi-threshold auto needs the step clock (accepted: --epi-every auto or a "
-                                    "number of steps, or a threshold in (0, 1])")
-            for flag, value in (("--min-dense-epochs", self.min_dense_epochs),
-                                ("--max-dense-epochs", self.max_dense_epochs), ("--prune-at", self.prune_at)):
-                if value is not None and value != int(value):
-                    raise EpipruneError(f"{flag} {value:g} is not a whole number of epochs (accepted: fractions "
-                                        "on the step clock, --epi-every auto or a number of steps)")
-        elif self.probe_every:
-            raise EpipruneError(f"--probe-every {self.probe_every} is the epoch clock's extra probing; on the step "
-                                "clock --record-scores records every probe (accepted: --epi-every epoch with it)")
-        elif self.epi_threshold == AUTO and self.importance != "taylor":
-            raise EpipruneError(f"--epi-threshold auto needs gradient importance, not {self.importance!r} "
-                                "(accepted: --importance taylor, or a threshold in (0, 1])")
-
     def latency_settings(self) -> LatencySettings:
         """What a latency table for this run times: its target, batch, memory format and autocast dtype; and the
         noise limit its build must meet."""
         return LatencySettings(target=self.latency_target, batch_size=self.latency_batch or self.batch_size,
                                channels_last=self.channels_last, amp=self.amp, noise_limit=self.latency_noise_limit)
-
-    def _validate_text(self) -> None:
-        """The model fits the data (a language model for --data text, an image model otherwise); text's settings."""
-        check_model_task(self.model, "text" if self.data == "text" else "image", self.data)
-        if self.data != "text":
-            return
-        if self.seq_len < 2:
-            raise EpipruneError(f"--seq-len {self.seq_len} is too small (accepted: an integer >= 2)")
-        if self.holdout:
-            raise EpipruneError(f"--holdout {self.holdout} is not supported with --data text (accepted: no --holdout; "
-                                "the validation split is each document's last 10%)")
-
-    def _validate_user_input(self) -> None:
-        """Checks that come before the others, so that a bad value is blamed on its own option."""
-        if self.epochs < 1:
-            raise EpipruneError(f"--epochs {self.epochs} is too small (accepted: an integer >= 1)")
-        for flag, value in (("--train-subset", self.train_subset), ("--val-subset", self.val_subset)):
-            if value is not None and value < 1:
-                raise EpipruneError(f"{flag} {value} is too small (accepted: a number of images >= 1, or leave "
-                                    "it out to use them all)")
-        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
-            raise EpipruneError(f"--weight-decay {self.weight_decay} is not a number >= 0 (accepted: e.g. 5e-4, "
-                                "or 0 for none)")
-        if not (self.clip_grad_norm >= 0 and math.isfinite(self.clip_grad_norm)):
-            raise EpipruneError(f"--clip-grad-norm {self.clip_grad_norm} is not a number >= 0 (accepted: e.g. 1.0, "
-                                "or 0 for off)")
-        if self.data_dir is not None and self.data == "builtin":
-            raise EpipruneError(f"--data-dir {self.data_dir} is given but --data is builtin, which needs no folder "
-                                f"(accepted: --data {', '.join(d for d in DATASETS if d != 'builtin')} with "
-                                "--data-dir, or no --data-dir)")
-        if not str(self.out).strip():
-            raise EpipruneError("--out is empty (accepted: a folder name, e.g. runs/train)")
-        if not 0 <= self.seed < 2**32:
-            raise EpipruneError(f"--seed {self.seed} is outside 0..{2**32 - 1}")
-        if self.init_batches < 1:
-            raise EpipruneError(f"--init-batches {self.init_batches} is too small (accepted: an integer >= 1)")
-        check_at_least("min_dense_epochs", self.min_dense_epochs, "--min-dense-epochs")
-        if not (self.dist_timeout > 0 and math.isfinite(self.dist_timeout)):
-            raise EpipruneError(f"--dist-timeout {self.dist_timeout} is not a positive number of seconds")
 
     @property
     def total_epochs(self) -> int:
