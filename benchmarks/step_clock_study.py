@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -35,6 +36,8 @@ from epiprune.cli import _int_list
 from epiprune.costs.budget import Budget
 from epiprune.evidence.compare import compare
 from epiprune.evidence.runs import CompareConfig, finished_runs
+from epiprune.evidence.table import bootstrap_interval
+from epiprune.files import atomic_write_text
 from epiprune.models import make_model
 from epiprune.policy.early_pruning import EarlyPruningPolicy
 from epiprune.policy.replay import RecordedProbe
@@ -43,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "step-clock-study"
 DATA_CANDIDATES = [Path("/usr/share/datasets/fashion-mnist"), ROOT.parent / "shared" / "data" / "fashion-mnist"]
 TAU = 0.944
+CONTROL_STEP = 120  # the earliest probe the rule can fire at: probe (window 3 + smoothing 2) x 24 steps
 
 
 def config(budget: float, seeds: list[int], jobs: int, data_dir: str, out: Path, **overrides: object) -> CompareConfig:
@@ -98,34 +102,77 @@ def replayed_step(dense: Path, budget: float, threshold: float | str) -> tuple[i
     return step, (policy.history[-1].decision if step is not None else None)
 
 
-def table(args: argparse.Namespace) -> None:
+def top1(run: dict) -> float:
+    """Test top-1 (%): the split that chooses nothing."""
+    return 100 * run["final_test_top1"]
+
+
+def seed_rows(budget: float) -> list[dict]:
+    """Per seed of a budget's finished runs: the oracle (grid probe with the best validation top-1), EPI with tau
+    (trained) and auto (replayed, read off the grid), the earliest-probe control (probe 5), their test top-1 and
+    training cost (FLOPs of the run over the dense run's)."""
+    runs, _ = finished_runs(budget_folder(budget))
+    by = {(r["method"], r["seed"]): r for r in runs}
     rows = []
+    for seed in sorted(s for (m, s) in by if m == "dense"):
+        grid = {r["prune_step"]: r for (m, s), r in by.items() if s == seed and m.startswith("fixed-")}
+        epi = by.get(("epi-taylor", seed))
+        if len(grid) < 11 or epi is None:
+            continue  # an unfinished seed: reported as missing, not as a partial oracle
+        dense = by[("dense", seed)]
+        oracle = max(grid.values(), key=lambda r: r["final_val_top1"])
+        auto_step, auto_trigger = replayed_step(Path(dense["run_dir"]), budget, "auto")
+        auto = grid.get(auto_step) or (epi if epi["prune_step"] == auto_step else None)
+        twin = grid.get(epi["prune_step"])
+        rows.append({
+            "budget": budget, "seed": seed, "dense": top1(dense), "oracle_step": oracle["prune_step"],
+            "oracle": top1(oracle), "oracle_cost": oracle["train_flops_ratio"],
+            "tau_step": epi["prune_step"], "tau_trigger": epi["trigger"], "tau": top1(epi),
+            "tau_cost": epi["train_flops_ratio"],
+            "tau_equals_grid_run": None if twin is None else top1(twin) == top1(epi),
+            "auto_step": auto_step, "auto_trigger": auto_trigger,
+            "auto": None if auto is None else top1(auto),
+            "auto_cost": None if auto is None else auto["train_flops_ratio"],
+            "control_step": CONTROL_STEP, "control": top1(grid[CONTROL_STEP]),
+            "control_cost": grid[CONTROL_STEP]["train_flops_ratio"],
+            "grid": {step: round(top1(r), 2) for step, r in sorted(grid.items())},
+            "grid_val": {step: round(100 * r["final_val_top1"], 2) for step, r in sorted(grid.items())}})
+    return rows
+
+
+def paired(rows: list[dict], a: str, b: str) -> dict:
+    diffs = [r[a] - r[b] for r in rows if r[a] is not None and r[b] is not None]
+    low, high = bootstrap_interval(diffs)
+    return {"mean": statistics.fmean(diffs) if diffs else None, "low": low, "high": high, "seeds": len(diffs)}
+
+
+def table(args: argparse.Namespace) -> None:
+    report = {}
     for budget in (float(b) for b in args.budgets.split(",")):
-        runs, _ = finished_runs(budget_folder(budget))
-        by = {(r["method"], r["seed"]): r for r in runs}
-        seeds = sorted({s for (m, s) in by if m == "dense"})
-        for seed in seeds:
-            dense = by.get(("dense", seed))
-            grid = {r["prune_step"]: r for (m, s), r in by.items() if s == seed and m.startswith("fixed-")}
-            if dense is None or not grid:
-                continue
-            oracle = max(grid.values(), key=lambda r: r["val_top1"])
-            row = {"budget": budget, "seed": seed, "dense_test": dense["test_top1"], "oracle": oracle["method"],
-                   "oracle_test": oracle["test_top1"], "oracle_cost": oracle["cost_ratio"],
-                   "grid": {r["prune_step"]: r["test_top1"] for r in grid.values()}}
-            epi = by.get(("epi-taylor", seed))
-            if epi is not None:
-                row.update(tau_step=epi["prune_step"], tau_trigger=epi["trigger"], tau_test=epi["test_top1"],
-                           tau_cost=epi["cost_ratio"],
-                           tau_same_as_grid=(grid.get(epi["prune_step"], {}).get("test_top1") == epi["test_top1"]))
-            step, trigger = replayed_step(Path(dense["run_dir"]), budget, "auto")
-            at = grid.get(step) or (epi if epi is not None and epi["prune_step"] == step else None)
-            row.update(auto_step=step, auto_trigger=trigger, auto_test=None if at is None else at["test_top1"],
-                       auto_cost=None if at is None else at["cost_ratio"])
-            control = grid.get(120)
-            row.update(control_test=None if control is None else control["test_top1"])
-            rows.append(row)
-    print(json.dumps(rows, indent=1))
+        rows = seed_rows(budget)
+        if not rows:
+            print(f"flops {budget:g}: no finished seed")
+            continue
+        report[f"{budget:g}"] = {"seeds": rows, "paired": {
+            f"{a} - {b}": paired(rows, a, b) for a, b in
+            (("tau", "oracle"), ("auto", "oracle"), ("tau", "control"), ("auto", "control"), ("oracle", "control"),
+             ("tau", "dense"))}}
+        print(f"\n### flops {budget:g}: {len(rows)} seeds ({', '.join(str(r['seed']) for r in rows)})\n")
+        print("| seed | oracle probe (step) | oracle | EPI tau step (trigger) | EPI tau | EPI auto step (trigger) | "
+              "EPI auto | control (step 120) | cost oracle / tau / auto / control |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['seed']} | {r['oracle_step']} | {r['oracle']:.2f} | {r['tau_step']} ({r['tau_trigger']}) | "
+                  f"{r['tau']:.2f} | {r['auto_step']} ({r['auto_trigger']}) | "
+                  f"{'-' if r['auto'] is None else format(r['auto'], '.2f')} | {r['control']:.2f} | "
+                  f"{r['oracle_cost']:.3f} / {r['tau_cost']:.3f} / "
+                  f"{'-' if r['auto_cost'] is None else format(r['auto_cost'], '.3f')} / {r['control_cost']:.3f} |")
+        print("\n| paired difference (test top-1 points) | mean | 95% bootstrap interval | seeds |\n|---|---|---|---|")
+        for name, p in report[f"{budget:g}"]["paired"].items():
+            if p["mean"] is not None:
+                print(f"| {name} | {p['mean']:+.2f} | [{p['low']:+.2f}, {p['high']:+.2f}] | {p['seeds']} |")
+    atomic_write_text(OUT / "study.json", json.dumps(report, indent=1))
+    print(f"\nwrote {OUT / 'study.json'}")
 
 
 def main() -> None:
