@@ -22,6 +22,7 @@ The table checks the identity it rests on: each seed's trained EPI-tau run again
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import statistics
@@ -37,7 +38,7 @@ from epiprune.costs.budget import Budget
 from epiprune.evidence.compare import compare
 from epiprune.evidence.runs import CompareConfig, finished_runs
 from epiprune.evidence.table import bootstrap_interval
-from epiprune.files import atomic_write_text
+from epiprune.files import atomic_write, atomic_write_text
 from epiprune.models import make_model
 from epiprune.policy.early_pruning import EarlyPruningPolicy
 from epiprune.policy.replay import RecordedProbe
@@ -46,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "step-clock-study"
 DATA_CANDIDATES = [Path("/usr/share/datasets/fashion-mnist"), ROOT.parent / "shared" / "data" / "fashion-mnist"]
 TAU = 0.944
+TRAJECTORIES = OUT / "trajectories"
 CONTROL_STEP = 120  # the earliest probe the rule can fire at: probe (window 3 + smoothing 2) x 24 steps
 
 
@@ -87,10 +89,12 @@ def run(args: argparse.Namespace) -> None:
             print(f"budget {budget:g} seed {seed}: {time.time() - start:.0f} s", flush=True)
 
 
-def replayed_step(dense: Path, budget: float, threshold: float | str) -> tuple[int | None, str | None]:
-    """(prune step, trigger) a policy with this threshold takes on a dense run's recorded probes."""
-    summary = json.loads((dense / "summary.json").read_text())
-    rows = [json.loads(line) for line in (dense / "scores.jsonl").read_text().splitlines() if line.strip()]
+def replayed_step(seed: int, budget: float, threshold: float | str) -> tuple[int | None, str | None]:
+    """(prune step, trigger) a policy with this threshold takes on the seed's dense run's recorded probes (the
+    committed trajectory: `collect` writes it)."""
+    summary = json.loads((TRAJECTORIES / f"dense-seed{seed}.summary.json").read_text())
+    with gzip.open(TRAJECTORIES / f"dense-seed{seed}.scores.jsonl.gz", "rt") as f:
+        rows = [json.loads(line) for line in f.read().splitlines() if line.strip()]
     probes = [RecordedProbe(r["step"], [np.asarray(s) for s in r["taylor"]], [np.asarray(s) for s in r["taylor_half"]])
               for r in rows if r.get("kind") == "probe"]
     config = summary["config"]
@@ -102,6 +106,36 @@ def replayed_step(dense: Path, budget: float, threshold: float | str) -> tuple[i
     return step, (policy.history[-1].decision if step is not None else None)
 
 
+def collect(args: argparse.Namespace) -> None:
+    """The committed data: every finished run's summary (runs.jsonl) and per-epoch metrics (metrics.jsonl), with
+    its budget, method and seed; each dense run's summary and recorded probes (trajectories/, gzipped)."""
+    TRAJECTORIES.mkdir(parents=True, exist_ok=True)
+    summaries, metrics = [], []
+    for budget in (float(b) for b in args.budgets.split(",")):
+        runs, _ = finished_runs(budget_folder(budget))
+        for r in runs:
+            if r["method"] == "dense" and budget != float(args.budgets.split(",")[0]):
+                continue  # one dense run per seed, shared by every budget
+            tag = {"budget": None if r["method"] == "dense" else budget, "method": r["method"], "seed": r["seed"]}
+            summaries.append({**tag, **{k: v for k, v in r.items() if k not in ("method", "seed", "run_dir")}})
+            metrics += [{**tag, **json.loads(line)} for line in
+                        (Path(r["run_dir"]) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+            if r["method"] == "dense":
+                folder = Path(r["run_dir"])
+                atomic_write_text(TRAJECTORIES / f"dense-seed{r['seed']}.summary.json",
+                                  (folder / "summary.json").read_text())
+                data = gzip.compress((folder / "scores.jsonl").read_bytes(), mtime=0)
+                atomic_write(TRAJECTORIES / f"dense-seed{r['seed']}.scores.jsonl.gz",
+                             lambda tmp, data=data: tmp.write_bytes(data))
+    atomic_write_text(OUT / "runs.jsonl", "".join(json.dumps(r) + "\n" for r in summaries))
+    atomic_write_text(OUT / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in metrics))
+    print(f"wrote {len(summaries)} runs to {OUT / 'runs.jsonl'}, their epochs to metrics.jsonl, {TRAJECTORIES}")
+
+
+def committed_runs() -> list[dict]:
+    return [json.loads(line) for line in (OUT / "runs.jsonl").read_text().splitlines() if line.strip()]
+
+
 def top1(run: dict) -> float:
     """Test top-1 (%): the split that chooses nothing."""
     return 100 * run["final_test_top1"]
@@ -111,8 +145,8 @@ def seed_rows(budget: float) -> list[dict]:
     """Per seed of a budget's finished runs: the oracle (grid probe with the best validation top-1), EPI with tau
     (trained) and auto (replayed, read off the grid), the earliest-probe control (probe 5), their test top-1 and
     training cost (FLOPs of the run over the dense run's)."""
-    runs, _ = finished_runs(budget_folder(budget))
-    by = {(r["method"], r["seed"]): r for r in runs}
+    runs = committed_runs()
+    by = {(r["method"], r["seed"]): r for r in runs if r["budget"] in (None, budget)}
     rows = []
     for seed in sorted(s for (m, s) in by if m == "dense"):
         grid = {r["prune_step"]: r for (m, s), r in by.items() if s == seed and m.startswith("fixed-")}
@@ -121,7 +155,7 @@ def seed_rows(budget: float) -> list[dict]:
             continue  # an unfinished seed: reported as missing, not as a partial oracle
         dense = by[("dense", seed)]
         oracle = max(grid.values(), key=lambda r: r["final_val_top1"])
-        auto_step, auto_trigger = replayed_step(Path(dense["run_dir"]), budget, "auto")
+        auto_step, auto_trigger = replayed_step(seed, budget, "auto")
         auto = grid.get(auto_step) or (epi if epi["prune_step"] == auto_step else None)
         twin = grid.get(epi["prune_step"])
         rows.append({
@@ -144,6 +178,24 @@ def paired(rows: list[dict], a: str, b: str) -> dict:
     diffs = [r[a] - r[b] for r in rows if r[a] is not None and r[b] is not None]
     low, high = bootstrap_interval(diffs)
     return {"mean": statistics.fmean(diffs) if diffs else None, "low": low, "high": high, "seeds": len(diffs)}
+
+
+def replay(args: argparse.Namespace) -> None:
+    """When the rule fires on each seed's trained dense run (its recorded probes), per budget and threshold: the
+    prune step, and how many seeds fired at the earliest probe the rule allows (no training: the decision only)."""
+    seeds = sorted(int(p.name.split("seed")[1].split(".")[0]) for p in TRAJECTORIES.glob("dense-seed*.summary.json"))
+    result = []
+    print("| budget | threshold | prune step per seed (seeds " + ", ".join(map(str, seeds)) + ") | fired by EPI | "
+          f"at the earliest probe (step {CONTROL_STEP}) |\n|---|---|---|---|---|")
+    for budget in (float(b) for b in args.budgets.split(",")):
+        for threshold in (TAU, "auto"):
+            picks = [replayed_step(seed, budget, threshold) for seed in seeds]
+            result.append({"budget": budget, "threshold": threshold, "seeds": seeds,
+                           "steps": [p[0] for p in picks], "triggers": [p[1] for p in picks]})
+            print(f"| flops {budget:g} | {threshold} | {', '.join(str(p[0]) for p in picks)} | "
+                  f"{sum(p[1] == 'epi' for p in picks)}/{len(picks)} | "
+                  f"{sum(p[0] == CONTROL_STEP for p in picks)}/{len(picks)} |")
+    atomic_write_text(OUT / "replay.json", json.dumps(result, indent=1))
 
 
 def table(args: argparse.Namespace) -> None:
@@ -177,7 +229,7 @@ def table(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["run", "table"])
+    parser.add_argument("action", choices=["run", "collect", "replay", "table"])
     parser.add_argument("--budgets", default="0.3,0.5,0.2")
     parser.add_argument("--seeds", default="0-4")
     parser.add_argument("--jobs", type=int, default=2)
@@ -185,7 +237,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.data_dir is None:
         sys.exit("no Fashion-MNIST folder found (accepted: --data-dir with its IDX files)")
-    {"run": run, "table": table}[args.action](args)
+    {"run": run, "collect": collect, "replay": replay, "table": table}[args.action](args)
 
 
 if __name__ == "__main__":
