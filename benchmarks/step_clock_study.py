@@ -117,7 +117,8 @@ def collect(args: argparse.Namespace) -> None:
             if r["method"] == "dense" and budget != float(args.budgets.split(",")[0]):
                 continue  # one dense run per seed, shared by every budget
             tag = {"budget": None if r["method"] == "dense" else budget, "method": r["method"], "seed": r["seed"]}
-            summaries.append({**tag, **{k: v for k, v in r.items() if k not in ("method", "seed", "run_dir")}})
+            # the tag's budget (a number; None for the shared dense run) replaces the summary's budget text
+            summaries.append({**{k: v for k, v in r.items() if k not in ("method", "seed", "run_dir")}, **tag})
             metrics += [{**tag, **json.loads(line)} for line in
                         (Path(r["run_dir"]) / "metrics.jsonl").read_text().splitlines() if line.strip()]
             if r["method"] == "dense":
@@ -219,6 +220,8 @@ def table(args: argparse.Namespace) -> None:
                   f"{'-' if r['auto'] is None else format(r['auto'], '.2f')} | {r['control']:.2f} | "
                   f"{r['oracle_cost']:.3f} / {r['tau_cost']:.3f} / "
                   f"{'-' if r['auto_cost'] is None else format(r['auto_cost'], '.3f')} / {r['control_cost']:.3f} |")
+        same = [r["tau_equals_grid_run"] for r in rows if r["tau_equals_grid_run"] is not None]
+        print(f"\nEPI tau's trained run equals the grid run of its probe (test top-1): {sum(same)}/{len(same)} seeds")
         print("\n| paired difference (test top-1 points) | mean | 95% bootstrap interval | seeds |\n|---|---|---|---|")
         for name, p in report[f"{budget:g}"]["paired"].items():
             if p["mean"] is not None:
