@@ -99,6 +99,10 @@ def test_image_tables_are_unchanged(name):
     assert result.metric is TOP1
     assert result.table == (folder / "compare.md").read_text()
     assert result.rows == recorded["rows"] and result.pairs == recorded["paired"]
+    # the same runs without their held-out test split: the footnote the image path has always written for it
+    validation_only = [{k: v for k, v in r.items() if k != "final_test_top1"} for r in recorded["runs"]]
+    footnote = "\n\ntop-1: final accuracy on the validation split (also used to choose the oracle)\n\n"
+    assert footnote in tabulate(validation_only).table
 
 
 def test_plots_name_the_metric_on_their_axis(tmp_path, monkeypatch):
