@@ -1,6 +1,6 @@
-"""compare's plots: accuracy against training cost, accuracy against the prune epoch (the oracle grid), the dense
-run's EPI curve and its per-group widths (matplotlib, Agg backend: chosen in run/plots.py, whose helpers they
-share)."""
+"""compare's plots: the comparison's metric (top-1 or bits per byte, evidence/metrics.py) against training cost and
+against the prune epoch (the oracle grid), the dense run's EPI curve and its per-group widths (matplotlib, Agg
+backend: chosen in run/plots.py, whose helpers they share)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
+from epiprune.evidence.metrics import TOP1, Metric
 from epiprune.run.plots import _epi_axis, _finish, _integer_epochs, _save, probe_points
 
 # one colour and one legend name per method family; a family not listed is drawn and named as "other"
@@ -20,9 +21,10 @@ FAMILY_NAMES = {"dense": "dense", "plain": "dense, no importance hooks", "init":
 LABEL_POINTS = 7  # font size of the method labels, in points
 
 
-def plot_accuracy_vs_cost(rows: list[dict], path: Path) -> None:
-    """Final top-1 vs total training FLOPs, one point per method (error bars: spread over seeds). A point and its
-    legend entry take their colour from one key (the family); labels of nearby points are moved apart."""
+def plot_accuracy_vs_cost(rows: list[dict], path: Path, metric: Metric = TOP1) -> None:
+    """The final metric (top-1 by default; rows' <row_key>_mean and _std) vs total training FLOPs, one point per
+    method (error bars: spread over seeds). A point and its legend entry take their colour from one key (the
+    family); labels of nearby points are moved apart."""
     from matplotlib.lines import Line2D
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -31,14 +33,15 @@ def plot_accuracy_vs_cost(rows: list[dict], path: Path) -> None:
     for r in rows:
         family = r["family"] if r["family"] in FAMILY_COLOURS else "other"
         style = point_style(family)
-        ax.errorbar(r["train_flops"] / 1e12, r["top1_mean"], yerr=r["top1_std"] or None, capsize=3,
+        mean, std = r[f"{metric.row_key}_mean"], r[f"{metric.row_key}_std"]
+        ax.errorbar(r["train_flops"] / 1e12, mean, yerr=std or None, capsize=3,
                     ecolor=style["color"], linestyle="none", **style)
         legend.setdefault(family, Line2D([], [], linestyle="none", label=FAMILY_NAMES[family], **style))
-        labels.setdefault((round(r["train_flops"] / 1e12, 2), round(r["top1_mean"], 2)), []).append(r["method"])
+        labels.setdefault((round(r["train_flops"] / 1e12, 2), round(mean, metric.decimals)), []).append(r["method"])
     _annotate_apart(ax, [(x, y, " = ".join(names)) for (x, y), names in labels.items()])
     ax.set_xlabel("training cost (TFLOPs, forward + backward)")
-    ax.set_ylabel("final validation top-1 (%)")
-    ax.set_title("Accuracy vs. training cost")
+    ax.set_ylabel(metric.axis_label)
+    ax.set_title(f"{metric.title} vs. training cost")
     if legend:
         ax.legend(handles=list(legend.values()), fontsize=7, loc="best")
     ax.grid(alpha=0.3)
@@ -87,10 +90,11 @@ def epi_choice_label(choices: list[tuple[int | None, str | None]]) -> str | None
 
 
 def plot_grid(grid: list[tuple[float, float, float]], epi_choices: list[tuple[float | None, str | None]],
-              path: Path) -> None:
-    """Top-1 of fixed-epoch pruning for each prune epoch (the oracle scan; mean and std over seeds), with the
-    epochs EPI chose marked (one (epoch, trigger) per seed; a seed that never pruned has no mark). On the step
-    clock the epochs are fractions (a probe's step over the epoch's steps)."""
+              path: Path, metric: Metric = TOP1) -> None:
+    """The metric (top-1 by default) of fixed-epoch pruning for each prune epoch (the oracle scan; (epoch, mean,
+    std over seeds) in the metric's unit), with the epochs EPI chose marked (one (epoch, trigger) per seed; a seed
+    that never pruned has no mark). On the step clock the epochs are fractions (a probe's step over the epoch's
+    steps)."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
     epochs, top1, std = zip(*grid, strict=True)
     ax.errorbar(epochs, top1, yerr=[s or 0 for s in std], fmt="o-", color="tab:green", capsize=3,
@@ -100,7 +104,7 @@ def plot_grid(grid: list[tuple[float, float, float]], epi_choices: list[tuple[fl
         ax.axvline(epoch, color="tab:red", ls="--", label=label if i == 0 else None)
     if all(float(e).is_integer() for e in epochs):
         _integer_epochs(ax)
-    _finish(fig, ax, "prune epoch", "final validation top-1 (%)", "Oracle scan: accuracy vs. prune epoch", path)
+    _finish(fig, ax, "prune epoch", metric.axis_label, f"Oracle scan: {metric.title.lower()} vs. prune epoch", path)
 
 
 def plot_epi_curve(metrics: list[dict], threshold: float | str, epi_epoch: float | None, path: Path,

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from epiprune.errors import EpipruneError
+from epiprune.evidence.metrics import METRICS, run_task
 from epiprune.evidence.runs import finished_runs
 from epiprune.evidence.table import write_comparison
 from epiprune.files import CHECKPOINT_FILE
@@ -19,7 +20,8 @@ from epiprune.run.records import EpochRow
 
 def report(folder: str | Path, log: Callable[[str], None] = print) -> Path:
     """Rewrite the report of an `epiprune compare` folder (compare.md/json and plots, from every finished run)
-    or of an `epiprune train` folder (epi.png, and a per-epoch table printed). Returns the folder."""
+    or of an `epiprune train` folder (epi.png, and a per-epoch table printed, in the run's metric: top-1 for
+    images, bits per byte for text). Returns the folder."""
     out = Path(folder)
     if (out / "runs").is_dir():
         return _report_comparison(out, log)
@@ -85,6 +87,7 @@ def _report_run(out: Path, log: Callable[[str], None]) -> Path:
         threshold, prune_epoch, trigger = summary["epi_threshold"], summary["prune_epoch"], summary["trigger"]
         steps_per_epoch = summary.get("steps_per_epoch") if summary.get("epi_every") else None  # step clock
         prune_step = summary.get("prune_step")
+        config = summary.get("config", {})
     else:  # still running or interrupted: the settings are in the checkpoint
         state = load_checkpoint(out / CHECKPOINT_FILE)
         config, policy = state["extra"]["config"], state["policy"]
@@ -94,10 +97,11 @@ def _report_run(out: Path, log: Callable[[str], None]) -> Path:
         steps_per_epoch = (policy.get("clock") or {}).get("steps_per_epoch")
     if threshold == "auto":
         threshold = None  # per probe, in the metrics
-    log("epoch  train loss  val top-1    EPI   MFLOPs  pruned")
+    metric = METRICS.get(run_task({"config": config}))
+    log(f"epoch  train loss  {metric.epoch_header}    EPI   MFLOPs  pruned")
     for m in metrics:
         epi = "    -" if m.get("epi") is None else f"{m['epi']:.3f}"
-        log(f"{m['epoch']:5d}  {m['train_loss']:10.4f}  {100 * m['val_top1']:8.2f}%  {epi}  {m['flops'] / 1e6:7.2f}"
+        log(f"{m['epoch']:5d}  {m['train_loss']:10.4f}  {metric.epoch_cell(m)}  {epi}  {m['flops'] / 1e6:7.2f}"
             f"  {'yes' if m['pruned'] else 'no'}")
     plot_epi(metrics, out / "epi.png", threshold, prune_epoch, trigger, steps_per_epoch, prune_step)
     log(f"wrote {out / 'epi.png'}")

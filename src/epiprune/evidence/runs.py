@@ -27,9 +27,9 @@ DENSE = "{dense}"  # in a method's overrides: the folder of the same seed's dens
 CONFIG_FILE = "config.json"  # in a run folder: its TrainConfig, which `epiprune train --config` runs
 # the TrainConfig fields that are also CompareConfig fields, shared by every run of a comparison: `compare`'s
 # command-line options for them are generated from TrainConfig's (cli.py), with CompareConfig's defaults
-SHARED_SETTINGS = ("model", "model_kwargs", "ignore_layers", "data", "data_dir", "train_subset", "val_subset", "epochs",
-                   "batch_size", "lr", "warmup_epochs", "budget", "epi_window", "epi_every", "holdout", "data_seed",
-                   "latency_target", "latency_batch", "latency_noise_limit")
+SHARED_SETTINGS = ("model", "model_kwargs", "ignore_layers", "data", "data_dir", "seq_len", "train_subset",
+                   "val_subset", "epochs", "batch_size", "lr", "warmup_epochs", "budget", "epi_window", "epi_every",
+                   "holdout", "data_seed", "latency_target", "latency_batch", "latency_noise_limit")
 # how a run was made, not what it computes: a finished run is reused whatever these recorded (paths, devices,
 # progress, what the dense run records for its branches; the method's own fields are the recipe's, see METHOD_FIELDS)
 NOT_COMPARED = ("out", "progress", "data_dir", "latency_table", "device", "dist_timeout", "record_scores",
@@ -57,6 +57,7 @@ class CompareConfig:
     ignore_layers: list[str] = field(default_factory=list)
     data: str = "builtin"
     data_dir: str | None = None
+    seq_len: int = 128  # bytes per sample of --data text (TrainConfig.seq_len)
     train_subset: int | None = None
     val_subset: int | None = None
     epochs: int = 12
@@ -99,7 +100,7 @@ class CompareConfig:
         """(steps between probes, steps per epoch) of every run on the step clock: the training images after
         --holdout and --train-subset in batches of --batch-size (one process; the last batch may be partial)."""
         cfg = TrainConfig(**self.shared_settings())
-        images = _training_images(cfg.data, cfg.data_dir, cfg.image_size) - cfg.holdout
+        images = _training_images(cfg.data, cfg.data_dir, cfg.image_size, cfg.seq_len) - cfg.holdout
         if cfg.train_subset is not None:
             images = min(images, cfg.train_subset)
         steps = -(-max(1, images) // cfg.batch_size)
@@ -231,8 +232,9 @@ def settings_mismatch(cfg: CompareConfig, method: str, seed: int, made_with: dic
 
 
 @functools.cache
-def _training_images(data: str, data_dir: str | None, image_size: int) -> int:
-    return len(load_dataset(data, data_dir, image_size=image_size).train_labels)
+def _training_images(data: str, data_dir: str | None, image_size: int, seq_len: int) -> int:
+    """Training samples of a dataset: images, or text windows of seq_len bytes."""
+    return len(load_dataset(data, data_dir, image_size=image_size, seq_len=seq_len).train_labels)
 
 
 def family_of(method: str) -> str | None:

@@ -1,6 +1,7 @@
 """compare's table: finished runs aggregated per method (mean and spread over seeds), the oracle (per seed, the best
 fixed prune epoch on validation), paired differences with bootstrap intervals, compare.md / compare.json and the
-plots. Reads run summaries only: `epiprune report` uses it without importing the training stack."""
+plots, all in the comparison's metric (evidence/metrics.py: top-1 for images, bits per byte for text). Reads run
+summaries only: `epiprune report` uses it without importing the training stack."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import json
 import random
 import statistics
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+from epiprune.evidence.metrics import TOP1, Metric, metric_of
 from epiprune.evidence.plots import plot_accuracy_vs_cost, plot_epi_curve, plot_grid, plot_width_heatmap
 from epiprune.files import atomic_write_text
 from epiprune.run.records import EpochRow
@@ -24,8 +27,9 @@ def _spread(values: list[float]) -> float:
 
 
 def test_top1(run: dict) -> float:
-    """The reported accuracy (%): the test split when the run held out a validation split, else validation."""
-    return 100 * run.get("final_test_top1", run["final_val_top1"])
+    """The reported accuracy (%) of an image run: the test split when the run held out a validation split, else
+    validation (TOP1.reported; a comparison of any task uses its metric_of(runs).reported)."""
+    return TOP1.reported(run)
 
 
 BOOTSTRAP_DRAWS = 10_000
@@ -49,28 +53,34 @@ def prune_point(run: dict) -> float | None:
     return run["prune_epoch"]
 
 
-def oracle_runs(runs: list[dict]) -> list[dict]:
-    """Per seed, the fixed-epoch run with the best final validation accuracy (the grid search a user would do;
-    with a held-out validation split, its test accuracy was not used to choose)."""
+def oracle_runs(runs: list[dict], metric: Metric | None = None) -> list[dict]:
+    """Per seed, the fixed-epoch run with the best final validation value of the metric (default: the runs' own,
+    metric_of) in its direction (the grid search a user would do; with a held-out validation split, its test value
+    was not used to choose). A tie keeps the earlier grid point."""
+    metric = metric or metric_of(runs)
     best: dict[int, dict] = {}
     for r in runs:
         if r["family"] != "fixed":
             continue
-        if r["seed"] not in best or r["final_val_top1"] > best[r["seed"]]["final_val_top1"]:
+        if r["seed"] not in best or metric.is_better(metric.validation(r), metric.validation(best[r["seed"]])):
             best[r["seed"]] = r
     return [best[seed] for seed in sorted(best)]
 
 
-def _row(name: str, family: str, rs: list[dict], dense_flops: float | None, dense_seconds: float | None) -> dict:
-    top1 = [test_top1(r) for r in rs]
+def _row(name: str, family: str, rs: list[dict], dense_flops: float | None, dense_seconds: float | None,
+         metric: Metric = TOP1) -> dict:
+    """One table row: the metric's mean and spread over the runs (seeds) as <row_key>_mean/_std (reported split)
+    and val_<row_key>_mean, its extra columns' means, FLOPs (per sample), params, training FLOPs and seconds."""
+    values = [metric.reported(r) for r in rs]
     cost = _mean([r["train_flops_total"] for r in rs])
     secs = _mean([r["train_seconds"] for r in rs])
     epochs = [prune_point(r) for r in rs]
     fallbacks = sum(r.get("trigger") == "fallback" for r in rs)
     return {"method": name, "family": family, "seeds": len(rs),
             "prune_epoch": epochs[0] if len(set(epochs)) == 1 else epochs, "fallbacks": fallbacks,
-            "top1_mean": _mean(top1), "top1_std": _spread(top1),
-            "val_top1_mean": _mean([100 * r["final_val_top1"] for r in rs]),
+            f"{metric.row_key}_mean": _mean(values), f"{metric.row_key}_std": _spread(values),
+            f"val_{metric.row_key}_mean": _mean([metric.validation(r) for r in rs]),
+            **{e.row_key: _mean([r[e.summary_key] for r in rs]) for e in metric.extras},
             "flops": _mean([r["final_flops"] for r in rs]), "params": _mean([r["final_params"] for r in rs]),
             "flops_ratio": _mean([r["flops_ratio"] for r in rs]),
             "train_flops": cost, "train_seconds": secs,
@@ -93,22 +103,23 @@ def _grid_scan_cost(runs: list[dict]) -> tuple[float, float]:
     return _mean(scratch), _mean(branched)
 
 
-def aggregate(runs: list[dict]) -> list[dict]:
+def aggregate(runs: list[dict], metric: Metric | None = None) -> list[dict]:
     """One row per method (mean and spread over seeds), plus the oracle: per seed, the fixed prune epoch with the
-    best validation accuracy, reported on the test split, costed as the branched grid and as the grid from
-    scratch."""
+    best validation value of the metric (default: the runs' own, metric_of), reported on the test split when there
+    is one, costed as the branched grid and as the grid from scratch."""
+    metric = metric or metric_of(runs)
     by_method: dict[str, list[dict]] = {}
     for r in runs:
         by_method.setdefault(r["method"], []).append(r)
     dense = by_method.get("dense")
     dense_flops = _mean([r["train_flops_total"] for r in dense]) if dense else None
     dense_seconds = _mean([r["train_seconds"] for r in dense]) if dense else None
-    rows = [_row(name, rs[0]["family"], rs, dense_flops, dense_seconds) for name, rs in by_method.items()]
-    chosen = oracle_runs(runs)
+    rows = [_row(name, rs[0]["family"], rs, dense_flops, dense_seconds, metric) for name, rs in by_method.items()]
+    chosen = oracle_runs(runs, metric)
     if chosen:
         grid_size = len({r["method"] for r in runs if r["family"] == "fixed"})
         scratch, branched = _grid_scan_cost(runs)
-        base = _row("oracle", "oracle", chosen, dense_flops, dense_seconds)
+        base = _row("oracle", "oracle", chosen, dense_flops, dense_seconds, metric)
         methods = {r["method"] for r in chosen}  # one grid point (fixed-3, fixed-2.66) for every seed, or not
         label = methods.pop() if len(methods) == 1 else "best per seed"
         for name, cost in ((f"oracle ({label}), branched grid", branched),
@@ -119,15 +130,17 @@ def aggregate(runs: list[dict]) -> list[dict]:
     return rows
 
 
-def paired_differences(runs: list[dict], reference: str = "epi-taylor") -> list[dict]:
-    """Per method, the per-seed differences of reported top-1 (method minus `reference`, points), their mean and
-    95% bootstrap interval; the oracle is each seed's best grid run. Only seeds both have are paired."""
-    ref = {r["seed"]: test_top1(r) for r in runs if r["method"] == reference}
+def paired_differences(runs: list[dict], reference: str = "epi-taylor", metric: Metric | None = None) -> list[dict]:
+    """Per method, the per-seed differences of the reported metric (default: the runs' own, metric_of; method minus
+    `reference`, in its unit: top-1 points, bits per byte), their mean and 95% bootstrap interval; the oracle is
+    each seed's best grid run. Only seeds both have are paired."""
+    metric = metric or metric_of(runs)
+    ref = {r["seed"]: metric.reported(r) for r in runs if r["method"] == reference}
     methods: dict[str, dict[int, float]] = {}
     for r in runs:
         if r["method"] != reference:
-            methods.setdefault(r["method"], {})[r["seed"]] = test_top1(r)
-    methods["oracle"] = {r["seed"]: test_top1(r) for r in oracle_runs(runs)}
+            methods.setdefault(r["method"], {})[r["seed"]] = metric.reported(r)
+    methods["oracle"] = {r["seed"]: metric.reported(r) for r in oracle_runs(runs, metric)}
     result = []
     for name, by_seed in methods.items():
         diffs = [by_seed[s] - ref[s] for s in sorted(by_seed) if s in ref]
@@ -138,14 +151,19 @@ def paired_differences(runs: list[dict], reference: str = "epi-taylor") -> list[
     return result
 
 
-def paired_table(pairs: list[dict]) -> str:
+def paired_table(pairs: list[dict], metric: Metric = TOP1) -> str:
+    """The paired differences as markdown, in the metric's unit and digits (its header says which sign is
+    better where lower is)."""
+    def signed(value: float) -> str:
+        return f"{value:+.{metric.decimals}f}"
+
     lines = ["| method | seeds | mean difference vs " + (pairs[0]["vs"] if pairs else "reference") +
-             " (points) | 95% bootstrap interval | per seed |", "|---|---|---|---|---|"]
+             f" ({metric.difference_unit}) | 95% bootstrap interval | per seed |", "|---|---|---|---|---|"]
     for p in pairs:
         # one seed has no spread to resample: an interval [x, x] would read as certainty
-        interval = f"[{p['low']:+.2f}, {p['high']:+.2f}]" if p["seeds"] > 1 else "- (one seed)"
-        lines.append(f"| {p['method']} | {p['seeds']} | {p['mean']:+.2f} | {interval} "
-                     f"| {' '.join(f'{d:+.2f}' for d in p['diffs'])} |")
+        interval = f"[{signed(p['low'])}, {signed(p['high'])}]" if p["seeds"] > 1 else "- (one seed)"
+        lines.append(f"| {p['method']} | {p['seeds']} | {signed(p['mean'])} | {interval} "
+                     f"| {' '.join(signed(d) for d in p['diffs'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -159,19 +177,24 @@ def _point_cell(point: float | list | None) -> str:
     return str(point) if isinstance(point, int) else f"{point:.2f}"
 
 
-def markdown_table(rows: list[dict]) -> str:
+def markdown_table(rows: list[dict], metric: Metric = TOP1) -> str:
+    """compare.md's main table: one line per row, the metric's column (and its extra columns) after the prune
+    point."""
     def ratio(v: float | None) -> str:
         return "-" if v is None else f"{v:.2f}x"
 
-    lines = ["| method | prune epoch | top-1 (%) | FLOPs (M) | params (M) | train cost (TFLOPs) | vs dense "
-             "| wall-clock (s) | vs dense |", "|---|---|---|---|---|---|---|---|---|"]
+    extra_headers = "".join(f" {e.header} |" for e in metric.extras)
+    lines = [f"| method | prune epoch | {metric.column} |{extra_headers} FLOPs (M) | params (M) | train cost (TFLOPs) "
+             "| vs dense | wall-clock (s) | vs dense |", "|---" * (9 + len(metric.extras)) + "|"]
+    key = metric.row_key
     for r in rows:
-        spread = f" ± {r['top1_std']:.2f}" if r["seeds"] > 1 else ""
+        value = metric.cell(r[f"{key}_mean"], r[f"{key}_std"] if r["seeds"] > 1 else None)
+        extras = "".join(f" {r[e.row_key]:.{e.decimals}f} |" for e in metric.extras)
         epoch = _point_cell(r["prune_epoch"])
         if r.get("fallbacks"):
             epoch = f"{epoch} ({r['fallbacks']} fallback{'s' if r['fallbacks'] > 1 else ''})"
         seconds = "-" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}"
-        lines.append(f"| {r['method']} | {epoch} | {r['top1_mean']:.2f}{spread} | {r['flops'] / 1e6:.2f} "
+        lines.append(f"| {r['method']} | {epoch} | {value} |{extras} {r['flops'] / 1e6:.2f} "
                      f"| {r['params'] / 1e6:.3f} | {r['train_flops'] / 1e12:.2f} | {ratio(r['train_flops_vs_dense'])} "
                      f"| {seconds} | {ratio(r['train_seconds_vs_dense'])} |")
     return "\n".join(lines) + "\n"
@@ -195,24 +218,51 @@ def _metrics(run_dir: str) -> list[EpochRow]:
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
-def write_comparison(out: Path, runs: list[dict], config: dict, log: Callable[[str], None] = print) -> list[dict]:
-    """Aggregate finished runs into compare.md, compare.json and the four plots in `out`; return the rows."""
-    rows = aggregate(runs)
-    pairs = paired_differences(runs)
-    reported = "test split (chosen on the held-out validation split)" if any("final_test_top1" in r for r in runs) \
-        else "validation split (also used to choose the oracle)"
-    table = markdown_table(rows) + f"\ntop-1: final accuracy on the {reported}\n"
+@dataclass
+class Comparison:
+    """A comparison's numbers in its metric: the rows (per method and the oracle), the paired differences to EPI,
+    and compare.md's text."""
+
+    metric: Metric
+    rows: list[dict]
+    pairs: list[dict]
+    table: str
+
+
+def tabulate(runs: list[dict]) -> Comparison:
+    """The table of finished runs in their task's metric (metric_of: runs of two tasks are refused)."""
+    metric = metric_of(runs)
+    rows = aggregate(runs, metric)
+    pairs = paired_differences(runs, metric=metric)
+    table = markdown_table(rows, metric) + f"\n{metric.footnote(runs)}\n"
     if pairs:
-        table += "\n" + paired_table(pairs)
-    atomic_write_text(out / "compare.md", table)
-    atomic_write_text(out / "compare.json", json.dumps({"config": config, "rows": rows, "paired": pairs,
-                                                        "runs": runs}, indent=1, default=str))
-    plot_accuracy_vs_cost([r for r in rows if r["family"] != "oracle"], out / "accuracy_vs_cost.png")
+        table += "\n" + paired_table(pairs, metric)
+    return Comparison(metric, rows, pairs, table)
+
+
+def write_comparison(out: Path, runs: list[dict], config: dict, log: Callable[[str], None] = print) -> list[dict]:
+    """Aggregate finished runs into compare.md, compare.json (with the metric named) and the four plots in `out`;
+    return the rows."""
+    result = tabulate(runs)
+    atomic_write_text(out / "compare.md", result.table)
+    atomic_write_text(out / "compare.json", json.dumps({"config": config, "metric": result.metric.describe(runs),
+                                                        "rows": result.rows, "paired": result.pairs, "runs": runs},
+                                                       indent=1, default=str))
+    _plot_comparison(out, runs, result)
+    log(result.table)
+    return result.rows
+
+
+def _plot_comparison(out: Path, runs: list[dict], result: Comparison) -> None:
+    """The four plots of a comparison, the metric's axis on the first two."""
+    metric, key = result.metric, result.metric.row_key
+    plot_accuracy_vs_cost([r for r in result.rows if r["family"] != "oracle"], out / "accuracy_vs_cost.png", metric)
     epi_runs = [r for r in runs if r["method"] == "epi-taylor"]
     epi_epoch = prune_point(epi_runs[0]) if epi_runs else None
-    grid = sorted((r["prune_epoch"], r["top1_mean"], r["top1_std"]) for r in rows if r["family"] == "fixed")
+    grid = sorted((r["prune_epoch"], r[f"{key}_mean"], r[f"{key}_std"]) for r in result.rows if r["family"] == "fixed")
     if grid:
-        plot_grid(grid, [(prune_point(r), r.get("trigger")) for r in epi_runs], out / "accuracy_vs_prune_epoch.png")
+        plot_grid(grid, [(prune_point(r), r.get("trigger")) for r in epi_runs], out / "accuracy_vs_prune_epoch.png",
+                  metric)
     dense_runs = [r for r in runs if r["method"] == "dense"]
     if dense_runs:
         dense_metrics = _metrics(dense_runs[0]["run_dir"])
@@ -222,5 +272,3 @@ def write_comparison(out: Path, runs: list[dict], config: dict, log: Callable[[s
                        steps_per_epoch=dense_runs[0]["steps_per_epoch"] if dense_runs[0].get("epi_every") else None)
         widths = dense_runs[0]["dense_widths"]
         plot_width_heatmap(dense_metrics, widths, out / "widths_heatmap.png", group_names(runs, len(widths)))
-    log(table)
-    return rows
