@@ -39,7 +39,7 @@ from epiprune.costs.latency_table import (
 )
 from epiprune.costs.layer_ratios import LayerRunner, check_noise, layer_runner, measure_layer_ratios
 from epiprune.costs.timing import LatencySettings
-from epiprune.surgery import PrunableGraph
+from epiprune.surgery import PrunableGraph, TransformerGraph
 
 
 def _grid_points(layers: Sequence[TimedLayer], settings: LatencySettings) -> int:
@@ -48,7 +48,7 @@ def _grid_points(layers: Sequence[TimedLayer], settings: LatencySettings) -> int
     return sum(math.prod(len(a) for a in table_axes(layer, settings.grid_points)) for layer in unique)
 
 
-def build_table(graph: PrunableGraph, settings: LatencySettings, progress: bool = True,
+def build_table(graph: PrunableGraph | TransformerGraph, settings: LatencySettings, progress: bool = True,
                 log: Callable[[str], None] = print, *, select: Select, runner: LayerRunner | None = None
                 ) -> LatencyTable:
     """Time every layer of graph.model on its grid as ratios to its dense size (costs.layer_ratios; a build noisier
@@ -103,7 +103,7 @@ def replacing_tables(enabled: bool = True) -> Iterator[None]:
         _REPLACING.reset(token)
 
 
-def load_or_build(graph: PrunableGraph, settings: LatencySettings, path: str | Path | None = None,
+def load_or_build(graph: PrunableGraph | TransformerGraph, settings: LatencySettings, path: str | Path | None = None,
                   progress: bool = True, log: Callable[[str], None] = print, *, select: Select,
                   replace: bool | None = None) -> tuple[LatencyCostModel, Path]:
     """The latency cost model of graph's model: the table at `path` (default: the cache path of its key) when
