@@ -186,10 +186,15 @@ def test_a_latency_budget_prunes_a_transformer_through_the_closed_loop(tmp_path,
 
 
 def test_lm_tiny_trains_under_a_latency_budget_from_the_command_line(tmp_path, monkeypatch, capsys):
-    """The real thing at tiny shapes: a table of lm_tiny's blocks is timed, the run prunes to the budget through
-    the closed loop and records the table's prediction against the measured step."""
+    """The real thing at tiny shapes: `latency-table` times lm_tiny's blocks at the run's batch and sequence length
+    into the cache file train looks for, the run reuses it, prunes to the budget through the closed loop and records
+    the table's prediction against the measured step. (The noise limit is raised: this is about the path, and the
+    test machine is busy.)"""
     monkeypatch.setenv("EPIPRUNE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    built = call_main(["latency-table", "--model", "lm_tiny", "--seq-len", "32", "--batch", "8",
+                       "--latency-noise-limit", "5", "--no-progress"], capsys)
+    assert built.returncode == 0 and "dense train step at batch 8" in built.stdout, built.stderr
     argv = ["train", "--model", "lm_tiny", "--data", "text", "--epochs", "1", "--budget", "latency:0.7",
             "--train-subset", "64", "--val-subset", "8", "--batch-size", "8", "--seq-len", "32",
             "--epi-every", "2", "--prune-at", "0.25", "--latency-noise-limit", "5", "--no-progress",
@@ -201,6 +206,7 @@ def test_lm_tiny_trains_under_a_latency_budget_from_the_command_line(tmp_path, m
     assert loop["status"] in ("met", "noise", "granularity", "iteration cap", "time cap"), loop
     assert loop["iterations"][loop["chosen"]]["measured_ratio"] <= 0.7 + 0.1  # within budget, up to the noise
     assert summary["latency"]["measured_ratio"] < 1.0
+    assert "latency table: reusing" in result.stdout and "building" not in result.stdout
     assert "latency closed loop:" in result.stdout and "% predicted by the table" in result.stdout
     table = json.loads(next((tmp_path / "cache" / "latency").glob("*.json")).read_text())
     assert table["key"]["model"] == "LlamaForCausalLM" and table["key"]["input_size"] == [32]
