@@ -41,8 +41,10 @@ from epiprune.costs.layer_ratios import LayerRunner, check_noise, layer_runner, 
 from epiprune.costs.timing import LatencySettings
 from epiprune.surgery import PrunableGraph, TransformerGraph
 
-# what the tail term's V(w) is the kept fraction of (costs.latency_model; a transformer's: costs.unit_kinds)
-TAIL_VOLUME = {"PrunableGraph": "activation volume", "TransformerGraph": "the units' parameters"}
+
+def _tail_volume(graph: PrunableGraph | TransformerGraph) -> str:
+    """What the tail term's V(w) is the kept fraction of (costs.latency_model; a transformer's: costs.unit_kinds)."""
+    return "the units' parameters" if isinstance(graph, TransformerGraph) else "activation volume"
 
 
 def _grid_points(layers: Sequence[TimedLayer], settings: LatencySettings) -> int:
@@ -86,7 +88,7 @@ def build_table(graph: PrunableGraph | TransformerGraph, settings: LatencySettin
         f"(noise: pair ratios spread {100 * noise['pair_ratio_spread']:.0f}%, references "
         f"{100 * noise['reference_spread']:.0f}%); "
         f"dense step {dense['measured_ms']:.1f} ms; calibration: constant {constant:.1f} ms + {scale:.2f} x layers "
-        f"+ {tail:.1f} ms x {TAIL_VOLUME[type(graph).__name__]}; " + ", ".join(
+        f"+ {tail:.1f} ms x {_tail_volume(graph)}; " + ", ".join(
             f"{p['network']}: {p['measured_ms']:.1f} ms measured / {p['predicted_ms']:.1f} predicted"
             for p in points))
     return table
