@@ -100,8 +100,9 @@ class BlockCall(nn.Module):
         bias = int(any(c.linear.bias is not None for c in group.cuts))
         others = sorted({type(m).__name__ for m in self.block.children() if not isinstance(m, nn.Linear)})
         shape = f"d{group.head_dim} rep{group.rep}" if self.kind == "heads" else f"proj{len(group.cuts)}"
-        return f"{type(self.block).__name__} hidden{hidden} {shape} b{bias}" + (f" {'+'.join(others)}" if others
-                                                                                 else "")
+        kernel = getattr(getattr(self.block, "config", None), "_attn_implementation", None)  # sdpa, eager, ...
+        extra = others + ([f"attn-{kernel}"] if self.kind == "heads" and isinstance(kernel, str) else [])
+        return f"{type(self.block).__name__} hidden{hidden} {shape} b{bias}" + (f" {'+'.join(extra)}" if extra else "")
 
 
 def tokens_first(sample: tuple[int, ...], _c_in: int, batch: int) -> tuple[int, ...]:
@@ -157,7 +158,7 @@ def block_calls(graph: TransformerGraph) -> list[tuple[BlockCall, tuple[int, ...
 
 def _check_runs(call: BlockCall, name: str, sample: Sequence[int]) -> None:
     """EpipruneError (one line naming the block) unless `call` runs on a batch of 2 and keeps its input's shape."""
-    x = torch.zeros(2, *sample, device=graph_device(call.block))
+    x = torch.zeros(2, *sample, device=_device_of(call.block))
     try:
         with torch.no_grad():
             out = call(x)
@@ -171,7 +172,7 @@ def _check_runs(call: BlockCall, name: str, sample: Sequence[int]) -> None:
                             "to the same shape; use a flops or params budget)")
 
 
-def graph_device(module: nn.Module) -> torch.device:
+def _device_of(module: nn.Module) -> torch.device:
     """The device of a module's first parameter (CPU for a module without parameters)."""
     first = next(module.parameters(), None)
     return first.device if first is not None else torch.device("cpu")
