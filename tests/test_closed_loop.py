@@ -364,7 +364,7 @@ def test_the_policys_loop_times_its_latency_settings_and_logs_through_its_log(tm
 
     device, seen, lines = FakeDevice(), [], []
 
-    def fake_step_runner(shape, settings):
+    def fake_step_runner(shape, settings, token_ids=False):
         seen.append(settings)
         return device.runner
     monkeypatch.setattr(latency_loop, "step_runner", fake_step_runner)

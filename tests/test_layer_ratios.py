@@ -180,7 +180,8 @@ def test_the_builds_progress_counts_the_calibrations_whole_model_steps(layers, m
 
     steps = []
 
-    def fake_steps(shape, settings):  # whole-model steps, not timed: each counted with the bar's position
+    # whole-model steps, not timed: each counted with the bar's position
+    def fake_steps(shape, settings, token_ids=False):
         def prepare(model):
             width = sum(p.numel() for p in model.parameters())
 

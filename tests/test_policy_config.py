@@ -352,18 +352,6 @@ def test_a_latency_budget_without_settings_uses_the_default_settings_and_the_pol
     assert seen["build"] == LatencySettings()
 
 
-def test_a_latency_budget_is_refused_for_a_transformer_in_one_line():
-    transformers = pytest.importorskip("transformers")
-    config = transformers.LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16)
-    model = transformers.LlamaForCausalLM(config)
-    with pytest.raises(EpipruneError) as error:
-        EarlyPruningPolicy(model, torch.zeros(1, 8, dtype=torch.long), Budget(latency=0.5))
-    assert str(error.value) == "budget latency:0.5 has no latency model for attention heads and MLP neurons yet " \
-                               "(accepted: flops or params budgets for transformer models)"
-    assert EarlyPruningPolicy(model, torch.zeros(1, 8, dtype=torch.long), Budget(flops=0.5)).budget.kind == "flops"
-
-
 def test_a_fresh_policy_has_no_scores_no_probe_half_and_no_prune_step():
     policy = EarlyPruningPolicy(ConvBNNet(), torch.zeros(1, 1, 8, 8))
     assert policy.last_scores is None and policy.last_half is None and policy.prune_step is None

@@ -136,7 +136,10 @@ def _add_latency_table_options(lt: argparse.ArgumentParser) -> None:
                     "comma-separated module names never pruned (default: none)")
     lt.add_argument("--input-shape", default="1,28,28", help="one sample's C,H,W as the run feeds it (built-in data "
                     "and Fashion-MNIST: 1,28,28; CIFAR: 3,32,32; an image folder: 3,S,S for --image-size S)")
-    lt.add_argument("--num-classes", type=int, default=10, help="outputs of the classifier (>= 1)")
+    lt.add_argument("--num-classes", type=int, default=None, help="outputs of the classifier (>= 1) (default: 10; "
+                    "a language model's: 256, the byte vocabulary of --data text)")
+    lt.add_argument("--seq-len", type=int, default=128, help="a language model's (lm_tiny's) tokens per sample, the "
+                    "run's --seq-len, in place of --input-shape")
     lt.add_argument("--batch", "--batch-size", dest="batch_size", type=int, default=128,
                     help="the run's training batch size (train's --batch-size): a step is timed at this batch "
                     "unless --latency-batch is given")
@@ -313,7 +316,7 @@ def _latency_table(args: argparse.Namespace) -> None:
     cfg = TrainConfig(model=args.model, model_kwargs=parse_model_kwargs(args.model_kwargs) if args.model_kwargs
                       else {}, ignore_layers=parse_layer_names(args.ignore_layers) if args.ignore_layers else [],
                       batch_size=args.batch_size, latency_target=args.latency_target, latency_batch=args.latency_batch,
-                      channels_last=args.channels_last, amp=args.amp, device=args.device,
+                      channels_last=args.channels_last, amp=args.amp, device=args.device, seq_len=args.seq_len,
                       latency_noise_limit=parse_noise_limit(args.latency_noise_limit))
     job = prepare(cfg, args.input_shape, args.num_classes, args.out, args.force)  # every check before timing
     cost = build(job, args.force, progress=not args.no_progress)

@@ -5,6 +5,7 @@ model.py           the Cost protocol (what selection needs) and CostModel (linea
 counting.py        counting_cost_models(graph): the exact FLOPs and parameter CostModels of a PrunableGraph
 timing.py          LatencySettings, median_ms, prepare_step, time_model_step, paired_ratio: timing on the device
 layer_kinds.py     the registry of layer kinds latency tables time (conv, depthwise conv, linear, batch norm)
+unit_kinds.py      the transformer kinds in it: an attention block over kept heads, an MLP over kept neurons
 latency_table.py   timed layers, channel grids, the table as a keyed JSON artefact
 layer_ratios.py    a table's layers timed as ratios to their dense size (load cancels), the build's noise and its limit
 latency_model.py   LatencyCostModel: a width vector's milliseconds from the tables (the method: its docstring)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from epiprune.costs.latency_model import LatencyCostModel
 from epiprune.costs.model import Cost
 from epiprune.costs.timing import LatencySettings, PairedTiming, paired_ratio, step_runner
-from epiprune.surgery import PrunableGraph
+from epiprune.surgery import PrunableGraph, TransformerGraph
 
 # select(scores, cost, target) -> keep masks: scores one (size,) array per group, target in the units of cost; the
 # channels selection keeps (policy.subnetwork.select_subnetwork)
@@ -38,16 +38,23 @@ def calibration_steps(networks: int = CALIBRATION_NETWORKS) -> int:
     return CALIBRATION_WARMUP + (networks - 1) * (CALIBRATION_WARMUP + 2 * CALIBRATION_PAIRS)
 
 
-def pruned_copy(graph: PrunableGraph, keep: Sequence[np.ndarray]) -> nn.Module:
-    """A copy of graph's model with group g cut to the channels keep[g] (the original is untouched)."""
+def pruned_copy(graph: PrunableGraph | TransformerGraph, keep: Sequence[np.ndarray]) -> nn.Module:
+    """A copy of graph's model with group g cut to the channels (or units) keep[g] (the original is untouched): the
+    copy's graph is made as graph was (the same class, example and ignored layers)."""
     clone = copy.deepcopy(graph.model)
     names = {n for n, m in graph.model.named_modules() if any(m is x for x in graph.ignored)}
-    cut = PrunableGraph(clone, graph.example_inputs, [m for n, m in clone.named_modules() if n in names])
+    cut = type(graph)(clone, graph.example_inputs, [m for n, m in clone.named_modules() if n in names])
     cut.prune(keep)
     return clone
 
 
-def calibration_networks(graph: PrunableGraph, raw: LatencyCostModel, select: Select
+def takes_token_ids(graph: PrunableGraph | TransformerGraph) -> bool:
+    """Whether graph's model reads token ids (an integer example: a language model), so that a timed step feeds it
+    tokens, not pixels (costs.timing.prepare_step)."""
+    return not graph.example_inputs.is_floating_point()
+
+
+def calibration_networks(graph: PrunableGraph | TransformerGraph, raw: LatencyCostModel, select: Select
                          ) -> list[tuple[str, list[np.ndarray]]]:
     """The sub-networks whose measured steps calibrate the tables: dense, every group cut uniformly to 60% and
     30% (off the block edges), and two that `select` would pick under a latency target of 60% and 35% of the raw
@@ -64,8 +71,8 @@ def calibration_networks(graph: PrunableGraph, raw: LatencyCostModel, select: Se
     return networks
 
 
-def measure_calibration(graph: PrunableGraph, raw: LatencyCostModel, settings: LatencySettings, select: Select,
-                        bar: tqdm) -> list[dict]:
+def measure_calibration(graph: PrunableGraph | TransformerGraph, raw: LatencyCostModel, settings: LatencySettings,
+                        select: Select, bar: tqdm) -> list[dict]:
     """Time the calibration networks' steps against the dense model's, interleaved (dense, network, dense, ...;
     CALIBRATION_PAIRS pairs after CALIBRATION_WARMUP untimed steps of each), and return one point per network: its
     widths, measured_ms (the median pair ratio times the dense model's median step, milliseconds), ratio, the
@@ -74,7 +81,7 @@ def measure_calibration(graph: PrunableGraph, raw: LatencyCostModel, settings: L
     one per whole-model step (calibration_steps() in all)."""
     shape = tuple(graph.example_inputs.shape[1:])
     networks = [(name, keep, pruned_copy(graph, keep)) for name, keep in calibration_networks(graph, raw, select)]
-    timed = step_runner(shape, settings)
+    timed = step_runner(shape, settings, takes_token_ids(graph))
 
     def runner(model: nn.Module) -> Callable[[], float]:  # each whole-model step moves the bar by one
         run = timed(model)

@@ -36,7 +36,7 @@ from epiprune.costs.calibration import pruned_copy
 from epiprune.costs.model import Cost
 from epiprune.costs.timing import PairedTiming, StepRunner, paired_ratio
 from epiprune.errors import EpipruneError
-from epiprune.surgery import PrunableGraph
+from epiprune.surgery import PrunableGraph, TransformerGraph
 
 
 @dataclass(frozen=True)
@@ -169,7 +169,7 @@ def _next_target(points: Sequence[tuple[float, float]], aim: float, low: float |
     return min(max(target, lo), hi)
 
 
-def closed_loop(graph: PrunableGraph, cost: Cost, flops: Cost, fraction: float,
+def closed_loop(graph: PrunableGraph | TransformerGraph, cost: Cost, flops: Cost, fraction: float,
                 select_at: Callable[[float], list[np.ndarray]], first: list[np.ndarray], floor_ms: float,
                 runner: StepRunner, settings: ClosedLoopSettings = DEFAULT_LOOP,
                 clock: Callable[[], float] = time.perf_counter) -> ClosedLoopResult:
@@ -229,7 +229,7 @@ def closed_loop(graph: PrunableGraph, cost: Cost, flops: Cost, fraction: float,
     return ClosedLoopResult(candidates[chosen], fraction, tol, status, message, chosen, iterations, clock() - start)
 
 
-def _measure(graph: PrunableGraph, masks: list[np.ndarray], target: float, cost: Cost, flops: Cost,
+def _measure(graph: PrunableGraph | TransformerGraph, masks: list[np.ndarray], target: float, cost: Cost, flops: Cost,
              dense_run: Callable[[], float], runner: StepRunner, settings: ClosedLoopSettings, fraction: float,
              clock: Callable[[], float]) -> Iteration:
     """One iteration's measurement: the candidate `masks` keep (selected at table target `target`, ms), built,

@@ -39,7 +39,12 @@ from epiprune.costs.latency_table import (
 )
 from epiprune.costs.layer_ratios import LayerRunner, check_noise, layer_runner, measure_layer_ratios
 from epiprune.costs.timing import LatencySettings
-from epiprune.surgery import PrunableGraph
+from epiprune.surgery import PrunableGraph, TransformerGraph
+
+
+def _tail_volume(graph: PrunableGraph | TransformerGraph) -> str:
+    """What the tail term's V(w) is the kept fraction of (costs.latency_model; a transformer's: costs.unit_kinds)."""
+    return "the units' parameters" if isinstance(graph, TransformerGraph) else "activation volume"
 
 
 def _grid_points(layers: Sequence[TimedLayer], settings: LatencySettings) -> int:
@@ -48,7 +53,7 @@ def _grid_points(layers: Sequence[TimedLayer], settings: LatencySettings) -> int
     return sum(math.prod(len(a) for a in table_axes(layer, settings.grid_points)) for layer in unique)
 
 
-def build_table(graph: PrunableGraph, settings: LatencySettings, progress: bool = True,
+def build_table(graph: PrunableGraph | TransformerGraph, settings: LatencySettings, progress: bool = True,
                 log: Callable[[str], None] = print, *, select: Select, runner: LayerRunner | None = None
                 ) -> LatencyTable:
     """Time every layer of graph.model on its grid as ratios to its dense size (costs.layer_ratios; a build noisier
@@ -83,7 +88,7 @@ def build_table(graph: PrunableGraph, settings: LatencySettings, progress: bool 
         f"(noise: pair ratios spread {100 * noise['pair_ratio_spread']:.0f}%, references "
         f"{100 * noise['reference_spread']:.0f}%); "
         f"dense step {dense['measured_ms']:.1f} ms; calibration: constant {constant:.1f} ms + {scale:.2f} x layers "
-        f"+ {tail:.1f} ms x activation volume; " + ", ".join(
+        f"+ {tail:.1f} ms x {_tail_volume(graph)}; " + ", ".join(
             f"{p['network']}: {p['measured_ms']:.1f} ms measured / {p['predicted_ms']:.1f} predicted"
             for p in points))
     return table
@@ -113,7 +118,7 @@ def _noisier_than(table: LatencyTable, limit: float) -> str | None:
             f"{limit:g} ({100 * limit:.3g}%)")
 
 
-def load_or_build(graph: PrunableGraph, settings: LatencySettings, path: str | Path | None = None,
+def load_or_build(graph: PrunableGraph | TransformerGraph, settings: LatencySettings, path: str | Path | None = None,
                   progress: bool = True, log: Callable[[str], None] = print, *, select: Select,
                   replace: bool | None = None) -> tuple[LatencyCostModel, Path]:
     """The latency cost model of graph's model: the table at `path` (default: the cache path of its key) when

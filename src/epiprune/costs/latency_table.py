@@ -22,10 +22,12 @@ from torch import nn
 
 from epiprune.costs.layer_kinds import LAYER_KINDS, Build, kind_of
 from epiprune.costs.timing import LatencySettings, device_name, median_ms
+from epiprune.costs.transformer import unit_params
+from epiprune.costs.unit_kinds import block_calls
 from epiprune.errors import EpipruneError
 from epiprune.files import atomic_write_text
 from epiprune.numerics import autocast, in_memory_format
-from epiprune.surgery import PrunableGraph
+from epiprune.surgery import PrunableGraph, TransformerGraph
 
 FORMAT = "epiprune-latency-table/1"
 NARROW = 16  # axes up to this many channels are timed at every count
@@ -111,10 +113,12 @@ def _refuse_concatenation(name: str, in_segs: list[tuple[int, int]], out_segs: l
                                 "use a flops or params budget)")
 
 
-def timed_layers(graph: PrunableGraph) -> tuple[list[TimedLayer], np.ndarray]:
+def timed_layers(graph: PrunableGraph | TransformerGraph) -> tuple[list[TimedLayer], np.ndarray]:
     """The layers of graph.model the latency tables cover (every module of a registered kind the forward pass
     reaches), and each group's activation volume (elements per sample of the outputs its channels define, shape
-    (G,)), traced with one training-mode forward pass."""
+    (G,)), traced with one training-mode forward pass. A TransformerGraph's: unit_timed_layers."""
+    if isinstance(graph, TransformerGraph):
+        return unit_timed_layers(graph)
     out_of, in_of = graph.module_groups()
     names = {m: n for n, m in graph.model.named_modules()}
     out_segs, in_segs, _ = graph.channel_segments()
@@ -140,6 +144,22 @@ def timed_layers(graph: PrunableGraph) -> tuple[list[TimedLayer], np.ndarray]:
     return layers, volume
 
 
+def unit_timed_layers(graph: TransformerGraph) -> tuple[list[TimedLayer], np.ndarray]:
+    """One timed layer per unit group of a transformer: its whole block at a number of kept units (one axis; see
+    costs.unit_kinds), input (tokens, hidden) of one sample; and per group the parameters its units own (shape (G,)),
+    the tail's regressor V in place of a CNN's activation volume (costs.unit_kinds says why)."""
+    layers: list[TimedLayer] = []
+    volume = np.zeros(len(graph.groups))
+    for g, (group, (call, sample)) in enumerate(zip(graph.groups, block_calls(graph), strict=True)):
+        kind = kind_of(call)
+        units, _ = kind.channels(call)
+        signature = f"{kind.name} {kind.detail(call)} in{units}/g out{units}/g @{'x'.join(map(str, sample))} grad1"
+        layers.append(TimedLayer(group.name, kind.name, signature, -1, g, units, units, units, units,
+                                 kind.builder(call), sample, True))
+        volume[g] = unit_params(group) * group.size
+    return layers, volume
+
+
 def table_axes(layer: TimedLayer, points: int) -> list[list[int]]:
     """Measured channel counts per axis: [out] for one-axis layers, [in, out] otherwise (a fixed dim: one point)."""
     out_axis = grid(layer.dense_out, points) if layer.out_group >= 0 else [layer.dense_out]
@@ -154,9 +174,9 @@ def prepare_layer(layer: TimedLayer, c_in: int, c_out: int, settings: LatencySet
     """A function running one layer at (c_in, c_out) channels once, as the settings' target runs it (train:
     forward and backward from a fixed output gradient; infer: forward without autograd), on a random batch."""
     op = in_memory_format(layer.build(c_in, c_out).to(device), settings.channels_last)
-    spatial = layer.input_shape[1:]
+    shape = LAYER_KINDS.get(layer.kind).batch_shape(layer.input_shape, c_in, settings.batch_size)
     train = settings.target == "train"
-    x = in_memory_format(torch.randn(settings.batch_size, c_in, *spatial, device=device), settings.channels_last)
+    x = in_memory_format(torch.randn(*shape, device=device), settings.channels_last)
     x.requires_grad_(train and layer.input_grad)
     op.train(train)
     if not train:
@@ -225,14 +245,14 @@ class LatencyTable:
         return table
 
 
-def architecture_digest(layers: Sequence[TimedLayer], graph: PrunableGraph) -> str:
+def architecture_digest(layers: Sequence[TimedLayer], graph: PrunableGraph | TransformerGraph) -> str:
     """A short hash of the layer layout and channel groups: tables of other architectures never match."""
     text = json.dumps([[layer.name, layer.signature, layer.in_group, layer.out_group] for layer in layers]
                       + [graph.names, graph.widths()])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def table_key(graph: PrunableGraph, layers: Sequence[TimedLayer], settings: LatencySettings) -> dict:
+def table_key(graph: PrunableGraph | TransformerGraph, layers: Sequence[TimedLayer], settings: LatencySettings) -> dict:
     """What a table's numbers depend on; a stored table is reused only when every field matches. Not the
     settings' repeats, warmup or noise_limit: how many timings a point takes and whether a build is accepted, not
     what is timed."""

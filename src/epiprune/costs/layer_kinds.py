@@ -2,8 +2,9 @@
 dense channel counts, how to build a stand-alone layer of given (in, out) channels for timing, and how its time
 scales with the channel groups (one axis or in x out; whether its output counts to the activation volume).
 
-timed_layers and the latency cost model read everything kind-specific from here, so a new kind (later: attention
-heads, MLP neurons) is added by `register(LayerKind(...))`, not by editing if-chains. A kind's name and its
+timed_layers and the latency cost model read everything kind-specific from here, so a new kind is added by
+`register(LayerKind(...))`, not by editing if-chains (the transformer units, attention heads and MLP neurons, are
+registered so by costs.unit_kinds). A kind's name and its
 `detail` are part of every table signature, and signatures are part of the cache key: changing them for an
 existing kind orphans every stored table.
 """
@@ -19,10 +20,17 @@ from epiprune.registry import Registry
 from epiprune.surgery import is_depthwise
 
 Build = Callable[[int, int], nn.Module]  # (input channels, output channels) -> a fresh layer of that shape
+# (one sample's dense input shape, input channels, batch) -> the shape of the batch a layer is timed on
+BatchShape = Callable[[tuple[int, ...], int, int], tuple[int, ...]]
 
 
 def _no_refusal(_module: nn.Module, _name: str) -> str | None:
     return None
+
+
+def channels_first(sample: tuple[int, ...], c_in: int, batch: int) -> tuple[int, ...]:
+    """A channel layer's batch: (batch, c_in, *spatial), the sample's channels replaced by the timed count."""
+    return (batch, c_in, *sample[1:])
 
 
 @dataclass(frozen=True)
@@ -37,7 +45,9 @@ class LayerKind:
     single_axis: its time depends on one channel count, in = out (a depthwise conv, a norm), so its table has one
     axis (the output group's); otherwise two axes, in x out.
     activation_volume: its output's elements count to the activation volume V(w) of the memory-bound tail.
-    refuse(module, name): why a module of this kind cannot be tabled (a one-line message), or None."""
+    refuse(module, name): why a module of this kind cannot be tabled (a one-line message), or None.
+    batch_shape(sample, c_in, batch): the shape of the random batch it is timed on (default channels_first; a
+    transformer block's input keeps its width whatever units it has: costs.unit_kinds)."""
 
     name: str
     matches: Callable[[nn.Module], bool]
@@ -47,6 +57,7 @@ class LayerKind:
     single_axis: bool
     activation_volume: bool
     refuse: Callable[[nn.Module, str], str | None] = _no_refusal
+    batch_shape: BatchShape = channels_first
 
 
 LAYER_KINDS: Registry[LayerKind] = Registry("latency layer kind")

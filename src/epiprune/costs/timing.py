@@ -113,15 +113,27 @@ def median_ms(run: Callable[[], object], device: torch.device, warmup: int, repe
     return statistics.median(time_once(run, device) for _ in range(repeats))
 
 
-def prepare_step(model: nn.Module, input_shape: Sequence[int], settings: LatencySettings) -> Callable[[], None]:
+def _logits(output: object) -> torch.Tensor:
+    """A network's logits: the tensor itself or a Hugging Face output's `.logits`."""
+    return getattr(output, "logits", output)
+
+
+def prepare_step(model: nn.Module, input_shape: Sequence[int], settings: LatencySettings, token_ids: bool = False
+                 ) -> Callable[[], None]:
     """A function running one step of a deep copy of `model` as `settings` describe it (the caller's weights, BN
     statistics and gradients are untouched). train: forward, cross-entropy, backward, SGD step with momentum;
-    infer: eval-mode forward without autograd. input_shape: one sample's (C, H, W); the batch is
-    settings.batch_size random samples."""
+    infer: eval-mode forward without autograd. input_shape: one sample's (C, H, W), or (T,) with token_ids; the
+    batch is settings.batch_size random samples: pixels, or token ids below the vocabulary (the logits' last
+    dimension: a language model predicts its own tokens) with random next-token targets (batch, T)."""
     device = next(model.parameters()).device
     clone = copy.deepcopy(model)
     clone = in_memory_format(clone, settings.channels_last)
-    x = in_memory_format(torch.randn(settings.batch_size, *input_shape, device=device), settings.channels_last)
+    if token_ids:
+        with torch.no_grad():
+            vocab = _logits(clone(torch.zeros(1, *input_shape, dtype=torch.long, device=device))).shape[-1]
+        x = torch.randint(0, vocab, (settings.batch_size, *input_shape), device=device)
+    else:
+        x = in_memory_format(torch.randn(settings.batch_size, *input_shape, device=device), settings.channels_last)
     if settings.target == "infer":
         clone.eval()
 
@@ -131,13 +143,20 @@ def prepare_step(model: nn.Module, input_shape: Sequence[int], settings: Latency
         return run
     clone.train()
     optimizer = torch.optim.SGD(clone.parameters(), lr=1e-6, momentum=0.9)
-    with torch.no_grad():
-        classes = clone(x[:2]).shape[1]
-    y = torch.randint(0, classes, (settings.batch_size,), device=device)
+    if token_ids:
+        y = torch.randint(0, vocab, tuple(x.shape), device=device)
+    else:
+        with torch.no_grad():
+            classes = _logits(clone(x[:2])).shape[1]
+        y = torch.randint(0, classes, (settings.batch_size,), device=device)
 
     def run_train() -> None:
         with autocast(device, settings.amp):
-            loss = nn.functional.cross_entropy(clone(x), y)
+            logits = _logits(clone(x))
+            if token_ids:  # (batch, T, vocab) against (batch, T), as the text task's loss
+                loss = nn.functional.cross_entropy(logits.flatten(0, -2).float(), y.reshape(-1))
+            else:
+                loss = nn.functional.cross_entropy(logits, y)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -145,11 +164,11 @@ def prepare_step(model: nn.Module, input_shape: Sequence[int], settings: Latency
 
 
 def time_model_step(model: nn.Module, input_shape: Sequence[int], settings: LatencySettings,
-                    repeats: int = 10, warmup: int = 3) -> float:
+                    repeats: int = 10, warmup: int = 3, token_ids: bool = False) -> float:
     """Milliseconds of one step of `model` as `settings` describe it (see prepare_step), the median of `repeats`
     after `warmup` untimed steps."""
     device = next(model.parameters()).device
-    return median_ms(prepare_step(model, input_shape, settings), device, warmup, repeats)
+    return median_ms(prepare_step(model, input_shape, settings, token_ids), device, warmup, repeats)
 
 
 # runner(model) -> a function that runs one step of `model` and returns its milliseconds
@@ -201,11 +220,12 @@ def _summary(dense_ms: Sequence[float], candidate_ms: Sequence[float]) -> Paired
                         (max(ratios) - min(ratios)) / ratio, len(ratios), notch)
 
 
-def step_runner(input_shape: Sequence[int], settings: LatencySettings) -> StepRunner:
-    """The real runner: a model's step as `settings` time it (costs.timing.prepare_step), one call = one step."""
+def step_runner(input_shape: Sequence[int], settings: LatencySettings, token_ids: bool = False) -> StepRunner:
+    """The real runner: a model's step as `settings` time it (costs.timing.prepare_step; token_ids: a language
+    model's input), one call = one step."""
 
     def prepare(model: nn.Module) -> Callable[[], float]:
-        run = prepare_step(model, input_shape, settings)
+        run = prepare_step(model, input_shape, settings, token_ids)
         device = next(model.parameters()).device
         return lambda: time_once(run, device)
     return prepare

@@ -51,7 +51,7 @@ from epiprune.policy.records import ProbeRecord
 from epiprune.policy.replay import RecordedProbe, replay_epochs, replay_probes
 from epiprune.policy.subnetwork import check_budget, normalise_per_group, select_subnetwork, widths_of
 from epiprune.policy.variants import make_clock, resolve_variants
-from epiprune.surgery import TransformerGraph, make_graph
+from epiprune.surgery import make_graph
 
 
 class EarlyPruningPolicy:
@@ -143,9 +143,6 @@ class EarlyPruningPolicy:
         self.min_channels = min_channels
         self.channel_multiple = channel_multiple
         self.graph = make_graph(model, example_inputs, ignored_layers)  # a TransformerGraph for heads and neurons
-        if isinstance(self.graph, TransformerGraph) and self.budget.kind == "latency":
-            raise EpipruneError(f"budget {self.budget} has no latency model for attention heads and MLP neurons yet "
-                                "(accepted: flops or params budgets for transformer models)")
         self.group_names = self.graph.names
         self.dense_widths = self.graph.widths()
         self.partitions = self.graph.partitions()  # grouped convolutions: kept channels spread evenly over blocks

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from epiprune import distributed
+from epiprune.costs.calibration import takes_token_ids
 from epiprune.costs.closed_loop import (
     DEFAULT_LOOP,
     ClosedLoopResult,
@@ -25,7 +26,7 @@ from epiprune.costs.counting import counting_cost_models
 from epiprune.costs.model import Cost
 from epiprune.costs.timing import LatencySettings, StepRunner, step_runner
 from epiprune.policy.subnetwork import floor_widths
-from epiprune.surgery import PrunableGraph
+from epiprune.surgery import PrunableGraph, TransformerGraph
 
 
 class LatencyLoop:
@@ -34,14 +35,14 @@ class LatencyLoop:
     LatencySettings); runner: how a model's step is timed (default: costs.closed_loop.step_runner). After
     correct(), `result` holds the loop's record (None before)."""
 
-    def __init__(self, graph: PrunableGraph, cost: Cost, fraction: float, min_channels: int, channel_multiple: int,
-                 settings: LatencySettings, log: Callable[[str], None] = print,
+    def __init__(self, graph: PrunableGraph | TransformerGraph, cost: Cost, fraction: float, min_channels: int,
+                 channel_multiple: int, settings: LatencySettings, log: Callable[[str], None] = print,
                  loop: ClosedLoopSettings = DEFAULT_LOOP, runner: StepRunner | None = None) -> None:
         self.graph, self.cost, self.fraction, self.log, self.loop = graph, cost, fraction, log, loop
         self.flops = counting_cost_models(graph)["flops"]
         self.floor_ms = cost(floor_widths(cost.dense_widths, min_channels, channel_multiple,
                                           [g.blocks for g in graph.groups]))
-        self.runner = runner or step_runner(tuple(graph.example_inputs.shape[1:]), settings)
+        self.runner = runner or step_runner(tuple(graph.example_inputs.shape[1:]), settings, takes_token_ids(graph))
         self.result: ClosedLoopResult | None = None
 
     def correct(self, masks: Sequence[np.ndarray], select_at: Callable[[float], list[np.ndarray]]

@@ -15,18 +15,20 @@ from epiprune.policy.early_pruning import EarlyPruningPolicy
 from epiprune.run.config import TrainConfig
 from epiprune.run.data import Dataset
 from epiprune.run.network import build_network
+from epiprune.run.tasks import task_of
 
 CHECK_PAIRS = 10  # timed (dense, final) pairs of the check, after 2 untimed ones
 
 
 def measure_latency(policy: EarlyPruningPolicy, model: nn.Module, dense_model: nn.Module,
-                    settings: LatencySettings, input_shape: tuple[int, ...], runner: StepRunner | None = None
-                    ) -> dict:
+                    settings: LatencySettings, input_shape: tuple[int, ...], runner: StepRunner | None = None,
+                    token_ids: bool = False) -> dict:
     """Predicted and measured step time (ms, medians) of the dense and the final model, measured in one
     interleaved loop; measured_ratio: the median pair ratio; prediction_error: the table's predicted ratio over the
     measured one, minus 1 (prediction_error_ms: the same in absolute milliseconds, which a load bends).
+    input_shape: one sample's, (C, H, W), or (T,) with token_ids (a language model's byte ids).
     runner: how a model's step is timed (default: costs.closed_loop.step_runner; tests inject a fake)."""
-    runner = runner or step_runner(input_shape, settings)
+    runner = runner or step_runner(input_shape, settings, token_ids)
     timing = paired_ratio(runner(dense_model), runner(model), CHECK_PAIRS, warmup=2)
     predicted_dense, predicted_final = policy.cost.dense, policy.predicted_latency_ms()
     predicted_ratio = predicted_final / predicted_dense
@@ -45,12 +47,14 @@ def check_latency(cfg: TrainConfig, policy: EarlyPruningPolicy, model: nn.Module
                    device: torch.device, log: Callable[[str], None]) -> dict:
     """Time the final model against a freshly built dense one, as the table was timed; warn if the table's
     prediction is off by more than PREDICTION_WARNING."""
+    task = task_of(dataset)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        dense, _ = build_network(cfg, dataset.in_channels, dataset.num_classes, dataset.image_size)
+        dense, _ = build_network(cfg, dataset.in_channels, dataset.num_classes, task.input_size(dataset), task.name)
         dense = dense.to(device)
     dense = in_memory_format(dense, cfg.channels_last)
-    result = measure_latency(policy, model, dense, cfg.latency_settings(),
-                             (dataset.in_channels, *dataset.image_size))
+    example = task.example(dataset, device)
+    result = measure_latency(policy, model, dense, cfg.latency_settings(), tuple(example.shape[1:]),
+                             token_ids=not example.is_floating_point())
     log(f"latency ({result['target']}, batch {result['batch_size']}): dense {result['measured_dense_ms']:.1f} ms, "
         f"pruned {result['measured_final_ms']:.1f} ms measured ({100 * result['measured_ratio']:.1f}% of dense in one "
         f"interleaved loop), {100 * result['predicted_ratio']:.1f}% predicted by the table "

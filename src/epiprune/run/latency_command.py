@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -22,18 +22,20 @@ from epiprune.costs.latency_model import LatencyCostModel
 from epiprune.costs.latency_table import default_table_path, table_key, timed_layers
 from epiprune.costs.timing import LatencySettings
 from epiprune.errors import EpipruneError
+from epiprune.models import model_task
 from epiprune.numerics import in_memory_format
 from epiprune.policy.subnetwork import select_subnetwork
 from epiprune.run.config import TrainConfig
 from epiprune.run.network import build_network, resolve_device
-from epiprune.surgery import PrunableGraph
+from epiprune.run.text import VOCAB
+from epiprune.surgery import PrunableGraph, TransformerGraph, make_graph
 
 
 @dataclass
 class TableJob:
     """A checked request: the network's graph on its device, what to time, and the file to reuse or write."""
 
-    graph: PrunableGraph
+    graph: PrunableGraph | TransformerGraph
     settings: LatencySettings
     path: Path
     named: bool  # the caller named the file (else: train's cache file)
@@ -69,21 +71,31 @@ def check_writable(path: Path, option: str = "--out") -> None:
                             "writable folder)") from None
 
 
-def prepare(cfg: TrainConfig, input_shape: str, num_classes: int, out: str | None, force: bool) -> TableJob:
+def prepare(cfg: TrainConfig, input_shape: str, num_classes: int | None, out: str | None, force: bool) -> TableJob:
     """Check every input and build the network (no timing yet). cfg carries what `train` would be given: model,
-    model_kwargs, ignore_layers, batch_size, latency_target, latency_batch, channels_last, amp, device, and the
-    build's latency_noise_limit."""
-    shape = parse_input_shape(input_shape)
+    model_kwargs, ignore_layers, batch_size, seq_len, latency_target, latency_batch, channels_last, amp, device, and
+    the build's latency_noise_limit. A language model (a model whose task is text: lm_tiny) is built for byte tokens
+    (num_classes None: the text data's 256) and timed on cfg.seq_len tokens, not on input_shape; its graph, like a
+    ViT's, is of attention heads and MLP neurons (surgery.make_graph)."""
+    text = model_task(cfg.model) == "text"
+    if text:  # the run it is for trains on text: its settings are checked as such a run's
+        cfg = replace(cfg, data="text")
+    shape = (1, cfg.seq_len) if text else parse_input_shape(input_shape)
+    num_classes = (VOCAB if text else 10) if num_classes is None else num_classes
     if num_classes < 1:
         raise EpipruneError(f"--num-classes {num_classes} is too small (accepted: an integer >= 1, the outputs of "
                             "the classifier)")
     cfg.validate()
     device = resolve_device(cfg.device)
-    model, ignored = build_network(cfg, shape[0], num_classes, shape[1:])
+    if text:
+        model, ignored = build_network(cfg, 1, num_classes, None, "text")
+        example = torch.zeros(*shape, dtype=torch.long, device=device)
+    else:
+        model, ignored = build_network(cfg, shape[0], num_classes, shape[1:])
+        example = torch.zeros(1, *shape, device=device)
     model = in_memory_format(model.to(device), cfg.channels_last)
-    example = torch.zeros(1, *shape, device=device)
     try:
-        graph = PrunableGraph(model, example, ignored)
+        graph = make_graph(model, example, ignored)
     except RuntimeError as e:  # the network does not run on this input (too small for its strides, ...)
         raise EpipruneError(f"--model {cfg.model} does not run on --input-shape {input_shape}: "
                             f"{(str(e).splitlines() or [type(e).__name__])[0][:200]} (accepted: the C,H,W of "
