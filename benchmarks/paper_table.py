@@ -6,6 +6,11 @@ the output). Prints a combined table and the targets of issue 3, and writes JSON
                                      [--data-dir DIR] [--train-subset 6000] [--val-subset 5000] [--epochs 12]
                                      [--seeds 0] [--jobs 2] [--out benchmarks/results/paper]
 Finished runs are reused, so an interrupted benchmark continues where it stopped.
+
+    python benchmarks/paper_table.py --from-json     # trains nothing
+rebuilds every committed paper_table_*.{json,md} in --out from the runs recorded in each configuration's
+compare.json, with today's table code (e.g. the per-seed oracle, which replaced the best-mean-epoch oracle these
+files were first written with); each file's meta (what was run, on what) is kept.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import torch
 
 from epiprune.evidence.compare import compare
 from epiprune.evidence.runs import CompareConfig
-from epiprune.evidence.table import markdown_table
+from epiprune.evidence.table import aggregate, markdown_table
 from epiprune.files import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +49,30 @@ def targets(rows: list[dict]) -> dict:
     return result
 
 
+def section(spec: str, rows: list[dict], t: dict) -> str:
+    model, fraction = spec.split("@")
+    rounded = {k: round(v, 3) if isinstance(v, float) else v for k, v in t.items()}
+    return f"### {model}, {float(fraction):.0%} FLOPs\n\n{markdown_table(rows)}\ntargets: {json.dumps(rounded)}\n"
+
+
+def rebuild_from_json(out: Path) -> None:
+    """Every paper_table_*.json in `out`, its rows and targets recomputed from each configuration's compare.json."""
+    for path in sorted(out.glob("paper_table*.json")):
+        data = json.loads(path.read_text())
+        suffix = "-warmup1" if "warmup" in path.stem else ""
+        sections = []
+        for result in data["results"]:
+            model, fraction = result["config"].split("@")
+            runs = json.loads((out / f"{model}-flops{fraction}{suffix}" / "compare.json").read_text())["runs"]
+            result["rows"] = aggregate(runs)
+            result["targets"] = targets(result["rows"])
+            sections.append(section(result["config"], result["rows"], result["targets"]))
+        data["meta"]["rebuilt"] = "rows and targets recomputed from compare.json by --from-json (per-seed oracle)"
+        atomic_write_text(path, json.dumps(data, indent=1, default=str))
+        atomic_write_text(path.with_suffix(".md"), "\n".join(sections))
+        print(f"rebuilt {path.name}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default="resnet20@0.5,resnet20@0.3,resnet56@0.5,resnet56@0.3")
@@ -58,7 +87,11 @@ def main() -> None:
     parser.add_argument("--methods", default="dense,init,tpf,fixed,earlybird,epi")
     parser.add_argument("--grid", default=None, help="fixed prune epochs, e.g. 2,4,6 (default: 1..epochs/2)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "paper"))
+    parser.add_argument("--from-json", action="store_true", help="rebuild the committed tables (no training)")
     args = parser.parse_args()
+    if args.from_json:
+        rebuild_from_json(Path(args.out))
+        return
     if args.data_dir is None:
         raise SystemExit("error: full Fashion-MNIST not found (accepted: --data-dir with its IDX files)")
     results, sections = [], []
@@ -76,9 +109,7 @@ def main() -> None:
         rows = compare(cfg, log=lambda msg: print(msg, flush=True))
         t = targets(rows)
         results.append({"config": spec, "rows": rows, "targets": t, "wall_seconds": time.time() - start})
-        rounded = {k: round(v, 3) if isinstance(v, float) else v for k, v in t.items()}
-        sections.append(f"### {model}, {float(fraction):.0%} FLOPs\n\n{markdown_table(rows)}\n"
-                        f"targets: {json.dumps(rounded)}\n")
+        sections.append(section(spec, rows, t))
     meta = {"machine": platform.machine(), "processor": platform.processor(), "cores": torch.get_num_threads(),
             "torch": torch.__version__, "data": "fashion-mnist (full test set subset for validation)",
             "train_subset": args.train_subset, "val_subset": args.val_subset, "epochs": args.epochs,

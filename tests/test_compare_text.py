@@ -54,7 +54,7 @@ def test_a_text_comparison_reports_bits_per_byte_and_its_oracle_takes_the_lowest
     assert rows["dense"]["bits_per_byte_mean"] == pytest.approx(5.55)
     assert rows["epi-taylor"]["bits_per_byte_std"] == pytest.approx(math.sqrt(2 * 0.02 ** 2))
     assert rows["epi-taylor"]["perplexity_mean"] == pytest.approx((2 ** 5.62 + 2 ** 5.66) / 2)
-    oracle = rows["oracle (best per seed), branched grid"]
+    oracle = rows["oracle (best per seed), grid from scratch"]
     assert oracle["bits_per_byte_mean"] == pytest.approx((5.60 + 5.61) / 2) and oracle["seeds"] == 2
     pairs = {p["method"]: p for p in paired_differences(runs)}
     assert pairs["oracle"]["diffs"] == pytest.approx([5.60 - 5.62, 5.61 - 5.66])  # negative: the oracle is better
@@ -67,7 +67,7 @@ def test_the_text_table_names_its_metric_its_direction_and_the_split_it_chose_on
     assert lines[0].startswith("| method | prune epoch | bits/byte (lower is better) | perplexity | FLOPs (M) |")
     assert lines[1] == "|---" * 10 + "|"
     assert "| epi-taylor | 0.31 | 5.640 ± 0.028 | 49.87 |" in table
-    assert "| oracle (best per seed), branched grid | [0.25, 0.50] | 5.605 ± 0.007 | 48.67 |" in table
+    assert "| oracle (best per seed), grid from scratch | [0.25, 0.50] | 5.605 ± 0.007 | 48.67 |" in table
     assert "top-1" not in table and "points" not in table
     assert "on the validation split (also used to choose the oracle: --data text holds out no test split)" in table
     assert "lower is better" in lines[lines.index("") + 1]

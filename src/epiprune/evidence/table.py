@@ -88,10 +88,10 @@ def _row(name: str, family: str, rs: list[dict], dense_flops: float | None, dens
             "train_seconds_vs_dense": secs / dense_seconds if dense_seconds else None}
 
 
-def _grid_scan_cost(runs: list[dict]) -> tuple[float, float]:
+def _grid_scan_cost(runs: list[dict]) -> tuple[float, float | None]:
     """(from scratch, branched) training FLOPs of the whole grid, mean over seeds: from scratch, every fixed-k run
     trains its dense epochs itself; branched, the dense trajectory is trained once (to the last grid epoch) and
-    each branch adds its own pruned epochs."""
+    each branch adds its own pruned epochs (None when no seed's grid was branched: nothing to cost that way)."""
     scratch, branched = [], []
     for seed in sorted({r["seed"] for r in runs if r["family"] == "fixed"}):
         grid = [r for r in runs if r["family"] == "fixed" and r["seed"] == seed]
@@ -100,7 +100,8 @@ def _grid_scan_cost(runs: list[dict]) -> tuple[float, float]:
         shared = last["train_flops_total"] - last.get("branch_train_flops", last["train_flops_total"])
         branched.append(shared + sum(r.get("branch_train_flops", r["train_flops_total"]) for r in grid)
                         if all("branch_train_flops" in r for r in grid) else scratch[-1])
-    return _mean(scratch), _mean(branched)
+    was_branched = any("branch_train_flops" in r for r in runs if r["family"] == "fixed")
+    return _mean(scratch), _mean(branched) if was_branched else None
 
 
 def aggregate(runs: list[dict], metric: Metric | None = None) -> list[dict]:
@@ -124,6 +125,8 @@ def aggregate(runs: list[dict], metric: Metric | None = None) -> list[dict]:
         label = methods.pop() if len(methods) == 1 else "best per seed"
         for name, cost in ((f"oracle ({label}), branched grid", branched),
                            (f"oracle ({label}), grid from scratch", scratch)):
+            if cost is None:  # a grid trained from scratch has no branched cost to show
+                continue
             rows.append({**base, "method": name, "train_flops": cost, "grid_size": grid_size,
                          "train_flops_vs_dense": cost / dense_flops if dense_flops else None,
                          "train_seconds": None, "train_seconds_vs_dense": None})
