@@ -44,7 +44,7 @@ from torch import nn
 
 from epiprune.costs.layer_kinds import LayerKind, register
 from epiprune.errors import EpipruneError
-from epiprune.surgery.transformer import TransformerGraph, UnitGroup, _call, cut_units, find_blocks
+from epiprune.surgery.transformer import TransformerGraph, UnitGroup, cut_units, find_blocks, first_inputs
 
 CACHE_ARGUMENTS = ("cache", "past_key_values", "past_key_value", "layer_past")  # left out of a timed block's call
 
@@ -126,23 +126,7 @@ def block_calls(graph: TransformerGraph) -> list[tuple[BlockCall, tuple[int, ...
     captured by one eval-mode forward pass of graph.example_inputs; the model's state and mode restored) and one
     sample's hidden-state shape (tokens, hidden). A block that does not run on its own at batch 2 is refused in one
     line naming it."""
-    seen: dict[int, tuple[tuple, dict]] = {}
-
-    def hook(index: int):  # noqa: ANN202
-        def record(_module: nn.Module, args: tuple, kwargs: dict) -> None:
-            seen.setdefault(index, (args, kwargs))
-        return record
-
-    handles = [g.block.register_forward_pre_hook(hook(i), with_kwargs=True) for i, g in enumerate(graph.groups)]
-    was_training = graph.model.training
-    try:
-        graph.model.eval()
-        with torch.no_grad():
-            _call(graph.model, graph.example_inputs)
-    finally:
-        graph.model.train(was_training)
-        for h in handles:
-            h.remove()
+    seen = first_inputs(graph.model, graph.example_inputs, [g.block for g in graph.groups])
     calls = []
     for i, g in enumerate(graph.groups):
         args, kwargs = seen[i]

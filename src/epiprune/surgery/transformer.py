@@ -234,6 +234,29 @@ def _call(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     return getattr(out, "logits", out)
 
 
+def first_inputs(model: nn.Module, inputs: torch.Tensor, modules: Sequence[nn.Module]) -> dict[int, tuple[tuple, dict]]:
+    """{index in `modules`: (args, kwargs) of that module's first call} in one eval-mode, no-grad forward pass of
+    `model` on `inputs` (the model's mode restored, the hooks removed). A module never called has no entry."""
+    seen: dict[int, tuple[tuple, dict]] = {}
+
+    def hook(index: int):  # noqa: ANN202
+        def record(_module: nn.Module, args: tuple, kwargs: dict) -> None:  # returning a value would replace them
+            seen.setdefault(index, (args, kwargs))
+        return record
+
+    handles = [m.register_forward_pre_hook(hook(i), with_kwargs=True) for i, m in enumerate(modules)]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            _call(model, inputs)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return seen
+
+
 class TransformerGraph:
     """The prunable units of a transformer (heads and MLP neurons per block), with the interface the policy uses of
     surgery.graph.PrunableGraph: groups, names, widths(), partitions(), count(), self_check(), prune(keep, optimizer).
@@ -269,24 +292,8 @@ class TransformerGraph:
 
     def _tokens(self) -> dict[str, int]:
         """Tokens each block sees per sample (its input's second-to-last dimension), from one forward pass."""
-        seen: dict[str, int] = {}
-
-        def hook(name: str):  # noqa: ANN202
-            def record(_module: nn.Module, args: tuple) -> None:  # a pre-hook returning a value replaces the input
-                seen.setdefault(name, int(args[0].shape[-2]))
-            return record
-
-        handles = [g.cuts[0].linear.register_forward_pre_hook(hook(g.name)) for g in self.groups]
-        was_training = self.model.training
-        try:
-            self.model.eval()
-            with torch.no_grad():
-                _call(self.model, self.example_inputs)
-        finally:
-            self.model.train(was_training)
-            for h in handles:
-                h.remove()
-        return seen
+        seen = first_inputs(self.model, self.example_inputs, [g.cuts[0].linear for g in self.groups])
+        return {g.name: int(seen[i][0][0].shape[-2]) for i, g in enumerate(self.groups) if i in seen}
 
     def count(self) -> tuple[int, int]:
         """(FLOPs per sample of example_inputs' size, by torch's FlopCounterMode; parameters, shared ones once)."""
