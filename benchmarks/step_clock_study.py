@@ -30,18 +30,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from epiprune.cli import _int_list
-from epiprune.costs.budget import Budget
 from epiprune.evidence.compare import compare
 from epiprune.evidence.runs import CompareConfig, finished_runs
 from epiprune.evidence.table import bootstrap_interval
 from epiprune.files import atomic_write, atomic_write_text
-from epiprune.models import make_model
-from epiprune.policy.early_pruning import EarlyPruningPolicy
-from epiprune.policy.replay import RecordedProbe
+
+sys.path.insert(0, str(Path(__file__).parent))
+from step_clock_short_schedule import replay as replay_recorded  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "step-clock-study"
@@ -91,19 +87,9 @@ def run(args: argparse.Namespace) -> None:
 
 def replayed_step(seed: int, budget: float, threshold: float | str) -> tuple[int | None, str | None]:
     """(prune step, trigger) a policy with this threshold takes on the seed's dense run's recorded probes (the
-    committed trajectory: `collect` writes it)."""
-    summary = json.loads((TRAJECTORIES / f"dense-seed{seed}.summary.json").read_text())
-    with gzip.open(TRAJECTORIES / f"dense-seed{seed}.scores.jsonl.gz", "rt") as f:
-        rows = [json.loads(line) for line in f.read().splitlines() if line.strip()]
-    probes = [RecordedProbe(r["step"], [np.asarray(s) for s in r["taylor"]], [np.asarray(s) for s in r["taylor_half"]])
-              for r in rows if r.get("kind") == "probe"]
-    config = summary["config"]
-    policy = EarlyPruningPolicy(make_model(config["model"], 1, 10, {}, (28, 28)), torch.zeros(1, 1, 28, 28),
-                                Budget("flops", budget), threshold=threshold, epi_every=summary["epi_every"],
-                                steps_per_epoch=summary["steps_per_epoch"], max_dense_epochs=config["epochs"] / 2,
-                                log=lambda _: None, progress=False)
-    step = policy.replay_probes(probes, lambda _: None)
-    return step, (policy.history[-1].decision if step is not None else None)
+    committed trajectory `collect` writes, in step_clock_short_schedule's committed-run format)."""
+    row = replay_recorded(TRAJECTORIES / f"dense-seed{seed}", budget, threshold)
+    return row["prune_step"], row["trigger"]
 
 
 def collect(args: argparse.Namespace) -> None:
