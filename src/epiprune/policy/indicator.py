@@ -75,8 +75,8 @@ def layer_distances(a: Sequence[int], b: Sequence[int]) -> np.ndarray:
     na, nb = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if na.shape != nb.shape:
         raise ValueError(f"width vectors differ in length: {na.shape} vs {nb.shape}")
-    total = na + nb
-    return np.divide(np.abs(na - nb), total, out=np.zeros_like(total), where=total > 0)
+    # widths are channel counts >= 0: a total of 0 means both are 0 (distance 0), any other total is >= 1
+    return np.abs(na - nb) / np.maximum(na + nb, 1.0)
 
 
 def structural_similarity(a: Sequence[int], b: Sequence[int], weights: Sequence[float] | None = None) -> float:
