@@ -1,0 +1,133 @@
+"""`--holdout N` with `--data text`: N windows of the training bytes are the validation split that chooses, each
+document's tail is the test split (run/text.py's rule). The splits share no byte (checked on the byte offsets), have
+the sizes asked for, leave the path without --holdout as it was (the windows of the code before the option, by
+checksum), and a holdout that does not fit is refused."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from epiprune.errors import EpipruneError
+from epiprune.run import text
+from epiprune.run.config import TrainConfig
+from epiprune.run.steps import split_data
+from epiprune.run.text import load_text, proportional_shares, split_ranges
+
+# SHA256 of the built-in corpus's (train, validation) windows as the code before --holdout for text made them
+# (commit 8eca324: split_documents, then windows), at --seq-len 128 (the default) and 37
+BEFORE_HOLDOUT = {
+    128: ((10083, 1120), "79f090c06c6046e97f7842999ff61e86c3b0494bbb05f6f39f3ba6789581f8e0",
+          "8c9bb5c303e558f2d8985ad1b4bf26a84c2cfa34a1979fcc81c9c5675102987a"),
+    37: ((34883, 3876), "8b1aa27504f006c9aae890b1f75ae4e7e20c82cc4c621aa0f972230f6349809f",
+         "7381278a4e56862efc0e68e1aa20eb4185878b227acd4a8804eedc2cb300663d"),
+}
+
+
+def offsets(ranges: list[tuple[int, int]]) -> np.ndarray:
+    """Every byte offset of [start, end) ranges, in order."""
+    return np.concatenate([np.arange(a, b) for a, b in ranges]) if ranges else np.zeros(0, dtype=int)
+
+
+def stream(windows: np.ndarray) -> np.ndarray:
+    """The byte stream windows were cut from (each window's last byte is the next one's first)."""
+    return np.concatenate([windows[:, :-1].ravel(), windows[-1:, -1]])
+
+
+def text_cfg(**settings) -> TrainConfig:
+    return TrainConfig(model="lm_tiny", data="text", **settings)
+
+
+@pytest.mark.parametrize("lengths,held", [([100, 30], 0), ([100, 30], 20), ([1, 7, 1000, 3, 250], 301),
+                                          ([50], 44), ([9, 0, 11], 5)])
+def test_every_byte_is_in_exactly_one_split_and_each_documents_pieces_are_train_held_tail(lengths, held):
+    ranges = split_ranges(lengths, held)
+    seen = np.zeros(sum(lengths), dtype=int)
+    for split in (ranges.train, ranges.held, ranges.tail):
+        np.add.at(seen, offsets(split), 1)
+    assert (seen == 1).all()  # disjoint, and nothing left out
+    assert sum(b - a for a, b in ranges.held) == held
+    start = 0
+    for n in lengths:  # within a document: its training piece, then its held-out piece, then its tail
+        inside = [[r for r in split if start <= r[0] < start + n] for split in (ranges.train, ranges.held,
+                                                                                  ranges.tail)]
+        cuts = [start] + [r[1] for pieces in inside for r in pieces]
+        assert all(len(pieces) <= 1 for pieces in inside) and cuts == sorted(cuts)
+        if inside[1]:
+            assert inside[2] and inside[1][0][1] == inside[2][0][0]  # just before the document's tail
+        start += n
+    assert split_ranges(lengths, held) == ranges  # deterministic
+
+
+def test_held_out_bytes_are_shared_in_proportion_to_the_training_parts():
+    assert proportional_shares(10, [1, 1, 1]) == [4, 3, 3]  # remainders tie: the earlier document
+    assert proportional_shares(10, [0, 3, 4]) == [0, 4, 6]  # 4.29 and 5.71: the larger remainder
+    assert proportional_shares(0, [3, 4]) == [0, 0]
+    lengths = [len(d) for d in text.builtin_documents()]
+    parts = [b - a for a, b in split_ranges(lengths).train]
+    held = 100 * 128 + 1
+    shares = [b - a for a, b in split_ranges(lengths, held).held]
+    assert len(shares) == len(lengths) == 34 and sum(shares) == held
+    assert all(abs(s - held * p / sum(parts)) < 1 for s, p in zip(shares, parts, strict=True))
+
+
+@pytest.mark.parametrize("seq_len,count", [(128, 100), (37, 1), (16, 5000)])
+def test_holdout_windows_are_made_of_their_own_byte_ranges_and_have_the_sizes_asked(seq_len, count):
+    data = load_text(None, seq_len)
+    split, (test_windows,) = data.hold_out(count)
+    ranges = split_ranges(data.lengths, count * seq_len + 1)
+    assert split.val_windows.shape == (count, seq_len + 1)
+    train_bytes = sum(b - a for a, b in ranges.train)
+    assert split.train_windows.shape == ((train_bytes - 1) // seq_len, seq_len + 1)
+    np.testing.assert_array_equal(test_windows, data.val_windows)  # the tails: the validation split without it
+    # each split's windows are the corpus's bytes at its own offsets, and no offset is in two splits
+    used = {}
+    for name, windows, pieces in (("train", split.train_windows, ranges.train), ("held", split.val_windows,
+                                                                                  ranges.held),
+                                  ("test", test_windows, ranges.tail)):
+        at = offsets(pieces)[:len(stream(windows))]  # windows leave a partial window's bytes unused at the end
+        np.testing.assert_array_equal(stream(windows), data.corpus[at])
+        used[name] = set(at.tolist())
+    assert not used["train"] & used["held"] and not used["train"] & used["test"]
+    assert not used["held"] & used["test"]
+    assert len(used["held"]) == count * seq_len + 1  # every held-out byte is in a held-out window
+
+
+@pytest.mark.parametrize("seq_len", [128, 37])
+def test_without_holdout_the_windows_are_those_of_before(seq_len):
+    (shapes, train_sha, val_sha) = BEFORE_HOLDOUT[seq_len]
+    data = load_text(None, seq_len)
+    assert (len(data.train_windows), len(data.val_windows)) == shapes
+    assert hashlib.sha256(data.train_windows.tobytes()).hexdigest() == train_sha
+    assert hashlib.sha256(data.val_windows.tobytes()).hexdigest() == val_sha
+    split, test_split = split_data(data, text_cfg(seq_len=seq_len, train_subset=300, val_subset=40, seed=3))
+    drawn = data.subset(300, 40, seed=3)  # what split_data drew before: the same windows in the same order
+    assert test_split is None
+    np.testing.assert_array_equal(split.train_windows, drawn.train_windows)
+    np.testing.assert_array_equal(split.val_windows, drawn.val_windows)
+
+
+def test_split_data_sizes_the_three_splits_with_train_and_val_subset():
+    data = load_text(None, 64)
+    split, (test_windows,) = split_data(data, text_cfg(seq_len=64, holdout=30, train_subset=200, val_subset=20,
+                                                       data_seed=1))
+    assert (len(split.train_windows), len(split.val_windows), len(test_windows)) == (200, 30, 20)
+    held, (tails,) = data.hold_out(30)
+    np.testing.assert_array_equal(split.val_windows, held.val_windows)  # all held-out windows: not subset
+    assert {w.tobytes() for w in test_windows} <= {w.tobytes() for w in tails}
+    assert {w.tobytes() for w in split.train_windows} <= {w.tobytes() for w in held.train_windows}
+
+
+def test_a_holdout_that_does_not_fit_is_refused():
+    data = load_text(None, 512)
+    limit = len(data.hold_out(1)[0].train_windows)  # each held-out window leaves training
+    with pytest.raises(EpipruneError, match=rf"^--holdout {limit + 1} does not fit {len(data.train_windows)} "
+                       rf"training sequences of 512 bytes \(accepted: 1\.\.{limit}\)$"):
+        data.hold_out(limit + 1)
+    assert len(data.hold_out(limit)[0].train_windows) == 1
+    with pytest.raises(EpipruneError, match=r"^--holdout 0 does not fit"):
+        data.hold_out(0)
+    with pytest.raises(EpipruneError, match=r"^--holdout 3 needs the text's documents"):
+        data.subset(10, 10).hold_out(3)
