@@ -1,11 +1,13 @@
 """`--holdout N` with `--data text`: N windows of the training bytes are the validation split that chooses, each
 document's tail is the test split (run/text.py's rule). The splits share no byte (checked on the byte offsets), have
 the sizes asked for, leave the path without --holdout as it was (the windows of the code before the option, by
-checksum), and a holdout that does not fit is refused."""
+checksum), train and record test bits per byte, and a holdout that does not fit is one line."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 
 import numpy as np
 import pytest
@@ -15,6 +17,8 @@ from epiprune.run import text
 from epiprune.run.config import TrainConfig
 from epiprune.run.steps import split_data
 from epiprune.run.text import load_text, proportional_shares, split_ranges
+
+from .helpers import assert_one_line_error, call_main
 
 # SHA256 of the built-in corpus's (train, validation) windows as the code before --holdout for text made them
 # (commit 8eca324: split_documents, then windows), at --seq-len 128 (the default) and 37
@@ -131,3 +135,37 @@ def test_a_holdout_that_does_not_fit_is_refused():
         data.hold_out(0)
     with pytest.raises(EpipruneError, match=r"^--holdout 3 needs the text's documents"):
         data.subset(10, 10).hold_out(3)
+
+
+@pytest.mark.parametrize("holdout,fragments", [
+    ("100000", ["--holdout 100000 does not fit 2520 training sequences of 512 bytes", "(accepted: 1..2519)"]),
+    ("-1", ["--holdout -1 is too small (accepted: an integer >= 0)"]),
+])
+def test_a_text_holdout_that_does_not_fit_is_one_line_and_writes_nothing(holdout, fragments, tmp_path, capsys):
+    pytest.importorskip("transformers")  # lm_tiny's factory
+    result = call_main(["train", "--model", "lm_tiny", "--data", "text", "--seq-len", "512", "--holdout", holdout,
+                        "--epochs", "1", "--epi-every", "auto", "--no-progress", "--out", tmp_path / "run"], capsys)
+    assert_one_line_error(result, *fragments)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_text_run_with_holdout_records_test_bits_per_byte_once(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    out = tmp_path / "lm"
+    result = call_main(["train", "--model", "lm_tiny", "--data", "text", "--epochs", "2", "--budget", "flops:0.5",
+                        "--prune-at", "1", "--train-subset", "16", "--val-subset", "8", "--batch-size", "8",
+                        "--seq-len", "16", "--holdout", "6", "--no-progress", "--out", out], capsys)
+    assert result.returncode == 0, result.stderr
+    assert "16 train / 6 val sequences of 16 bytes" in result.stdout
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(rows) == 2 and not any(k.startswith("test_") for k in rows[0])  # only at the last epoch
+    last = rows[-1]
+    assert last["test_bits_per_byte"] == pytest.approx(last["test_loss"] / math.log(2), rel=1e-12)
+    assert last["test_perplexity"] == pytest.approx(math.exp(last["test_loss"]), rel=1e-12)
+    assert 0 <= last["test_top1"] <= 1 and last["test_bits_per_byte"] != last["val_bits_per_byte"]
+    assert summary["final_test_bits_per_byte"] == last["test_bits_per_byte"] < 8.0
+    assert summary["final_test_perplexity"] == last["test_perplexity"]
+    assert summary["final_val_bits_per_byte"] == last["val_bits_per_byte"] and summary["config"]["holdout"] == 6
+    # 8 test windows of 16 bytes (--val-subset) and 6 validation windows: a top-1 per byte is a count over 128, 96
+    assert round(last["test_top1"] * 128, 6).is_integer() and round(last["val_top1"] * 96, 6).is_integer()
