@@ -1,7 +1,8 @@
 """`--holdout N` with `--data text`: N windows of the training bytes are the validation split that chooses, each
-document's tail is the test split (run/text.py's rule). The splits share no byte (checked on the byte offsets), have
-the sizes asked for, leave the path without --holdout as it was (the windows of the code before the option, by
-checksum), train and record test bits per byte, and a holdout that does not fit is one line."""
+document's tail is the test split, evaluated once at the end (run/text.py's rule). The splits share no byte (checked
+on the byte offsets), have the sizes asked for, leave the path without --holdout as it was (the windows of the code
+before the option, by checksum), train and record test bits per byte, make compare's table report the test split,
+and a holdout that does not fit is one line."""
 
 from __future__ import annotations
 
@@ -13,12 +14,17 @@ import numpy as np
 import pytest
 
 from epiprune.errors import EpipruneError
+from epiprune.evidence.metrics import BITS_PER_BYTE
+from epiprune.evidence.runs import CompareConfig
+from epiprune.evidence.table import aggregate, oracle_runs, tabulate
 from epiprune.run import text
 from epiprune.run.config import TrainConfig
+from epiprune.run.data import load_dataset
 from epiprune.run.steps import split_data
 from epiprune.run.text import load_text, proportional_shares, split_ranges
 
 from .helpers import assert_one_line_error, call_main
+from .test_compare_text import text_runs
 
 # SHA256 of the built-in corpus's (train, validation) windows as the code before --holdout for text made them
 # (commit 8eca324: split_documents, then windows), at --seq-len 128 (the default) and 37
@@ -124,6 +130,16 @@ def test_split_data_sizes_the_three_splits_with_train_and_val_subset():
     assert {w.tobytes() for w in split.train_windows} <= {w.tobytes() for w in held.train_windows}
 
 
+def test_compare_counts_the_steps_of_the_training_windows_left_after_the_holdout():
+    """A text holdout takes N x seq_len + 1 bytes: at --seq-len 16 the built-in corpus's training bytes minus one
+    divide by 16, so `windows - N` (the image count) would be one window too many. Images: their count less N."""
+    cfg = CompareConfig(model="lm_tiny", data="text", seq_len=16, holdout=7, batch_size=1, epochs=1, epi_every="auto")
+    split, _ = split_data(load_text(None, 16), text_cfg(seq_len=16, holdout=7))
+    assert cfg.probe_clock()[1] == len(split.train_windows) == len(load_text(None, 16).train_windows) - 8
+    images = CompareConfig(holdout=40, batch_size=1, epochs=1, epi_every="auto")
+    assert images.probe_clock()[1] == len(load_dataset("builtin", None).train_labels) - 40
+
+
 def test_a_holdout_that_does_not_fit_is_refused():
     data = load_text(None, 512)
     limit = len(data.hold_out(1)[0].train_windows)  # each held-out window leaves training
@@ -169,3 +185,31 @@ def test_a_text_run_with_holdout_records_test_bits_per_byte_once(tmp_path, capsy
     assert summary["final_val_bits_per_byte"] == last["val_bits_per_byte"] and summary["config"]["holdout"] == 6
     # 8 test windows of 16 bytes (--val-subset) and 6 validation windows: a top-1 per byte is a count over 128, 96
     assert round(last["test_top1"] * 128, 6).is_integer() and round(last["val_top1"] * 96, 6).is_integer()
+
+
+def with_test_split(run: dict, shift: float) -> dict:
+    """A text run that held out a validation split: its test values are the validation ones plus `shift`."""
+    bpb = run["final_val_bits_per_byte"] + shift
+    return {**run, "final_test_bits_per_byte": bpb, "final_test_perplexity": 2 ** bpb}
+
+
+def test_a_text_comparison_with_holdout_chooses_on_validation_and_reports_the_test_split():
+    runs = [with_test_split(r, 0.5 if r["method"] == "fixed-0.25" else 0.1) for r in text_runs()]
+    assert [r["method"] for r in oracle_runs(runs)] == ["fixed-0.25", "fixed-0.5"]  # chosen on validation
+    rows = {r["method"]: r for r in aggregate(runs)}
+    assert rows["dense"]["bits_per_byte_mean"] == pytest.approx(5.65)
+    assert rows["dense"]["val_bits_per_byte_mean"] == pytest.approx(5.55)
+    assert rows["dense"]["perplexity_mean"] == pytest.approx(2 ** 5.65)
+    oracle = rows["oracle (best per seed), grid from scratch"]
+    assert oracle["bits_per_byte_mean"] == pytest.approx((5.60 + 0.5 + 5.61 + 0.1) / 2)  # its test values
+    result = tabulate(runs)
+    assert ("bits/byte: final cross-entropy per byte / ln 2 on the test split (chosen on the held-out validation "
+            "split), lower is better") in result.table
+    assert "no --holdout" not in result.table
+    described = BITS_PER_BYTE.describe(runs)
+    assert described["summary_key"] == "final_test_bits_per_byte"
+    assert described["oracle_chosen_on"] == "final_val_bits_per_byte"
+    assert described["extras"] == {"perplexity_mean": "final_test_perplexity"}
+    plain = tabulate(text_runs()).table  # the same runs without --holdout: on the split they were chosen on
+    assert "on the validation split (also used to choose the oracle: no --holdout, so no test split)" in plain
+    assert BITS_PER_BYTE.describe(text_runs())["extras"] == {"perplexity_mean": "final_val_perplexity"}
