@@ -69,7 +69,7 @@ def test_the_text_table_names_its_metric_its_direction_and_the_split_it_chose_on
     assert "| epi-taylor | 0.31 | 5.640 ± 0.028 | 49.87 |" in table
     assert "| oracle (best per seed), grid from scratch | [0.25, 0.50] | 5.605 ± 0.007 | 48.67 |" in table
     assert "top-1" not in table and "points" not in table
-    assert "on the validation split (also used to choose the oracle: --data text holds out no test split)" in table
+    assert "on the validation split (also used to choose the oracle: no --holdout, so no test split)" in table
     assert "lower is better" in lines[lines.index("") + 1]
     assert "| mean difference vs epi-taylor (bits/byte; negative: better than it) |" in table
     assert "| oracle | 2 | -0.035 | [-0.050, -0.020] | -0.020 -0.050 |" in table

@@ -149,7 +149,8 @@ def test_vit_tiny_short_run_prunes_and_its_export_equals_the_reloaded_model(tmp_
      ["model resnet20 takes images, but --data text is text", "accepted: --model lm_tiny"]),
     (["--model", "lm_tiny"], ["model lm_tiny takes text, but --data builtin is images", "resnet20", "vit_tiny"]),
     (["--data", "text", "--model", "lm_tiny", "--seq-len", "1"], ["--seq-len 1", ">= 2"]),
-    (["--data", "text", "--model", "lm_tiny", "--holdout", "10"], ["--holdout 10", "--data text"]),
+    (["--data", "text", "--model", "lm_tiny", "--holdout", "99999", "--seq-len", "256"],
+     ["--holdout 99999 does not fit", "training sequences of 256 bytes", "(accepted: 1.."]),
 ])
 def test_text_settings_that_do_not_fit_are_refused_in_one_line(argv, fragments, tmp_path, capsys):
     assert_one_line_error(call_main(["train", *argv, "--out", tmp_path / "run"], capsys), *fragments)

@@ -1,7 +1,8 @@
 """The quality metric of a comparison, as registered objects (METRICS, one per task of run/tasks.py): what compare's
 table, its oracle, its paired differences, its plots and `epiprune report` read from a run's summary, in which unit,
 and which direction is better. Image classification reports top-1 accuracy (%), higher is better; next-byte
-prediction (`--data text`) reports validation bits per byte, lower is better, and perplexity per byte beside it.
+prediction (`--data text`) reports bits per byte, lower is better, and perplexity per byte beside it. Either is
+reported on the held-out test split when the runs have one (--holdout), else on the validation split.
 
 A comparison's metric is its runs' task (`metric_of`); runs of two tasks in one folder are refused. Reads run
 summaries only (plain dicts): no training code is imported."""
@@ -23,9 +24,14 @@ class Extra:
     """A further column of a metric's table: the mean over seeds of a summary value (e.g. perplexity per byte)."""
 
     header: str  # the table's column header
-    summary_key: str  # the summary.json field it averages
+    summary_key: str  # the summary.json field it averages (validation split)
     row_key: str  # the field of an aggregated row (compare.json) that holds the mean
     decimals: int
+    test_key: str | None = None  # the summary.json field on the held-out test split, when the run has one
+
+    def reported(self, run: Mapping[str, Any]) -> float:
+        """The value a table averages for a run: on its test split when it has one (as Metric.reported)."""
+        return run[self.test_key if self.test_key is not None and self.test_key in run else self.summary_key]
 
 
 @dataclass(frozen=True)
@@ -97,7 +103,8 @@ class Metric:
         return {"name": self.name, "unit": self.unit, "better": self.better, "row_key": self.row_key,
                 "summary_key": self.test_key if self.on_test_split(runs) else self.val_key,
                 "oracle_chosen_on": self.val_key, "scale": self.scale,
-                "extras": {e.row_key: e.summary_key for e in self.extras}}
+                "extras": {e.row_key: e.test_key if self.on_test_split(runs) and e.test_key else e.summary_key
+                           for e in self.extras}}
 
 
 TOP1 = Metric(
@@ -108,14 +115,15 @@ TOP1 = Metric(
     suffix="%")
 BITS_PER_BYTE = Metric(
     name="bits per byte", unit="bits/byte", column="bits/byte (lower is better)", row_key="bits_per_byte",
-    val_key="final_val_bits_per_byte", test_key=None, scale=1.0, higher_is_better=False, decimals=3,
+    val_key="final_val_bits_per_byte", test_key="final_test_bits_per_byte", scale=1.0, higher_is_better=False,
+    decimals=3,
     difference_unit="bits/byte; negative: better than it",
     note="bits/byte: final cross-entropy per byte / ln 2 on the {split}, lower is better; perplexity: per byte, "
          "exp of that cross-entropy (mean over seeds)",
-    same_split="validation split (also used to choose the oracle: --data text holds out no test split)",
+    same_split="validation split (also used to choose the oracle: no --holdout, so no test split)",
     axis_label="final validation bits per byte (lower is better)", title="Bits per byte",
     epoch_key="val_bits_per_byte", epoch_header="val bits/byte",
-    extras=(Extra("perplexity", "final_val_perplexity", "perplexity_mean", 2),))
+    extras=(Extra("perplexity", "final_val_perplexity", "perplexity_mean", 2, "final_test_perplexity"),))
 
 METRICS: Registry[Metric] = Registry("metric")  # keyed by the task name (run/tasks.py's TASKS)
 METRICS.register("image", TOP1)

@@ -74,7 +74,7 @@ class CompareConfig:
     jobs: int = 1
     out: str = "runs/compare"
     force: bool = False
-    holdout: int = 0  # training images held out for validation; the dataset's validation split becomes the test
+    holdout: int = 0  # training images (text: windows) held out for validation; the dataset's validation split: test
     data_seed: int | None = None  # one data subset for every seed (None: each seed draws its own)
     branch: bool = True  # grid, tpf and EPI runs branch from the seed's dense run
     probe_every: int = 0  # the dense run also records Taylor scores every N steps (trigger studies)
@@ -100,7 +100,7 @@ class CompareConfig:
         """(steps between probes, steps per epoch) of every run on the step clock: the training images after
         --holdout and --train-subset in batches of --batch-size (one process; the last batch may be partial)."""
         cfg = TrainConfig(**self.shared_settings())
-        images = _training_images(cfg.data, cfg.data_dir, cfg.image_size, cfg.seq_len) - cfg.holdout
+        images = _training_samples(cfg.data, cfg.data_dir, cfg.image_size, cfg.seq_len, cfg.holdout)
         if cfg.train_subset is not None:
             images = min(images, cfg.train_subset)
         steps = -(-max(1, images) // cfg.batch_size)
@@ -232,9 +232,13 @@ def settings_mismatch(cfg: CompareConfig, method: str, seed: int, made_with: dic
 
 
 @functools.cache
-def _training_images(data: str, data_dir: str | None, image_size: int, seq_len: int) -> int:
-    """Training samples of a dataset: images, or text windows of seq_len bytes."""
-    return len(load_dataset(data, data_dir, image_size=image_size, seq_len=seq_len).train_labels)
+def _training_samples(data: str, data_dir: str | None, image_size: int, seq_len: int, holdout: int) -> int:
+    """Training samples of a dataset once --holdout took its own: images, or text windows of seq_len bytes (a text
+    holdout takes N x seq_len + 1 bytes, so the count is the dataset's own, not a subtraction)."""
+    dataset = load_dataset(data, data_dir, image_size=image_size, seq_len=seq_len)
+    if holdout:  # the count does not depend on the seed of the draw
+        dataset = dataset.hold_out(holdout)[0]
+    return len(dataset.train_labels)
 
 
 def family_of(method: str) -> str | None:

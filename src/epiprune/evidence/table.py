@@ -80,7 +80,7 @@ def _row(name: str, family: str, rs: list[dict], dense_flops: float | None, dens
             "prune_epoch": epochs[0] if len(set(epochs)) == 1 else epochs, "fallbacks": fallbacks,
             f"{metric.row_key}_mean": _mean(values), f"{metric.row_key}_std": _spread(values),
             f"val_{metric.row_key}_mean": _mean([metric.validation(r) for r in rs]),
-            **{e.row_key: _mean([r[e.summary_key] for r in rs]) for e in metric.extras},
+            **{e.row_key: _mean([e.reported(r) for r in rs]) for e in metric.extras},
             "flops": _mean([r["final_flops"] for r in rs]), "params": _mean([r["final_params"] for r in rs]),
             "flops_ratio": _mean([r["flops_ratio"] for r in rs]),
             "train_flops": cost, "train_seconds": secs,

@@ -160,9 +160,10 @@ class TrainConfig:
     init_batches: int = option(10, help="with --prune-at 0 and taylor: batches of gradients used to rank channels at "
                                "initialisation")
     bn_l1: float = option(0.0, help="L1 penalty on BN scales while dense (network slimming; Early-Bird uses 1e-4)")
-    holdout: int = option(0, help="hold this many training images out as the validation split; the dataset's own "
-                          "validation split becomes a test split, evaluated once at the end (--val-subset then sizes "
-                          "it) (0: off)")
+    holdout: int = option(0, help="hold this many training images (--data text: sequences of --seq-len bytes, cut "
+                          "from the end of each document's training part) out as the validation split; the dataset's "
+                          "own validation split becomes a test split, evaluated once at the end (--val-subset then "
+                          "sizes it) (0: off)")
     data_seed: int | None = option(None, help="seeds the draw of --train-subset, --val-subset and --holdout, so that "
                                    "seeds can share one data subset (default: --seed)")
     record_scores: bool = option(False, help="write scores.jsonl: the importance of every dense epoch (step "

@@ -164,9 +164,6 @@ def _check_text(cfg: TrainConfig) -> None:
         return
     if cfg.seq_len < 2:
         raise EpipruneError(f"--seq-len {cfg.seq_len} is too small (accepted: an integer >= 2)")
-    if cfg.holdout:
-        raise EpipruneError(f"--holdout {cfg.holdout} is not supported with --data text (accepted: no --holdout; "
-                            "the validation split is each document's last 10%)")
 
 
 def _check_user_input(cfg: TrainConfig) -> None:

@@ -56,7 +56,7 @@ def finish_run(run: RunState) -> RunResult:
     )
     summary.update(task.summary_metrics(metrics))  # text: bits per byte and perplexity; image: none
     if run.test_loader is not None:
-        summary["final_test_top1"] = metrics[-1]["test_top1"]
+        summary.update(task.test_summary(metrics[-1]))
     if cfg.branch_from is not None and policy.prune_epoch:  # what this run trained itself, after the branch point
         point = run.branch_point
         if point is not None and point.shared_flops is not None:  # step clock: a branch point inside an epoch

@@ -35,6 +35,10 @@ class EpochRow(TypedDict):
     train_bits_per_byte: NotRequired[float]
     val_bits_per_byte: NotRequired[float]
     val_perplexity: NotRequired[float]
+    # --data text with --holdout, the last epoch: the same of the test split (test_top1 above: per byte)
+    test_loss: NotRequired[float]
+    test_bits_per_byte: NotRequired[float]
+    test_perplexity: NotRequired[float]
 
 
 class LatencyCheck(TypedDict):
@@ -94,6 +98,8 @@ class RunSummary(TypedDict):
     final_val_bits_per_byte: NotRequired[float]  # --data text
     best_val_bits_per_byte: NotRequired[float]
     final_val_perplexity: NotRequired[float]
+    final_test_bits_per_byte: NotRequired[float]  # --data text with --holdout
+    final_test_perplexity: NotRequired[float]
     branched_from: NotRequired[str]  # with --branch-from, when the run pruned
     branch_train_flops: NotRequired[float]
     branch_seconds: NotRequired[float]

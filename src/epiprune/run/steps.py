@@ -24,6 +24,7 @@ from epiprune.run.config import TrainConfig
 from epiprune.run.data import Dataset, TensorLoader
 from epiprune.run.network import to_input
 from epiprune.run.tasks import TASKS, ImageTask, logits_of
+from epiprune.run.text import TextDataset
 
 TRAIN_FLOPS_PER_FORWARD = 3
 
@@ -38,17 +39,26 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def split_data(dataset: Dataset, cfg: TrainConfig) -> tuple[Dataset, tuple[np.ndarray, np.ndarray] | None]:
-    """The run's train and validation splits, and the test split when --holdout makes one (None otherwise).
-    Subsets are drawn with --data-seed (default: --seed), so that seeds can share one data subset. With --holdout,
-    the validation split is that many training images and --val-subset sizes the test split."""
+def split_data(dataset: Dataset | TextDataset,
+               cfg: TrainConfig) -> tuple[Dataset | TextDataset, tuple[np.ndarray, ...] | None]:
+    """The run's train and validation splits, and the test split when --holdout makes one (None otherwise): (images,
+    labels), or text's (windows,). Subsets are drawn with --data-seed (default: --seed), so that seeds can share one
+    data subset. With --holdout, the validation split is that many training images (text: windows, run/text.py) and
+    --val-subset sizes the test split."""
     data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
     if not cfg.holdout:
         return dataset.subset(cfg.train_subset, cfg.val_subset, seed=data_seed), None
-    dataset, (test_images, test_labels) = dataset.hold_out(cfg.holdout, seed=data_seed)
-    test = Dataset(dataset.name, test_images[:0], test_labels[:0], test_images, test_labels, dataset.num_classes)
-    test = test.subset(None, cfg.val_subset, seed=data_seed)
-    return dataset.subset(cfg.train_subset, None, seed=data_seed), (test.val_images, test.val_labels)
+    dataset, test_split = dataset.hold_out(cfg.holdout, seed=data_seed)
+    return dataset.subset(cfg.train_subset, None, seed=data_seed), _subset_split(test_split, cfg.val_subset, data_seed)
+
+
+def _subset_split(split: tuple[np.ndarray, ...], n: int | None, seed: int) -> tuple[np.ndarray, ...]:
+    """At most n samples of a split (arrays of one length: images and labels, or windows), drawn as the datasets'
+    subset() draws a validation split (kept in order; None keeps all)."""
+    if n is None or n >= len(split[0]):
+        return split
+    idx = np.sort(np.random.default_rng(seed).permutation(len(split[0]))[:n])
+    return tuple(a[idx] for a in split)
 
 
 @torch.no_grad()

@@ -77,6 +77,14 @@ class ImageTask:
         """Extra fields of summary.json (none for images)."""
         return {}
 
+    def test_metrics(self, test_loss: float, test_top1: float) -> dict[str, float]:
+        """The last epoch row's fields of the test split (--holdout; evaluated once, nothing is chosen on it)."""
+        return {"test_top1": test_top1}
+
+    def test_summary(self, last_row: dict) -> dict[str, float]:
+        """summary.json's fields of the test split, from the last epoch row (--holdout)."""
+        return {"final_test_top1": last_row["test_top1"]}
+
     def describe_epoch(self, val_loss: float, val_top1: float) -> str:
         return f"val top-1 {100 * val_top1:5.2f}%"
 
@@ -87,9 +95,12 @@ class TextTask(ImageTask):
     name = "text"
 
     def loaders(self, dataset: Any, batch_size: int, seed: int, rank: int, world: int,
-                test_split: tuple | None) -> tuple[TokenLoader, TokenLoader, None]:
+                test_split: tuple | None) -> tuple[TokenLoader, TokenLoader, TokenLoader | None]:
+        """(train, validation, test or None) loaders; test_split is (windows,) with --holdout (run/text.py)."""
         train = TokenLoader(dataset.train_windows, batch_size, train=True, seed=seed, rank=rank, world=world)
-        return train, TokenLoader(dataset.val_windows, 64, train=False, rank=rank, world=world), None
+        val = TokenLoader(dataset.val_windows, 64, train=False, rank=rank, world=world)
+        test = None if test_split is None else TokenLoader(test_split[0], 64, train=False, rank=rank, world=world)
+        return train, val, test
 
     def example(self, dataset: Any, device: torch.device) -> torch.Tensor:
         return torch.zeros(1, dataset.seq_len, dtype=torch.long, device=device)
@@ -121,6 +132,15 @@ class TextTask(ImageTask):
         return {"final_val_bits_per_byte": metrics[-1]["val_bits_per_byte"],
                 "best_val_bits_per_byte": min(m["val_bits_per_byte"] for m in metrics),
                 "final_val_perplexity": metrics[-1]["val_perplexity"]}
+
+    def test_metrics(self, test_loss: float, test_top1: float) -> dict[str, float]:
+        """Top-1 per byte, loss per byte (nats), bits per byte and perplexity per byte of the test split."""
+        return {"test_top1": test_top1, "test_loss": test_loss, "test_bits_per_byte": bits_per_byte(test_loss),
+                "test_perplexity": math.exp(min(test_loss, 700.0))}
+
+    def test_summary(self, last_row: dict) -> dict[str, float]:
+        return {"final_test_top1": last_row["test_top1"], "final_test_bits_per_byte": last_row["test_bits_per_byte"],
+                "final_test_perplexity": last_row["test_perplexity"]}
 
     def describe_epoch(self, val_loss: float, val_top1: float) -> str:
         return f"val {bits_per_byte(val_loss):.3f} bits/byte (ppl {math.exp(min(val_loss, 700.0)):.2f})"

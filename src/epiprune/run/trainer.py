@@ -322,7 +322,7 @@ def _train_epoch(run: RunState, epoch: int, on_checkpoint: Callable[[], None]) -
                    epi_compared=fields.pop("epi_compared"), threshold=fields.pop("threshold"), **fields)
     row.update(task.row_metrics(loss_sum / seen, val_loss))  # text: bits per byte and perplexity; image: none
     if run.test_loader is not None and epoch == cfg.total_epochs:
-        row["test_top1"] = evaluate(run.net, run.test_loader, device, cfg.channels_last, cfg.amp)[1]
+        row.update(task.test_metrics(*evaluate(run.net, run.test_loader, device, cfg.channels_last, cfg.amp, task)))
     run.metrics.append(row)
     save_epoch(run, epoch, row, on_checkpoint)
     compared = row["epi_compared"]
