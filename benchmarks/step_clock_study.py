@@ -50,7 +50,7 @@ CONTROL_STEP = 120  # the earliest probe the rule can fire at: probe (window 3 +
 def config(budget: float, seeds: list[int], jobs: int, data_dir: str, out: Path, **overrides: object) -> CompareConfig:
     settings = dict(model="resnet20", data="fashion-mnist", data_dir=data_dir, train_subset=6000, val_subset=5000,
                     holdout=2000, data_seed=0, epochs=12, budget=f"flops:{budget}", seeds=seeds, jobs=jobs,
-                    epi_every="auto", families=["dense", "fixed", "epi"], out=str(out))
+                    epi_every="auto", families=["dense", "init", "fixed", "epi"], out=str(out))
     return CompareConfig(**{**settings, **overrides})
 
 
@@ -80,7 +80,8 @@ def run(args: argparse.Namespace) -> None:
         for seed in seeds:
             start = time.time()
             cfg = config(budget, [seed], args.jobs, args.data_dir, budget_folder(budget))
-            names = [m.name for m in cfg.methods() if m.family != "dense" and m.name != "epi-magnitude"] + ["dense"]
+            names = [m.name for m in cfg.methods() if m.family != "dense"
+                     and m.name not in ("epi-magnitude", "init-random")] + ["dense"]
             compare(config(budget, [seed], args.jobs, args.data_dir, budget_folder(budget), only=names), log=log)
             print(f"budget {budget:g} seed {seed}: {time.time() - start:.0f} s", flush=True)
 
@@ -156,6 +157,9 @@ def seed_rows(budget: float) -> list[dict]:
             "auto_cost": None if auto is None else auto["train_flops_ratio"],
             "control_step": CONTROL_STEP, "control": top1(grid[CONTROL_STEP]),
             "control_cost": grid[CONTROL_STEP]["train_flops_ratio"],
+            # prune at initialisation (trained in full, not branched): None until its run has finished
+            **{name.replace("-", "_"): None if (name, seed) not in by else top1(by[(name, seed)])
+               for name in ("init-magnitude", "init-taylor")},
             "grid": {step: round(top1(r), 2) for step, r in sorted(grid.items())},
             "grid_val": {step: round(100 * r["final_val_top1"], 2) for step, r in sorted(grid.items())}})
     return rows
@@ -195,15 +199,18 @@ def table(args: argparse.Namespace) -> None:
         report[f"{budget:g}"] = {"seeds": rows, "paired": {
             f"{a} - {b}": paired(rows, a, b) for a, b in
             (("tau", "oracle"), ("auto", "oracle"), ("tau", "control"), ("auto", "control"), ("oracle", "control"),
-             ("tau", "dense"))}}
+             ("tau", "dense"), ("tau", "init_magnitude"), ("auto", "init_magnitude"), ("tau", "init_taylor"),
+             ("auto", "init_taylor"))}}
         print(f"\n### flops {budget:g}: {len(rows)} seeds ({', '.join(str(r['seed']) for r in rows)})\n")
         print("| seed | oracle probe (step) | oracle | EPI tau step (trigger) | EPI tau | EPI auto step (trigger) | "
-              "EPI auto | control (step 120) | cost oracle / tau / auto / control |")
-        print("|---|---|---|---|---|---|---|---|---|")
+              "EPI auto | control (step 120) | init magnitude / taylor | cost oracle / tau / auto / control |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             print(f"| {r['seed']} | {r['oracle_step']} | {r['oracle']:.2f} | {r['tau_step']} ({r['tau_trigger']}) | "
                   f"{r['tau']:.2f} | {r['auto_step']} ({r['auto_trigger']}) | "
                   f"{'-' if r['auto'] is None else format(r['auto'], '.2f')} | {r['control']:.2f} | "
+                  + " / ".join("-" if r[k] is None else format(r[k], ".2f") for k in ("init_magnitude", "init_taylor"))
+                  + " | "
                   f"{r['oracle_cost']:.3f} / {r['tau_cost']:.3f} / "
                   f"{'-' if r['auto_cost'] is None else format(r['auto_cost'], '.3f')} / {r['control_cost']:.3f} |")
         same = [r["tau_equals_grid_run"] for r in rows if r["tau_equals_grid_run"] is not None]

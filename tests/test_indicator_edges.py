@@ -119,3 +119,19 @@ def test_smoothing_waits_for_as_many_values_as_it_averages():
     assert rule._smoothed([0.95, 0.97]) is None
     assert rule._smoothed([0.5, 0.95, 0.97, 0.99]) == pytest.approx(0.97)
     assert rule._smoothed([0.95, None, 0.99]) is None and rule._smoothed([]) is None
+
+
+def test_a_setting_below_its_bound_is_named_with_its_value_as_the_user_typed_it():
+    """policy.bounds.check_at_least: a float (the command line parses --min-dense-epochs -1 as -1.0) is shown as
+    -1, not -1.0; an int as itself; None and the bound are accepted."""
+    from epiprune.errors import EpipruneError
+    from epiprune.policy.bounds import check_at_least
+
+    with pytest.raises(EpipruneError) as e:
+        check_at_least("min_dense_epochs", -1.0)
+    assert str(e.value) == "min dense epochs -1 is too small (accepted: an integer >= 0)"
+    with pytest.raises(EpipruneError) as e:
+        check_at_least("smooth", 0, name="--epi-smooth")
+    assert str(e.value) == "--epi-smooth 0 is too small (accepted: an integer >= 1; 1 is none)"
+    check_at_least("min_dense_epochs", None)
+    check_at_least("min_dense_epochs", 0)
