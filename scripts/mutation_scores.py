@@ -7,7 +7,7 @@ apart), survived, without a test, and not checked yet. The score is killed / che
 killed / (checked - equivalent), uses the survivors listed as equivalent in scripts/mutation_equivalent.json, each
 with its reason.
 
-    python scripts/mutation_scores.py [--json benchmarks/results/mutation/scores.json] [--survivors]
+    python scripts/mutation_scores.py [--json benchmarks/results/mutation/scores.json] [--survivors] [--carry]
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 from collections import Counter
@@ -25,9 +26,45 @@ STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests"
           36: "timeout", -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", 34: "skipped",
           37: "killed"}
 
-# Survivors that cannot change behaviour, each with its reason (a class of reasons: docs/DEVELOPMENT.md). mutmut
-# numbers a function's mutants anew when the function changes: re-check the list after editing a listed function.
-EQUIVALENT: dict[str, str] = json.loads((Path(__file__).with_name("mutation_equivalent.json")).read_text())
+# Survivors that cannot change behaviour, each with its reason (a class of reasons: docs/DEVELOPMENT.md) and its
+# diff (the first removed and added line, as `mutmut show` prints them). mutmut numbers a function's mutants anew
+# when the function changes: `--carry` re-keys the entries whose name no longer survives by that diff.
+EQUIVALENT_FILE = Path(__file__).with_name("mutation_equivalent.json")
+ENTRIES: dict[str, dict | str] = json.loads(EQUIVALENT_FILE.read_text())
+EQUIVALENT: dict[str, str] = {name: e if isinstance(e, str) else e["reason"] for name, e in ENTRIES.items()}
+
+
+def mutant_diff(name: str) -> tuple[str, str]:
+    """(first removed line, first added line) of a mutant, stripped, from `mutmut show` (run where mutants/ is)."""
+    shown = subprocess.run([sys.executable, "-m", "mutmut", "show", name], capture_output=True, text=True,
+                           check=True).stdout.splitlines()
+    removed = next((x[1:].strip() for x in shown if x.startswith("-") and not x.startswith("---")), "")
+    added = next((x[1:].strip() for x in shown if x.startswith("+") and not x.startswith("+++")), "")
+    return removed, added
+
+
+def carry_equivalents(survivors: list[str]) -> tuple[dict[str, dict], list[str]]:
+    """The equivalent entries keyed by today's mutant names: an entry whose name still survives keeps it (and gets
+    its diff recorded if it had none); one whose name does not is matched to a survivor of the same function with
+    the same diff. Returns (entries, survivors left to read)."""
+    def function(name: str) -> str:
+        return name.rsplit("__mutmut_", 1)[0]
+    entries: dict[str, dict] = {}
+    for name, e in ENTRIES.items():
+        entry = {"reason": e} if isinstance(e, str) else dict(e)
+        if name in survivors and "removed" not in entry:
+            entry["removed"], entry["added"] = mutant_diff(name)
+        entries[name] = entry
+    stale = {(function(n), e.get("removed"), e.get("added")): n for n, e in entries.items()
+             if n not in survivors and "removed" in e}
+    unread = []
+    for name in (n for n in survivors if n not in entries):
+        old = stale.pop((function(name), *mutant_diff(name)), None)
+        if old is None:
+            unread.append(name)
+        else:
+            entries[name] = entries.pop(old)
+    return dict(sorted(entries.items())), unread
 
 
 def load_verdicts(mutants: Path, killed_by_hand: set[str] = frozenset()) -> dict[str, dict[str, str]]:
@@ -76,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mutants", type=Path, default=Path("mutants"), help="mutmut's working folder")
     parser.add_argument("--json", type=Path, help="also write the table (and the survivors) here")
     parser.add_argument("--survivors", action="store_true", help="list the surviving mutants' names")
+    parser.add_argument("--carry", action="store_true", help="re-key scripts/mutation_equivalent.json to this "
+                        "run's mutant names by each entry's diff (mutmut renumbers a changed function's mutants), "
+                        "record the diffs it lacks, and list the survivors still to read")
     parser.add_argument("--killed-by-hand", type=Path, help="a file of mutant names (one per line) that tests written "
                         "after mutmut's run were seen to kill, run by hand under MUTANT_UNDER_TEST")
     args = parser.parse_args(argv)
@@ -83,6 +123,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no mutmut results in {args.mutants} (accepted: the folder `mutmut run` wrote)", file=sys.stderr)
         return 2
     by_hand = set(args.killed_by_hand.read_text().split()) if args.killed_by_hand else set()
+    if args.carry:
+        survived = sorted(n for d in load_verdicts(args.mutants).values() for n, st in d.items() if st == "survived")
+        entries, unread = carry_equivalents(survived)
+        write_json_atomically(EQUIVALENT_FILE, entries)
+        EQUIVALENT.clear()
+        EQUIVALENT.update({name: e["reason"] for name, e in entries.items()})
+        print(f"{EQUIVALENT_FILE}: {len(entries)} entries; survivors not listed (to read): {len(unread)}")
+        print("\n".join(unread))
     verdicts = load_verdicts(args.mutants, by_hand)
     rows = score_table(verdicts)
     columns = ["file", "mutants", "killed", "killed_by_hand", "timeout", "survived", "equivalent", "no_tests",
