@@ -19,6 +19,12 @@ from epiprune.registry import Registry
 TEXT_DATA = "text"  # TrainConfig's --data value of the text task (the rule TrainConfig._validate_text checks with)
 
 
+def split_key(run: Mapping[str, Any], test_key: str | None, val_key: str) -> str:
+    """The summary field a table reads for a run: `test_key` when the run recorded its held-out test split, else
+    `val_key`."""
+    return test_key if test_key is not None and test_key in run else val_key
+
+
 @dataclass(frozen=True)
 class Extra:
     """A further column of a metric's table: the mean over seeds of a summary value (e.g. perplexity per byte)."""
@@ -31,7 +37,7 @@ class Extra:
 
     def reported(self, run: Mapping[str, Any]) -> float:
         """The value a table averages for a run: on its test split when it has one (as Metric.reported)."""
-        return run[self.test_key if self.test_key is not None and self.test_key in run else self.summary_key]
+        return run[split_key(run, self.test_key, self.summary_key)]
 
 
 @dataclass(frozen=True)
@@ -66,8 +72,7 @@ class Metric:
 
     def reported(self, run: Mapping[str, Any]) -> float:
         """The value a table reports for a run: on its held-out test split when it has one, else on validation."""
-        key = self.test_key if self.test_key is not None and self.test_key in run else self.val_key
-        return self.scale * run[key]
+        return self.scale * run[split_key(run, self.test_key, self.val_key)]
 
     def validation(self, run: Mapping[str, Any]) -> float:
         """The final value on the validation split (what the oracle is chosen on)."""
