@@ -45,12 +45,32 @@ def pytest_configure(config):
         gc.freeze()
 
 
+# Under a mutant of these modules only the tests of these files run (docs/DEVELOPMENT.md, "Mutation testing"): every
+# policy builds a cost model and selects a sub-network, so mutmut's stats give a survivor of counting.py or
+# subnetwork.py every policy test (30-35 s each); their own tests (exact counts against torch-pruning's counter; the
+# selection's properties) are what kill their mutants.
+MUTATION_TESTS_BY_MODULE = {
+    "epiprune.costs.counting": ("tests/test_surgery.py", "tests/test_transformer_surgery.py"),
+    "epiprune.policy.subnetwork": ("tests/test_subnetwork.py", "tests/test_selection_properties.py",
+                                   "tests/test_surgery.py", "tests/test_latency.py", "tests/test_layer_ratios.py",
+                                   "tests/test_closed_loop.py"),
+}
+
+
 def pytest_collection_modifyitems(config, items):
-    """Under a mutant, run the quickest tests first: pytest stops at the first failure (mutmut passes -x), so a
-    killed mutant costs its quickest killing test, not the selection in file order. The durations are those mutmut
-    recorded in its stats run (mutants/mutmut-stats.json; the working directory is mutants/ during a run)."""
-    if not _mutant_under_test():
+    """Under a mutant, run only its module's test files when MUTATION_TESTS_BY_MODULE lists them, and the quickest
+    tests first: pytest stops at the first failure (mutmut passes -x), so a killed mutant costs its quickest killing
+    test, not the selection in file order. The durations are those mutmut recorded in its stats run
+    (mutants/mutmut-stats.json; the working directory is mutants/ during a run)."""
+    mutant = _mutant_under_test()
+    if not mutant:
         return
+    files = MUTATION_TESTS_BY_MODULE.get(mutant.rsplit(".", 1)[0])
+    if files:
+        deselected = [item for item in items if item.nodeid.split("::")[0] not in files]
+        if deselected:
+            config.hook.pytest_deselected(items=deselected)
+            items[:] = [item for item in items if item.nodeid.split("::")[0] in files]
     import json
     from pathlib import Path
 

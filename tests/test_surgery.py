@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from epiprune.costs.counting import counting_cost_models
+from epiprune.costs.counting import _cost_model, _segments, counting_cost_models
 from epiprune.models import build_model, channel_models
 from epiprune.policy.subnetwork import normalise_per_group, select_subnetwork
 from epiprune.surgery import PrunableGraph, SurgeryError
@@ -187,6 +187,53 @@ def test_cost_model_counts_parameters_a_container_owns():
     costs, _, widths = check_cost_models_against_the_counter(PrunableGraph(model, torch.randn(1, 1, 16, 16)), 0.5,
                                                              seed=3)
     assert (widths < costs["params"].dense_widths).any()  # some channels were cut
+
+
+class _ScaleHolder(torch.nn.Module):
+    """A leaf module that only holds a per-channel scale; its parent applies it, so no op of the leaf itself sets
+    its channels: the parameter's own segments must scale it."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.gamma = torch.nn.Parameter(torch.full((channels, 1, 1), 0.5))
+
+
+class _HeldScaleBlock(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 8, 3)
+        self.scale = _ScaleHolder(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) * self.scale.gamma
+
+
+def test_cost_model_scales_a_parameter_its_leaf_module_only_holds():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(_HeldScaleBlock(), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(8, 10))
+    costs, _, widths = check_cost_models_against_the_counter(PrunableGraph(model, torch.randn(1, 1, 12, 12)), 0.5,
+                                                             seed=3)
+    assert (widths < costs["params"].dense_widths).any()
+
+
+def test_segments_complete_a_layer_or_fix_it_when_groups_cover_more_than_it_has():
+    """Channels no group sets are one fixed segment (-1); groups covering more channels than the layer has (a module
+    reached twice) make the whole layer fixed rather than count it twice. Unreachable through torch-pruning's
+    groups today (they cover every output channel once), so checked here directly."""
+    table = {7: [(0, 2)], 8: [(0, 5)], 9: [(0, 4), (1, 4)]}
+    assert _segments(7, table, 5) == [(0, 2), (-1, 3)]
+    assert _segments(8, table, 5) == [(0, 5)]
+    assert _segments(9, table, 5) == [(-1, 5)]
+    assert _segments(9, table, None) == [(0, 4), (1, 4)]
+    assert _segments(6, table, 3) == [(-1, 3)]
+
+
+def test_a_term_that_costs_exactly_one_still_scales_with_its_group():
+    """Only terms of zero cost are skipped: a one-parameter term of a 2-channel group halves with the group."""
+    cost = _cost_model([2], [(1.0, [(0, 2)], [])], total=1.0)
+    assert cost(np.array([1])) == pytest.approx(0.5)
+    assert cost(np.array([2])) == pytest.approx(1.0)
 
 
 class _StandardisedConv(torch.nn.Conv2d):

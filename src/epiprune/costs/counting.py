@@ -46,7 +46,7 @@ def _weight_layer_terms(module: nn.Conv2d | nn.Linear, value: float, outs: Segme
     if isinstance(module, nn.Conv2d):
         per_position = math.prod(module.kernel_size) * n_in * n_out // module.groups
         bias_share = n_out if module.bias is not None else 0
-        positions = value / (per_position + bias_share) if value else 0.0
+        positions = value / (per_position + bias_share)  # a conv keeps at least one channel: > 0
         weight_flops, bias_flops = per_position * positions, bias_share * positions
     else:
         bias_flops = float(n_out) if module.bias is not None else 0.0
