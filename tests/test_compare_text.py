@@ -120,6 +120,29 @@ def test_plots_name_the_metric_on_their_axis(tmp_path, monkeypatch):
                                                "Oracle scan: bits per byte vs. prune epoch"]
     for value in (5.55, 5.71):  # dense's and fixed-0.12's mean bits per byte are points of the cost plot
         assert any(y == pytest.approx(value) for y in seen[0][2]), value
+    seen.clear()
+    plots.plot_accuracy_vs_cost(rows, tmp_path / "a.png", BITS_PER_BYTE, on_test_split=True)
+    plots.plot_grid([(0.12, 5.71, 0.01)], [], tmp_path / "g.png", TOP1, on_test_split=True)
+    plt.close("all")
+    assert [label for label, _, _ in seen] == ["final test bits per byte (lower is better)", "final test top-1 (%)"]
+
+
+@pytest.mark.parametrize("held_out", [True, False])
+def test_a_comparisons_plots_name_the_split_its_table_reports(tmp_path, monkeypatch, held_out):
+    """With --holdout the table reports the test split, and so do the plots' values: their axis says "test"."""
+    import epiprune.evidence.table as table
+
+    labels = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: labels.append(fig.axes[0].get_ylabel()))
+    monkeypatch.setattr(plots, "_finish", lambda fig, ax, xlabel, ylabel, title, path: labels.append(ylabel))
+    runs = json.loads((ROOT / "benchmarks/results/epi-study/resnet20-flops0.5/compare.json").read_text())["runs"]
+    runs = [r for r in runs if r["method"] != "dense"]  # no dense run folder here to draw the EPI curve from
+    if not held_out:
+        runs = [{k: v for k, v in r.items() if k != "final_test_top1"} for r in runs]
+    table._plot_comparison(tmp_path, runs, tabulate(runs))
+    plt.close("all")
+    split = "test" if held_out else "validation"
+    assert labels[:2] == [f"final {split} top-1 (%)"] * 2
 
 
 LM = ["--model", "lm_tiny", "--data", "text", "--epochs", "1", "--epi-every", "auto", "--budget", "flops:0.5",

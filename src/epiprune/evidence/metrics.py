@@ -58,7 +58,7 @@ class Metric:
     difference_unit: str  # the paired differences' header: what a difference is counted in, and its direction
     note: str  # the table's footnote, "{split}" replaced by where the value was measured
     same_split: str  # "{split}" when the oracle is chosen on the split the table reports
-    axis_label: str  # the plots' metric axis
+    axis_label: str  # the plots' metric axis, "{split}" where the split goes (axis())
     title: str  # the plots' titles start with it
     epoch_key: str  # metrics.jsonl: the epoch row's validation value (`epiprune report` of a train folder)
     epoch_header: str  # that column's header in `epiprune report`'s per-epoch table
@@ -92,6 +92,10 @@ class Metric:
             self.same_split
         return self.note.format(split=split)
 
+    def axis(self, on_test_split: bool = False) -> str:
+        """The plots' metric axis, naming the split its values are on (the one the tables report)."""
+        return self.axis_label.format(split="test" if on_test_split else "validation")
+
     def cell(self, value: float, spread: float | None = None) -> str:
         """A table cell: the value, and ± spread when given."""
         text = f"{value:.{self.decimals}f}"
@@ -116,7 +120,7 @@ TOP1 = Metric(
     name="top-1", unit="%", column="top-1 (%)", row_key="top1", val_key="final_val_top1",
     test_key="final_test_top1", scale=100.0, higher_is_better=True, decimals=2, difference_unit="points",
     note="top-1: final accuracy on the {split}", same_split="validation split (also used to choose the oracle)",
-    axis_label="final validation top-1 (%)", title="Accuracy", epoch_key="val_top1", epoch_header="val top-1",
+    axis_label="final {split} top-1 (%)", title="Accuracy", epoch_key="val_top1", epoch_header="val top-1",
     suffix="%")
 BITS_PER_BYTE = Metric(
     name="bits per byte", unit="bits/byte", column="bits/byte (lower is better)", row_key="bits_per_byte",
@@ -126,7 +130,7 @@ BITS_PER_BYTE = Metric(
     note="bits/byte: final cross-entropy per byte / ln 2 on the {split}, lower is better; perplexity: per byte, "
          "exp of that cross-entropy (mean over seeds)",
     same_split="validation split (also used to choose the oracle: no --holdout, so no test split)",
-    axis_label="final validation bits per byte (lower is better)", title="Bits per byte",
+    axis_label="final {split} bits per byte (lower is better)", title="Bits per byte",
     epoch_key="val_bits_per_byte", epoch_header="val bits/byte",
     extras=(Extra("perplexity", "final_val_perplexity", "perplexity_mean", 2, "final_test_perplexity"),))
 

@@ -21,10 +21,10 @@ FAMILY_NAMES = {"dense": "dense", "plain": "dense, no importance hooks", "init":
 LABEL_POINTS = 7  # font size of the method labels, in points
 
 
-def plot_accuracy_vs_cost(rows: list[dict], path: Path, metric: Metric = TOP1) -> None:
-    """The final metric (top-1 by default; rows' <row_key>_mean and _std) vs total training FLOPs, one point per
-    method (error bars: spread over seeds). A point and its legend entry take their colour from one key (the
-    family); labels of nearby points are moved apart."""
+def plot_accuracy_vs_cost(rows: list[dict], path: Path, metric: Metric = TOP1, on_test_split: bool = False) -> None:
+    """The final metric (top-1 by default; rows' <row_key>_mean and _std, on the test split when on_test_split, as
+    the axis says) vs total training FLOPs, one point per method (error bars: spread over seeds). A point and its
+    legend entry take their colour from one key (the family); labels of nearby points are moved apart."""
     from matplotlib.lines import Line2D
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -40,7 +40,7 @@ def plot_accuracy_vs_cost(rows: list[dict], path: Path, metric: Metric = TOP1) -
         labels.setdefault((round(r["train_flops"] / 1e12, 2), round(mean, metric.decimals)), []).append(r["method"])
     _annotate_apart(ax, [(x, y, " = ".join(names)) for (x, y), names in labels.items()])
     ax.set_xlabel("training cost (TFLOPs, forward + backward)")
-    ax.set_ylabel(metric.axis_label)
+    ax.set_ylabel(metric.axis(on_test_split))
     ax.set_title(f"{metric.title} vs. training cost")
     if legend:
         ax.legend(handles=list(legend.values()), fontsize=7, loc="best")
@@ -90,11 +90,11 @@ def epi_choice_label(choices: list[tuple[int | None, str | None]]) -> str | None
 
 
 def plot_grid(grid: list[tuple[float, float, float]], epi_choices: list[tuple[float | None, str | None]],
-              path: Path, metric: Metric = TOP1) -> None:
-    """The metric (top-1 by default) of fixed-epoch pruning for each prune epoch (the oracle scan; (epoch, mean,
-    std over seeds) in the metric's unit), with the epochs EPI chose marked (one (epoch, trigger) per seed; a seed
-    that never pruned has no mark). On the step clock the epochs are fractions (a probe's step over the epoch's
-    steps)."""
+              path: Path, metric: Metric = TOP1, on_test_split: bool = False) -> None:
+    """The metric (top-1 by default; on the test split when on_test_split, as the axis says) of fixed-epoch pruning
+    for each prune epoch (the oracle scan; (epoch, mean, std over seeds) in the metric's unit), with the epochs EPI
+    chose marked (one (epoch, trigger) per seed; a seed that never pruned has no mark). On the step clock the
+    epochs are fractions (a probe's step over the epoch's steps)."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
     epochs, top1, std = zip(*grid, strict=True)
     ax.errorbar(epochs, top1, yerr=[s or 0 for s in std], fmt="o-", color="tab:green", capsize=3,
@@ -104,7 +104,8 @@ def plot_grid(grid: list[tuple[float, float, float]], epi_choices: list[tuple[fl
         ax.axvline(epoch, color="tab:red", ls="--", label=label if i == 0 else None)
     if all(float(e).is_integer() for e in epochs):
         _integer_epochs(ax)
-    _finish(fig, ax, "prune epoch", metric.axis_label, f"Oracle scan: {metric.title.lower()} vs. prune epoch", path)
+    _finish(fig, ax, "prune epoch", metric.axis(on_test_split),
+            f"Oracle scan: {metric.title.lower()} vs. prune epoch", path)
 
 
 def plot_epi_curve(metrics: list[dict], threshold: float | str, epi_epoch: float | None, path: Path,

@@ -259,13 +259,15 @@ def write_comparison(out: Path, runs: list[dict], config: dict, log: Callable[[s
 def _plot_comparison(out: Path, runs: list[dict], result: Comparison) -> None:
     """The four plots of a comparison, the metric's axis on the first two."""
     metric, key = result.metric, result.metric.row_key
-    plot_accuracy_vs_cost([r for r in result.rows if r["family"] != "oracle"], out / "accuracy_vs_cost.png", metric)
+    on_test = metric.on_test_split(runs)  # the rows' values are on the split the table reports
+    plot_accuracy_vs_cost([r for r in result.rows if r["family"] != "oracle"], out / "accuracy_vs_cost.png", metric,
+                          on_test)
     epi_runs = [r for r in runs if r["method"] == "epi-taylor"]
     epi_epoch = prune_point(epi_runs[0]) if epi_runs else None
     grid = sorted((r["prune_epoch"], r[f"{key}_mean"], r[f"{key}_std"]) for r in result.rows if r["family"] == "fixed")
     if grid:
         plot_grid(grid, [(prune_point(r), r.get("trigger")) for r in epi_runs], out / "accuracy_vs_prune_epoch.png",
-                  metric)
+                  metric, on_test)
     dense_runs = [r for r in runs if r["method"] == "dense"]
     if dense_runs:
         dense_metrics = _metrics(dense_runs[0]["run_dir"])
