@@ -149,6 +149,9 @@ def test_epi_epoch_says_when_it_was_the_fallback(figures, tmp_path, monkeypatch)
     assert report.epi_choice_label([(4, "fallback")]) == "EPI's epoch (4 by fallback)"
     assert report.epi_choice_label([(3, "epi"), (4, "fallback"), (None, None)]) == "EPI's epochs (3, 4 by fallback)"
     assert report.epi_choice_label([(None, None)]) is None
+    # the step clock's fractional epochs, two decimals; every seed at one point said once (it overflowed the plot)
+    assert report.epi_choice_label([(36 / 71, "fallback")] * 3) == "EPI's epochs (0.51 by fallback, all 3 seeds)"
+    assert report.epi_choice_label([(15 / 71, "epi"), (0.5, "fallback")]) == "EPI's epochs (0.21, 0.50 by fallback)"
     metrics = [{"epoch": e, "epi": 0.5} for e in range(1, 6)]
     report.plot_epi_curve(metrics, 0.944, 4, tmp_path / "c.png", trigger="fallback")
     labels = figures[0].axes[0].get_legend_handles_labels()[1]

@@ -80,13 +80,21 @@ def _annotate_apart(ax: plt.Axes, points: list[tuple[float, float, str]]) -> Non
 
 
 def epi_choice_label(choices: list[tuple[int | None, str | None]]) -> str | None:
-    """"EPI's epoch (4)", "EPI's epochs (3, 4)"; an epoch the fallback chose says so ("4 by fallback": EPI did
-    not cross its threshold before the last allowed epoch). None when no seed pruned."""
+    """"EPI's epoch (4)", "EPI's epochs (3, 4)", "EPI's epochs (0.51 by fallback, all 3 seeds)"; an epoch the
+    fallback chose says so ("4 by fallback": EPI did not cross its threshold before the last allowed epoch). None
+    when no seed pruned."""
     chosen = [(e, t) for e, t in choices if e is not None]
     if not chosen:
         return None
-    parts = [f"{e} by fallback" if t == "fallback" else str(e) for e, t in chosen]
+    parts = [f"{_epoch_text(e)} by fallback" if t == "fallback" else _epoch_text(e) for e, t in chosen]
+    if len(parts) > 1 and len(set(parts)) == 1:  # every seed at one point: say it once
+        parts = [f"{parts[0]}, all {len(chosen)} seeds"]
     return f"EPI's epoch{'s' if len(chosen) > 1 else ''} ({', '.join(parts)})"
+
+
+def _epoch_text(epoch: float) -> str:
+    """An epoch as a label shows it: whole epochs as integers, the step clock's fractions to two decimals."""
+    return str(int(epoch)) if float(epoch).is_integer() else f"{epoch:.2f}"
 
 
 def plot_grid(grid: list[tuple[float, float, float]], epi_choices: list[tuple[float | None, str | None]],
