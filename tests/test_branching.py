@@ -126,3 +126,12 @@ def test_a_branch_refuses_a_dense_run_of_another_optimizer_or_clipping(tmp_path,
     _check_same_trajectory({k: v for k, v in mine.items() if k != "clip_grad_norm"}, mine, tmp_path)
     with pytest.raises(EpipruneError, match=f"trained with {name}=.*, this run has {value!r}"):
         _check_same_trajectory(mine, {**mine, name: value}, tmp_path)
+
+
+def test_a_run_with_holdout_ends_by_naming_its_test_split(tmp_path, capsys):
+    """--holdout: compare reports the test split, so the run's last lines name it beside validation."""
+    result = call_main(["train", *BASE, "--epochs", "2", "--indicator", "none", "--out", tmp_path / "r"], capsys)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert (f"final val top-1 {100 * summary['final_val_top1']:.2f}%, test top-1 "
+            f"{100 * summary['final_test_top1']:.2f}%") in result.stdout

@@ -183,6 +183,10 @@ def test_a_text_run_with_holdout_records_test_bits_per_byte_once(tmp_path, capsy
     assert summary["final_test_bits_per_byte"] == last["test_bits_per_byte"] < 8.0
     assert summary["final_test_perplexity"] == last["test_perplexity"]
     assert summary["final_val_bits_per_byte"] == last["val_bits_per_byte"] and summary["config"]["holdout"] == 6
+    # the run's last lines name the test split too (compare reports it; the run said only validation)
+    assert (f"final val {last['val_bits_per_byte']:.3f} bits/byte (perplexity {last['val_perplexity']:.2f}), "
+            f"test {last['test_bits_per_byte']:.3f} bits/byte (perplexity {last['test_perplexity']:.2f})"
+            ) in result.stdout
     # 8 test windows of 16 bytes (--val-subset) and 6 validation windows: a top-1 per byte is a count over 128, 96
     assert round(last["test_top1"] * 128, 6).is_integer() and round(last["val_top1"] * 96, 6).is_integer()
 

@@ -302,6 +302,10 @@ def _train(args: argparse.Namespace, argv: list[str]) -> None:
     when = "never" if s["prune_epoch"] is None else f"after epoch {s['prune_epoch']} ({s['trigger']})"
     final = f"final val top-1 {100 * s['final_val_top1']:.2f}%" if "final_val_bits_per_byte" not in s else \
         f"final val {s['final_val_bits_per_byte']:.3f} bits/byte (perplexity {s['final_val_perplexity']:.2f})"
+    if "final_test_bits_per_byte" in s:  # --holdout: the split that chose nothing, which compare reports
+        final += f", test {s['final_test_bits_per_byte']:.3f} bits/byte (perplexity {s['final_test_perplexity']:.2f})"
+    elif "final_test_top1" in s:
+        final += f", test top-1 {100 * s['final_test_top1']:.2f}%"
     print(f"pruned {when}; {final}")
     print(f"FLOPs {s['dense_flops'] / 1e6:.2f}M -> {s['final_flops'] / 1e6:.2f}M ({100 * s['flops_ratio']:.1f}%), "
           f"params {s['dense_params'] / 1e6:.3f}M -> {s['final_params'] / 1e6:.3f}M ({100 * s['params_ratio']:.1f}%)")
