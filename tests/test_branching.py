@@ -135,3 +135,7 @@ def test_a_run_with_holdout_ends_by_naming_its_test_split(tmp_path, capsys):
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert (f"final val top-1 {100 * summary['final_val_top1']:.2f}%, test top-1 "
             f"{100 * summary['final_test_top1']:.2f}%") in result.stdout
+    report = call_main(["report", tmp_path / "r"], capsys)
+    assert report.returncode == 0, report.stderr
+    assert (f"test split (held out, chooses nothing), after the last epoch: top-1 "
+            f"{100 * summary['final_test_top1']:.2f}%") in report.stdout

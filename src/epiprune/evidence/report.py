@@ -95,6 +95,7 @@ def _report_run(out: Path, log: Callable[[str], None]) -> Path:
                                                                      config.get("importance", "taylor"))
         prune_epoch, trigger, prune_step = policy["prune_epoch"], policy["trigger"], policy.get("prune_step")
         steps_per_epoch = (policy.get("clock") or {}).get("steps_per_epoch")
+        summary = {}
     if threshold == "auto":
         threshold = None  # per probe, in the metrics
     metric = METRICS.get(run_task({"config": config}))
@@ -103,6 +104,9 @@ def _report_run(out: Path, log: Callable[[str], None]) -> Path:
         epi = "    -" if m.get("epi") is None else f"{m['epi']:.3f}"
         log(f"{m['epoch']:5d}  {m['train_loss']:10.4f}  {metric.epoch_cell(m)}  {epi}  {m['flops'] / 1e6:7.2f}"
             f"  {'yes' if m['pruned'] else 'no'}")
+    if metric.test_key in summary:  # --holdout: measured once, after the last epoch; what compare reports
+        log(f"test split (held out, chooses nothing), after the last epoch: {metric.name} "
+            f"{metric.cell(metric.reported(summary))}{metric.suffix}")
     plot_epi(metrics, out / "epi.png", threshold, prune_epoch, trigger, steps_per_epoch, prune_step)
     log(f"wrote {out / 'epi.png'}")
     return out
